@@ -1,0 +1,170 @@
+// Package stackfile defines the declarative stack file: the one YAML document
+// that describes a whole magestack stack (hosts, addresses, VPN, roles), and
+// the derived facts every other package reads from it (role instances, their
+// fixed internal addresses and their placement on hosts).
+package stackfile
+
+import (
+	"net/netip"
+	"time"
+)
+
+// Stack is the whole stack file. Field names in yaml tags are the file's keys.
+type Stack struct {
+	// Name of the stack (fixed key "stack").
+	Name string `yaml:"stack"`
+	// Hosts are the dedicated hosts (fixed key).
+	Hosts []Host `yaml:"hosts"`
+	// Public describes the public side: the website's floating address and
+	// client allow-lists.
+	Public Public `yaml:"public"`
+	// Internal is the stack's internal subnet; every role instance gets a
+	// fixed address from it.
+	Internal netip.Prefix `yaml:"internal"`
+	// PairNet is the subnet of the hosts' dedicated pair links (heartbeats,
+	// replication). Optional.
+	PairNet netip.Prefix `yaml:"pairnet,omitempty"`
+	// VPN is the WireGuard management VPN terminating on fw.
+	VPN VPN `yaml:"vpn"`
+	// Witness is host:port of the tie-breaker voter; empty for none.
+	Witness string `yaml:"witness,omitempty"`
+	// Cluster tunes failure detection.
+	Cluster Cluster `yaml:"cluster,omitempty"`
+	// Config says where hosts fetch later revisions of this file from.
+	Config ConfigSource `yaml:"config,omitempty"`
+	// Roles maps role name (fw, lb, web, db, mail, acc, monitor) to its
+	// settings (fixed key). Omitted roles get defaults.
+	Roles map[string]Role `yaml:"roles"`
+	// Users are the people who may log in to the acc role.
+	Users []User `yaml:"users,omitempty"`
+}
+
+// Host is one dedicated host.
+type Host struct {
+	Name string `yaml:"name"` // fixed key
+	MAC  string `yaml:"mac"`  // fixed key; the host's boot NIC
+	// Address is the host's public address with prefix length; empty means
+	// DHCP.
+	Address netip.Prefix `yaml:"address,omitempty"`
+	// Gateway is the default gateway when Address is static.
+	Gateway netip.Addr `yaml:"gateway,omitempty"`
+	// Pair names this host's pair peer.
+	Pair string `yaml:"pair,omitempty"`
+	// PairLink is the host's address on the dedicated pair link, with the
+	// interface (by MAC) that carries it. Optional.
+	PairLink *PairLink `yaml:"pairlink,omitempty"`
+	// Fence is how the peer powers this host off before taking over.
+	Fence *Fence `yaml:"fence,omitempty"`
+}
+
+// PairLink is a host's side of the dedicated pair link.
+type PairLink struct {
+	MAC     string       `yaml:"mac"`
+	Address netip.Prefix `yaml:"address"`
+}
+
+// Fence is a host's fence device.
+type Fence struct {
+	// Type is one of "redfish", "ipmi", "qmp".
+	Type     string `yaml:"type"`
+	Address  string `yaml:"address"`
+	User     string `yaml:"user,omitempty"`
+	Password string `yaml:"password,omitempty"`
+}
+
+// Public is the public side of the stack.
+type Public struct {
+	// VIP is the floating website address, with prefix length.
+	VIP netip.Prefix `yaml:"vip,omitempty"`
+	// Allow lists client addresses or prefixes that bypass the public rate
+	// limits (kept as an nftables set, updated incrementally).
+	Allow []netip.Prefix `yaml:"allow,omitempty"`
+	// RateLimit is the per-source new-connection limit on the public ports,
+	// per second. 0 means the default; -1 disables it.
+	RateLimit int `yaml:"ratelimit,omitempty"`
+}
+
+// VPN is the management VPN.
+type VPN struct {
+	Port   uint16       `yaml:"port"`
+	Subnet netip.Prefix `yaml:"subnet"`
+	// PrivateKey is fw's WireGuard private key (base64). Empty: generated
+	// once on the host and kept on its persistent disk.
+	PrivateKey string    `yaml:"privatekey,omitempty"`
+	Peers      []VPNPeer `yaml:"peers,omitempty"`
+}
+
+// VPNPeer is one operator's VPN client.
+type VPNPeer struct {
+	Name string `yaml:"name"`
+	// Key is the peer's WireGuard public key (base64).
+	Key string `yaml:"key"`
+	// Address is the peer's address inside the VPN subnet; empty: assigned
+	// in order of the peer list.
+	Address netip.Addr `yaml:"address,omitempty"`
+}
+
+// Cluster tunes pair failure detection.
+type Cluster struct {
+	Heartbeat Duration `yaml:"heartbeat,omitempty"` // default 100ms
+	Suspect   Duration `yaml:"suspect,omitempty"`   // default 300ms
+	Dead      Duration `yaml:"dead,omitempty"`      // default 1s
+	HoldDown  Duration `yaml:"holddown,omitempty"`  // default 60s
+}
+
+// ConfigSource says where the stack file comes from after boot.
+type ConfigSource struct {
+	// Source is a path, an http(s) URL or git+<url>#<ref>:<path>.
+	Source string   `yaml:"source,omitempty"`
+	Poll   Duration `yaml:"poll,omitempty"` // default 60s
+	// SignedBy lists armored OpenPGP public keys; when set, only commits
+	// signed by one of them are accepted.
+	SignedBy []string `yaml:"signedby,omitempty"`
+}
+
+// Role holds the settings of one role.
+type Role struct {
+	// Count is the number of instances (web scales; the others are 0 or 1).
+	Count int `yaml:"count"`
+	// Image names the role's image; empty: the role's default image.
+	Image string `yaml:"image,omitempty"`
+	// CPUWeight is the cgroup cpu.weight (1..10000, default 100).
+	CPUWeight int `yaml:"cpu,omitempty"`
+	// Memory is the cgroup memory.max; 0: the role's default.
+	Memory Size `yaml:"memory,omitempty"`
+	// Pids is the cgroup pids.max; 0: the role's default.
+	Pids int `yaml:"pids,omitempty"`
+	// Volume is the size of the role's replicated data volume; 0: none.
+	Volume Size `yaml:"volume,omitempty"`
+	// Hosts restricts where instances may run; empty: any host.
+	Hosts []string `yaml:"hosts,omitempty"`
+	// Settings are service settings passed to the role's configuration
+	// templates (e.g. php memory_limit); a change restarts only this role's
+	// services.
+	Settings map[string]string `yaml:"settings,omitempty"`
+}
+
+// User is a person who may log in to acc.
+type User struct {
+	Name string   `yaml:"name"`
+	Keys []string `yaml:"keys"` // OpenSSH public keys
+}
+
+// Duration is a time.Duration written as "100ms", "1s", "1m".
+type Duration time.Duration
+
+// D returns the value as a time.Duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }
+
+// UnmarshalText parses Go duration syntax.
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return err
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// MarshalText writes Go duration syntax.
+func (d Duration) MarshalText() ([]byte, error) { return []byte(time.Duration(d).String()), nil }
