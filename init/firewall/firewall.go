@@ -1,0 +1,265 @@
+package firewall
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/google/nftables"
+	mdnetlink "github.com/mdlayher/netlink"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"magestack/init/stackfile"
+)
+
+// socketBuffer is the netlink socket buffer size: a ruleset with thousands
+// of set elements overflows the default and fails with ENOBUFS/EMSGSIZE.
+const socketBuffer = 8 << 20
+
+// Firewall owns the host's table. Its methods serialise: one apply, update
+// or read at a time per Firewall.
+type Firewall struct {
+	mu      sync.Mutex
+	netnsFD int // -1: the caller's network namespace
+}
+
+// New returns a Firewall for the current network namespace.
+func New() *Firewall { return &Firewall{netnsFD: -1} }
+
+// NewInNetNS returns a Firewall for the network namespace open at fd (the
+// caller keeps fd open while the Firewall is used). Tests and tools use it
+// to work on a namespace without switching threads.
+func NewInNetNS(fd int) *Firewall { return &Firewall{netnsFD: fd} }
+
+func bigBuffers(c *mdnetlink.Conn) error {
+	// SO_*BUFFORCE ignores the rmem/wmem_max caps (we are root); fall back
+	// to the capped variants when forcing is not allowed.
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	err = raw.Control(func(fd uintptr) {
+		for _, o := range []struct{ force, plain int }{{unix.SO_SNDBUFFORCE, unix.SO_SNDBUF}, {unix.SO_RCVBUFFORCE, unix.SO_RCVBUF}} {
+			if e := unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, o.force, socketBuffer); e != nil {
+				if e2 := unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, o.plain, socketBuffer); e2 != nil {
+					serr = e2
+				}
+			}
+		}
+	})
+	if err != nil {
+		return err
+	}
+	return serr
+}
+
+func (f *Firewall) conn() (*nftables.Conn, error) {
+	opts := []nftables.ConnOption{nftables.AsLasting(), nftables.WithSockOptions(bigBuffers)}
+	if f.netnsFD >= 0 {
+		opts = append(opts, nftables.WithNetNSFd(f.netnsFD))
+	}
+	c, err := nftables.New(opts...)
+	if err != nil {
+		return nil, fmt.Errorf("nftables netlink: %w", err)
+	}
+	return c, nil
+}
+
+// Apply replaces the table inet magestack with rs in one netlink batch:
+// the kernel commits a batch entirely or not at all, so on any error the
+// previous table (or its absence) stays exactly as it was.
+func (f *Firewall) Apply(ctx context.Context, rs *Ruleset) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	c, err := f.conn()
+	if err != nil {
+		return err
+	}
+	defer c.CloseLasting()
+	if err := queue(c, rs); err != nil {
+		return fmt.Errorf("firewall: build batch: %w", err)
+	}
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("firewall: apply table inet %s (previous ruleset kept): %w", TableName, err)
+	}
+	return nil
+}
+
+// Read returns the live table decoded from the kernel.
+func (f *Firewall) Read(ctx context.Context) (*Ruleset, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	c, err := f.conn()
+	if err != nil {
+		return nil, err
+	}
+	defer c.CloseLasting()
+	rs, err := read(c)
+	if err != nil {
+		return nil, fmt.Errorf("firewall: read: %w", err)
+	}
+	return rs, nil
+}
+
+// Check compares the live table with want and lists the differences as
+// diff lines ("- " only wanted, "+ " only live); counters are ignored.
+func (f *Firewall) Check(ctx context.Context, want *Ruleset) ([]string, error) {
+	got, err := f.Read(ctx)
+	if errors.Is(err, errNoTable) {
+		return []string{fmt.Sprintf("- table inet %s (missing)", TableName)}, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return Diff(want, got), nil
+}
+
+// UpdateAllow edits the public allow-list set in place (one small batch),
+// leaving every rule and counter untouched. Removing absent or adding
+// present prefixes is an error from the kernel, and then nothing changes.
+func (f *Firewall) UpdateAllow(ctx context.Context, add, remove []netip.Prefix) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	c, err := f.conn()
+	if err != nil {
+		return err
+	}
+	defer c.CloseLasting()
+	set := &nftables.Set{
+		Table:    &nftables.Table{Family: nftables.TableFamilyINet, Name: TableName},
+		Name:     AllowSet,
+		KeyType:  nftables.TypeIPAddr,
+		Interval: true,
+	}
+	if len(remove) > 0 {
+		elems, err := setElements(true, remove)
+		if err != nil {
+			return fmt.Errorf("firewall: allow-list remove: %w", err)
+		}
+		if err := c.SetDeleteElements(set, elems); err != nil {
+			return fmt.Errorf("firewall: allow-list remove: %w", err)
+		}
+	}
+	if len(add) > 0 {
+		elems, err := setElements(true, add)
+		if err != nil {
+			return fmt.Errorf("firewall: allow-list add: %w", err)
+		}
+		if err := c.SetAddElements(set, elems); err != nil {
+			return fmt.Errorf("firewall: allow-list add: %w", err)
+		}
+	}
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("firewall: allow-list update: %w", err)
+	}
+	return nil
+}
+
+// PublicIfaces finds the uplinks of the running system: the links that
+// carry a default route, else every up physical link. magestack's own
+// links (bridge, VPN, veths, VXLAN) are never public.
+func PublicIfaces() ([]string, error) {
+	links, err := netlink.LinkList()
+	if err != nil {
+		return nil, fmt.Errorf("firewall: list links: %w", err)
+	}
+	routes, err := netlink.RouteList(nil, netlink.FAMILY_ALL)
+	if err != nil {
+		return nil, fmt.Errorf("firewall: list routes: %w", err)
+	}
+	withDefault := map[int]bool{}
+	for _, r := range routes {
+		if r.Dst == nil || r.Dst.IP.IsUnspecified() && isZeroMask(r.Dst.Mask) {
+			withDefault[r.LinkIndex] = true
+		}
+	}
+	var viaDefault, physical []string
+	for _, l := range links {
+		a := l.Attrs()
+		if a.Flags&net.FlagLoopback != 0 || a.Name == DefaultBridge || a.Name == DefaultVPNIface || l.Type() != "device" {
+			continue
+		}
+		if withDefault[a.Index] {
+			viaDefault = append(viaDefault, a.Name)
+		}
+		if a.Flags&net.FlagUp != 0 {
+			physical = append(physical, a.Name)
+		}
+	}
+	if len(viaDefault) > 0 {
+		return viaDefault, nil
+	}
+	if len(physical) == 0 {
+		return nil, errors.New("firewall: no public interface found (no default route, no up physical link)")
+	}
+	return physical, nil
+}
+
+func isZeroMask(m net.IPMask) bool {
+	ones, _ := m.Size()
+	return ones == 0
+}
+
+// ApplyForStack is PID 1's firewall step: build the ruleset for this host
+// (uplinks found with PublicIfaces) and apply it, enabling bridge netfilter
+// so role-to-role traffic on ms-int passes the forward chain.
+func ApplyForStack(ctx context.Context, stack *stackfile.Stack, hostname string, log *slog.Logger) error {
+	start := time.Now()
+	pub, err := PublicIfaces()
+	if err != nil {
+		return err
+	}
+	rs, err := Build(stack, HostView{PublicIfaces: pub, HostName: hostname})
+	if err != nil {
+		return err
+	}
+	if err := EnableBridgeFilter(); err != nil {
+		// Without it, roles on the same bridge would bypass the role-to-role
+		// allow-list; refuse rather than pretend.
+		return err
+	}
+	if err := New().Apply(ctx, rs); err != nil {
+		return err
+	}
+	if log != nil {
+		log.Info("firewall applied", "table", "inet "+TableName, "public", pub, "rules", countRules(rs), "took", time.Since(start))
+	}
+	return nil
+}
+
+// EnableBridgeFilter makes bridged IPv4/IPv6 traffic traverse the inet
+// hooks (br_netfilter; built in or loaded as a module beforehand).
+func EnableBridgeFilter() error {
+	for _, k := range []string{"bridge-nf-call-iptables", "bridge-nf-call-ip6tables"} {
+		p := "/proc/sys/net/bridge/" + k
+		if err := os.WriteFile(p, []byte("1\n"), 0o644); err != nil {
+			return fmt.Errorf("firewall: enable bridge filtering (%s; is br_netfilter loaded?): %w", p, err)
+		}
+	}
+	return nil
+}
+
+func countRules(rs *Ruleset) int {
+	n := 0
+	for _, c := range rs.Chains {
+		n += len(c.Rules)
+	}
+	return n
+}
