@@ -147,3 +147,13 @@ func dynamicInfo(file string) (interp string, needed []string, err error) {
 	}
 	return interp, needed, nil
 }
+
+// IsStatic reports whether program runs without a dynamic linker: no
+// PT_INTERP and no DT_NEEDED libraries.
+func IsStatic(program string) (bool, error) {
+	interp, needed, err := dynamicInfo(program)
+	if err != nil {
+		return false, err
+	}
+	return interp == "" && len(needed) == 0, nil
+}

@@ -104,3 +104,16 @@ func TestNeedsNotELF(t *testing.T) {
 		t.Fatalf("want an error naming %s, got %v", p, err)
 	}
 }
+
+func TestIsStatic(t *testing.T) {
+	for prog, want := range map[string]bool{"/bin/busybox": true, "/bin/ls": false} {
+		if _, err := os.Stat(prog); err != nil {
+			t.Logf("skip %s: %v", prog, err)
+			continue
+		}
+		got, err := IsStatic(prog)
+		if err != nil || got != want {
+			t.Errorf("IsStatic(%s) = %v, %v; want %v", prog, got, err, want)
+		}
+	}
+}

@@ -141,11 +141,11 @@ func Build(spec Spec) (*initramfs.Archive, Summary, error) {
 
 // checkStatic refuses a dynamically linked init: there is no loader for it.
 func checkStatic(bin string) error {
-	files, err := elfdeps.Resolver{}.Needs(bin)
+	static, err := elfdeps.IsStatic(bin)
 	if err != nil {
 		return fmt.Errorf("init binary: %w", err)
 	}
-	if len(files) != 1 {
+	if !static {
 		return fmt.Errorf("init binary %s is dynamically linked (build it with CGO_ENABLED=0)", bin)
 	}
 	return nil
