@@ -1,0 +1,326 @@
+package qemu
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+	"unsafe"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// Namespace is a named network namespace the test created. Processes and
+// functions can run inside it; the test's own process stays outside.
+type Namespace struct {
+	Name string
+	t    testing.TB
+}
+
+// Net is a test network: a namespace holding bridge BridgeName, onto which
+// VM taps and client namespaces are plugged. Create it before the VMs that
+// use it so that, at test end, the VMs stop before it is torn down.
+type Net struct {
+	Namespace
+	mu      sync.Mutex
+	nveth   int
+	clients []*Namespace
+}
+
+// BridgeName is the bridge inside every Net.
+const BridgeName = "br0"
+
+var netSeq struct {
+	sync.Mutex
+	n int
+}
+
+// NewNet creates namespace "ms-<name>-<pid>-<n>" with an up bridge br0 whose
+// TX checksum offload is off (iPXE and other simple DHCP clients drop the
+// partially checksummed UDP a local server would otherwise send). It is
+// deleted, with every tap and client namespace, when the test ends.
+func NewNet(t testing.TB, name string) *Net {
+	t.Helper()
+	if _, err := exec.LookPath("ip"); err != nil {
+		t.Skip("test network: the ip command (iproute2) is missing")
+	}
+	netSeq.Lock()
+	netSeq.n++
+	seq := netSeq.n
+	netSeq.Unlock()
+	n := &Net{Namespace: Namespace{Name: fmt.Sprintf("ms-%s-%d-%d", name, os.Getpid(), seq), t: t}}
+	if err := createNamespace(n.Name); err != nil {
+		t.Fatalf("test network %s: %v", name, err)
+	}
+	t.Cleanup(n.close)
+	n.mustIP("link", "set", "lo", "up")
+	n.mustIP("link", "add", BridgeName, "type", "bridge", "forward_delay", "0", "stp_state", "0")
+	n.mustIP("link", "set", BridgeName, "up")
+	if err := n.DisableTxChecksum(BridgeName); err != nil {
+		t.Fatalf("test network %s: %v", n.Name, err)
+	}
+	return n
+}
+
+func createNamespace(name string) error {
+	// A leftover from a killed earlier run with the same pid would make
+	// `ip netns add` fail; the name is ours alone.
+	_ = exec.Command("ip", "netns", "del", name).Run()
+	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
+		return fmt.Errorf("ip netns add %s: %w: %s", name, err, bytes.TrimSpace(out))
+	}
+	return nil
+}
+
+func (n *Net) close() {
+	n.mu.Lock()
+	clients := n.clients
+	n.mu.Unlock()
+	for _, c := range clients {
+		c.delete()
+	}
+	n.delete()
+}
+
+func (ns *Namespace) delete() {
+	if out, err := exec.Command("ip", "netns", "del", ns.Name).CombinedOutput(); err != nil {
+		ns.t.Logf("removing netns %s: %v: %s", ns.Name, err, bytes.TrimSpace(out))
+	}
+}
+
+// ip runs `ip -n <ns> args...`.
+func (ns *Namespace) ip(args ...string) error {
+	full := append([]string{"-n", ns.Name}, args...)
+	if out, err := exec.Command("ip", full...).CombinedOutput(); err != nil {
+		return fmt.Errorf("ip %s: %w: %s", strings.Join(full, " "), err, bytes.TrimSpace(out))
+	}
+	return nil
+}
+
+func (ns *Namespace) mustIP(args ...string) {
+	ns.t.Helper()
+	if err := ns.ip(args...); err != nil {
+		ns.t.Fatal(err)
+	}
+}
+
+// AddAddr puts cidr (e.g. "192.0.2.1/24") on ifname inside the namespace.
+func (ns *Namespace) AddAddr(ifname, cidr string) {
+	ns.t.Helper()
+	ns.mustIP("addr", "add", cidr, "dev", ifname)
+}
+
+// NetNS is the namespace name to put in Options.NetNS.
+func (ns *Namespace) NetNS() string { return ns.Name }
+
+// Run runs a command inside the namespace and returns its combined output.
+func (ns *Namespace) Run(name string, args ...string) (string, error) {
+	cmd := exec.Command(name, args...)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := startInNetNS(ns.Name, cmd); err != nil {
+		return "", fmt.Errorf("netns %s: %s: %w", ns.Name, name, err)
+	}
+	if err := cmd.Wait(); err != nil {
+		return out.String(), fmt.Errorf("netns %s: %s %s: %w: %s", ns.Name, name, strings.Join(args, " "), err, bytes.TrimSpace(out.Bytes()))
+	}
+	return out.String(), nil
+}
+
+// Start starts a long-running cmd (a DHCP server, a prober) inside the
+// namespace; it is killed at test end if still running.
+func (ns *Namespace) Start(cmd *exec.Cmd) error {
+	if cmd.SysProcAttr == nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{}
+	}
+	cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
+	if err := startInNetNS(ns.Name, cmd); err != nil {
+		return fmt.Errorf("netns %s: starting %s: %w", ns.Name, cmd.Path, err)
+	}
+	ns.t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+		}
+	})
+	return nil
+}
+
+// Do runs fn on an OS thread switched into the namespace (sockets fn opens
+// stay in it). Goroutines fn starts do not inherit the namespace.
+func (ns *Namespace) Do(fn func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("current netns: %w", err)
+			return
+		}
+		defer orig.Close()
+		target, err := netns.GetFromName(ns.Name)
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("netns %s: %w", ns.Name, err)
+			return
+		}
+		defer target.Close()
+		if err := netns.Set(target); err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("entering netns %s: %w", ns.Name, err)
+			return
+		}
+		fnErr := fn()
+		if err := netns.Set(orig); err != nil {
+			// The thread stays locked and dies with this goroutine.
+			errc <- errors.Join(fnErr, fmt.Errorf("restoring netns: %w", err))
+			return
+		}
+		runtime.UnlockOSThread()
+		errc <- fnErr
+	}()
+	return <-errc
+}
+
+// Link is what the namespace's kernel says about one interface.
+type Link struct {
+	Name      string
+	OperState string // "up", "down", "lower-layer-down", ...
+	Carrier   bool   // IFF_LOWER_UP: a peer (QEMU, the veth's other end) is attached
+	Master    string // bridge it is plugged into
+}
+
+// Link reads ifname's state through netlink inside the namespace.
+func (ns *Namespace) Link(ifname string) (Link, error) {
+	h, err := netns.GetFromName(ns.Name)
+	if err != nil {
+		return Link{}, fmt.Errorf("netns %s: %w", ns.Name, err)
+	}
+	defer h.Close()
+	nh, err := netlink.NewHandleAt(h)
+	if err != nil {
+		return Link{}, fmt.Errorf("netns %s: netlink: %w", ns.Name, err)
+	}
+	defer nh.Close()
+	l, err := nh.LinkByName(ifname)
+	if err != nil {
+		return Link{}, fmt.Errorf("netns %s: link %s: %w", ns.Name, ifname, err)
+	}
+	a := l.Attrs()
+	res := Link{Name: ifname, OperState: a.OperState.String(), Carrier: a.RawFlags&unix.IFF_LOWER_UP != 0}
+	if a.MasterIndex > 0 {
+		if m, err := nh.LinkByIndex(a.MasterIndex); err == nil {
+			res.Master = m.Attrs().Name
+		}
+	}
+	return res, nil
+}
+
+// WaitCarrier waits up to timeout (scaled) until ifname has carrier == want.
+func (ns *Namespace) WaitCarrier(ifname string, want bool, timeout time.Duration) (Link, error) {
+	deadline := time.Now().Add(Scale(timeout))
+	for {
+		l, err := ns.Link(ifname)
+		if err == nil && l.Carrier == want {
+			return l, nil
+		}
+		if time.Now().After(deadline) {
+			if err != nil {
+				return l, err
+			}
+			return l, fmt.Errorf("netns %s: %s carrier=%v after %v (operstate %s)", ns.Name, ifname, l.Carrier, Scale(timeout), l.OperState)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// AddTap creates a persistent tap named name on the bridge, up, for a VM
+// started with Options.NetNS = net.NetNS(). It has carrier once QEMU opens it.
+func (n *Net) AddTap(name string) string {
+	n.t.Helper()
+	n.mustIP("tuntap", "add", "dev", name, "mode", "tap")
+	n.mustIP("link", "set", name, "master", BridgeName)
+	n.mustIP("link", "set", name, "up")
+	return name
+}
+
+// AddClient creates a namespace "<net>-<name>" with interface eth0 at cidr,
+// linked by a veth pair to the bridge: a machine on the test network (a
+// public client, a DHCP server, a witness). Its TX checksum offload is off.
+func (n *Net) AddClient(name, cidr string) *Namespace {
+	n.t.Helper()
+	n.mu.Lock()
+	n.nveth++
+	host := fmt.Sprintf("veth%d", n.nveth)
+	n.mu.Unlock()
+	c := &Namespace{Name: n.Name + "-" + name, t: n.t}
+	if err := createNamespace(c.Name); err != nil {
+		n.t.Fatal(err)
+	}
+	n.mu.Lock()
+	n.clients = append(n.clients, c)
+	n.mu.Unlock()
+	n.mustIP("link", "add", host, "type", "veth", "peer", "name", "eth0", "netns", c.Name)
+	n.mustIP("link", "set", host, "master", BridgeName)
+	n.mustIP("link", "set", host, "up")
+	c.mustIP("link", "set", "lo", "up")
+	if cidr != "" {
+		c.mustIP("addr", "add", cidr, "dev", "eth0")
+	}
+	c.mustIP("link", "set", "eth0", "up")
+	for _, off := range []struct {
+		ns     *Namespace
+		ifname string
+	}{{&n.Namespace, host}, {c, "eth0"}} {
+		if err := off.ns.DisableTxChecksum(off.ifname); err != nil {
+			n.t.Fatal(err)
+		}
+	}
+	return c
+}
+
+// ethtool ABI (linux/ethtool.h), absent from x/sys.
+const ethtoolSTXCSUM = 0x00000017
+
+type ethtoolValue struct {
+	cmd  uint32
+	data uint32
+}
+
+type ifreqPtr struct {
+	name [unix.IFNAMSIZ]byte
+	data uintptr
+	_    [16]byte
+}
+
+// DisableTxChecksum turns TX checksum offload off on ifname, so packets
+// leave with complete checksums (what `ethtool -K IF tx off` does).
+func (ns *Namespace) DisableTxChecksum(ifname string) error {
+	return ns.Do(func() error {
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return fmt.Errorf("tx checksum off %s: %w", ifname, err)
+		}
+		defer unix.Close(fd)
+		val := &ethtoolValue{cmd: ethtoolSTXCSUM, data: 0}
+		var req ifreqPtr
+		copy(req.name[:unix.IFNAMSIZ-1], ifname)
+		req.data = uintptr(unsafe.Pointer(val))
+		_, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.SIOCETHTOOL, uintptr(unsafe.Pointer(&req)))
+		runtime.KeepAlive(val)
+		if errno != 0 {
+			return fmt.Errorf("tx checksum off %s: %w", ifname, errno)
+		}
+		return nil
+	})
+}
