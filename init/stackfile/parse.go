@@ -3,8 +3,11 @@ package stackfile
 import (
 	"bytes"
 	_ "embed"
+	"errors"
 	"fmt"
+	"io"
 	"net/netip"
+	"reflect"
 	"time"
 
 	"gopkg.in/yaml.v3"
@@ -25,20 +28,67 @@ func Default() *Stack {
 	return s
 }
 
-// Parse decodes a stack file strictly (unknown keys are errors), fills in
-// defaults and validates it. name is used in error messages.
-func Parse(name string, data []byte) (*Stack, error) {
-	var s Stack
-	dec := yaml.NewDecoder(bytes.NewReader(data))
-	dec.KnownFields(true)
-	if err := dec.Decode(&s); err != nil {
-		return nil, fmt.Errorf("%s: %w", name, err)
+// MaxFileSize bounds a stack file; real ones are a few KiB.
+const MaxFileSize = 1 << 20
+
+// Parse decodes a stack file strictly, fills in defaults and validates it.
+// name is the file name used in error messages. On failure the error lists
+// every problem found (errors.Join of *FieldError, see FieldErrors), each
+// naming file, line, column and field path.
+func Parse(name string, data []byte) (s *Stack, err error) {
+	if len(data) > MaxFileSize {
+		return nil, &FieldError{File: name, Msg: fmt.Sprintf("file is %d bytes, more than the %d a stack file may have", len(data), MaxFileSize)}
+	}
+	root, err := parseNode(name, data)
+	if err != nil {
+		return nil, err
+	}
+	s = &Stack{src: &source{file: name, pos: map[string]Pos{}}}
+	if len(root.Content) > 0 {
+		top := root.Content[0]
+		s.src.pos[""] = Pos{top.Line, top.Column}
+		if top.Kind != yaml.MappingNode && !isNull(top) {
+			return nil, &FieldError{File: name, Line: top.Line, Col: top.Column, Msg: "expected a mapping of stack fields (stack, hosts, roles, ...), got " + describe(top)}
+		}
+	}
+	d := decoder{src: s.src}
+	d.decode(root, "", reflect.ValueOf(s).Elem())
+	if len(d.errs) > 0 {
+		// Semantic checks on a half-decoded stack would mostly echo these.
+		return nil, joinErrors(d.errs)
 	}
 	s.applyDefaults()
 	if err := s.Validate(); err != nil {
-		return nil, fmt.Errorf("%s: %w", name, err)
+		return nil, err
 	}
-	return &s, nil
+	return s, nil
+}
+
+// parseNode reads exactly one YAML document into a node tree. yaml.v3 is
+// guarded with recover: a parser bug on hostile input must become an error,
+// never a dead PID 1.
+func parseNode(name string, data []byte) (root *yaml.Node, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			root, err = nil, &FieldError{File: name, Msg: fmt.Sprintf("YAML parser failed: %v", r)}
+		}
+	}()
+	root = &yaml.Node{}
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	if err := dec.Decode(root); err != nil {
+		if errors.Is(err, io.EOF) {
+			return &yaml.Node{Kind: yaml.DocumentNode}, nil // empty file: reported by Validate
+		}
+		return nil, syntaxError(name, err)
+	}
+	var extra yaml.Node
+	switch err := dec.Decode(&extra); {
+	case err == nil:
+		return nil, &FieldError{File: name, Line: extra.Line, Col: extra.Column, Msg: "a stack file holds one YAML document; remove the second \"---\" section"}
+	case !errors.Is(err, io.EOF):
+		return nil, syntaxError(name, err)
+	}
+	return root, nil
 }
 
 // Role defaults; a stack file overrides any of them.
@@ -56,7 +106,7 @@ func (s *Stack) applyDefaults() {
 	if !s.Internal.IsValid() {
 		s.Internal = netip.MustParsePrefix("172.16.0.0/24")
 	}
-	if s.VPN.Port == 0 {
+	if s.VPN.Port == 0 && !s.src.has("vpn.port") { // a written 0 is an error, not a default
 		s.VPN.Port = 51820
 	}
 	if !s.VPN.Subnet.IsValid() {
@@ -83,6 +133,9 @@ func (s *Stack) applyDefaults() {
 			s.Roles[name] = def
 			continue
 		}
+		if s.src != nil && !s.src.has("roles."+name+".count") {
+			r.Count = def.Count // "web: {memory: 1GiB}" keeps the default count
+		}
 		if r.CPUWeight == 0 {
 			r.CPUWeight = def.CPUWeight
 		}
@@ -99,25 +152,3 @@ func (s *Stack) applyDefaults() {
 	}
 }
 
-// Validate checks the stack's semantics. The stack file issue grows this
-// into errors that name file, line, column and field.
-func (s *Stack) Validate() error {
-	if s.Name == "" {
-		return fmt.Errorf("stack: name is required")
-	}
-	if len(s.Hosts) == 0 {
-		return fmt.Errorf("hosts: at least one host is required")
-	}
-	if len(s.Hosts) > MaxHosts {
-		return fmt.Errorf("hosts: at most %d hosts", MaxHosts)
-	}
-	for name := range s.Roles {
-		if !IsRole(name) {
-			return fmt.Errorf("roles.%s: unknown role (roles are %v)", name, roleNames)
-		}
-	}
-	if _, err := s.Instances(); err != nil {
-		return err
-	}
-	return nil
-}

@@ -5,8 +5,14 @@
 package stackfile
 
 import (
+	"bytes"
+	"fmt"
 	"net/netip"
+	"reflect"
+	"slices"
 	"time"
+
+	"gopkg.in/yaml.v3"
 )
 
 // Stack is the whole stack file. Field names in yaml tags are the file's keys.
@@ -37,6 +43,8 @@ type Stack struct {
 	Roles map[string]Role `yaml:"roles"`
 	// Users are the people who may log in to the acc role.
 	Users []User `yaml:"users,omitempty"`
+
+	src *source // where the stack was parsed from; nil when built in code
 }
 
 // Host is one dedicated host.
@@ -168,3 +176,68 @@ func (d *Duration) UnmarshalText(b []byte) error {
 
 // MarshalText writes Go duration syntax.
 func (d Duration) MarshalText() ([]byte, error) { return []byte(time.Duration(d).String()), nil }
+
+// Marshal writes the stack as a stack file (with defaults filled in, as the
+// hosts run it); Parse reads it back to an Equal stack.
+func (s *Stack) Marshal() ([]byte, error) {
+	n, err := encode(reflect.ValueOf(s).Elem())
+	if err != nil {
+		return nil, fmt.Errorf("encode stack %s: %w", s.Name, err)
+	}
+	var b bytes.Buffer
+	enc := yaml.NewEncoder(&b)
+	enc.SetIndent(2)
+	if err := enc.Encode(n); err != nil {
+		return nil, fmt.Errorf("encode stack %s: %w", s.Name, err)
+	}
+	if err := enc.Close(); err != nil {
+		return nil, fmt.Errorf("encode stack %s: %w", s.Name, err)
+	}
+	return b.Bytes(), nil
+}
+
+// Equal reports whether two stacks describe the same thing, wherever they
+// were parsed from.
+func Equal(a, b *Stack) bool {
+	x, y := *a, *b
+	x.src, y.src = nil, nil
+	return reflect.DeepEqual(normalized(&x), normalized(&y))
+}
+
+// normalized makes empty and nil collections compare equal.
+func normalized(s *Stack) *Stack {
+	c := *s
+	if len(c.Hosts) == 0 {
+		c.Hosts = nil
+	}
+	if len(c.Public.Allow) == 0 {
+		c.Public.Allow = nil
+	}
+	if len(c.VPN.Peers) == 0 {
+		c.VPN.Peers = nil
+	}
+	if len(c.Config.SignedBy) == 0 {
+		c.Config.SignedBy = nil
+	}
+	if len(c.Users) == 0 {
+		c.Users = nil
+	}
+	c.Users = slices.Clone(c.Users)
+	for i := range c.Users {
+		if len(c.Users[i].Keys) == 0 {
+			c.Users[i].Keys = nil
+		}
+	}
+	roles := make(map[string]Role, len(c.Roles))
+	for k, r := range c.Roles {
+		if len(r.Hosts) == 0 {
+			r.Hosts = nil
+		}
+		if len(r.Settings) == 0 {
+			r.Settings = nil
+		}
+		roles[k] = r
+	}
+	c.Roles = roles
+	return &c
+}
