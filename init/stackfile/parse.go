@@ -151,4 +151,3 @@ func (s *Stack) applyDefaults() {
 		s.Roles[name] = r
 	}
 }
-
