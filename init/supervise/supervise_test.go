@@ -1,0 +1,581 @@
+package supervise
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"magestack/init/health"
+)
+
+const busybox = "/bin/busybox"
+
+func needBusybox(t *testing.T) {
+	t.Helper()
+	if _, err := os.Stat(busybox); err != nil {
+		t.Skipf("needs %s (Debian busybox-static): %v", busybox, err)
+	}
+}
+
+func sh(script string) []string { return []string{busybox, "sh", "-c", script} }
+
+func newSup(t *testing.T, opts Options) *Supervisor {
+	t.Helper()
+	s := New(slog.New(slog.NewTextHandler(testWriter{t}, nil)), opts)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := s.StopAll(ctx); err != nil {
+			t.Errorf("StopAll: %v", err)
+		}
+	})
+	return s
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimSpace(string(p)))
+	return len(p), nil
+}
+
+// waitFor polls cond until it holds, failing after a generous bound.
+func waitFor(t *testing.T, what string, bound time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(bound)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", bound, what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func unitStatus(t *testing.T, s *Supervisor, name string) UnitStatus {
+	t.Helper()
+	st, err := s.Unit(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+func alive(pid int) bool { return syscall.Kill(pid, 0) == nil }
+
+func TestKillRestartsWithBackoff(t *testing.T) {
+	needBusybox(t)
+	s := newSup(t, Options{})
+	pol := RestartPolicy{Initial: 100 * time.Millisecond, Max: 400 * time.Millisecond, StableAfter: time.Minute, CrashLoopCount: 100, CrashLoopWindow: time.Minute}
+	if err := s.Add(Spec{Name: "victim", Command: sh("echo up $$; exec sleep 1000"), Restart: pol}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Start(context.Background(), "victim"); err != nil {
+		t.Fatal(err)
+	}
+	// Expected delays: 100ms doubling, capped at 400ms.
+	want := []time.Duration{100 * time.Millisecond, 200 * time.Millisecond, 400 * time.Millisecond, 400 * time.Millisecond}
+	var pid int
+	waitFor(t, "first start", 10*time.Second, func() bool {
+		st := unitStatus(t, s, "victim")
+		pid = st.PID
+		return st.State == StateReady
+	})
+	for i, delay := range want {
+		killedAt := time.Now()
+		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		var st UnitStatus
+		waitFor(t, fmt.Sprintf("restart %d", i+1), 10*time.Second, func() bool {
+			st = unitStatus(t, s, "victim")
+			return st.PID != 0 && st.PID != pid && st.State == StateReady
+		})
+		gap := st.Started.Sub(killedAt)
+		t.Logf("kill %d: restarted after %v (backoff %v)", i+1, gap, delay)
+		if gap < delay {
+			t.Errorf("kill %d: restarted after %v, before the %v backoff", i+1, gap, delay)
+		}
+		if gap > delay+2*time.Second {
+			t.Errorf("kill %d: restarted after %v, far beyond the %v backoff", i+1, gap, delay)
+		}
+		if st.Restarts != i+1 {
+			t.Errorf("restarts = %d, want %d", st.Restarts, i+1)
+		}
+		if st.LastExit == nil || st.LastExit.Signal != "SIGKILL" || st.LastExit.Reason != "killed by SIGKILL" {
+			t.Errorf("last exit %+v, want killed by SIGKILL", st.LastExit)
+		}
+		pid = st.PID
+	}
+	// The new process really runs and logs.
+	waitFor(t, "log line of the last start", 5*time.Second, func() bool {
+		l, _ := s.Logs("victim")
+		for _, line := range l.Tail(0) {
+			if line.Stream == "stdout" && line.Text == fmt.Sprintf("up %d", pid) {
+				return true
+			}
+		}
+		return false
+	})
+}
+
+func TestStableRunRestartsAtOnce(t *testing.T) {
+	needBusybox(t)
+	s := newSup(t, Options{})
+	pol := RestartPolicy{Initial: 2 * time.Second, StableAfter: 200 * time.Millisecond}
+	if err := s.Add(Spec{Name: "stable", Command: sh("exec sleep 1000"), Restart: pol}); err != nil {
+		t.Fatal(err)
+	}
+	s.Start(context.Background(), "stable")
+	var st UnitStatus
+	waitFor(t, "ready", 10*time.Second, func() bool { st = unitStatus(t, s, "stable"); return st.State == StateReady })
+	time.Sleep(300 * time.Millisecond) // past StableAfter
+	pid := st.PID
+	killedAt := time.Now()
+	syscall.Kill(pid, syscall.SIGKILL)
+	waitFor(t, "restart", 10*time.Second, func() bool {
+		st = unitStatus(t, s, "stable")
+		return st.PID != 0 && st.PID != pid
+	})
+	if gap := st.Started.Sub(killedAt); gap >= 2*time.Second {
+		t.Errorf("a unit that ran past StableAfter waited %v (the initial backoff) before restarting", gap)
+	}
+}
+
+func TestCrashLoopMarksFailed(t *testing.T) {
+	needBusybox(t)
+	s := newSup(t, Options{})
+	events, cancel := s.Subscribe(100)
+	defer cancel()
+	pol := RestartPolicy{Initial: 10 * time.Millisecond, Max: 50 * time.Millisecond, CrashLoopCount: 4, CrashLoopWindow: time.Minute}
+	if err := s.Add(Spec{Name: "crasher", Command: sh("echo boom >&2; exit 3"), Restart: pol}); err != nil {
+		t.Fatal(err)
+	}
+	s.Start(context.Background(), "crasher")
+	var st UnitStatus
+	waitFor(t, "failed", 10*time.Second, func() bool { st = unitStatus(t, s, "crasher"); return st.State == StateFailed })
+	if !strings.Contains(st.Message, "crash loop: 4 exits") || !strings.Contains(st.Message, "exit 3") {
+		t.Errorf("message %q", st.Message)
+	}
+	if st.LastExit == nil || st.LastExit.Code != 3 {
+		t.Errorf("last exit %+v, want code 3", st.LastExit)
+	}
+	if st.Restarts != 3 {
+		t.Errorf("restarts = %d, want 3 (4 starts)", st.Restarts)
+	}
+	if err := s.WaitReady(context.Background(), "crasher"); err == nil || !strings.Contains(err.Error(), "crasher failed") {
+		t.Errorf("WaitReady = %v, want failed error", err)
+	}
+	// No more spinning.
+	time.Sleep(300 * time.Millisecond)
+	if again := unitStatus(t, s, "crasher"); again.Restarts != 3 || again.State != StateFailed {
+		t.Errorf("after failing: state %s restarts %d", again.State, again.Restarts)
+	}
+	sawCrashLoop := false
+	for len(events) > 0 {
+		if ev := <-events; ev.Kind == "crash-loop" && ev.Unit == "crasher" {
+			sawCrashLoop = true
+		}
+	}
+	if !sawCrashLoop {
+		t.Error("no crash-loop event")
+	}
+	l, _ := s.Logs("crasher")
+	n := 0
+	for _, line := range l.Tail(0) {
+		if line.Stream == "stderr" && line.Text == "boom" {
+			n++
+		}
+	}
+	if n != 4 {
+		t.Errorf("%d stderr lines 'boom', want 4", n)
+	}
+	// An explicit start revives it.
+	if err := s.Start(context.Background(), "crasher"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "restarted after explicit start", 10*time.Second, func() bool {
+		return unitStatus(t, s, "crasher").Restarts > 3
+	})
+}
+
+func freePort(t *testing.T) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+func TestFailingHealthRestartsWithReason(t *testing.T) {
+	needBusybox(t)
+	dir := t.TempDir()
+	index := filepath.Join(dir, "index.html")
+	os.WriteFile(index, []byte("shop is up\n"), 0o644)
+	addr := freePort(t)
+	s := newSup(t, Options{})
+	check := &health.Check{HTTP: "http://" + addr + "/index.html", BodyContains: "shop is up",
+		Interval: 100 * time.Millisecond, Timeout: time.Second, Retries: 2, StartPeriod: 5 * time.Second}
+	err := s.Add(Spec{Name: "web", Command: []string{busybox, "httpd", "-f", "-p", addr, "-h", dir}, Health: check,
+		StopGrace: 2 * time.Second, Restart: RestartPolicy{Initial: 50 * time.Millisecond, StableAfter: time.Minute}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Start(context.Background(), "web")
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	if err := s.WaitReady(ctx, "web"); err != nil {
+		t.Fatal(err)
+	}
+	st := unitStatus(t, s, "web")
+	if st.Health != "healthy" {
+		t.Errorf("health %q, want healthy", st.Health)
+	}
+	pid := st.PID
+	os.Remove(index) // httpd now answers 404
+	waitFor(t, "restart after failing health", 15*time.Second, func() bool {
+		st = unitStatus(t, s, "web")
+		return st.Restarts == 1
+	})
+	if st.LastExit == nil || !strings.Contains(st.LastExit.Reason, "unhealthy") || !strings.Contains(st.LastExit.Reason, "status 404") {
+		t.Errorf("last exit reason %+v, want unhealthy with status 404", st.LastExit)
+	}
+	if alive(pid) {
+		t.Errorf("old httpd %d still alive", pid)
+	}
+	os.WriteFile(index, []byte("shop is up\n"), 0o644)
+	if err := s.WaitReady(ctx, "web"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestDependencyOrder(t *testing.T) {
+	needBusybox(t)
+	s := newSup(t, Options{})
+	events, cancel := s.Subscribe(100)
+	defer cancel()
+	// db becomes ready only when it says so on fd 3, 300ms after start.
+	add := func(name string, after []string, script string, notify bool) {
+		err := s.Add(Spec{Name: name, After: after, NotifyFD: notify, Command: sh(script), StopGrace: 3 * time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	add("web", []string{"db"}, "exec sleep 1000", false) // added first on purpose
+	add("lb", []string{"web"}, "exec sleep 1000", false)
+	add("db", nil, "sleep 0.3; echo ready >&3; exec sleep 1000", true)
+	if err := s.StartAll(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "lb waiting for web", 5*time.Second, func() bool {
+		st := unitStatus(t, s, "lb")
+		return st.State == StateStarting && st.Message == "waiting for web"
+	})
+	ctx, cancelWait := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancelWait()
+	if err := s.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var pids []int
+	for _, n := range []string{"db", "web", "lb"} {
+		pids = append(pids, unitStatus(t, s, n).PID)
+	}
+	if err := s.StopAll(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var seq []string
+	for len(events) > 0 {
+		ev := <-events
+		if ev.Kind == "started" || ev.Kind == "ready" || ev.Kind == "stopped" {
+			seq = append(seq, ev.Kind+" "+ev.Unit)
+		}
+	}
+	want := "[started db ready db started web ready web started lb ready lb stopped lb stopped web stopped db]"
+	if fmt.Sprint(seq) != want {
+		t.Errorf("events\n %v\nwant\n %s", seq, want)
+	}
+	for _, pid := range pids {
+		if alive(pid) {
+			t.Errorf("pid %d alive after StopAll", pid)
+		}
+	}
+	for _, n := range []string{"db", "web", "lb"} {
+		if st := unitStatus(t, s, n); st.State != StateStopped || st.PID != 0 {
+			t.Errorf("%s: %s pid %d after StopAll", n, st.State, st.PID)
+		}
+	}
+}
+
+func TestStopGraceThenKill(t *testing.T) {
+	needBusybox(t)
+	s := newSup(t, Options{})
+	// The shell ignores SIGTERM (prints it) and has a child in its group.
+	script := `trap "echo got TERM" TERM; sleep 1000 & echo child $!; while :; do sleep 0.05; done`
+	if err := s.Add(Spec{Name: "stubborn", Command: sh(script), StopGrace: 500 * time.Millisecond}); err != nil {
+		t.Fatal(err)
+	}
+	s.Start(context.Background(), "stubborn")
+	var child int
+	waitFor(t, "child pid logged", 10*time.Second, func() bool {
+		l, _ := s.Logs("stubborn")
+		for _, line := range l.Tail(0) {
+			if _, err := fmt.Sscanf(line.Text, "child %d", &child); err == nil {
+				return true
+			}
+		}
+		return false
+	})
+	pid := unitStatus(t, s, "stubborn").PID
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	if err := s.Stop(ctx, "stubborn"); err != nil {
+		t.Fatal(err)
+	}
+	took := time.Since(start)
+	if took < 500*time.Millisecond {
+		t.Errorf("stop took %v, less than the grace", took)
+	}
+	if alive(pid) || alive(child) {
+		t.Errorf("after stop: shell alive %v, its child alive %v", alive(pid), alive(child))
+	}
+	st := unitStatus(t, s, "stubborn")
+	if st.State != StateStopped || st.LastExit == nil || st.LastExit.Signal != "SIGKILL" {
+		t.Errorf("status %s, last exit %+v: want stopped, killed by SIGKILL", st.State, st.LastExit)
+	}
+	l, _ := s.Logs("stubborn")
+	var text []string
+	for _, line := range l.Tail(0) {
+		text = append(text, line.Text)
+	}
+	all := strings.Join(text, "\n")
+	for _, want := range []string{"got TERM", "SIGKILL"} {
+		if !strings.Contains(all, want) {
+			t.Errorf("log lacks %q:\n%s", want, all)
+		}
+	}
+}
+
+func TestStopPromptWhenSignalHonoured(t *testing.T) {
+	needBusybox(t)
+	s := newSup(t, Options{})
+	s.Add(Spec{Name: "polite", Command: sh("exec sleep 1000"), StopGrace: 20 * time.Second})
+	s.Start(context.Background(), "polite")
+	waitFor(t, "ready", 10*time.Second, func() bool { return unitStatus(t, s, "polite").State == StateReady })
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	if err := s.Stop(ctx, "polite"); err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(start); took > 10*time.Second {
+		t.Errorf("stop took %v although SIGTERM ends sleep", took)
+	}
+	if st := unitStatus(t, s, "polite"); st.LastExit == nil || st.LastExit.Signal != "SIGTERM" {
+		t.Errorf("last exit %+v, want SIGTERM", st.LastExit)
+	}
+}
+
+func TestLogsCapturedAndRotated(t *testing.T) {
+	needBusybox(t)
+	dir := t.TempDir()
+	s := newSup(t, Options{LogDir: dir, LogFileBytes: 4000, LogFiles: 2})
+	script := `i=0; while [ $i -lt 200 ]; do echo "out $i"; echo "err $i" >&2; i=$((i+1)); done; exec sleep 1000`
+	s.Add(Spec{Name: "chatty", Command: sh(script)})
+	s.Start(context.Background(), "chatty")
+	l, _ := s.Logs("chatty")
+	waitFor(t, "400 lines", 10*time.Second, func() bool {
+		n := 0
+		for _, line := range l.Tail(0) {
+			if line.Stream != "supervisor" {
+				n++
+			}
+		}
+		return n == 400
+	})
+	var names []string
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	if fmt.Sprint(names) != "[chatty.log chatty.log.1 chatty.log.2]" {
+		t.Errorf("log files %v", names)
+	}
+	var all string
+	for _, n := range names {
+		b, _ := os.ReadFile(filepath.Join(dir, n))
+		if len(b) > 4000 {
+			t.Errorf("%s is %d bytes, over the 4000 limit", n, len(b))
+		}
+		all += string(b)
+	}
+	for _, want := range []string{" stderr err 199\n", " stdout out 199\n"} {
+		if !strings.Contains(all, want) {
+			t.Errorf("log files lack %q", want)
+		}
+	}
+	if strings.Contains(all, " stdout out 0\n") {
+		t.Error("the oldest lines were not rotated away (2 rotated files of 4000 bytes kept)")
+	}
+}
+
+func TestValidation(t *testing.T) {
+	s := newSup(t, Options{})
+	tests := []struct {
+		spec Spec
+		err  string
+	}{
+		{Spec{Name: "web/nginx", Command: []string{"x"}}, `unit name "web/nginx"`},
+		{Spec{Name: "a"}, "command is empty"},
+		{Spec{Name: "a", Command: []string{"x"}, After: []string{"a"}}, "depends on itself"},
+		{Spec{Name: "a", Command: []string{"x"}, Health: &health.Check{}}, "one of exec, tcp or http"},
+		{Spec{Name: "a", Command: []string{"x"}, Restart: RestartPolicy{Initial: time.Minute, Max: time.Second}}, "above max"},
+	}
+	for _, tt := range tests {
+		if err := s.Add(tt.spec); err == nil || !strings.Contains(err.Error(), tt.err) {
+			t.Errorf("Add(%+v) = %v, want %q", tt.spec.Name, err, tt.err)
+		}
+	}
+	s.Add(Spec{Name: "x", Command: []string{"true"}, After: []string{"y"}})
+	s.Add(Spec{Name: "y", Command: []string{"true"}, After: []string{"x"}})
+	if err := s.StartAll(context.Background()); err == nil || !strings.Contains(err.Error(), "dependency cycle") {
+		t.Errorf("StartAll with a cycle = %v", err)
+	}
+	s.Add(Spec{Name: "z", Command: []string{"true"}, After: []string{"nope"}})
+	if err := s.Start(context.Background(), "z"); err == nil || !strings.Contains(err.Error(), `unknown unit "nope"`) {
+		t.Errorf("Start with unknown dep = %v", err)
+	}
+	if err := s.Start(context.Background(), "ghost"); err == nil || !strings.Contains(err.Error(), `unknown unit "ghost"`) {
+		t.Errorf("Start(ghost) = %v", err)
+	}
+	if st := unitStatus(t, s, "x"); st.State != StateStopped {
+		t.Errorf("x is %s after failed StartAll", st.State)
+	}
+}
+
+func TestStartFailureReported(t *testing.T) {
+	s := newSup(t, Options{})
+	s.Add(Spec{Name: "missing", Command: []string{"/nonexistent/daemon"},
+		Restart: RestartPolicy{Initial: 10 * time.Millisecond, CrashLoopCount: 2}})
+	s.Start(context.Background(), "missing")
+	var st UnitStatus
+	waitFor(t, "failed", 10*time.Second, func() bool { st = unitStatus(t, s, "missing"); return st.State == StateFailed })
+	if st.LastExit == nil || !strings.Contains(st.LastExit.Reason, "start: ") || !strings.Contains(st.LastExit.Reason, "no such file") {
+		t.Errorf("last exit %+v", st.LastExit)
+	}
+}
+
+// countingStarter proves the process starter is injectable (PID 1 passes its reaper).
+type countingStarter struct {
+	mu sync.Mutex
+	n  int
+}
+
+func (c *countingStarter) Start(cmd *exec.Cmd) (<-chan unix.WaitStatus, error) {
+	c.mu.Lock()
+	c.n++
+	c.mu.Unlock()
+	return ExecStarter{}.Start(cmd)
+}
+
+func TestInjectedStarterAndUsage(t *testing.T) {
+	needBusybox(t)
+	cs := &countingStarter{}
+	s := newSup(t, Options{Starter: cs})
+	s.Add(Spec{Name: "busy", Command: sh("i=0; while [ $i -lt 100000 ]; do i=$((i+1)); done; exec sleep 1000")})
+	s.Start(context.Background(), "busy")
+	waitFor(t, "cpu time accounted", 20*time.Second, func() bool {
+		st := unitStatus(t, s, "busy")
+		return st.CPUUsec > 0 && st.MemoryBytes > 0
+	})
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	if cs.n != 1 {
+		t.Errorf("injected starter used %d times, want 1", cs.n)
+	}
+}
+
+func TestBackoffSequence(t *testing.T) {
+	p := RestartPolicy{Initial: 100 * time.Millisecond, Max: 30 * time.Second}
+	want := []time.Duration{0, 100 * time.Millisecond, 200 * time.Millisecond, 400 * time.Millisecond, 800 * time.Millisecond}
+	for q, w := range want {
+		if got := p.backoff(q); got != w {
+			t.Errorf("backoff(%d) = %v, want %v", q, got, w)
+		}
+	}
+	if got := p.backoff(20); got != 30*time.Second {
+		t.Errorf("backoff(20) = %v, want the 30s cap", got)
+	}
+	if got := p.backoff(1000); got != 30*time.Second {
+		t.Errorf("backoff(1000) = %v (overflow?)", got)
+	}
+}
+
+func TestParseCgroupFiles(t *testing.T) {
+	m := parseKeyed([]byte("low 0\nhigh 12\nmax 3\noom 2\noom_kill 1\noom_group_kill 0\n"))
+	if m["oom_kill"] != 1 || m["high"] != 12 {
+		t.Errorf("memory.events parsed as %v", m)
+	}
+	m = parseKeyed([]byte("usage_usec 123456\nuser_usec 100000\nsystem_usec 23456\nnr_periods 0\n"))
+	if m["usage_usec"] != 123456 {
+		t.Errorf("cpu.stat parsed as %v", m)
+	}
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "memory.events"), []byte("oom 4\noom_kill 3\n"), 0o644)
+	os.WriteFile(filepath.Join(dir, "memory.current"), []byte("8675309\n"), 0o644)
+	if n, ok := oomKills(dir); !ok || n != 3 {
+		t.Errorf("oomKills = %d %v", n, ok)
+	}
+	if n, ok := cgroupMemory(dir); !ok || n != 8675309 {
+		t.Errorf("cgroupMemory = %d %v", n, ok)
+	}
+	if _, ok := cgroupCPUUsec(dir); ok {
+		t.Error("cpu.stat absent but read")
+	}
+	if IsCgroup2(dir) {
+		t.Errorf("%s taken for cgroup2", dir)
+	}
+}
+
+// TestCgroupPlacementAndKill needs a writable cgroup v2 hierarchy (QEMU
+// with Debian's kernel; this development host mounts cgroups in v1 hybrid mode).
+func TestCgroupPlacementAndKill(t *testing.T) {
+	root := "/sys/fs/cgroup"
+	if !IsCgroup2(root) {
+		t.Skip("/sys/fs/cgroup is not cgroup2 (statfs magic): cgroup placement, cgroup.kill and memory.events are tested in QEMU")
+	}
+	needBusybox(t)
+	cg := filepath.Join(root, fmt.Sprintf("supervise-test-%d", os.Getpid()))
+	t.Cleanup(func() { os.Remove(cg) })
+	s := newSup(t, Options{})
+	s.Add(Spec{Name: "grouped", Cgroup: cg, Command: sh("sleep 1000 & trap '' TERM; while :; do sleep 0.05; done"), StopGrace: 300 * time.Millisecond})
+	s.Start(context.Background(), "grouped")
+	waitFor(t, "two processes in the cgroup", 10*time.Second, func() bool { return len(cgroupProcs(cg)) >= 2 })
+	st := unitStatus(t, s, "grouped")
+	found := false
+	for _, p := range cgroupProcs(cg) {
+		found = found || p == st.PID
+	}
+	if !found {
+		t.Errorf("main pid %d not in %s", st.PID, cg)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	if err := s.Stop(ctx, "grouped"); err != nil {
+		t.Fatal(err)
+	}
+	if procs := cgroupProcs(cg); len(procs) != 0 {
+		t.Errorf("processes left in the cgroup after stop: %v", procs)
+	}
+}
