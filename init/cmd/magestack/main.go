@@ -24,6 +24,8 @@ func faces() []face {
 	return []face{
 		{"init", "PID 1 of a dedicated host (chosen automatically when the pid is 1)", initMain},
 		{"modprobe", "load a kernel module and its dependencies (the kernel's modprobe helper)", modprobeMain},
+		{"role-init", "PID 1 inside a role environment (started by init with a spec file)", roleInitMain},
+		{"netboot", "PXE boot server for a rack of hosts (DHCP, TFTP, HTTP/iPXE); `netboot status`", netbootMain},
 	}
 }
 
@@ -40,7 +42,8 @@ func dispatch(argv []string, pid int) int {
 	for _, f := range all {
 		byName[f.name] = f
 	}
-	if pid == 1 {
+	// role-init is PID 1 too, of its role's PID namespace.
+	if pid == 1 && (len(argv) < 2 || argv[1] != "role-init") {
 		return byName["init"].run(argv[1:])
 	}
 	if f, ok := byName[filepath.Base(argv[0])]; ok && f.name != "init" {

@@ -1,0 +1,194 @@
+package roleinit
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"magestack/services"
+)
+
+const defaultScratch = 64 << 20
+
+// mnt is one mount below the new root.
+type mnt struct {
+	source, target, fstype string
+	flags                  uintptr
+	data                   string
+	mode                   os.FileMode // of the target directory when created
+}
+
+// buildRoot assembles the role's root filesystem under a tmpfs at
+// s.StateDir in this (private) mount namespace and returns its path.
+func buildRoot(s *Spec) (string, error) {
+	// Nothing mounted from here may propagate back to the host.
+	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
+		return "", fmt.Errorf("make / private: %w", err)
+	}
+	size := s.ScratchSize
+	if size == 0 {
+		size = defaultScratch
+	}
+	scratch := s.StateDir
+	if err := unix.Mount("scratch", scratch, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, fmt.Sprintf("mode=0700,size=%d", size)); err != nil {
+		return "", fmt.Errorf("scratch tmpfs on %s: %w", scratch, err)
+	}
+	upper, work, root := filepath.Join(scratch, "upper"), filepath.Join(scratch, "work"), filepath.Join(scratch, "root")
+	for _, d := range []string{upper, work, root} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			return "", fmt.Errorf("scratch: %w", err)
+		}
+	}
+	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s", escapeOverlay(s.Image), upper, work)
+	if err := unix.Mount("overlay", root, "overlay", 0, opts); err != nil {
+		return "", fmt.Errorf("overlay of image %s: %w", s.Image, err)
+	}
+	mounts := []mnt{
+		{"proc", "proc", "proc", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, "", 0o555},
+		{"sysfs", "sys", "sysfs", unix.MS_RDONLY | unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, "", 0o555},
+		{"dev", "dev", "tmpfs", unix.MS_NOSUID | unix.MS_NOEXEC, "mode=0755,size=1m", 0o755},
+		{"devpts", "dev/pts", "devpts", unix.MS_NOSUID | unix.MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620", 0o755},
+		{"shm", "dev/shm", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV, "mode=1777,size=16m", 0o1777},
+		{"tmp", "tmp", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV, "mode=1777,size=64m", 0o1777},
+		{"run", "run", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV, "mode=0755,size=16m", 0o755},
+	}
+	for _, m := range mounts {
+		if err := mountAt(root, m); err != nil {
+			return "", err
+		}
+		if m.target == "dev" {
+			if err := populateDev(filepath.Join(root, "dev")); err != nil {
+				return "", err
+			}
+		}
+	}
+	if s.Volume != "" {
+		if err := mountAt(root, mnt{s.Volume, "data", "", unix.MS_BIND | unix.MS_REC, "", 0o755}); err != nil {
+			return "", err
+		}
+		// A bind mount takes its flags only on a remount.
+		if err := unix.Mount("", filepath.Join(root, "data"), "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_NOSUID|unix.MS_NODEV, ""); err != nil {
+			return "", fmt.Errorf("volume %s: remount nosuid,nodev: %w", s.Volume, err)
+		}
+	}
+	if err := writeFiles(root, s); err != nil {
+		return "", err
+	}
+	return root, nil
+}
+
+// escapeOverlay escapes the characters overlayfs treats as separators in
+// a lowerdir path.
+func escapeOverlay(p string) string {
+	return strings.NewReplacer(`\`, `\\`, `,`, `\,`, `:`, `\:`).Replace(p)
+}
+
+func mountAt(root string, m mnt) error {
+	target := filepath.Join(root, m.target)
+	if err := os.MkdirAll(target, m.mode|0o700); err != nil {
+		return fmt.Errorf("mount point /%s: %w", m.target, err)
+	}
+	if err := unix.Mount(m.source, target, m.fstype, m.flags, m.data); err != nil {
+		return fmt.Errorf("mount %s on /%s: %w", m.source, m.target, err)
+	}
+	return nil
+}
+
+// populateDev creates the few device nodes a service may use; nothing that
+// reaches hardware or the host's consoles.
+func populateDev(dev string) error {
+	nodes := []struct {
+		name         string
+		major, minor uint32
+	}{{"null", 1, 3}, {"zero", 1, 5}, {"full", 1, 7}, {"random", 1, 8}, {"urandom", 1, 9}, {"tty", 5, 0}}
+	for _, n := range nodes {
+		p := filepath.Join(dev, n.name)
+		if err := unix.Mknod(p, unix.S_IFCHR|0o666, int(unix.Mkdev(n.major, n.minor))); err != nil {
+			return fmt.Errorf("/dev/%s: %w", n.name, err)
+		}
+		if err := os.Chmod(p, 0o666); err != nil { // undo the umask
+			return fmt.Errorf("/dev/%s: %w", n.name, err)
+		}
+	}
+	links := map[string]string{"fd": "/proc/self/fd", "stdin": "/proc/self/fd/0", "stdout": "/proc/self/fd/1",
+		"stderr": "/proc/self/fd/2", "ptmx": "pts/ptmx"}
+	for name, target := range links {
+		if err := os.Symlink(target, filepath.Join(dev, name)); err != nil {
+			return fmt.Errorf("/dev/%s: %w", name, err)
+		}
+	}
+	return nil
+}
+
+// writeFiles puts the instance's identity and the payload's rendered files
+// into the writable layer.
+func writeFiles(root string, s *Spec) error {
+	inst := services.Instance{Name: s.Name, Role: s.Role, FQDN: s.Name + ".i", Stack: s.Stack}
+	files := []struct {
+		path string
+		data []byte
+		mode os.FileMode
+	}{
+		{"/etc/hostname", []byte(s.Name + "\n"), 0o644},
+		{"/etc/hosts", []byte(s.Hosts), 0o644},
+	}
+	for _, f := range s.Payload.Files {
+		b, err := f.Render(inst)
+		if err != nil {
+			return err
+		}
+		mode := f.Mode
+		if mode == 0 {
+			mode = 0o644
+		}
+		files = append(files, struct {
+			path string
+			data []byte
+			mode os.FileMode
+		}{f.Path, b, mode})
+	}
+	for _, f := range files {
+		p := filepath.Join(root, filepath.Clean("/"+f.path))
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			return fmt.Errorf("write %s: %w", f.path, err)
+		}
+		// A symlink in the image must not redirect the write out of the
+		// root: refuse to follow one at the last component.
+		if fi, err := os.Lstat(p); err == nil && fi.Mode()&os.ModeSymlink != 0 {
+			return fmt.Errorf("write %s: is a symlink in the image", f.path)
+		}
+		if err := os.WriteFile(p, f.data, f.mode); err != nil {
+			return fmt.Errorf("write %s: %w", f.path, err)
+		}
+		if err := os.Chmod(p, f.mode); err != nil {
+			return fmt.Errorf("write %s: %w", f.path, err)
+		}
+	}
+	return nil
+}
+
+// pivotInto makes root the process's / and detaches the old root, so
+// nothing of the host's filesystem stays reachable.
+func pivotInto(root string) error {
+	if err := unix.Chdir(root); err != nil {
+		return fmt.Errorf("pivot: chdir %s: %w", root, err)
+	}
+	// pivot_root(".", ".") stacks the old root under the new one at "/",
+	// where it is unmounted without needing a directory for it.
+	if err := unix.PivotRoot(".", "."); err != nil {
+		return fmt.Errorf("pivot_root into %s: %w", root, err)
+	}
+	if err := unix.Unmount(".", unix.MNT_DETACH); err != nil {
+		return fmt.Errorf("pivot: detach old root: %w", err)
+	}
+	if err := unix.Chdir("/"); err != nil {
+		return fmt.Errorf("pivot: chdir /: %w", err)
+	}
+	return nil
+}
+
+var errNotPID1 = errors.New("role-init must run as PID 1 of a new PID namespace")
