@@ -1,0 +1,158 @@
+package netboot
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// maxReport bounds what a host may POST to /report.
+const maxReport = 64 << 10
+
+// imageFiles are the only files served under /image/; anything else is 404,
+// so no request path reaches the file system.
+var imageFiles = []string{"vmlinuz", "initramfs.img"}
+
+func (s *Server) routes() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /boot/{file}", s.serveScript)
+	mux.HandleFunc("GET /image/{file}", s.serveImage)
+	mux.HandleFunc("GET /stack.yaml", s.serveStack)
+	mux.HandleFunc("POST /report", s.serveReport)
+	mux.HandleFunc("GET /status", s.serveStatus)
+	return mux
+}
+
+func clientMAC(r *http.Request, s *Server) string {
+	host, _, _ := net.SplitHostPort(r.RemoteAddr)
+	return s.macForIP(host)
+}
+
+// serveScript answers /boot/<mac>.ipxe with the host's boot script.
+func (s *Server) serveScript(w http.ResponseWriter, r *http.Request) {
+	file := r.PathValue("file")
+	macText, ok := strings.CutSuffix(file, ".ipxe")
+	mac, err := net.ParseMAC(macText)
+	if !ok || err != nil {
+		http.Error(w, "want /boot/<mac>.ipxe", http.StatusNotFound)
+		return
+	}
+	script, host, ok := s.scriptFor(mac)
+	if !ok {
+		s.log.Warn("netboot: script refused: unknown MAC", "mac", mac, "from", r.RemoteAddr)
+		http.Error(w, "unknown host", http.StatusNotFound)
+		return
+	}
+	s.progress.Step(mac.String(), host, "script", r.RemoteAddr)
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	io.WriteString(w, script)
+}
+
+func (s *Server) serveImage(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("file")
+	known := false
+	for _, f := range imageFiles {
+		known = known || f == name
+	}
+	if !known {
+		http.NotFound(w, r)
+		return
+	}
+	f, err := os.Open(filepath.Join(s.opts.ImageDir, name))
+	if err != nil {
+		s.log.Error("netboot: image file missing", "file", name, "err", err)
+		http.Error(w, "image file missing on the boot server", http.StatusInternalServerError)
+		return
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		http.Error(w, "image file unreadable", http.StatusInternalServerError)
+		return
+	}
+	step := "kernel"
+	if name == "initramfs.img" {
+		step = "initramfs"
+	}
+	if mac := clientMAC(r, s); mac != "" {
+		s.progress.Step(mac, "", step, fmt.Sprintf("%d bytes", st.Size()))
+	}
+	// ETag from size and mtime lets iPXE and caches revalidate; ServeContent
+	// handles Range and If-None-Match.
+	w.Header().Set("ETag", fmt.Sprintf(`"%x-%x"`, st.Size(), st.ModTime().UnixNano()))
+	w.Header().Set("Cache-Control", "public, max-age=60")
+	w.Header().Set("Content-Type", "application/octet-stream")
+	http.ServeContent(w, r, name, st.ModTime(), f)
+}
+
+func (s *Server) serveStack(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "application/yaml")
+	w.Header().Set("Cache-Control", "no-store")
+	w.Write(s.stackYAML)
+}
+
+// Report is what a booting host posts: a step ("ready") or its hardware
+// (discovery boots).
+type Report struct {
+	Host     string         `json:"host"`
+	MAC      string         `json:"mac"`
+	Event    string         `json:"event"`
+	UptimeMS int64          `json:"uptime_ms,omitempty"`
+	Hardware map[string]any `json:"hardware,omitempty"`
+	Error    string         `json:"error,omitempty"`
+}
+
+func (s *Server) serveReport(w http.ResponseWriter, r *http.Request) {
+	var rep Report
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxReport))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&rep); err != nil {
+		http.Error(w, "bad report: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	mac, err := net.ParseMAC(rep.MAC)
+	if err != nil {
+		http.Error(w, "bad report: mac: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	switch rep.Event {
+	case "ready":
+		s.progress.Step(mac.String(), rep.Host, "ready", fmt.Sprintf("uptime_ms=%d", rep.UptimeMS))
+	case "discovered":
+		s.progress.Update(mac.String(), func(h *HostProgress) { h.Hardware = rep.Hardware })
+		hw, _ := json.Marshal(rep.Hardware)
+		s.log.Info("netboot: discovered machine", "mac", mac, "hardware", string(hw))
+		s.progress.Step(mac.String(), "", "discovered", string(hw))
+	case "error":
+		s.progress.Update(mac.String(), func(h *HostProgress) { h.Error = rep.Error })
+		s.progress.Step(mac.String(), rep.Host, "error", rep.Error)
+	default:
+		http.Error(w, fmt.Sprintf("bad report: event %q: want ready, discovered or error", rep.Event), http.StatusBadRequest)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (s *Server) serveStatus(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(s.progress.Snapshot())
+}
+
+func newHTTPServer(h http.Handler, log *slog.Logger) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		IdleTimeout:       60 * time.Second,
+		MaxHeaderBytes:    16 << 10,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+}

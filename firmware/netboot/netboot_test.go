@@ -1,0 +1,408 @@
+package netboot
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/insomniacslk/dhcp/dhcpv4"
+	"github.com/insomniacslk/dhcp/dhcpv4/nclient4"
+	"github.com/pin/tftp/v3"
+	"github.com/vishvananda/netns"
+
+)
+
+const testStack = `stack: rack1
+hosts:
+  - {name: dh1, mac: "52:54:00:aa:00:01", pair: dh2}
+  - {name: dh2, mac: "52:54:00:aa:00:02", address: 10.77.0.12/24, gateway: 10.77.0.1, pair: dh1}
+`
+
+// inNS runs fn on a thread switched into ns, and switches back.
+func inNS(t *testing.T, ns netns.NsHandle, fn func() error) error {
+	t.Helper()
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer orig.Close()
+		if err := netns.Set(ns); err != nil {
+			errc <- err
+			return
+		}
+		err = fn()
+		if err2 := netns.Set(orig); err2 != nil {
+			// Leave the thread locked: it dies with the goroutine.
+			errc <- fmt.Errorf("restore namespace: %w", err2)
+			return
+		}
+		runtime.UnlockOSThread()
+		errc <- err
+	}()
+	return <-errc
+}
+
+func sh(t *testing.T, args ...string) {
+	t.Helper()
+	if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
+		t.Fatalf("%v: %v\n%s", args, err, out)
+	}
+}
+
+// bootNet makes a server namespace (10.77.0.1/24 on nbsrv0) and a client
+// namespace whose veth has the given MAC.
+func bootNet(t *testing.T, clientMAC string) (srv, cli netns.NsHandle) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for network namespaces")
+	}
+	id := fmt.Sprintf("%d", os.Getpid()%100000)
+	s, c := "nbs"+id, "nbc"+id
+	sh(t, "ip", "netns", "add", s)
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", s).Run() })
+	sh(t, "ip", "netns", "add", c)
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", c).Run() })
+	sh(t, "ip", "-n", s, "link", "add", "nbsrv0", "type", "veth", "peer", "name", "nbcli0", "netns", c)
+	sh(t, "ip", "-n", c, "link", "set", "nbcli0", "address", clientMAC)
+	sh(t, "ip", "-n", s, "addr", "add", "10.77.0.1/24", "dev", "nbsrv0")
+	sh(t, "ip", "-n", s, "link", "set", "nbsrv0", "up")
+	sh(t, "ip", "-n", s, "link", "set", "lo", "up")
+	sh(t, "ip", "-n", c, "link", "set", "nbcli0", "up")
+	var err error
+	if srv, err = netns.GetFromName(s); err != nil {
+		t.Fatal(err)
+	}
+	if cli, err = netns.GetFromName(c); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close(); cli.Close() })
+	return srv, cli
+}
+
+func testFiles(t *testing.T) (stack, images, boot string) {
+	dir := t.TempDir()
+	stack = filepath.Join(dir, "stack.yaml")
+	os.WriteFile(stack, []byte(testStack), 0o644)
+	images = filepath.Join(dir, "image")
+	boot = filepath.Join(dir, "ipxe")
+	os.Mkdir(images, 0o755)
+	os.Mkdir(boot, 0o755)
+	os.WriteFile(filepath.Join(images, "vmlinuz"), bytes.Repeat([]byte("K"), 100000), 0o644)
+	os.WriteFile(filepath.Join(images, "initramfs.img"), bytes.Repeat([]byte("I"), 300000), 0o644)
+	os.WriteFile(filepath.Join(boot, "undionly.kpxe"), bytes.Repeat([]byte("U"), 70000), 0o644)
+	os.WriteFile(filepath.Join(boot, "ipxe.efi"), bytes.Repeat([]byte("E"), 90000), 0o644)
+	return stack, images, boot
+}
+
+// magestackBin is the product binary, built once: the server runs as the
+// real `magestack netboot` command inside the server namespace (its TFTP
+// transfers open sockets on goroutines, which must all live in that
+// namespace, as they do for a real process).
+var magestackBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "netboot-test")
+	if err != nil {
+		panic(err)
+	}
+	magestackBin = filepath.Join(dir, "magestack")
+	build := exec.Command("go", "build", "-o", magestackBin, "magestack/init/cmd/magestack")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "building magestack: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// startServer runs `magestack netboot` in ns and waits for its HTTP side.
+func startServer(t *testing.T, ns netns.NsHandle, args ...string) *bytes.Buffer {
+	t.Helper()
+	var out bytes.Buffer
+	cmd := exec.Command("ip", append([]string{"netns", "exec", nsName(t, ns), magestackBin, "netboot"}, args...)...)
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Signal(os.Interrupt)
+		done := make(chan error, 1)
+		go func() { done <- cmd.Wait() }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			cmd.Process.Kill()
+			t.Error("netboot did not stop within 10s of SIGINT")
+		}
+		if t.Failed() {
+			t.Logf("netboot output:\n%s", out.String())
+		}
+	})
+	client := nsHTTPClient(t, ns)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if _, err := get(client, "http://10.77.0.1:8080/status", ""); err == nil {
+			return &out
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("netboot did not come up within 20s:\n%s", out.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func serverArgs(stack, images, boot string, extra ...string) []string {
+	return append([]string{"--interface", "nbsrv0", "--stack", stack, "--image", images, "--bootfiles", boot}, extra...)
+}
+
+func TestFullModeBootsKnownHostThroughEveryProtocol(t *testing.T) {
+	const mac = "52:54:00:aa:00:01"
+	srvNS, cliNS := bootNet(t, mac)
+	stack, images, boot := testFiles(t)
+	startServer(t, srvNS, serverArgs(stack, images, boot, "--mode", "full")...)
+
+	var lease *nclient4.Lease
+	err := inNS(t, cliNS, func() error {
+		c, err := nclient4.New("nbcli0", nclient4.WithTimeout(2*time.Second), nclient4.WithRetry(3))
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		defer cancel()
+		lease, err = c.Request(ctx,
+			dhcpv4.WithOption(dhcpv4.OptClassIdentifier("PXEClient:Arch:00000:UNDI:002001")),
+			dhcpv4.WithOption(dhcpv4.OptGeneric(dhcpv4.OptionUserClassInformation, []byte("iPXE"))))
+		return err
+	})
+	if err != nil {
+		t.Fatalf("DHCP: %v", err)
+	}
+	ack := lease.ACK
+	if got := ack.YourIPAddr.String(); !strings.HasPrefix(got, "10.77.0.") {
+		t.Fatalf("leased %s, want an address in 10.77.0.0/24", got)
+	}
+	wantScript := "http://10.77.0.1:8080/boot/" + mac + ".ipxe"
+	if ack.BootFileName != wantScript {
+		t.Fatalf("iPXE boot file = %q, want %q", ack.BootFileName, wantScript)
+	}
+
+	// Bring the leased address up in the client namespace, then fetch the
+	// script, the images and a TFTP file as iPXE would.
+	sh(t, "ip", "netns", "exec", nsName(t, cliNS), "ip", "addr", "add", ack.YourIPAddr.String()+"/24", "dev", "nbcli0")
+	var script, kernelRange string
+	var tftpLen int64
+	err = inNS(t, cliNS, func() error {
+		client := nsHTTPClient(t, cliNS)
+		body, err := get(client, wantScript, "")
+		if err != nil {
+			return err
+		}
+		script = body
+		if _, err := get(client, "http://10.77.0.1:8080/image/vmlinuz", ""); err != nil {
+			return err
+		}
+		if kernelRange, err = get(client, "http://10.77.0.1:8080/image/initramfs.img", "bytes=0-9"); err != nil {
+			return err
+		}
+		for _, bad := range []string{"/image/..%2fstack.yaml", "/image/%2e%2e/%2e%2e/etc/passwd", "/boot/..%2f..%2fetc%2fpasswd", "/boot/52:54:00:aa:00:99.ipxe"} {
+			resp, err := client.Get("http://10.77.0.1:8080" + bad)
+			if err != nil {
+				return err
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return fmt.Errorf("%s served: %q", bad, b)
+			}
+		}
+		tc, err := tftp.NewClient("10.77.0.1:69")
+		if err != nil {
+			return err
+		}
+		wt, err := tc.Receive("undionly.kpxe", "octet")
+		if err != nil {
+			return fmt.Errorf("tftp: %w", err)
+		}
+		tftpLen, err = wt.WriteTo(io.Discard)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"#!ipxe", "kernel http://10.77.0.1:8080/image/vmlinuz", "magestack.host=dh1",
+		"magestack.config=http://10.77.0.1:8080/stack.yaml", "initrd http://10.77.0.1:8080/image/initramfs.img"} {
+		if !strings.Contains(script, want) {
+			t.Errorf("script lacks %q:\n%s", want, script)
+		}
+	}
+	if kernelRange != "IIIIIIIIII" {
+		t.Errorf("range request returned %q", kernelRange)
+	}
+	if tftpLen != 70000 {
+		t.Errorf("tftp sent %d bytes, want 70000", tftpLen)
+	}
+	var snap []HostProgress
+	inNS(t, srvNS, func() error {
+		body, err := get(nsHTTPClient(t, srvNS), "http://10.77.0.1:8080/status", "")
+		if err != nil {
+			return err
+		}
+		return json.Unmarshal([]byte(body), &snap)
+	})
+	if len(snap) != 1 || snap[0].Host != "dh1" {
+		t.Fatalf("progress = %+v, want one host dh1", snap)
+	}
+	for _, step := range []string{"offer", "ack", "script", "kernel", "initramfs", "tftp"} {
+		if _, ok := snap[0].Steps[step]; !ok {
+			t.Errorf("progress lacks step %q: %v", step, snap[0].Steps)
+		}
+	}
+}
+
+func TestUnknownMACGetsNoOffer(t *testing.T) {
+	srvNS, cliNS := bootNet(t, "52:54:00:aa:00:77")
+	stack, images, boot := testFiles(t)
+	startServer(t, srvNS, serverArgs(stack, images, boot)...)
+	err := inNS(t, cliNS, func() error {
+		c, err := nclient4.New("nbcli0", nclient4.WithTimeout(time.Second), nclient4.WithRetry(1))
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		_, err = c.DiscoverOffer(context.Background(), dhcpv4.WithOption(dhcpv4.OptClassIdentifier("PXEClient")))
+		return err
+	})
+	if err == nil {
+		t.Fatal("an unknown MAC got an offer")
+	}
+}
+
+func TestMalformedPacketsDoNotStopTheServer(t *testing.T) {
+	const mac = "52:54:00:aa:00:02"
+	srvNS, cliNS := bootNet(t, mac)
+	stack, images, boot := testFiles(t)
+	startServer(t, srvNS, serverArgs(stack, images, boot)...)
+	sh(t, "ip", "netns", "exec", nsName(t, cliNS), "ip", "addr", "add", "10.77.0.50/24", "dev", "nbcli0")
+	err := inNS(t, cliNS, func() error {
+		for _, port := range []string{"67", "69"} {
+			conn, err := net.Dial("udp4", "10.77.0.1:"+port)
+			if err != nil {
+				return err
+			}
+			for _, junk := range [][]byte{{}, {1}, bytes.Repeat([]byte{0xff}, 600), append([]byte{1, 1, 6, 0}, make([]byte, 300)...), {0, 1, 0, 0}, {0, 9}} {
+				conn.Write(junk)
+			}
+			conn.Close()
+		}
+		time.Sleep(200 * time.Millisecond)
+		c, err := nclient4.New("nbcli0", nclient4.WithTimeout(2*time.Second), nclient4.WithRetry(3))
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		lease, err := c.Request(context.Background(), dhcpv4.WithOption(dhcpv4.OptClassIdentifier("PXEClient")))
+		if err != nil {
+			return fmt.Errorf("no lease after junk: %w", err)
+		}
+		if got := lease.ACK.YourIPAddr.String(); got != "10.77.0.12" {
+			return fmt.Errorf("dh2 leased %s, want its reserved 10.77.0.12", got)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestNewRejectsBadInput(t *testing.T) {
+	stack, images, boot := testFiles(t)
+	bad := filepath.Join(t.TempDir(), "bad.yaml")
+	os.WriteFile(bad, []byte("stack: x\nhosts: []\nrolez: {}\n"), 0o644)
+	for _, tc := range []struct {
+		name string
+		opts Options
+		want string
+	}{
+		{"missing stack", Options{Interface: "lo", StackFile: "/nonexistent.yaml", ImageDir: images, BootDir: boot}, "--stack"},
+		{"invalid stack", Options{Interface: "lo", StackFile: bad, ImageDir: images, BootDir: boot}, "does not validate"},
+		{"missing images", Options{Interface: "lo", StackFile: stack, ImageDir: t.TempDir(), BootDir: boot}, "--image"},
+		{"missing boot files", Options{Interface: "lo", StackFile: stack, ImageDir: images, BootDir: t.TempDir()}, "--bootfiles"},
+		{"bad interface", Options{Interface: "nosuch0", StackFile: stack, ImageDir: images, BootDir: boot}, `--interface "nosuch0"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := New(tc.opts)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("New = %v, want an error containing %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func get(c *http.Client, url, rng string) (string, error) {
+	req, _ := http.NewRequest("GET", url, nil)
+	if rng != "" {
+		req.Header.Set("Range", rng)
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if resp.StatusCode/100 != 2 {
+		return "", fmt.Errorf("GET %s: %s: %s", url, resp.Status, b)
+	}
+	return string(b), err
+}
+
+// nsHTTPClient dials from ns. http.Transport dials on its own goroutines,
+// which do not inherit a locked thread's namespace, so the dial itself is
+// moved into ns.
+func nsHTTPClient(t *testing.T, ns netns.NsHandle) *http.Client {
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		var conn net.Conn
+		err := inNS(t, ns, func() error {
+			var err error
+			conn, err = (&net.Dialer{}).DialContext(ctx, network, addr)
+			return err
+		})
+		return conn, err
+	}
+	return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: dial}}
+}
+
+// nsName finds the name `ip netns` knows a handle by.
+func nsName(t *testing.T, h netns.NsHandle) string {
+	t.Helper()
+	entries, _ := os.ReadDir("/run/netns")
+	for _, e := range entries {
+		other, err := netns.GetFromName(e.Name())
+		if err == nil {
+			same := other.Equal(h)
+			other.Close()
+			if same {
+				return e.Name()
+			}
+		}
+	}
+	t.Fatal("namespace has no name")
+	return ""
+}

@@ -1,0 +1,75 @@
+package netboot
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+
+	"magestack/init/stackfile"
+)
+
+// Identity is what the boot server knows of a host from the stack file.
+type Identity struct {
+	Host    stackfile.Host
+	Index   int
+	Cmdline string
+}
+
+// BootArgs builds the kernel command line a host boots with: its name, where
+// its stack file comes from, where to report progress, and its address when
+// the stack file fixes one (kernel ip= syntax; else the host uses DHCP).
+func BootArgs(stack *stackfile.Stack, h stackfile.Host, baseURL string, extra string) string {
+	args := []string{"console=ttyS0", "quiet", "panic=-1", "magestack.host=" + h.Name}
+	src := stack.Config.Source
+	if src == "" {
+		src = baseURL + "/stack.yaml"
+	}
+	args = append(args, "magestack.config="+src, "magestack.report="+baseURL+"/report")
+	if h.Address.IsValid() {
+		mask := net.IP(net.CIDRMask(h.Address.Bits(), 32)).String()
+		gw := ""
+		if h.Gateway.IsValid() {
+			gw = h.Gateway.String()
+		}
+		args = append(args, fmt.Sprintf("ip=%s::%s:%s:%s::off", h.Address.Addr(), gw, mask, h.Name))
+	}
+	if extra = strings.TrimSpace(extra); extra != "" {
+		args = append(args, extra)
+	}
+	return strings.Join(args, " ")
+}
+
+// Script is the iPXE script that boots cmdline from the image URLs.
+func Script(title, baseURL, cmdline string) string {
+	var b strings.Builder
+	b.WriteString("#!ipxe\n")
+	fmt.Fprintf(&b, "echo magestack netboot: %s\n", title)
+	fmt.Fprintf(&b, "kernel %s/image/vmlinuz initrd=initramfs.img %s || goto failed\n", baseURL, cmdline)
+	fmt.Fprintf(&b, "initrd %s/image/initramfs.img || goto failed\n", baseURL)
+	b.WriteString("boot || goto failed\n")
+	b.WriteString(":failed\necho magestack netboot: boot failed, retrying in 10 s\nsleep 10\nchain --replace --autofree ${filename} || reboot\n")
+	return b.String()
+}
+
+// lookupMAC finds the host whose boot NIC is mac.
+func lookupMAC(stack *stackfile.Stack, mac net.HardwareAddr) (stackfile.Host, int, bool) {
+	for i, h := range stack.Hosts {
+		hw, err := net.ParseMAC(h.MAC)
+		if err == nil && hw.String() == mac.String() {
+			return h, i, true
+		}
+	}
+	return stackfile.Host{}, -1, false
+}
+
+// reservations are the fixed addresses hosts ask for, for the DHCP pool.
+func reservations(stack *stackfile.Stack, subnet netip.Prefix) map[string]netip.Addr {
+	out := map[string]netip.Addr{}
+	for _, h := range stack.Hosts {
+		if h.Address.IsValid() && subnet.Contains(h.Address.Addr()) {
+			out[h.MAC] = h.Address.Addr()
+		}
+	}
+	return out
+}
