@@ -20,7 +20,6 @@ import (
 	"github.com/insomniacslk/dhcp/dhcpv4/nclient4"
 	"github.com/pin/tftp/v3"
 	"github.com/vishvananda/netns"
-
 )
 
 const testStack = `stack: rack1
