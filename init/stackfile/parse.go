@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/netip"
 	"reflect"
 	"time"
@@ -151,3 +152,7 @@ func (s *Stack) applyDefaults() {
 		s.Roles[name] = r
 	}
 }
+
+// RoleDefaults returns the settings an omitted role gets (and an omitted
+// field of a written role).
+func RoleDefaults() map[string]Role { return maps.Clone(roleDefaults) }

@@ -4,6 +4,8 @@
 // fixed internal addresses and their placement on hosts).
 package stackfile
 
+//go:generate go run ./internal/gendoc -dir . -out ../../docs/stackfile.md
+
 import (
 	"bytes"
 	"fmt"
@@ -17,29 +19,31 @@ import (
 
 // Stack is the whole stack file. Field names in yaml tags are the file's keys.
 type Stack struct {
-	// Name of the stack (fixed key "stack").
+	// Name of the stack, a DNS label. Required.
 	Name string `yaml:"stack"`
-	// Hosts are the dedicated hosts (fixed key).
+	// Hosts are the dedicated hosts, at least one. Required.
 	Hosts []Host `yaml:"hosts"`
 	// Public describes the public side: the website's floating address and
 	// client allow-lists.
 	Public Public `yaml:"public"`
 	// Internal is the stack's internal subnet; every role instance gets a
-	// fixed address from it.
+	// fixed address from it (hosts' bridges .1-.19, fw .20, lb .30, db .40,
+	// mail .50, acc .60, monitor .70, web .100 up). Default 172.16.0.0/24.
 	Internal netip.Prefix `yaml:"internal"`
 	// PairNet is the subnet of the hosts' dedicated pair links (heartbeats,
 	// replication). Optional.
 	PairNet netip.Prefix `yaml:"pairnet,omitempty"`
 	// VPN is the WireGuard management VPN terminating on fw.
 	VPN VPN `yaml:"vpn"`
-	// Witness is host:port of the tie-breaker voter; empty for none.
+	// Witness is host:port of the tie-breaker voter (IPv6 in brackets);
+	// empty for none.
 	Witness string `yaml:"witness,omitempty"`
 	// Cluster tunes failure detection.
 	Cluster Cluster `yaml:"cluster,omitempty"`
 	// Config says where hosts fetch later revisions of this file from.
 	Config ConfigSource `yaml:"config,omitempty"`
 	// Roles maps role name (fw, lb, web, db, mail, acc, monitor) to its
-	// settings (fixed key). Omitted roles get defaults.
+	// settings. Omitted roles get defaults (see Role defaults).
 	Roles map[string]Role `yaml:"roles"`
 	// Users are the people who may log in to the acc role.
 	Users []User `yaml:"users,omitempty"`
@@ -49,8 +53,11 @@ type Stack struct {
 
 // Host is one dedicated host.
 type Host struct {
-	Name string `yaml:"name"` // fixed key
-	MAC  string `yaml:"mac"`  // fixed key; the host's boot NIC
+	// Name is the host's name, a DNS label. Required.
+	Name string `yaml:"name"`
+	// MAC is the hardware address of the host's boot NIC; it is how a
+	// booting host finds itself in the file. Required.
+	MAC string `yaml:"mac"`
 	// Address is the host's public address with prefix length; empty means
 	// DHCP.
 	Address netip.Prefix `yaml:"address,omitempty"`
@@ -67,45 +74,58 @@ type Host struct {
 
 // PairLink is a host's side of the dedicated pair link.
 type PairLink struct {
-	MAC     string       `yaml:"mac"`
+	// MAC of the NIC cabled to the pair peer. Required.
+	MAC string `yaml:"mac"`
+	// Address on the pair link with prefix length; inside pairnet when
+	// that is set. Required.
 	Address netip.Prefix `yaml:"address"`
 }
 
 // Fence is a host's fence device.
 type Fence struct {
-	// Type is one of "redfish", "ipmi", "qmp".
-	Type     string `yaml:"type"`
-	Address  string `yaml:"address"`
-	User     string `yaml:"user,omitempty"`
+	// Type is one of "redfish", "ipmi", "qmp". Required.
+	Type string `yaml:"type"`
+	// Address of the fence device: a Redfish base URL, an IPMI host[:port],
+	// or a QMP socket path or host:port. Required.
+	Address string `yaml:"address"`
+	// User logs in to the fence device.
+	User string `yaml:"user,omitempty"`
+	// Password of User on the fence device.
 	Password string `yaml:"password,omitempty"`
 }
 
 // Public is the public side of the stack.
 type Public struct {
-	// VIP is the floating website address, with prefix length.
+	// VIP is the floating website address, with prefix length. It must lie
+	// inside the public subnet of every host with a static address.
 	VIP netip.Prefix `yaml:"vip,omitempty"`
 	// Allow lists client addresses or prefixes that bypass the public rate
 	// limits (kept as an nftables set, updated incrementally).
 	Allow []netip.Prefix `yaml:"allow,omitempty"`
 	// RateLimit is the per-source new-connection limit on the public ports,
-	// per second. 0 means the default; -1 disables it.
+	// per second. 0 means the default (100); -1 disables it.
 	RateLimit int `yaml:"ratelimit,omitempty"`
 }
 
 // VPN is the management VPN.
 type VPN struct {
-	Port   uint16       `yaml:"port"`
+	// Port is the WireGuard UDP port on the public side. Default 51820.
+	Port uint16 `yaml:"port"`
+	// Subnet holds the VPN addresses: fw takes the first, peers the next
+	// ones. Default 10.8.0.0/24.
 	Subnet netip.Prefix `yaml:"subnet"`
 	// PrivateKey is fw's WireGuard private key (base64). Empty: generated
 	// once on the host and kept on its persistent disk.
-	PrivateKey string    `yaml:"privatekey,omitempty"`
-	Peers      []VPNPeer `yaml:"peers,omitempty"`
+	PrivateKey string `yaml:"privatekey,omitempty"`
+	// Peers are the operators' VPN clients.
+	Peers []VPNPeer `yaml:"peers,omitempty"`
 }
 
 // VPNPeer is one operator's VPN client.
 type VPNPeer struct {
+	// Name of the peer, unique in the list. Required.
 	Name string `yaml:"name"`
-	// Key is the peer's WireGuard public key (base64).
+	// Key is the peer's WireGuard public key (base64). Required.
 	Key string `yaml:"key"`
 	// Address is the peer's address inside the VPN subnet; empty: assigned
 	// in order of the peer list.
@@ -114,17 +134,27 @@ type VPNPeer struct {
 
 // Cluster tunes pair failure detection.
 type Cluster struct {
-	Heartbeat Duration `yaml:"heartbeat,omitempty"` // default 100ms
-	Suspect   Duration `yaml:"suspect,omitempty"`   // default 300ms
-	Dead      Duration `yaml:"dead,omitempty"`      // default 1s
-	HoldDown  Duration `yaml:"holddown,omitempty"`  // default 60s
+	// Heartbeat is the interval between heartbeats on each path. Default
+	// 100ms.
+	Heartbeat Duration `yaml:"heartbeat,omitempty"`
+	// Suspect is how long without heartbeats before the peer is suspect;
+	// longer than heartbeat. Default 300ms.
+	Suspect Duration `yaml:"suspect,omitempty"`
+	// Dead is how long without heartbeats before the peer is declared dead;
+	// longer than suspect. Default 1s.
+	Dead Duration `yaml:"dead,omitempty"`
+	// HoldDown is the least time between two failovers. Default 1m.
+	HoldDown Duration `yaml:"holddown,omitempty"`
 }
 
 // ConfigSource says where the stack file comes from after boot.
 type ConfigSource struct {
-	// Source is a path, an http(s) URL or git+<url>#<ref>:<path>.
-	Source string   `yaml:"source,omitempty"`
-	Poll   Duration `yaml:"poll,omitempty"` // default 60s
+	// Source is a path, an http(s) URL or git+<url>#<ref>:<path> (see
+	// "Config sources" below).
+	Source string `yaml:"source,omitempty"`
+	// Poll is how often hosts check the source for a new revision; at
+	// least 1s. Default 1m.
+	Poll Duration `yaml:"poll,omitempty"`
 	// SignedBy lists armored OpenPGP public keys; when set, only commits
 	// signed by one of them are accepted.
 	SignedBy []string `yaml:"signedby,omitempty"`
@@ -132,13 +162,15 @@ type ConfigSource struct {
 
 // Role holds the settings of one role.
 type Role struct {
-	// Count is the number of instances (web scales; the others are 0 or 1).
+	// Count is the number of instances: web 0..150, every other role 0 or
+	// 1. Default 1 (also when the role is written without count).
 	Count int `yaml:"count"`
 	// Image names the role's image; empty: the role's default image.
 	Image string `yaml:"image,omitempty"`
-	// CPUWeight is the cgroup cpu.weight (1..10000, default 100).
+	// CPUWeight is the cgroup cpu.weight (1..10000); 0: the role's default.
 	CPUWeight int `yaml:"cpu,omitempty"`
-	// Memory is the cgroup memory.max; 0: the role's default.
+	// Memory is the cgroup memory.max (at least 16MiB); 0: the role's
+	// default.
 	Memory Size `yaml:"memory,omitempty"`
 	// Pids is the cgroup pids.max; 0: the role's default.
 	Pids int `yaml:"pids,omitempty"`
@@ -154,8 +186,11 @@ type Role struct {
 
 // User is a person who may log in to acc.
 type User struct {
-	Name string   `yaml:"name"`
-	Keys []string `yaml:"keys"` // OpenSSH public keys
+	// Name is the login name: lower-case letters, digits, '_' and '-'.
+	// Required.
+	Name string `yaml:"name"`
+	// Keys are the user's OpenSSH public keys (authorized_keys lines).
+	Keys []string `yaml:"keys"`
 }
 
 // Duration is a time.Duration written as "100ms", "1s", "1m".
