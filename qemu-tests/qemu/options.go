@@ -27,8 +27,8 @@ type Options struct {
 	Initrd string
 	Append string // kernel command line; "console=ttyS0" is added if absent
 
-	Memory  int // MiB, default 1024
-	SMP     int // default 1
+	Memory  int    // MiB, default 1024
+	SMP     int    // default 1
 	Machine string // -machine, default QEMU's (pc)
 
 	NICs   []NIC

@@ -1,0 +1,104 @@
+package qemu
+
+import (
+	"io"
+	"net"
+	"os"
+	"strings"
+	"testing"
+	"time"
+)
+
+func requireRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("network namespaces: needs root")
+	}
+}
+
+// TestNetClientsTalkOverBridge: two client namespaces on the bridge reach
+// each other over TCP, using Do (a Go listener inside one namespace) and a
+// dial from the other.
+func TestNetClientsTalkOverBridge(t *testing.T) {
+	requireRoot(t)
+	n := NewNet(t, "unit")
+	server := n.AddClient("srv", "192.0.2.1/24")
+	client := n.AddClient("cli", "192.0.2.100/24")
+
+	var ln net.Listener
+	if err := server.Do(func() error {
+		var err error
+		ln, err = net.Listen("tcp", "192.0.2.1:8080")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err == nil {
+			io.WriteString(c, "hello from srv\n")
+			c.Close()
+		}
+	}()
+
+	var got string
+	err := client.Do(func() error {
+		c, err := net.DialTimeout("tcp", "192.0.2.1:8080", Scale(10*time.Second))
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		b, err := io.ReadAll(c)
+		got = string(b)
+		return err
+	})
+	if err != nil || got != "hello from srv\n" {
+		t.Fatalf("dial over the bridge: %q, %v", got, err)
+	}
+
+	// The address exists only inside the namespaces.
+	if c, err := net.DialTimeout("tcp", "192.0.2.1:8080", 200*time.Millisecond); err == nil {
+		c.Close()
+		t.Fatal("the test process reached a namespace-only address")
+	}
+
+	out, err := client.Run("ip", "-br", "addr", "show", "eth0")
+	if err != nil || !strings.Contains(out, "192.0.2.100/24") {
+		t.Fatalf("Run in client namespace: %q, %v", out, err)
+	}
+	if l, err := n.Link("veth1"); err != nil || !l.Carrier || l.Master != BridgeName {
+		t.Fatalf("veth1 = %+v, %v", l, err)
+	}
+}
+
+func TestNetTapWithoutQEMUHasNoCarrier(t *testing.T) {
+	requireRoot(t)
+	n := NewNet(t, "tap")
+	tap := n.AddTap("tap7")
+	l, err := n.Link(tap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l.Carrier || l.Master != BridgeName {
+		t.Fatalf("tap %+v: want no carrier until QEMU opens it, on %s", l, BridgeName)
+	}
+	if _, err := n.WaitCarrier(tap, true, 100*time.Millisecond); err == nil {
+		t.Fatal("WaitCarrier succeeded on a tap nobody opened")
+	}
+}
+
+func TestNetCleanupRemovesNamespaces(t *testing.T) {
+	requireRoot(t)
+	var names []string
+	t.Run("inner", func(t *testing.T) {
+		n := NewNet(t, "gone")
+		c := n.AddClient("c", "")
+		names = []string{n.Name, c.Name}
+	})
+	for _, name := range names {
+		if _, err := os.Stat("/var/run/netns/" + name); err == nil {
+			t.Errorf("netns %s left behind", name)
+		}
+	}
+}
