@@ -1,0 +1,225 @@
+package kmod
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+)
+
+func TestMatch(t *testing.T) {
+	tests := []struct {
+		pattern, s string
+		want       bool
+	}{
+		{"pci:v00001AF4d*sv*sd*bc*sc*i*", "pci:v00001AF4d00001000sv00001AF4sd00000001bc02sc00i00", true},
+		{"pci:v00001AF4d*sv*sd*bc*sc*i*", "pci:v00008086d00001000sv00001AF4sd00000001bc02sc00i00", false},
+		{"pci:v00008086d000010D3sv*sd*bc*sc*i*", "pci:v00008086d000010D3sv00008086sd0000A01Fbc02sc00i00", true},
+		{"virtio:d00000001v*", "virtio:d00000001v00001AF4", true},
+		{"virtio:d00000001v*", "virtio:d00000010v00001AF4", false},
+		{"acpi*:LNXPWRBN:*", "acpi:LNXPWRBN:", true},
+		{"acpi*:PNP0C0C:*", "acpi:LNXPWRBN:", false},
+		{"input:b*v*p*e*-e*k*r*a*m*l*s*f*w*", "input:b0019v0000p0001e0000-e0,1,k74,ramlsfw", true},
+		{"*", "a/b/c", true}, // '*' spans '/', unlike path.Match
+		{"of:N*T*Cfsl,imx[0-9]*", "of:NuartTCfsl,imx6", true},
+		{"of:N*T*Cfsl,imx[!0-9]*", "of:NuartTCfsl,imx6", false},
+		{"of:N*T*Cfsl,imx[^0-9]*", "of:NuartTCfsl,imxq", true},
+		{"dmi*:svnLENOVO:pn[0-9][0-9]*", "dmi:bvnX:svnLENOVO:pn20ABC", true}, // '*' after "dmi" spans ":bvnX"
+		{"dmi*:svnLENOVO:pn[0-9][0-9]*", "dmi:bvnX:svnLENOVO:pnX0ABC", false},
+		{"a?c", "abc", true},
+		{"a?c", "ac", false},
+		{`a\*c`, "a*c", true},
+		{`a\*c`, "abc", false},
+		{"[]]x", "]x", true},
+		{"[a-]x", "-x", true},
+		{"[abc", "[abc", true}, // unclosed class is literal
+		{"usb:v*p*d*dc*dsc*dp*ic03isc01ip02in*", "usb:v0627p0001d0000dc00dsc00dp00ic03isc01ip02in00", true},
+		{"usb:v*p*d*dc*dsc*dp*ic03isc01ip02in*", "usb:v0627p0001d0000dc00dsc00dp00ic03isc01ip01in00", false},
+		{"", "", true},
+		{"", "x", false},
+		{"**", "", true},
+	}
+	for _, tt := range tests {
+		if got := Match(tt.pattern, tt.s); got != tt.want {
+			t.Errorf("Match(%q, %q) = %v, want %v", tt.pattern, tt.s, got, tt.want)
+		}
+	}
+}
+
+func FuzzMatch(f *testing.F) {
+	f.Add("pci:v*d*", "pci:v1d2")
+	f.Add("[!a-z]*?\\", "Q\\")
+	f.Fuzz(func(t *testing.T, p, s string) {
+		Match(p, s) // must not panic or hang
+		if !strings.ContainsAny(p, `*?[\`) && Match(p, s) != (p == s) {
+			t.Fatalf("literal pattern %q vs %q", p, s)
+		}
+		if !Match("*", s) {
+			t.Fatalf("* does not match %q", s)
+		}
+	})
+}
+
+func openTestIndex(t *testing.T) *Index {
+	t.Helper()
+	ix, err := Open("testdata/modules")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ix
+}
+
+func TestResolve(t *testing.T) {
+	ix := openTestIndex(t)
+	tests := []struct {
+		in   string
+		want []string
+	}{
+		{"virtio_net", []string{"virtio_net"}},
+		{"virtio-rng", []string{"virtio_rng"}},
+		{"fs-overlay", []string{"overlay"}},
+		{"net-pf-16-proto-12", []string{"nfnetlink"}}, // alias of a builtin
+		{"nfnetlink", []string{"nfnetlink"}},
+		{"pci:v00001AF4d00001000sv00001AF4sd00000001bc02sc00i00", []string{"virtio_pci"}},
+		{"virtio:d00000001v00001AF4", []string{"virtio_net"}},
+		{"acpi:LNXPWRBN:", []string{"button"}},
+		{"pci:v00008086d00007000sv0000sd0000bc06sc01i00", nil},
+		{"nonsense", nil},
+	}
+	for _, tt := range tests {
+		if got := ix.Resolve(tt.in); !reflect.DeepEqual(got, tt.want) {
+			t.Errorf("Resolve(%q) = %v, want %v", tt.in, got, tt.want)
+		}
+	}
+}
+
+func TestLoadOrder(t *testing.T) {
+	ix := openTestIndex(t)
+	tests := []struct {
+		name    string
+		want    []string
+		wantErr string
+	}{
+		{"virtio_net", []string{"virtio", "virtio_ring", "failover", "net_failover", "virtio_net"}, ""},
+		{"virtio_pci", []string{"virtio", "virtio_ring", "virtio_pci_legacy_dev", "virtio_pci_modern_dev", "virtio_pci"}, ""},
+		{"r8169", []string{"realtek", "r8169"}, ""}, // softdep pre
+		{"nfnetlink", nil, ""},                      // builtin: nothing to load
+		{"cycle_a", nil, "cycle"},
+		{"missing_dep", nil, "not_there"},
+		{"unknown", nil, "not found"},
+	}
+	for _, tt := range tests {
+		got, err := ix.LoadOrder(tt.name)
+		if tt.wantErr != "" {
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Errorf("LoadOrder(%s) err = %v, want one containing %q", tt.name, err, tt.wantErr)
+			}
+			continue
+		}
+		if err != nil || !reflect.DeepEqual(got, tt.want) {
+			t.Errorf("LoadOrder(%s) = %v, %v; want %v", tt.name, got, err, tt.want)
+		}
+	}
+}
+
+func TestOpenErrors(t *testing.T) {
+	if _, err := Open(t.TempDir()); err == nil || !strings.Contains(err.Error(), "modules.dep") {
+		t.Errorf("missing modules.dep: err = %v", err)
+	}
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "modules.dep"), []byte("a.ko:\n"), 0o644)
+	os.WriteFile(filepath.Join(dir, "modules.alias"), []byte("alias onlytwo\n"), 0o644)
+	if _, err := Open(dir); err == nil || !strings.Contains(err.Error(), "modules.alias:1") {
+		t.Errorf("bad alias line: err = %v, want file:line", err)
+	}
+}
+
+// fakeKernel records insertions and, like a real kernel, makes devices
+// appear when their bus driver loads.
+type fakeKernel struct {
+	sysfs    string
+	inserted []string
+	reveal   map[string]map[string]string // module -> device dir -> modalias
+}
+
+func (k *fakeKernel) load(path, params string) error {
+	name := NameOf(path)
+	k.inserted = append(k.inserted, name)
+	for dev, alias := range k.reveal[name] {
+		addDevice(k.sysfs, dev, alias)
+	}
+	return nil
+}
+
+func addDevice(sysfs, dev, alias string) {
+	d := filepath.Join(sysfs, "bus", dev)
+	os.MkdirAll(d, 0o755)
+	os.WriteFile(filepath.Join(d, "modalias"), []byte(alias+"\n"), 0o644)
+}
+
+func TestColdplugRevealsDevicesInRounds(t *testing.T) {
+	ix := openTestIndex(t)
+	sysfs := t.TempDir()
+	addDevice(sysfs, "pci/devices/0000:00:03.0", "pci:v00001AF4d00001000sv00001AF4sd00000001bc02sc00i00")
+	addDevice(sysfs, "pci/devices/0000:00:04.0", "pci:v00001AF4d00001005sv00001AF4sd00000004bc00scFFi00")
+	addDevice(sysfs, "pci/devices/0000:00:01.0", "pci:v00008086d00007000sv00000000sd00000000bc06sc01i00")
+	addDevice(sysfs, "acpi/devices/LNXPWRBN:00", "acpi:LNXPWRBN:")
+	k := &fakeKernel{sysfs: sysfs, reveal: map[string]map[string]string{
+		"virtio_pci": {
+			"virtio/devices/virtio0": "virtio:d00000001v00001AF4",
+			"virtio/devices/virtio1": "virtio:d00000004v00001AF4",
+		},
+		"button": {"input/devices/input0": "input:b0019v0000p0001e0000-e0,1,k74,ramlsfw"},
+	}}
+	l := NewLoader(ix, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	l.load, l.sysModule = k.load, ""
+	res := l.Coldplug(context.Background(), sysfs, 4)
+	for _, want := range []string{"virtio_pci", "button", "virtio_net", "virtio_rng", "evdev"} {
+		if !contains(res.Loaded, want) {
+			t.Errorf("coldplug did not load %s; loaded %v", want, res.Loaded)
+		}
+	}
+	if len(res.Errors) != 0 {
+		t.Errorf("errors: %v", res.Errors)
+	}
+	// Each module once, and every dependency before its user.
+	seen := map[string]int{}
+	for i, m := range k.inserted {
+		if _, dup := seen[m]; dup {
+			t.Errorf("%s inserted twice: %v", m, k.inserted)
+		}
+		seen[m] = i
+	}
+	for _, m := range k.inserted {
+		order, _ := ix.LoadOrder(m)
+		for _, dep := range order {
+			if seen[dep] > seen[m] {
+				t.Errorf("%s loaded after its user %s: %v", dep, m, k.inserted)
+			}
+		}
+	}
+	if res.Unmatched != 1 {
+		t.Errorf("unmatched = %d, want 1 (the host bridge)", res.Unmatched)
+	}
+}
+
+func TestLoadUnknown(t *testing.T) {
+	l := NewLoader(openTestIndex(t), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	l.load = func(string, string) error { t.Fatal("nothing should load"); return nil }
+	if _, err := l.Load(context.Background(), "no-such-thing", ""); err == nil || !strings.Contains(err.Error(), "no-such-thing") {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+func contains(l []string, s string) bool {
+	for _, x := range l {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}

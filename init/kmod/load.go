@@ -1,0 +1,233 @@
+package kmod
+
+import (
+	"bytes"
+	"compress/gzip"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+
+	"golang.org/x/sys/unix"
+)
+
+// Loader loads modules from an Index, remembering what is loaded.
+type Loader struct {
+	Index *Index
+	Log   *slog.Logger
+	// load inserts one module file; replaceable in tests.
+	load func(path, params string) error
+	// sysModule is /sys/module, where loaded and builtin modules show up.
+	sysModule string
+
+	mu     sync.Mutex
+	loaded map[string]bool
+}
+
+// NewLoader returns a loader inserting modules into the running kernel.
+func NewLoader(ix *Index, log *slog.Logger) *Loader {
+	return &Loader{Index: ix, Log: log, load: insertFile, sysModule: "/sys/module", loaded: map[string]bool{}}
+}
+
+// isLoaded: in /sys/module with an initstate (modules) or present at all
+// (builtins with parameters); or loaded by us.
+func (l *Loader) isLoaded(name string) bool {
+	if l.loaded[name] {
+		return true
+	}
+	if l.sysModule == "" {
+		return false
+	}
+	if b, err := os.ReadFile(filepath.Join(l.sysModule, name, "initstate")); err == nil {
+		return strings.TrimSpace(string(b)) == "live"
+	}
+	return false
+}
+
+// Load loads the modules nameOrAlias resolves to, each with its
+// dependencies in order. params applies to the named module only. An alias
+// matching several modules loads all of them (as modprobe does); the
+// returned list names the modules newly inserted.
+func (l *Loader) Load(ctx context.Context, nameOrAlias, params string) ([]string, error) {
+	mods := l.Index.Resolve(nameOrAlias)
+	if len(mods) == 0 {
+		return nil, fmt.Errorf("module %q: no such module or alias in %s", nameOrAlias, l.Index.Dir)
+	}
+	var (
+		inserted []string
+		errs     []error
+	)
+	for _, m := range mods {
+		order, err := l.Index.LoadOrder(m)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		for _, dep := range order {
+			if err := ctx.Err(); err != nil {
+				return inserted, err
+			}
+			p := ""
+			if dep == Normalize(nameOrAlias) {
+				p = params
+			}
+			ok, err := l.insert(dep, p)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("load %s (for %s): %w", dep, nameOrAlias, err))
+				break
+			}
+			if ok {
+				inserted = append(inserted, dep)
+			}
+		}
+	}
+	return inserted, errors.Join(errs...)
+}
+
+// insert loads one module unless it is loaded; true if this call loaded it.
+func (l *Loader) insert(name, params string) (bool, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.isLoaded(name) {
+		return false, nil
+	}
+	path, ok := l.Index.Path(name)
+	if !ok {
+		return false, fmt.Errorf("module %s has no file in modules.dep", name)
+	}
+	err := l.load(path, params)
+	if errors.Is(err, unix.EEXIST) {
+		l.loaded[name] = true
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	l.loaded[name] = true
+	return true, nil
+}
+
+// insertFile loads a module file into the kernel.
+func insertFile(path, params string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	compressed := !strings.HasSuffix(path, ".ko")
+	flags := 0
+	if compressed {
+		flags = unix.MODULE_INIT_COMPRESSED_FILE
+	}
+	err = unix.FinitModule(int(f.Fd()), params, flags)
+	if err == nil || errors.Is(err, unix.EEXIST) || !compressed {
+		if err != nil && !errors.Is(err, unix.EEXIST) {
+			return fmt.Errorf("finit_module %s: %w", path, err)
+		}
+		return err
+	}
+	// The kernel cannot decompress this file itself (no
+	// CONFIG_MODULE_DECOMPRESS, or another algorithm): gzip we can do here.
+	if !strings.HasSuffix(path, ".gz") {
+		return fmt.Errorf("finit_module %s: %w (the kernel cannot decompress it, and only .ko.gz is decompressed in user space)", path, err)
+	}
+	if _, serr := f.Seek(0, io.SeekStart); serr != nil {
+		return fmt.Errorf("rewind %s: %w", path, serr)
+	}
+	zr, zerr := gzip.NewReader(f)
+	if zerr != nil {
+		return fmt.Errorf("gunzip %s: %w", path, zerr)
+	}
+	var buf bytes.Buffer
+	if _, zerr := io.Copy(&buf, zr); zerr != nil {
+		return fmt.Errorf("gunzip %s: %w", path, zerr)
+	}
+	if err := unix.InitModule(buf.Bytes(), params); err != nil && !errors.Is(err, unix.EEXIST) {
+		return fmt.Errorf("init_module %s: %w", path, err)
+	} else if err != nil {
+		return err
+	}
+	return nil
+}
+
+// ColdplugResult says what a coldplug run did.
+type ColdplugResult struct {
+	Loaded []string `json:"loaded"`
+	// Unmatched counts devices whose modalias no module claims (many are
+	// served by builtin drivers or need none).
+	Unmatched int     `json:"unmatched"`
+	Errors    []error `json:"-"`
+}
+
+// Coldplug loads a driver for every device the kernel found before PID 1
+// ran: each /sys/bus/*/devices/*/modalias is resolved through
+// modules.alias. Loading a bus driver reveals new devices (virtio_pci
+// creates the virtio devices virtio_net then claims), so it repeats up to
+// rounds times, stopping early once a round loads nothing.
+func (l *Loader) Coldplug(ctx context.Context, sysfs string, rounds int) ColdplugResult {
+	var res ColdplugResult
+	tried := map[string]bool{}
+	for round := 1; round <= rounds; round++ {
+		aliases := readModaliases(sysfs)
+		progress := false
+		for _, a := range aliases {
+			if tried[a] {
+				continue
+			}
+			tried[a] = true
+			if len(l.Index.Resolve(a)) == 0 {
+				res.Unmatched++
+				continue
+			}
+			loaded, err := l.Load(ctx, a, "")
+			if len(loaded) > 0 {
+				progress = true
+				res.Loaded = append(res.Loaded, loaded...)
+			}
+			if err != nil {
+				// A driver that fails to bind (ENODEV: the device is not
+				// really there) is common and harmless for the others.
+				res.Errors = append(res.Errors, err)
+			}
+		}
+		if ctx.Err() != nil || !progress {
+			break
+		}
+	}
+	return res
+}
+
+// readModaliases lists every distinct device modalias under sysfs.
+func readModaliases(sysfs string) []string {
+	paths, _ := filepath.Glob(filepath.Join(sysfs, "bus", "*", "devices", "*", "modalias"))
+	seen := map[string]bool{}
+	var out []string
+	for _, p := range paths {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		a := strings.TrimSpace(string(b))
+		if a != "" && !seen[a] {
+			seen[a] = true
+			out = append(out, a)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// SetModprobePath makes the kernel run path for its own module requests
+// (/proc/sys/kernel/modprobe).
+func SetModprobePath(path string) error {
+	if err := os.WriteFile("/proc/sys/kernel/modprobe", []byte(path+"\n"), 0o644); err != nil {
+		return fmt.Errorf("set kernel modprobe helper to %s: %w", path, err)
+	}
+	return nil
+}
