@@ -1,27 +1,115 @@
 # magestack build, run and test entry points. See README.md.
+#   make image   build/magestack (static), build/vmlinuz, build/initramfs.img
+#   make run     boot the default single-host stack in QEMU (console here)
+#   make test    test-unit (go vet + go test) then test-qemu (the VM scenarios)
+#   make bench   the benchmark figures
+# Everything is file-based: with nothing changed, `make image` does nothing.
 SHELL := /bin/bash
 GO ?= go
 BUILD := $(CURDIR)/build
 export CGO_ENABLED := 0
 
-.PHONY: all image run test test-unit test-qemu bench clean
+KERNEL_PKG ?= linux-image-amd64
+KERNEL_DIR := $(BUILD)/kernel
+KERNEL_VERSION_FILE := $(KERNEL_DIR)/version
+kver = $$(cat $(KERNEL_VERSION_FILE))
+
+# Userland programs a feature needs besides magestack, copied into the
+# initramfs with their ELF interpreter and shared libraries (drbd-utils 9
+# dispatches to its -84 helpers for the kernel's in-tree DRBD 8.4).
+INITRAMFS_BINS ?= /usr/sbin/drbdsetup /usr/sbin/drbdmeta /usr/sbin/drbdadm \
+	/usr/lib/drbd/drbdsetup-84 /usr/lib/drbd/drbdadm-84 \
+	/usr/sbin/mke2fs /usr/sbin/e2fsck
+# Test role image tree (images/cmd/mkimage busybox).
+BUSYBOX_IMAGE := $(BUILD)/images/busybox
+BUSYBOX_IMAGE_STAMP := $(BUILD)/images/busybox.stamp
+# Extra mkinitramfs flags, e.g. INITRAMFS_EXTRA='-file x:/etc/x'.
+INITRAMFS_EXTRA ?=
+
+# Sources of the binary: every non-test file of its packages (embedded files
+# included), not the build tooling or the QEMU scenarios.
+MAGESTACK_SRC := $(shell find init services images firmware -type f -not -name '*_test.go' -not -path '*/testdata/*' 2>/dev/null) go.mod go.sum
+BUILDROOT_SRC := $(shell find buildroot -name '*.go' -not -name '*_test.go') go.mod go.sum
+IMAGES_SRC := $(shell find images -type f -not -name '*_test.go' -not -path '*/testdata/*' 2>/dev/null)
+
+QEMU ?= qemu-system-x86_64
+RUN_MEM ?= 2048
+RUN_APPEND ?= console=ttyS0 quiet panic=-1
+
+.PHONY: all image kernel initramfs run test test-unit test-qemu bench clean distclean
 
 all: image
 
-$(BUILD)/magestack: $(shell find . -name '*.go' -not -path './build/*') go.mod go.sum $(wildcard init/stackfile/*.yaml)
+image: $(BUILD)/magestack $(BUILD)/vmlinuz $(BUILD)/initramfs.img
+	@ls -l $^ | awk '{ printf "%-40s %10d bytes\n", $$9, $$5 }'
+
+kernel: $(BUILD)/vmlinuz
+initramfs: $(BUILD)/initramfs.img
+
+$(BUILD)/magestack: $(MAGESTACK_SRC)
 	@mkdir -p $(BUILD)
 	$(GO) build -trimpath -ldflags '-s -w' -o $@ ./init/cmd/magestack
 
-# Filled in by the buildroot: kernel from Debian's linux-image-amd64 and the
-# initramfs holding the binary and the module set.
-image: $(BUILD)/magestack
+# Debian's kernel package, downloaded and extracted under build/kernel/root
+# (reused when already there); `rm build/kernel/version` re-resolves it.
+$(KERNEL_VERSION_FILE): buildroot/fetch-kernel.sh
+	bash buildroot/fetch-kernel.sh $(KERNEL_DIR) $(KERNEL_PKG)
 
-test: test-unit
+$(BUILD)/vmlinuz: $(KERNEL_VERSION_FILE)
+	cp $(KERNEL_DIR)/root/boot/vmlinuz-$(kver) $@
 
-# The quick logic tests: no VMs.
+$(BUILD)/mkinitramfs: $(BUILDROOT_SRC)
+	@mkdir -p $(BUILD)
+	$(GO) build -o $@ ./buildroot/cmd/mkinitramfs
+
+$(BUSYBOX_IMAGE_STAMP): $(IMAGES_SRC) /bin/busybox
+	rm -rf $(BUSYBOX_IMAGE)
+	@mkdir -p $(dir $@)
+	$(GO) run ./images/cmd/mkimage busybox -o $(BUSYBOX_IMAGE)
+	touch $@
+
+$(BUILD)/initramfs.img: $(BUILD)/magestack $(BUILD)/mkinitramfs $(KERNEL_VERSION_FILE) buildroot/modules.txt \
+		$(BUSYBOX_IMAGE_STAMP) $(INITRAMFS_BINS)
+	$(BUILD)/mkinitramfs -o $@ -init $(BUILD)/magestack \
+		-modules $(KERNEL_DIR)/root/lib/modules/$(kver) -modules-list buildroot/modules.txt \
+		$(addprefix -bin ,$(INITRAMFS_BINS)) \
+		-tree $(BUSYBOX_IMAGE):/usr/share/magestack/images/busybox \
+		$(INITRAMFS_EXTRA)
+
+# The default single-host stack, user networking with the website forwarded.
+run: image
+	@echo "magestack: booting the default stack in QEMU (TCG: give it a minute)."
+	@echo "magestack: website on http://127.0.0.1:8080/ and https://127.0.0.1:8443/"
+	@echo "magestack: quit QEMU with Ctrl-A X (Ctrl-A C toggles the QEMU monitor)."
+	$(QEMU) -accel tcg -m $(RUN_MEM) -smp 2 -nographic -serial mon:stdio -no-reboot \
+		-kernel $(BUILD)/vmlinuz -initrd $(BUILD)/initramfs.img -append '$(RUN_APPEND)' \
+		-netdev user,id=n0,hostfwd=tcp:127.0.0.1:8080-:80,hostfwd=tcp:127.0.0.1:8443-:443 \
+		-device virtio-net-pci,netdev=n0,mac=52:54:00:12:34:56 \
+		-device virtio-rng-pci -device i6300esb
+
+test: test-unit test-qemu
+
+# The quick logic tests: no VMs (qemu-tests skip without MAGESTACK_QEMU=1).
+# Go's test cache keeps a repeat run cheap when nothing changed.
 test-unit:
 	$(GO) vet ./...
-	$(GO) test -count=1 ./...
+	$(GO) test ./...
 
+# The VM scenarios: the full log is kept in build/test-qemu.log and the
+# failures are repeated at the end so they are not lost in the scroll.
+test-qemu: image
+	@set -o pipefail; MAGESTACK_QEMU=1 MAGESTACK_BUILD=$(BUILD) \
+		$(GO) test -count=1 -timeout 60m -v ./qemu-tests/... 2>&1 | tee $(BUILD)/test-qemu.log; \
+	rc=$$?; echo "---- test-qemu summary (full log: build/test-qemu.log) ----"; \
+	grep -E '^(--- FAIL|FAIL|ok|panic:)' $(BUILD)/test-qemu.log || true; exit $$rc
+
+bench: image
+	MAGESTACK_BUILD=$(BUILD) $(GO) run ./qemu-tests/bench
+
+# clean keeps the downloaded kernel; distclean removes all of build/.
 clean:
+	rm -rf $(BUILD)/magestack $(BUILD)/vmlinuz $(BUILD)/initramfs.img $(BUILD)/mkinitramfs \
+		$(BUSYBOX_IMAGE) $(BUSYBOX_IMAGE_STAMP) $(BUILD)/test-qemu.log
+
+distclean:
 	rm -rf $(BUILD)
