@@ -167,7 +167,7 @@ func Build(stack *stackfile.Stack, host HostView) (*Ruleset, error) {
 			dst := IPAddr{Dst: true, Prefix: netip.PrefixFrom(to, 32)}
 			for _, pub := range host.PublicIfaces {
 				in := IfName{Name: pub}
-				prerouting = append(prerouting, rule("public -> "+role, in, Ports{proto, ps}, DNAT{to}))
+				prerouting = append(prerouting, rule("public -> "+role, in, LocalDst{}, Ports{proto, ps}, DNAT{to}))
 				forward = append(forward, rule("public allow-list -> "+role, in, dst, Ports{proto, ps}, IPAddrSet{Set: AllowSet}, Verdict{"accept"}))
 				if limited {
 					lim := Limit{Rate: uint64(stack.Public.RateLimit), Burst: uint32(stack.Public.RateLimit), Over: true}

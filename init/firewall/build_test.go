@@ -39,7 +39,7 @@ var goldenCases = []struct {
 	{"default", "", HostView{PublicIfaces: []string{"eth0"}, HostName: "dh1"}},
 	{"three-hosts", "three-hosts.yaml", HostView{
 		PublicIfaces: []string{"eth0"}, PairIfaces: []string{"pair0"}, HostName: "dh1",
-		LBAddr:       netip.MustParseAddr("172.16.0.30"), APIPort: 7701,
+		LBAddr: netip.MustParseAddr("172.16.0.30"), APIPort: 7701,
 		ClusterPorts: []services.Port{{Proto: "tcp", Port: 7700}, {Proto: "udp", Port: 7702}},
 	}},
 }
@@ -79,7 +79,9 @@ func TestBuildRejectsBadConfig(t *testing.T) {
 		{"vpn overlaps internal", func(s *stackfile.Stack, h *HostView) { s.VPN.Subnet = netip.MustParsePrefix("172.16.0.128/25") }, "vpn.subnet: 172.16.0.128/25 overlaps internal 172.16.0.0/24"},
 		{"pairnet overlaps vpn", func(s *stackfile.Stack, h *HostView) { s.PairNet = netip.MustParsePrefix("10.8.0.0/16") }, "pairnet: 10.8.0.0/16 overlaps vpn.subnet"},
 		{"vpn port zero", func(s *stackfile.Stack, h *HostView) { s.VPN.Port = 0 }, "vpn.port: must be in 1..65535"},
-		{"ipv6 allow", func(s *stackfile.Stack, h *HostView) { s.Public.Allow = []netip.Prefix{netip.MustParsePrefix("2001:db8::/32")} }, "public.allow[0]: 2001:db8::/32 is not an IPv4"},
+		{"ipv6 allow", func(s *stackfile.Stack, h *HostView) {
+			s.Public.Allow = []netip.Prefix{netip.MustParsePrefix("2001:db8::/32")}
+		}, "public.allow[0]: 2001:db8::/32 is not an IPv4"},
 		{"unknown role", func(s *stackfile.Stack, h *HostView) { s.Roles["cache"] = stackfile.Role{Count: 1} }, "roles.cache: unknown role"},
 		{"bad ratelimit", func(s *stackfile.Stack, h *HostView) { s.Public.RateLimit = -5 }, "public.ratelimit: -5"},
 		{"no uplink", func(s *stackfile.Stack, h *HostView) { h.PublicIfaces = nil }, "host: no public interface"},

@@ -227,6 +227,13 @@ func (d *decoder) rule(exprs []expr.Any) ([]Stmt, error) {
 			}
 			out = append(out, s)
 			i += n
+		case *expr.Fib:
+			cmp, ok := at(i + 1).(*expr.Cmp)
+			if !ok || !x.FlagDADDR || !x.ResultADDRTYPE || len(cmp.Data) != 4 || binary.NativeEndian.Uint32(cmp.Data) != unix.RTN_LOCAL {
+				return nil, fmt.Errorf("fib expression not understood")
+			}
+			i++
+			out = append(out, LocalDst{})
 		case *expr.Limit:
 			out = append(out, limitStmt(x))
 		case *expr.Counter:

@@ -308,6 +308,9 @@ func (e *encoder) stmt(s Stmt) error {
 		default:
 			return fmt.Errorf("unknown verdict %q", s.Kind)
 		}
+	case LocalDst:
+		e.add(&expr.Fib{Register: 1, FlagDADDR: true, ResultADDRTYPE: true},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(unix.RTN_LOCAL)})
 	case Jump:
 		e.add(&expr.Verdict{Kind: expr.VerdictJump, Chain: s.Chain})
 	case DNAT:

@@ -120,6 +120,10 @@ type Counter struct{ Packets, Bytes uint64 }
 // Verdict ends the rule: accept or drop.
 type Verdict struct{ Kind string }
 
+// LocalDst matches packets addressed to one of the host's own addresses
+// (including the VIP): `fib daddr type local`.
+type LocalDst struct{}
+
 // Jump continues in another chain of the table (used by tests to inject a
 // broken rule: a jump to a chain that does not exist).
 type Jump struct{ Chain string }
@@ -233,6 +237,8 @@ func (s Counter) String() string {
 }
 
 func (s Verdict) String() string { return s.Kind }
+
+func (LocalDst) String() string { return "fib daddr type local" }
 
 func (s Jump) String() string { return "jump " + s.Chain }
 
