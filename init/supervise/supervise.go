@@ -20,6 +20,9 @@ import (
 	"magestack/init/logbuf"
 )
 
+// ErrUnknownUnit is wrapped by every error about a unit name that was never added.
+var ErrUnknownUnit = errors.New("unknown unit")
+
 // State of a unit.
 type State string
 
@@ -168,7 +171,7 @@ func (s *Supervisor) Remove(ctx context.Context, name string) error {
 	defer s.mu.Unlock()
 	u, ok := s.units[name]
 	if !ok {
-		return fmt.Errorf("unknown unit %q", name)
+		return fmt.Errorf("%w %q", ErrUnknownUnit, name)
 	}
 	if u.run != nil {
 		return fmt.Errorf("unit %s: started again while being removed", name)
@@ -186,7 +189,7 @@ func (s *Supervisor) Start(ctx context.Context, name string) error {
 	defer s.mu.Unlock()
 	u, ok := s.units[name]
 	if !ok {
-		return fmt.Errorf("unknown unit %q", name)
+		return fmt.Errorf("%w %q", ErrUnknownUnit, name)
 	}
 	for _, dep := range u.spec.After {
 		if _, ok := s.units[dep]; !ok {
@@ -235,7 +238,7 @@ func (s *Supervisor) Stop(ctx context.Context, name string) error {
 	u, ok := s.units[name]
 	if !ok {
 		s.mu.Unlock()
-		return fmt.Errorf("unknown unit %q", name)
+		return fmt.Errorf("%w %q", ErrUnknownUnit, name)
 	}
 	h := u.run
 	if h == nil && u.state == StateFailed {
@@ -294,7 +297,7 @@ func (s *Supervisor) WaitReady(ctx context.Context, names ...string) error {
 			u, ok := s.units[n]
 			switch {
 			case !ok:
-				bad = fmt.Errorf("unknown unit %q", n)
+				bad = fmt.Errorf("%w %q", ErrUnknownUnit, n)
 			case u.state == StateFailed:
 				bad = fmt.Errorf("unit %s failed: %s", n, u.message)
 			case u.state == StateStopped:
@@ -322,6 +325,30 @@ func (s *Supervisor) WaitReady(ctx context.Context, names ...string) error {
 	}
 }
 
+// WaitUnit waits until cond holds for the unit's status (checked on every
+// state change) or ctx ends.
+func (s *Supervisor) WaitUnit(ctx context.Context, name string, cond func(UnitStatus) bool) (UnitStatus, error) {
+	for {
+		s.mu.Lock()
+		u, ok := s.units[name]
+		if !ok {
+			s.mu.Unlock()
+			return UnitStatus{}, fmt.Errorf("%w %q", ErrUnknownUnit, name)
+		}
+		st := s.statusLocked(u)
+		ch := s.changed
+		s.mu.Unlock()
+		if cond(st) {
+			return st, nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return st, fmt.Errorf("unit %s: %w", name, ctx.Err())
+		}
+	}
+}
+
 // Status returns every unit in the order they were added.
 func (s *Supervisor) Status() []UnitStatus {
 	s.mu.Lock()
@@ -342,7 +369,7 @@ func (s *Supervisor) Unit(name string) (UnitStatus, error) {
 	u, ok := s.units[name]
 	if !ok {
 		s.mu.Unlock()
-		return UnitStatus{}, fmt.Errorf("unknown unit %q", name)
+		return UnitStatus{}, fmt.Errorf("%w %q", ErrUnknownUnit, name)
 	}
 	st := s.statusLocked(u)
 	s.mu.Unlock()
@@ -382,7 +409,7 @@ func (s *Supervisor) Logs(name string) (*logbuf.Log, error) {
 	defer s.mu.Unlock()
 	u, ok := s.units[name]
 	if !ok {
-		return nil, fmt.Errorf("unknown unit %q", name)
+		return nil, fmt.Errorf("%w %q", ErrUnknownUnit, name)
 	}
 	return u.log, nil
 }
