@@ -1,8 +1,20 @@
 #!/bin/bash
-# Installs the Debian packages magestack's build and tests need. Idempotent.
+# Installs what magestack's build and tests need on a Debian bookworm machine,
+# as root, using only apt and the Go module proxy. Idempotent: a second run
+# changes nothing.
 set -euo pipefail
-pkgs=(qemu-system-x86 qemu-utils ipxe-qemu ipxe ovmf busybox-static nftables iproute2 cpio zstd xz-utils
-      dnsmasq-base wireguard-tools)
+cd "$(dirname "$0")/.."
+
+# Build: make, git (go's VCS stamping), dpkg-deb + apt-get download for the
+# kernel package, curl/unzip/ca-certificates for the Go toolchain.
+# Image: drbd-utils and e2fsprogs are copied into the initramfs (Makefile
+# INITRAMFS_BINS); busybox-static is the test role image.
+# Tests: QEMU (TCG), iPXE and OVMF for netboot, nftables/iproute2/dnsmasq
+# for fixtures, wireguard-tools for the VPN client side.
+pkgs=(make git ca-certificates curl unzip dpkg apt
+      qemu-system-x86 qemu-utils ipxe-qemu ipxe ovmf
+      busybox-static drbd-utils e2fsprogs
+      nftables iproute2 dnsmasq-base wireguard-tools cpio zstd xz-utils)
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")
@@ -11,4 +23,39 @@ if ((${#missing[@]})); then
 	export DEBIAN_FRONTEND=noninteractive
 	apt-get update -qq
 	apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+# apt-cache must know linux-image-amd64 for the kernel fetch.
+if ! apt-cache show linux-image-amd64 >/dev/null 2>&1; then
+	apt-get update -qq
+fi
+
+# Go: the version go.mod names, at /usr/local/go (GO_INSTALL_DIR to test). Debian's golang-go is too
+# old, so the toolchain comes from the Go module proxy as the
+# golang.org/toolchain module, exactly what `go` itself downloads for
+# GOTOOLCHAIN switches.
+goroot=${GO_INSTALL_DIR:-/usr/local/go}
+want=$(awk '$1 == "go" { print $2; exit }' go.mod)
+have=$("$goroot/bin/go" env GOVERSION 2>/dev/null || true)
+have=${have#go}
+if [[ -n $have ]] && [[ $(printf '%s\n%s\n' "$want" "$have" | sort -V | head -n1) == "$want" ]]; then
+	echo "install-deps: go $have at $goroot (go.mod wants $want)"
+else
+	proxy=${GOPROXY:-https://proxy.golang.org}
+	proxy=${proxy%%[,|]*}
+	[[ $proxy == direct || $proxy == off ]] && proxy=https://proxy.golang.org
+	mod="v0.0.1-go${want}.linux-amd64"
+	tmp=$(mktemp -d)
+	trap 'rm -rf "$tmp"' EXIT
+	echo "install-deps: fetching Go $want from $proxy"
+	curl -fsSL --retry 3 -o "$tmp/go.zip" "$proxy/golang.org/toolchain/@v/$mod.zip"
+	unzip -q "$tmp/go.zip" -d "$tmp/x"
+	root="$tmp/x/golang.org/toolchain@$mod"
+	# Module zips do not keep file modes: restore the executables' bits.
+	chmod +x "$root"/bin/* "$root"/pkg/tool/*/*
+	if [[ -d $goroot ]]; then
+		mv "$goroot" "$goroot.old-$(date +%s)"
+	fi
+	mkdir -p "$(dirname "$goroot")"
+	mv "$root" "$goroot"
+	"$goroot/bin/go" version
 fi
