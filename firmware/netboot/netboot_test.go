@@ -11,7 +11,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -20,6 +19,8 @@ import (
 	"github.com/insomniacslk/dhcp/dhcpv4/nclient4"
 	"github.com/pin/tftp/v3"
 	"github.com/vishvananda/netns"
+
+	"magestack/init/nsdo"
 )
 
 const testStack = `stack: rack1
@@ -28,32 +29,10 @@ hosts:
   - {name: dh2, mac: "52:54:00:aa:00:02", address: 10.77.0.12/24, gateway: 10.77.0.1, pair: dh1}
 `
 
-// inNS runs fn on a thread switched into ns, and switches back.
+// inNS runs fn inside ns.
 func inNS(t *testing.T, ns netns.NsHandle, fn func() error) error {
 	t.Helper()
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer orig.Close()
-		if err := netns.Set(ns); err != nil {
-			errc <- err
-			return
-		}
-		err = fn()
-		if err2 := netns.Set(orig); err2 != nil {
-			// Leave the thread locked: it dies with the goroutine.
-			errc <- fmt.Errorf("restore namespace: %w", err2)
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- err
-	}()
-	return <-errc
+	return nsdo.Do(ns, fn)
 }
 
 func sh(t *testing.T, args ...string) {
@@ -372,20 +351,9 @@ func get(c *http.Client, url, rng string) (string, error) {
 	return string(b), err
 }
 
-// nsHTTPClient dials from ns. http.Transport dials on its own goroutines,
-// which do not inherit a locked thread's namespace, so the dial itself is
-// moved into ns.
+// nsHTTPClient dials from ns.
 func nsHTTPClient(t *testing.T, ns netns.NsHandle) *http.Client {
-	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
-		var conn net.Conn
-		err := inNS(t, ns, func() error {
-			var err error
-			conn, err = (&net.Dialer{}).DialContext(ctx, network, addr)
-			return err
-		})
-		return conn, err
-	}
-	return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: dial}}
+	return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: nsdo.DialContext(ns)}}
 }
 
 // nsName finds the name `ip netns` knows a handle by.
