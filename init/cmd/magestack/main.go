@@ -26,6 +26,12 @@ func faces() []face {
 		{"modprobe", "load a kernel module and its dependencies (the kernel's modprobe helper)", modprobeMain},
 		{"role-init", "PID 1 inside a role environment (started by init with a spec file)", roleInitMain},
 		{"netboot", "PXE boot server for a rack of hosts (DHCP, TFTP, HTTP/iPXE); `netboot status`", netbootMain},
+		{"status", "units and their state, health, CPU, memory, last exit [-o json]", statusMain},
+		{"start", "start a unit: <role>[/<service>]", startMain},
+		{"stop", "stop a unit: <role>[/<service>]", stopMain},
+		{"restart", "restart a unit (also revives a failed one): <role>[/<service>]", restartMain},
+		{"logs", "a unit's recent log lines: <role>[/<service>] [-f] [-n LINES]", logsMain},
+		{"boot", "the boot timeline [-o json]", bootMain},
 	}
 }
 
