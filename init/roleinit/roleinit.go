@@ -281,6 +281,6 @@ func notifyReady(log *slog.Logger, f *os.File, after time.Duration) {
 
 func logEvents(log *slog.Logger, events <-chan supervise.Event, t0 time.Time) {
 	for ev := range events {
-		log.Info("service "+ev.Kind, "service", ev.Unit, "msg", ev.Message, "t_ms", ms(ev.Time.Sub(t0)))
+		log.Info("service "+ev.Kind, "service", ev.Unit, "msg", ev.Message, "t_ms", ms(ev.Time.Sub(t0)), "at_us", ev.Time.UnixMicro())
 	}
 }

@@ -30,6 +30,17 @@ func lockDown(capNames []string, withSeccomp bool) error {
 	if err != nil {
 		return err
 	}
+	// A capability the host itself lacks cannot be kept; asking for it
+	// would fail capset as a whole.
+	have, err := permitted()
+	if err != nil {
+		return err
+	}
+	for c := range keep {
+		if have&(1<<c) == 0 {
+			delete(keep, c)
+		}
+	}
 	// Processes outside the role must not be able to read role-init's
 	// memory or its file descriptors (which reach the host's cgroup and log
 	// directories) through /proc/1: make it non-dumpable.
@@ -65,6 +76,15 @@ func lockDown(capNames []string, withSeccomp bool) error {
 		}
 	}
 	return nil
+}
+
+func permitted() (uint64, error) {
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &data[0]); err != nil {
+		return 0, fmt.Errorf("capget: %w", err)
+	}
+	return uint64(data[0].Permitted) | uint64(data[1].Permitted)<<32, nil
 }
 
 func cgoHint(e syscall.Errno) string {

@@ -1,0 +1,5 @@
+//go:build !cgo
+
+package roleenv
+
+const cgoEnabled = false

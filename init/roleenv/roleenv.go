@@ -1,0 +1,373 @@
+// Package roleenv prepares, on the host, everything a role instance's
+// environment needs and hands PID 1's supervisor a unit that runs it: a
+// cgroup v2 group with the role's limits, a veth pair into the internal
+// bridge, a root-only spec file, and `role-init` cloned into new mount, PID,
+// network, UTS and IPC namespaces. After the unit stops it removes the veth,
+// the cgroup and the instance's scratch state; the data volume and the logs
+// stay.
+package roleenv
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+
+	"magestack/init/cgroup"
+	"magestack/init/roleinit"
+	"magestack/init/stackfile"
+	"magestack/init/supervise"
+	"magestack/services"
+)
+
+// Defaults of Options.
+const (
+	DefaultBridge     = "ms-int"
+	DefaultStateRoot  = "/run/magestack/roles"
+	DefaultLogRoot    = "/run/magestack/logs"
+	DefaultVolumeRoot = "/run/magestack/volumes"
+	DefaultImageRoot  = "/usr/share/magestack/images"
+	DefaultExe        = "/proc/self/exe"
+	// RoleInterface is the name of the role's end of its veth, inside.
+	RoleInterface = "eth0"
+)
+
+// Options say where things live on the host. Zero values take the
+// defaults above; tests point them at temporary places.
+type Options struct {
+	Exe        string // binary with the role-init face
+	StateRoot  string // per-instance spec and scratch mount point
+	LogRoot    string // per-instance service logs (LogRoot/<instance>/<service>.log)
+	VolumeRoot string // per-instance data volumes, mounted at /data
+	ImageRoot  string // image trees: ImageRoot/<image>
+	// CgroupRoot is the cgroup2 mount; "" runs roles without cgroups
+	// (a host without cgroup v2). CgroupParent groups all roles below it.
+	CgroupRoot   string
+	CgroupParent string // default "magestack"
+	Bridge       string
+	// BridgeNS is the network namespace holding the bridge; zero value
+	// (netns.None()): the caller's.
+	BridgeNS netns.NsHandle
+	// NoSeccomp and the limits switch are for hosts that lack the facility.
+	NoSeccomp bool
+	NoLimits  bool // create cgroups without cpu/memory/pids limits
+}
+
+func (o Options) withDefaults() Options {
+	def := func(s *string, d string) {
+		if *s == "" {
+			*s = d
+		}
+	}
+	def(&o.Exe, DefaultExe)
+	def(&o.StateRoot, DefaultStateRoot)
+	def(&o.LogRoot, DefaultLogRoot)
+	def(&o.VolumeRoot, DefaultVolumeRoot)
+	def(&o.ImageRoot, DefaultImageRoot)
+	def(&o.CgroupParent, "magestack")
+	def(&o.Bridge, DefaultBridge)
+	if o.BridgeNS == 0 {
+		o.BridgeNS = netns.None()
+	}
+	return o
+}
+
+// Env is one role instance's environment on this host.
+type Env struct {
+	log   *slog.Logger
+	opts  Options
+	inst  stackfile.Instance
+	spec  roleinit.Spec
+	lim   cgroup.Limits
+	gw    netip.Addr // host's bridge address: the role's default route
+	dir   string     // StateRoot/<instance>
+	cgrel string     // CgroupParent/<instance>
+
+	// Timing of the last start's host side; read it after the unit is up.
+	Timing Timing
+}
+
+// Timing records the host side of the last start.
+type Timing struct {
+	Begin    time.Time     // start requested (prepare began)
+	Prepared time.Duration // cgroup, veth, spec file ready; clone follows
+}
+
+// New describes the environment of inst (one of stack.Instances()) running
+// on the host at hostIndex of stack.Hosts. Nothing is created until the
+// unit starts.
+func New(log *slog.Logger, opts Options, stack *stackfile.Stack, hostIndex int, inst stackfile.Instance) (*Env, error) {
+	opts = opts.withDefaults()
+	role, ok := stack.Roles[inst.Role]
+	if !ok {
+		return nil, fmt.Errorf("role %s: not in the stack", inst.Name)
+	}
+	gw, err := stack.HostBridgeAddr(hostIndex)
+	if err != nil {
+		return nil, fmt.Errorf("role %s: %w", inst.Name, err)
+	}
+	image := role.Image
+	if image == "" {
+		image = services.DefaultImage
+	}
+	payload, err := services.PayloadFor(image, inst.Role, role.Settings)
+	if err != nil {
+		return nil, fmt.Errorf("role %s: %w", inst.Name, err)
+	}
+	hosts, err := HostsFile(stack)
+	if err != nil {
+		return nil, fmt.Errorf("role %s: %w", inst.Name, err)
+	}
+	e := &Env{
+		log:   log.With("role", inst.Name),
+		opts:  opts,
+		inst:  inst,
+		gw:    gw,
+		dir:   filepath.Join(opts.StateRoot, inst.Name),
+		cgrel: opts.CgroupParent + "/" + inst.Name,
+	}
+	if !opts.NoLimits {
+		e.lim = cgroup.Limits{CPUWeight: role.CPUWeight, MemoryMax: uint64(role.Memory), PidsMax: role.Pids}
+		if err := e.lim.Validate(); err != nil {
+			return nil, fmt.Errorf("roles.%s: %w", inst.Role, err)
+		}
+	}
+	e.spec = roleinit.Spec{
+		Name:      inst.Name,
+		Role:      inst.Role,
+		Stack:     stack.Name,
+		Image:     filepath.Join(opts.ImageRoot, image),
+		StateDir:  filepath.Join(e.dir, "mnt"),
+		LogDir:    filepath.Join(opts.LogRoot, inst.Name),
+		Hosts:     hosts,
+		Interface: RoleInterface,
+		Address:   netip.PrefixFrom(inst.Addr, stack.Internal.Bits()),
+		Payload:   payload,
+		NoSeccomp: opts.NoSeccomp,
+	}
+	if role.Volume != 0 {
+		e.spec.Volume = filepath.Join(opts.VolumeRoot, inst.Name)
+	}
+	if opts.CgroupRoot != "" {
+		e.spec.Cgroup = filepath.Join(opts.CgroupRoot, e.cgrel)
+	}
+	return e, nil
+}
+
+// HostsFile is /etc/hosts for every role: each instance as <name>.i and
+// <name>.
+func HostsFile(stack *stackfile.Stack) (string, error) {
+	insts, err := stack.Instances()
+	if err != nil {
+		return "", err
+	}
+	var b strings.Builder
+	b.WriteString("127.0.0.1\tlocalhost\n::1\tlocalhost\n")
+	for _, in := range insts {
+		fmt.Fprintf(&b, "%s\t%s %s\n", in.Addr, in.FQDN(), in.Name)
+	}
+	return b.String(), nil
+}
+
+// RoleSpec is the spec role-init gets (for inspection and tests).
+func (e *Env) RoleSpec() roleinit.Spec { return e.spec }
+
+// CgroupPath is the role's cgroup directory, "" without cgroups.
+func (e *Env) CgroupPath() string { return e.spec.Cgroup }
+
+// HostVeth is the name of the host end of the role's veth.
+func (e *Env) HostVeth() string { return vethName("ms-", e.inst.Name) }
+
+func (e *Env) peerVeth() string { return vethName("mr-", e.inst.Name) }
+
+func vethName(prefix, name string) string {
+	n := prefix + name
+	if len(n) > unix.IFNAMSIZ-1 {
+		n = n[:unix.IFNAMSIZ-1]
+	}
+	return n
+}
+
+// StopGrace is how long the role gets to stop its services in order
+// before its cgroup is killed.
+const StopGrace = roleinit.StopTimeout + 5*time.Second
+
+// Unit returns the supervised unit that runs the environment.
+func (e *Env) Unit() supervise.Spec {
+	return supervise.Spec{
+		Name:        e.inst.Name,
+		Command:     []string{e.opts.Exe, "role-init", filepath.Join(e.dir, "spec.json")},
+		Env:         []string{"PATH=/bin:/sbin:/usr/bin:/usr/sbin"},
+		NotifyFD:    true,
+		StopSignal:  syscall.SIGTERM,
+		StopGrace:   StopGrace,
+		Cgroup:      e.spec.Cgroup,
+		SysProcAttr: e.prepare,
+		AfterStart:  e.afterStart,
+		AfterStop:   e.cleanup,
+	}
+}
+
+// prepare runs before every start: it (re)creates the scratch directory,
+// spec file, cgroup and veth, and returns the clone attributes.
+func (e *Env) prepare() (*syscall.SysProcAttr, error) {
+	t0 := time.Now()
+	// A previous run that died without cleanup leaves a veth or a cgroup;
+	// start from nothing.
+	if err := e.cleanup(); err != nil {
+		return nil, fmt.Errorf("clean up the previous run: %w", err)
+	}
+	for _, d := range []string{e.dir, e.spec.StateDir, e.spec.LogDir} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return nil, fmt.Errorf("role %s: %w", e.inst.Name, err)
+		}
+	}
+	if e.spec.Volume != "" {
+		if err := os.MkdirAll(e.spec.Volume, 0o755); err != nil {
+			return nil, fmt.Errorf("role %s: volume: %w", e.inst.Name, err)
+		}
+	}
+	if err := e.spec.Write(filepath.Join(e.dir, "spec.json")); err != nil {
+		return nil, err
+	}
+	if e.spec.Cgroup != "" {
+		if _, err := cgroup.Create(e.opts.CgroupRoot, e.cgrel, e.lim); err != nil {
+			return nil, err
+		}
+	}
+	if err := e.createVeth(); err != nil {
+		return nil, err
+	}
+	e.Timing = Timing{Begin: t0, Prepared: time.Since(t0)}
+	return &syscall.SysProcAttr{
+		Cloneflags: syscall.CLONE_NEWNS | syscall.CLONE_NEWPID | syscall.CLONE_NEWNET |
+			syscall.CLONE_NEWUTS | syscall.CLONE_NEWIPC,
+	}, nil
+}
+
+func (e *Env) handle() (*netlink.Handle, error) {
+	h, err := netlink.NewHandleAt(e.opts.BridgeNS)
+	if err != nil {
+		return nil, fmt.Errorf("netlink: %w", err)
+	}
+	return h, nil
+}
+
+// createVeth creates the pair with the host end in the bridge, up.
+func (e *Env) createVeth() error {
+	h, err := e.handle()
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	br, err := h.LinkByName(e.opts.Bridge)
+	if err != nil {
+		return fmt.Errorf("role %s: bridge %s: %w", e.inst.Name, e.opts.Bridge, err)
+	}
+	veth := &netlink.Veth{
+		LinkAttrs: netlink.LinkAttrs{Name: e.HostVeth(), MasterIndex: br.Attrs().Index},
+		PeerName:  e.peerVeth(),
+	}
+	if err := h.LinkAdd(veth); err != nil {
+		return fmt.Errorf("role %s: create veth %s/%s: %w", e.inst.Name, veth.Name, veth.PeerName, err)
+	}
+	if err := h.LinkSetUp(veth); err != nil {
+		return fmt.Errorf("role %s: veth %s up: %w", e.inst.Name, veth.Name, err)
+	}
+	return nil
+}
+
+// afterStart moves the role's veth end into the new network namespace and
+// configures it there: name, address, up, default route via the host.
+func (e *Env) afterStart(pid int) error {
+	h, err := e.handle()
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	peer, err := h.LinkByName(e.peerVeth())
+	if err != nil {
+		return fmt.Errorf("role %s: veth %s: %w", e.inst.Name, e.peerVeth(), err)
+	}
+	if err := h.LinkSetNsPid(peer, pid); err != nil {
+		return fmt.Errorf("role %s: move veth into pid %d's namespace: %w", e.inst.Name, pid, err)
+	}
+	ns, err := netns.GetFromPid(pid)
+	if err != nil {
+		return fmt.Errorf("role %s: namespace of pid %d: %w", e.inst.Name, pid, err)
+	}
+	defer ns.Close()
+	rh, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		return fmt.Errorf("role %s: netlink in the role: %w", e.inst.Name, err)
+	}
+	defer rh.Close()
+	link, err := rh.LinkByName(e.peerVeth())
+	if err != nil {
+		return fmt.Errorf("role %s: veth inside: %w", e.inst.Name, err)
+	}
+	if err := rh.LinkSetName(link, RoleInterface); err != nil {
+		return fmt.Errorf("role %s: rename veth to %s: %w", e.inst.Name, RoleInterface, err)
+	}
+	addr := &netlink.Addr{IPNet: prefixToIPNet(e.spec.Address)}
+	if err := rh.AddrAdd(link, addr); err != nil {
+		return fmt.Errorf("role %s: address %s: %w", e.inst.Name, e.spec.Address, err)
+	}
+	if err := rh.LinkSetUp(link); err != nil {
+		return fmt.Errorf("role %s: %s up: %w", e.inst.Name, RoleInterface, err)
+	}
+	route := &netlink.Route{LinkIndex: link.Attrs().Index, Gw: e.gw.AsSlice()}
+	if err := rh.RouteAdd(route); err != nil {
+		return fmt.Errorf("role %s: default route via %s: %w", e.inst.Name, e.gw, err)
+	}
+	return nil
+}
+
+// cleanup removes what a run leaves on the host: the veth (its role end
+// died with the namespace, or is still here if the start failed), the
+// cgroup tree and the scratch state. Volume and logs stay.
+func (e *Env) cleanup() error {
+	var errs []error
+	if h, err := e.handle(); err != nil {
+		errs = append(errs, err)
+	} else {
+		for _, name := range []string{e.HostVeth(), e.peerVeth()} {
+			if l, err := h.LinkByName(name); err == nil {
+				if err := h.LinkDel(l); err != nil {
+					errs = append(errs, fmt.Errorf("delete veth %s: %w", name, err))
+				}
+			}
+		}
+		h.Close()
+	}
+	if e.spec.Cgroup != "" {
+		g, err := cgroup.Open(e.opts.CgroupRoot, e.cgrel)
+		if err == nil {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			err = g.Remove(ctx)
+			cancel()
+		}
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	// The scratch tmpfs lived in the role's mount namespace only; the host
+	// side is an empty directory and the spec file.
+	if err := os.RemoveAll(e.dir); err != nil && !errors.Is(err, os.ErrNotExist) {
+		errs = append(errs, err)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("role %s: cleanup: %w", e.inst.Name, err)
+	}
+	return nil
+}

@@ -1,0 +1,541 @@
+package roleenv
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+
+	"magestack/images/busybox"
+	"magestack/init/cgroup"
+	"magestack/init/logbuf"
+	"magestack/init/roleinit"
+	"magestack/init/stackfile"
+	"magestack/init/supervise"
+)
+
+// The test binary is also role-init: roles exec /proc/self/exe role-init.
+func TestMain(m *testing.M) {
+	if len(os.Args) > 1 && os.Args[1] == "role-init" {
+		os.Exit(roleinit.Main(os.Args[2:]))
+	}
+	os.Exit(m.Run())
+}
+
+// fixture is a host for roles inside a private network namespace: the
+// bridge and every veth live there, never in the machine's own namespace.
+type fixture struct {
+	t       *testing.T
+	ns      netns.NsHandle
+	opts    Options
+	stack   *stackfile.Stack
+	sup     *supervise.Supervisor
+	envs    map[string]*Env
+	cgroups bool
+}
+
+func requireHost(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("role environments need root")
+	}
+	if cgoEnabled {
+		t.Skip("role-init drops capabilities on every thread (syscall.AllThreadsSyscall), which needs a CGO_ENABLED=0 build; make test sets it")
+	}
+	if _, err := os.Stat(busybox.DefaultBinary); err != nil {
+		t.Skipf("%s missing (Debian package busybox-static)", busybox.DefaultBinary)
+	}
+}
+
+// newNS creates an anonymous network namespace without leaving the
+// calling thread in it.
+func newNS(t *testing.T) netns.NsHandle {
+	t.Helper()
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer orig.Close()
+	ns, err := netns.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := netns.Set(orig); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ns.Close() })
+	return ns
+}
+
+// inNS runs fn on a thread inside ns; sockets fn creates stay there.
+func inNS(t *testing.T, ns netns.NsHandle, fn func()) {
+	t.Helper()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		runtime.LockOSThread() // never unlocked: the thread dies with the goroutine
+		if err := netns.Set(ns); err != nil {
+			t.Error(err)
+			return
+		}
+		fn()
+	}()
+	<-done
+}
+
+func v2Root() string {
+	f, err := os.Open("/proc/self/mounts")
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fs := strings.Fields(sc.Text())
+		if len(fs) > 3 && fs[2] == "cgroup2" && strings.Contains(","+fs[3]+",", ",rw,") {
+			return fs[1]
+		}
+	}
+	return ""
+}
+
+func hasControllers(root string, want ...string) bool {
+	b, err := os.ReadFile(filepath.Join(root, "cgroup.controllers"))
+	if err != nil {
+		return false
+	}
+	have := strings.Fields(string(b))
+	for _, w := range want {
+		if !slices.Contains(have, w) {
+			return false
+		}
+	}
+	return true
+}
+
+func newFixture(t *testing.T, settings map[string]map[string]string) *fixture {
+	requireHost(t)
+	tmp := t.TempDir()
+	images := filepath.Join(tmp, "images")
+	if err := busybox.Build(filepath.Join(images, "busybox"), busybox.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	f := &fixture{t: t, ns: newNS(t), stack: stackfile.Default(), envs: map[string]*Env{}}
+	for role, s := range settings {
+		r := f.stack.Roles[role]
+		r.Settings = s
+		f.stack.Roles[role] = r
+	}
+	f.opts = Options{
+		StateRoot:  filepath.Join(tmp, "roles"),
+		LogRoot:    filepath.Join(tmp, "logs"),
+		VolumeRoot: filepath.Join(tmp, "volumes"),
+		ImageRoot:  images,
+		BridgeNS:   f.ns,
+	}
+	if root := v2Root(); root != "" {
+		f.cgroups = true
+		f.opts.CgroupRoot = root
+		f.opts.CgroupParent = fmt.Sprintf("magestack-test-%d", os.Getpid())
+		// The host's cgroup2 hierarchy may lack the controllers (hybrid
+		// mode); limits are then covered in QEMU.
+		f.opts.NoLimits = !hasControllers(root, "cpu", "memory", "pids")
+		t.Cleanup(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			if g, err := cgroup.Open(root, f.opts.CgroupParent); err == nil {
+				g.Remove(ctx)
+			}
+		})
+	} else {
+		t.Log("no cgroup2 mount on this host: roles run without cgroups")
+	}
+	gw, _ := f.stack.HostBridgeAddr(0)
+	if err := EnsureBridge(f.ns, DefaultBridge, netip.PrefixFrom(gw, f.stack.Internal.Bits())); err != nil {
+		t.Fatal(err)
+	}
+	f.sup = supervise.New(slog.New(slog.NewTextHandler(io.Discard, nil)), supervise.Options{})
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		f.sup.StopAll(ctx)
+	})
+	return f
+}
+
+func (f *fixture) add(names ...string) {
+	f.t.Helper()
+	insts, err := f.stack.Instances()
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	for _, name := range names {
+		i := slices.IndexFunc(insts, func(in stackfile.Instance) bool { return in.Name == name })
+		if i < 0 {
+			f.t.Fatalf("no instance %s", name)
+		}
+		env, err := New(slog.Default(), f.opts, f.stack, 0, insts[i])
+		if err != nil {
+			f.t.Fatal(err)
+		}
+		if err := f.sup.Add(env.Unit()); err != nil {
+			f.t.Fatal(err)
+		}
+		f.envs[name] = env
+	}
+}
+
+func (f *fixture) startAndWait(names ...string) {
+	f.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for _, n := range names {
+		if err := f.sup.Start(ctx, n); err != nil {
+			f.t.Fatal(err)
+		}
+	}
+	if err := f.sup.WaitReady(ctx, names...); err != nil {
+		f.dumpLogs(names...)
+		f.t.Fatalf("roles not ready: %v", err)
+	}
+}
+
+func (f *fixture) dumpLogs(names ...string) {
+	for _, n := range names {
+		if l, err := f.sup.Logs(n); err == nil {
+			f.t.Logf("log of %s:\n%s", n, logText(l))
+		}
+		if st, err := f.sup.Unit(n); err == nil {
+			f.t.Logf("status of %s: %+v", n, st)
+		}
+	}
+}
+
+func (f *fixture) pid(name string) int {
+	st, err := f.sup.Unit(name)
+	if err != nil || st.PID == 0 {
+		f.t.Fatalf("%s has no pid: %v %+v", name, err, st)
+	}
+	return st.PID
+}
+
+// inRole runs a shell command with every namespace and the root of the
+// role's PID 1 (a process "in" the role, as an operator's nsenter would be).
+func (f *fixture) inRole(name, script string) (string, error) {
+	f.t.Helper()
+	cmd := exec.Command("nsenter", "-t", strconv.Itoa(f.pid(name)), "-m", "-u", "-i", "-n", "-p", "-r", "-w",
+		"/bin/sh", "-c", script)
+	cmd.Env = []string{"PATH=/bin"}
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+// httpGet fetches http://addr/path from inside the bridge's namespace.
+// The connection is dialled on the namespaced thread itself (http.Client
+// would dial from another goroutine, in the host's namespace).
+func (f *fixture) httpGet(addr, path string) (string, error) {
+	var body string
+	var err error
+	inNS(f.t, f.ns, func() {
+		var c net.Conn
+		c, err = net.DialTimeout("tcp", addr, 3*time.Second)
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(3 * time.Second))
+		req, _ := http.NewRequest("GET", "http://"+addr+path, nil)
+		if err = req.Write(c); err != nil {
+			return
+		}
+		var resp *http.Response
+		resp, err = http.ReadResponse(bufio.NewReader(c), req)
+		if err != nil {
+			return
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			err = fmt.Errorf("GET %s%s: %s", addr, path, resp.Status)
+			return
+		}
+		var b []byte
+		b, err = io.ReadAll(resp.Body)
+		body = string(b)
+	})
+	return body, err
+}
+
+func (f *fixture) tcpLine(addr string) (string, error) {
+	var line string
+	var err error
+	inNS(f.t, f.ns, func() {
+		var c net.Conn
+		c, err = net.DialTimeout("tcp", addr, 3*time.Second)
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(3 * time.Second))
+		line, err = bufio.NewReader(c).ReadString('\n')
+	})
+	return strings.TrimSpace(line), err
+}
+
+func mountinfoMentions(t *testing.T, s string) []string {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var hits []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.Contains(l, s) {
+			hits = append(hits, l)
+		}
+	}
+	return hits
+}
+
+// Two roles come up from the busybox image, serve on their fixed addresses
+// through the bridge, are isolated from each other and from the host, and
+// leave nothing behind when stopped.
+func TestRolesServeIsolatedAndCleanUp(t *testing.T) {
+	f := newFixture(t, nil)
+	f.add("web1", "db1")
+	f.startAndWait("web1", "db1")
+
+	body, err := f.httpGet("172.16.0.100:80", "/")
+	if err != nil || !strings.Contains(body, "web instance web1") {
+		out, _ := f.inRole("web1", "ls -la /www/web; cat /www/web/index.html; wget -S -O- http://127.0.0.1/ 2>&1")
+		t.Fatalf("GET web1: %q %v\ninside: %s", body, err, out)
+	}
+	line, err := f.tcpLine("172.16.0.40:3306")
+	if err != nil || line != "mysql placeholder on db1" {
+		t.Fatalf("db1:3306 said %q (%v)", line, err)
+	}
+
+	t.Run("hostname", func(t *testing.T) {
+		out, err := f.inRole("web1", "hostname; cat /etc/hostname")
+		if err != nil || out != "web1\nweb1\n" {
+			t.Fatalf("%q %v", out, err)
+		}
+	})
+	t.Run("hosts", func(t *testing.T) {
+		out, err := f.inRole("web1", "cat /etc/hosts")
+		for _, want := range []string{"172.16.0.40\tdb1.i db1", "172.16.0.100\tweb1.i web1", "172.16.0.20\tfw1.i fw1"} {
+			if err != nil || !strings.Contains(out, want) {
+				t.Errorf("/etc/hosts lacks %q: %q %v", want, out, err)
+			}
+		}
+	})
+	t.Run("own processes only", func(t *testing.T) {
+		out, err := f.inRole("web1", "ps -o pid,args")
+		if err != nil {
+			t.Fatalf("%v %s", err, out)
+		}
+		if !strings.Contains(out, "1 ") || !strings.Contains(out, "role-init") || !strings.Contains(out, "httpd -f -p 80") {
+			t.Errorf("web1's own processes missing:\n%s", out)
+		}
+		for _, foreign := range []string{"3306", ".test", "nsenter"} {
+			if strings.Contains(out, foreign) {
+				t.Errorf("web1 sees a foreign process (%s):\n%s", foreign, out)
+			}
+		}
+	})
+	t.Run("own links only", func(t *testing.T) {
+		out, err := f.inRole("web1", "ls /sys/class/net; ip -o -4 addr show eth0; ip route")
+		if err != nil {
+			t.Fatalf("%v %s", err, out)
+		}
+		fields := strings.Fields(strings.SplitN(out, "\n", 3)[0] + " " + strings.SplitN(out, "\n", 3)[1])
+		_ = fields
+		if !strings.Contains(out, "eth0") || !strings.Contains(out, "lo") || strings.Contains(out, "ms-") || strings.Contains(out, "mr-") {
+			t.Errorf("links:\n%s", out)
+		}
+		if !strings.Contains(out, "172.16.0.100/24") || !strings.Contains(out, "default via 172.16.0.1") {
+			t.Errorf("address/route:\n%s", out)
+		}
+	})
+	t.Run("host and other roles invisible", func(t *testing.T) {
+		marker := filepath.Join(f.opts.VolumeRoot, "db1", "db-secret")
+		if err := os.WriteFile(marker, []byte("db1 data\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		out, err := f.inRole("db1", "cat /data/db-secret")
+		if err != nil || out != "db1 data\n" {
+			t.Fatalf("db1 cannot read its own volume: %q %v", out, err)
+		}
+		script := fmt.Sprintf(`for p in /run/magestack %s %s %s; do test -e "$p" && echo "VISIBLE $p"; done
+find / -xdev -name db-secret; find /data -name db-secret; true`, f.opts.StateRoot, f.opts.VolumeRoot, marker)
+		out, err = f.inRole("web1", script)
+		if err != nil || out != "" {
+			t.Errorf("web1 sees host or db1 paths: %q %v", out, err)
+		}
+		// The mounts live in the role's namespace only.
+		if hits := mountinfoMentions(t, f.opts.StateRoot); len(hits) > 0 {
+			t.Errorf("role mounts leaked to the host: %v", hits)
+		}
+	})
+	t.Run("reduced privileges", func(t *testing.T) {
+		out, err := f.inRole("web1", "pidof httpd")
+		if err != nil {
+			t.Fatalf("%v %s", err, out)
+		}
+		// Read the service's status from the host by host pid: find it
+		// through role-init's children in the host's pid namespace.
+		hostPid := hostPidOf(t, f.pid("web1"), "httpd")
+		status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", hostPid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		s := string(status)
+		for _, want := range []string{"NoNewPrivs:\t1", "Seccomp:\t2"} {
+			if !strings.Contains(s, want) {
+				t.Errorf("httpd status lacks %q", want)
+			}
+		}
+		bnd := field(s, "CapBnd:")
+		if bnd == "" || bnd == "000001ffffffffff" || bnd == "000003ffffffffff" {
+			t.Errorf("httpd bounding set not reduced: %q", bnd)
+		}
+		if n, _ := strconv.ParseUint(bnd, 16, 64); n&(1<<21) != 0 { // CAP_SYS_ADMIN
+			t.Errorf("CAP_SYS_ADMIN kept: %s", bnd)
+		}
+		// A root shell started by role-init cannot mount: no CAP_SYS_ADMIN
+		// and the seccomp filter.
+		if f.cgroups {
+			want := "0::/" + f.opts.CgroupParent + "/web1/http"
+			cg, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", hostPid))
+			if !strings.Contains(string(cg), want) {
+				t.Errorf("httpd cgroup %q, want %s", cg, want)
+			}
+		}
+	})
+	t.Run("killed service restarts", func(t *testing.T) {
+		hostPid := hostPidOf(t, f.pid("web1"), "httpd")
+		syscall.Kill(hostPid, syscall.SIGKILL)
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			body, err := f.httpGet("172.16.0.100:80", "/")
+			if err == nil && strings.Contains(body, "web1") {
+				if p := hostPidOf(t, f.pid("web1"), "httpd"); p != hostPid {
+					break
+				}
+			}
+			if time.Now().After(deadline) {
+				f.dumpLogs("web1")
+				t.Fatalf("httpd not back: %v", err)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	})
+
+	// Stop: reverse order, and nothing of the roles is left.
+	rolePids := []int{f.pid("web1"), f.pid("db1")}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := f.sup.StopAll(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range rolePids {
+		if err := syscall.Kill(p, 0); !errors.Is(err, syscall.ESRCH) {
+			t.Errorf("role-init pid %d still exists: %v", p, err)
+		}
+	}
+	h, _ := netlink.NewHandleAt(f.ns)
+	defer h.Close()
+	links, _ := h.LinkList()
+	for _, l := range links {
+		if strings.HasPrefix(l.Attrs().Name, "ms-") && l.Attrs().Name != DefaultBridge || strings.HasPrefix(l.Attrs().Name, "mr-") {
+			t.Errorf("veth %s left behind", l.Attrs().Name)
+		}
+	}
+	for _, name := range []string{"web1", "db1"} {
+		if _, err := os.Stat(filepath.Join(f.opts.StateRoot, name)); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("state dir of %s left: %v", name, err)
+		}
+		if p := f.envs[name].CgroupPath(); p != "" {
+			if _, err := os.Stat(p); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("cgroup of %s left: %v", name, err)
+			}
+		}
+	}
+	if hits := mountinfoMentions(t, f.opts.StateRoot); len(hits) > 0 {
+		t.Errorf("mounts left: %v", hits)
+	}
+	if _, err := os.Stat(filepath.Join(f.opts.VolumeRoot, "db1", "db-secret")); err != nil {
+		t.Errorf("db1's volume must survive a stop: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(f.opts.LogRoot, "web1", "http.log")); err != nil {
+		t.Errorf("web1's service log file missing: %v", err)
+	}
+}
+
+func field(status, key string) string {
+	for _, l := range strings.Split(status, "\n") {
+		if strings.HasPrefix(l, key) {
+			return strings.TrimSpace(strings.TrimPrefix(l, key))
+		}
+	}
+	return ""
+}
+
+// hostPidOf finds, among the descendants of pid (host view), the process
+// whose comm is name.
+func hostPidOf(t *testing.T, pid int, name string) int {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
+		for _, c := range strings.Fields(string(b)) {
+			cp, _ := strconv.Atoi(c)
+			comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", cp))
+			if strings.TrimSpace(string(comm)) == name {
+				return cp
+			}
+		}
+		// role-init is multi-threaded: children hang off any thread.
+		tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+		for _, task := range tasks {
+			b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/children", pid, task.Name()))
+			for _, c := range strings.Fields(string(b)) {
+				cp, _ := strconv.Atoi(c)
+				comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", cp))
+				if strings.TrimSpace(string(comm)) == name {
+					return cp
+				}
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no %s below pid %d", name, pid)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func logText(l *logbuf.Log) string {
+	var b strings.Builder
+	for _, ln := range l.Tail(200) {
+		fmt.Fprintf(&b, "%s %s\n", ln.Stream, ln.Text)
+	}
+	return b.String()
+}
