@@ -135,7 +135,9 @@ func Run(ctx context.Context, log *slog.Logger, path string) error {
 	}
 }
 
-func ms(d time.Duration) string { return strconv.FormatFloat(float64(d.Microseconds())/1000, 'f', 1, 64) }
+func ms(d time.Duration) string {
+	return strconv.FormatFloat(float64(d.Microseconds())/1000, 'f', 1, 64)
+}
 
 // setupCgroup moves role-init out of the role's group into its "init" leaf
 // (a group that hands controllers to children may hold no processes) and
