@@ -67,7 +67,7 @@ func FindStep(steps []TimelineStep, step string) (TimelineStep, bool) {
 
 // Options returns the VM options that boot this image with the given extra
 // kernel arguments: quiet console, 2 GiB, an RNG and one user-mode NIC (so
-// DHCP answers) with no port forwards.
+// DHCP answers) with no port forwards and no PXE ROM (the kernel is given).
 func (im Image) Options(appendArgs string) Options {
 	return Options{
 		Kernel: im.Kernel,
@@ -75,6 +75,6 @@ func (im Image) Options(appendArgs string) Options {
 		Append: strings.TrimSpace("console=ttyS0 quiet panic=-1 " + appendArgs),
 		Memory: 2048,
 		RNG:    true,
-		NICs:   []NIC{{User: true}},
+		NICs:   []NIC{{User: true, ROM: "none"}},
 	}
 }
