@@ -435,7 +435,7 @@ func (v *validator) config() {
 		v.errf("config.poll", "%s is too short: at least 1s", c.Poll.D())
 	}
 	for i, k := range c.SignedBy {
-		if !strings.Contains(k, "BEGIN PGP PUBLIC KEY BLOCK") {
+		if err := configsource.CheckKey(k); err != nil {
 			v.errf(fmt.Sprintf("config.signedby[%d]", i), "want an ASCII-armored OpenPGP public key (gpg --armor --export KEYID)")
 		}
 	}
