@@ -82,6 +82,14 @@ func (o Options) withDefaults() Options {
 	return o
 }
 
+// ServiceSocket is where the role-init of unit serves its services' API
+// (pid is unused: the socket is on the host, outside the role). Give it to
+// api.Options.ServiceSocket so "web1/http" reaches web1's role-init.
+func (o Options) ServiceSocket(unit string, pid int) string {
+	o = o.withDefaults()
+	return filepath.Join(o.StateRoot, unit, "api.sock")
+}
+
 // Env is one role instance's environment on this host.
 type Env struct {
 	log   *slog.Logger
@@ -149,6 +157,7 @@ func New(log *slog.Logger, opts Options, stack *stackfile.Stack, hostIndex int, 
 		Image:     filepath.Join(opts.ImageRoot, image),
 		StateDir:  filepath.Join(e.dir, "mnt"),
 		LogDir:    filepath.Join(opts.LogRoot, inst.Name),
+		APISocket: opts.ServiceSocket(inst.Name, 0),
 		Hosts:     hosts,
 		Interface: RoleInterface,
 		Address:   netip.PrefixFrom(inst.Addr, stack.Internal.Bits()),

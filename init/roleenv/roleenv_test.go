@@ -25,6 +25,7 @@ import (
 	"github.com/vishvananda/netns"
 
 	"magestack/images/busybox"
+	"magestack/init/api"
 	"magestack/init/cgroup"
 	"magestack/init/logbuf"
 	"magestack/init/roleinit"
@@ -428,6 +429,26 @@ find / -xdev -name db-secret; find /data -name db-secret; true`, f.opts.StateRoo
 			if !strings.Contains(string(cg), want) {
 				t.Errorf("httpd cgroup %q, want %s", cg, want)
 			}
+		}
+	})
+	t.Run("services API on the host side only", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		c := api.NewClient(f.opts.ServiceSocket("web1", 0))
+		st, err := c.Status(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, u := range st.Units {
+			got = append(got, u.Name+"="+string(u.State))
+		}
+		if strings.Join(got, " ") != "php-fpm=ready http=ready" {
+			t.Errorf("web1 services: %v", got)
+		}
+		out, err := f.inRole("web1", "find / -xdev -name api.sock; ls /run")
+		if err != nil || out != "" {
+			t.Errorf("web1 sees an API socket: %q %v", out, err)
 		}
 	})
 	t.Run("killed service restarts", func(t *testing.T) {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -14,6 +15,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"magestack/init/api"
 	"magestack/init/reap"
 	"magestack/init/supervise"
 	"magestack/services"
@@ -74,6 +76,14 @@ func Run(ctx context.Context, log *slog.Logger, path string) error {
 		logDir = "/proc/self/fd/" + strconv.Itoa(fd)
 	}
 
+	var apiLn net.Listener
+	if spec.APISocket != "" {
+		if apiLn, err = api.Listen(spec.APISocket); err != nil {
+			return fmt.Errorf("role API: %w", err)
+		}
+		defer apiLn.Close()
+	}
+
 	root, err := buildRoot(spec)
 	if err != nil {
 		return fmt.Errorf("root filesystem: %w", err)
@@ -111,6 +121,14 @@ func Run(ctx context.Context, log *slog.Logger, path string) error {
 		return fmt.Errorf("start services: %w", err)
 	}
 	go logEvents(log, events, t0)
+	if apiLn != nil {
+		srv := api.NewServer(api.Options{Units: sup, Log: log})
+		go func() {
+			if err := srv.ServeListener(ctx, apiLn); err != nil && ctx.Err() == nil {
+				log.Error("role API stopped", "err", err)
+			}
+		}()
+	}
 	log.Info("role up", "mounted_ms", ms(tMounted), "network_ms", ms(tNet), "services", len(names))
 
 	ready := make(chan error, 1)

@@ -45,6 +45,12 @@ type Spec struct {
 	// in memory only.
 	LogDir string `json:"log_dir,omitempty"`
 
+	// APISocket is a host path where role-init serves the control API of
+	// its services (status, start/stop/restart, logs) for PID 1's API to
+	// forward "role/service" requests to. It is bound before pivot_root,
+	// so nothing inside the role can reach it. "" for none.
+	APISocket string `json:"api_socket,omitempty"`
+
 	Hosts     string       `json:"hosts"`     // /etc/hosts content
 	Interface string       `json:"interface"` // the veth end the host moves in, e.g. eth0
 	Address   netip.Prefix `json:"address"`   // expected on Interface
@@ -70,6 +76,8 @@ func (s *Spec) Validate() error {
 		return fmt.Errorf("spec %s: volume %q must be an absolute path", s.Name, s.Volume)
 	case s.Cgroup != "" && !filepath.IsAbs(s.Cgroup):
 		return fmt.Errorf("spec %s: cgroup %q must be an absolute path", s.Name, s.Cgroup)
+	case s.APISocket != "" && !filepath.IsAbs(s.APISocket):
+		return fmt.Errorf("spec %s: api_socket %q must be an absolute path", s.Name, s.APISocket)
 	case s.LogDir != "" && !filepath.IsAbs(s.LogDir):
 		return fmt.Errorf("spec %s: log_dir %q must be an absolute path", s.Name, s.LogDir)
 	}
