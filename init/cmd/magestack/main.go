@@ -32,6 +32,8 @@ func faces() []face {
 		{"restart", "restart a unit (also revives a failed one): <role>[/<service>]", restartMain},
 		{"logs", "a unit's recent log lines: <role>[/<service>] [-f] [-n LINES]", logsMain},
 		{"boot", "the boot timeline [-o json]", bootMain},
+		{"firewall", "the live nftables policy: show | check | allow add|remove PREFIX...", firewallMain},
+		{"vpn", "management VPN: add-peer NAME prints a client config", vpnMain},
 	}
 }
 
