@@ -85,13 +85,13 @@ func (s *Stack) HostBridgeAddr(i int) (netip.Addr, error) {
 }
 
 // Instances lists every role instance in start order with its address and
-// default placement. Placement spreads instances of each role over the hosts
-// that may hold it, round-robin, so one host runs everything and added hosts
-// take a share.
+// default placement. Placement spreads instances over the hosts that may
+// hold them, round-robin, starting each role at its own offset so that one
+// host runs everything, added hosts take a share, and scaling one role never
+// moves another role's instances.
 func (s *Stack) Instances() ([]Instance, error) {
 	var out []Instance
-	next := 0 // rotates placement across roles so singletons spread too
-	for _, role := range roleNames {
+	for ri, role := range roleNames {
 		r := s.Roles[role]
 		hosts := r.Hosts
 		if len(hosts) == 0 {
@@ -106,8 +106,7 @@ func (s *Stack) Instances() ([]Instance, error) {
 			}
 			inst := Instance{Name: fmt.Sprintf("%s%d", role, n), Role: role, N: n, Addr: addr}
 			if len(hosts) > 0 {
-				inst.Host = hosts[next%len(hosts)]
-				next++
+				inst.Host = hosts[(ri+n-1)%len(hosts)]
 			}
 			out = append(out, inst)
 		}

@@ -267,7 +267,7 @@ users:
 	for _, in := range insts {
 		names = append(names, in.Name+"@"+in.Host)
 	}
-	if got, want := strings.Join(names, " "), "fw1@dh1 db1@dh2 web1@dh1 web2@dh2 web3@dh1 lb1@dh2 acc1@dh1 monitor1@dh2"; got != want {
+	if got, want := strings.Join(names, " "), "fw1@dh1 db1@dh1 web1@dh2 web2@dh1 web3@dh2 lb1@dh1 acc1@dh2 monitor1@dh1"; got != want {
 		t.Errorf("instances: %s\nwant:       %s", got, want)
 	}
 }
