@@ -197,8 +197,6 @@ func (e *Env) CgroupPath() string { return e.spec.Cgroup }
 // HostVeth is the name of the host end of the role's veth.
 func (e *Env) HostVeth() string { return vethName("ms-", e.inst.Name) }
 
-func (e *Env) peerVeth() string { return vethName("mr-", e.inst.Name) }
-
 func vethName(prefix, name string) string {
 	n := prefix + name
 	if len(n) > unix.IFNAMSIZ-1 {
@@ -228,11 +226,11 @@ func (e *Env) Unit() supervise.Spec {
 }
 
 // prepare runs before every start: it (re)creates the scratch directory,
-// spec file, cgroup and veth, and returns the clone attributes.
+// spec file and cgroup, and returns the clone attributes.
 func (e *Env) prepare() (*syscall.SysProcAttr, error) {
 	t0 := time.Now()
-	// A previous run that died without cleanup leaves a veth or a cgroup;
-	// start from nothing.
+	// A previous run that ended without cleanup (PID 1 restarted) leaves a
+	// veth or a cgroup; start from nothing.
 	if err := e.cleanup(); err != nil {
 		return nil, fmt.Errorf("clean up the previous run: %w", err)
 	}
@@ -254,9 +252,6 @@ func (e *Env) prepare() (*syscall.SysProcAttr, error) {
 			return nil, err
 		}
 	}
-	if err := e.createVeth(); err != nil {
-		return nil, err
-	}
 	e.Timing = Timing{Begin: t0, Prepared: time.Since(t0)}
 	return &syscall.SysProcAttr{
 		Cloneflags: syscall.CLONE_NEWNS | syscall.CLONE_NEWPID | syscall.CLONE_NEWNET |
@@ -272,8 +267,11 @@ func (e *Env) handle() (*netlink.Handle, error) {
 	return h, nil
 }
 
-// createVeth creates the pair with the host end in the bridge, up.
-func (e *Env) createVeth() error {
+// afterStart creates the role's veth pair with one end in the bridge and
+// the other born inside the new network namespace (creating it there is
+// much cheaper than moving a device between namespaces), then configures
+// the inner end: address, up, default route via the host.
+func (e *Env) afterStart(pid int) error {
 	h, err := e.handle()
 	if err != nil {
 		return err
@@ -284,32 +282,15 @@ func (e *Env) createVeth() error {
 		return fmt.Errorf("role %s: bridge %s: %w", e.inst.Name, e.opts.Bridge, err)
 	}
 	veth := &netlink.Veth{
-		LinkAttrs: netlink.LinkAttrs{Name: e.HostVeth(), MasterIndex: br.Attrs().Index},
-		PeerName:  e.peerVeth(),
+		LinkAttrs:     netlink.LinkAttrs{Name: e.HostVeth(), MasterIndex: br.Attrs().Index},
+		PeerName:      RoleInterface,
+		PeerNamespace: netlink.NsPid(pid),
 	}
 	if err := h.LinkAdd(veth); err != nil {
-		return fmt.Errorf("role %s: create veth %s/%s: %w", e.inst.Name, veth.Name, veth.PeerName, err)
+		return fmt.Errorf("role %s: create veth %s: %w", e.inst.Name, veth.Name, err)
 	}
 	if err := h.LinkSetUp(veth); err != nil {
 		return fmt.Errorf("role %s: veth %s up: %w", e.inst.Name, veth.Name, err)
-	}
-	return nil
-}
-
-// afterStart moves the role's veth end into the new network namespace and
-// configures it there: name, address, up, default route via the host.
-func (e *Env) afterStart(pid int) error {
-	h, err := e.handle()
-	if err != nil {
-		return err
-	}
-	defer h.Close()
-	peer, err := h.LinkByName(e.peerVeth())
-	if err != nil {
-		return fmt.Errorf("role %s: veth %s: %w", e.inst.Name, e.peerVeth(), err)
-	}
-	if err := h.LinkSetNsPid(peer, pid); err != nil {
-		return fmt.Errorf("role %s: move veth into pid %d's namespace: %w", e.inst.Name, pid, err)
 	}
 	ns, err := netns.GetFromPid(pid)
 	if err != nil {
@@ -321,12 +302,9 @@ func (e *Env) afterStart(pid int) error {
 		return fmt.Errorf("role %s: netlink in the role: %w", e.inst.Name, err)
 	}
 	defer rh.Close()
-	link, err := rh.LinkByName(e.peerVeth())
+	link, err := rh.LinkByName(RoleInterface)
 	if err != nil {
 		return fmt.Errorf("role %s: veth inside: %w", e.inst.Name, err)
-	}
-	if err := rh.LinkSetName(link, RoleInterface); err != nil {
-		return fmt.Errorf("role %s: rename veth to %s: %w", e.inst.Name, RoleInterface, err)
 	}
 	addr := &netlink.Addr{IPNet: prefixToIPNet(e.spec.Address)}
 	if err := rh.AddrAdd(link, addr); err != nil {
@@ -350,7 +328,7 @@ func (e *Env) cleanup() error {
 	if h, err := e.handle(); err != nil {
 		errs = append(errs, err)
 	} else {
-		for _, name := range []string{e.HostVeth(), e.peerVeth()} {
+		for _, name := range []string{e.HostVeth()} {
 			if l, err := h.LinkByName(name); err == nil {
 				if err := h.LinkDel(l); err != nil {
 					errs = append(errs, fmt.Errorf("delete veth %s: %w", name, err))

@@ -40,8 +40,10 @@ func waitNetwork(ctx context.Context, ifname string, addr netip.Prefix, limit ti
 			return fmt.Errorf("network: %s not configured within %v: %s", ifname, limit, last)
 		case <-time.After(delay):
 		}
-		if delay < 20*time.Millisecond {
-			delay *= 2
+		// The host configures the link right after clone returns: poll
+		// tightly at first, then back off.
+		if delay < 5*time.Millisecond {
+			delay += delay / 2
 		}
 	}
 }
