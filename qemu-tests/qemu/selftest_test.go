@@ -75,6 +75,9 @@ func TestHarnessBootsNopInit(t *testing.T) {
 	if ms <= 0 {
 		t.Fatalf("uptime_ms=%s: not a positive number", m[1])
 	}
+	if _, err := vm.Expect(time.Minute, `nopinit: firmware=bios`); err != nil {
+		t.Fatal(err)
+	}
 
 	st, err := vm.QueryStatus()
 	if err != nil || !st.Running {
@@ -104,6 +107,9 @@ func TestHarnessBootsNopInit(t *testing.T) {
 		t.Fatal(err)
 	}
 	if _, err := vm.Expect(30*time.Second, `nopinit: powering off \(console\)`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := vm.Expect(30*time.Second, `reboot: Power down`); err != nil {
 		t.Fatal(err)
 	}
 	code, err := vm.Wait(60 * time.Second)
@@ -184,5 +190,24 @@ func TestHarnessTapOnBridge(t *testing.T) {
 	}
 	if _, err := net.WaitCarrier(tap, false, 10*time.Second); err != nil {
 		t.Fatalf("tap keeps carrier after QEMU quit: %v", err)
+	}
+}
+
+// TestHarnessUEFI boots nopinit through OVMF (direct kernel boot under UEFI).
+func TestHarnessUEFI(t *testing.T) {
+	Require(t)
+	initrd := nopInitramfs(t, t.TempDir(), nil)
+	vm := Start(t, Options{Firmware: UEFI, Kernel: nopKernel(t), Initrd: initrd, Append: "quiet panic=-1", Memory: 512})
+	if _, err := vm.Expect(3*time.Minute, NopInitPattern); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := vm.Expect(time.Minute, `nopinit: firmware=uefi`); err != nil {
+		t.Fatalf("kernel did not boot through UEFI: %v", err)
+	}
+	if err := vm.SendConsole("poweroff\n"); err != nil {
+		t.Fatal(err)
+	}
+	if code, err := vm.Wait(time.Minute); err != nil || code != 0 {
+		t.Fatalf("power off under UEFI: code %d, %v", code, err)
 	}
 }

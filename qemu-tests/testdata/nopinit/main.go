@@ -38,6 +38,11 @@ func main() {
 		logf("mount /proc: %v", mountErr)
 	}
 	logf("pid1 uptime_ms=%d", uptimeMS())
+	firmware := "bios"
+	if _, err := os.Stat("/sys/firmware/efi"); err == nil {
+		firmware = "uefi"
+	}
+	logf("firmware=%s", firmware)
 
 	cmdline, _ := os.ReadFile("/proc/cmdline")
 	args := parseCmdline(string(cmdline))
