@@ -538,4 +538,3 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	w.WriteHeader(code)
 	w.Write(append(b, '\n'))
 }
-

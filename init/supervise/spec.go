@@ -185,4 +185,3 @@ func startOrder(specs map[string]*Spec, names []string) ([]string, error) {
 	}
 	return order, nil
 }
-

@@ -490,4 +490,3 @@ func (s *Supervisor) recoverGo(u *unit, what string) {
 		s.event(u, "panic", fmt.Sprintf("%s: %v\n%s", what, r, debug.Stack()))
 	}
 }
-
