@@ -1,0 +1,5 @@
+//go:build cgo
+
+package roleinit
+
+const cgoEnabled = true
