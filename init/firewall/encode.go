@@ -40,7 +40,11 @@ func queue(conn *nftables.Conn, rs *Ruleset) error {
 		if err != nil {
 			return fmt.Errorf("set %s: %w", s.Name, err)
 		}
-		if err := conn.AddSet(set, elems); err != nil {
+		first := elems[:min(len(elems), elemChunk)]
+		if err := conn.AddSet(set, first); err != nil {
+			return fmt.Errorf("set %s: %w", s.Name, err)
+		}
+		if err := addElements(conn, set, elems[len(first):]); err != nil {
 			return fmt.Errorf("set %s: %w", s.Name, err)
 		}
 		named[s.Name] = set
@@ -72,6 +76,36 @@ func queue(conn *nftables.Conn, rs *Ruleset) error {
 			}
 			conn.AddRule(nr)
 		}
+	}
+	return nil
+}
+
+// elemChunk bounds the elements per netlink message: the element list is
+// one nested attribute whose length field is 16 bits, and google/nftables
+// does not split it; past 64 KiB the length wraps and the kernel reads a
+// truncated (or garbled) list.
+const elemChunk = 1024
+
+// addElements queues elems in messages of at most elemChunk elements.
+func addElements(conn *nftables.Conn, set *nftables.Set, elems []nftables.SetElement) error {
+	for len(elems) > 0 {
+		n := min(len(elems), elemChunk)
+		if err := conn.SetAddElements(set, elems[:n]); err != nil {
+			return err
+		}
+		elems = elems[n:]
+	}
+	return nil
+}
+
+// deleteElements is addElements for removal.
+func deleteElements(conn *nftables.Conn, set *nftables.Set, elems []nftables.SetElement) error {
+	for len(elems) > 0 {
+		n := min(len(elems), elemChunk)
+		if err := conn.SetDeleteElements(set, elems[:n]); err != nil {
+			return err
+		}
+		elems = elems[n:]
 	}
 	return nil
 }
@@ -170,6 +204,9 @@ func addrOffset(dst bool) uint32 {
 
 // anonSet adds a constant anonymous set to the batch and returns it.
 func (e *encoder) anonSet(keyType nftables.SetDatatype, keys [][]byte) (*nftables.Set, error) {
+	if len(keys) > elemChunk {
+		return nil, fmt.Errorf("%d elements in one inline set (at most %d)", len(keys), elemChunk)
+	}
 	set := &nftables.Set{Table: e.table, Anonymous: true, Constant: true, KeyType: keyType}
 	elems := make([]nftables.SetElement, len(keys))
 	for i, k := range keys {

@@ -153,7 +153,7 @@ func (f *Firewall) UpdateAllow(ctx context.Context, add, remove []netip.Prefix) 
 		if err != nil {
 			return fmt.Errorf("firewall: allow-list remove: %w", err)
 		}
-		if err := c.SetDeleteElements(set, elems); err != nil {
+		if err := deleteElements(c, set, elems); err != nil {
 			return fmt.Errorf("firewall: allow-list remove: %w", err)
 		}
 	}
@@ -162,7 +162,7 @@ func (f *Firewall) UpdateAllow(ctx context.Context, add, remove []netip.Prefix) 
 		if err != nil {
 			return fmt.Errorf("firewall: allow-list add: %w", err)
 		}
-		if err := c.SetAddElements(set, elems); err != nil {
+		if err := addElements(c, set, elems); err != nil {
 			return fmt.Errorf("firewall: allow-list add: %w", err)
 		}
 	}

@@ -2,6 +2,7 @@ package firewall
 
 import (
 	"context"
+	"net/netip"
 	"strings"
 	"testing"
 )
@@ -44,5 +45,34 @@ func TestRenderMatchesKernel(t *testing.T) {
 				t.Fatalf("second apply changed the table:\n%s", got)
 			}
 		})
+	}
+}
+
+// TestLargeSetRoundTrip loads a 10,000-address allow-list: every element
+// must arrive (large element lists span several netlink messages) and the
+// kernel's listing must still be exactly Render's.
+func TestLargeSetRoundTrip(t *testing.T) {
+	ns, fd := netns(t)
+	rs := defaultRuleset(t)
+	for i := range 10000 {
+		v := uint32(100<<24|64<<16) + uint32(2*i)
+		rs.Sets[0].Elements = append(rs.Sets[0].Elements, netip.PrefixFrom(netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)}), 32))
+	}
+	rs.Sets[0].Elements = append(rs.Sets[0].Elements, netip.MustParsePrefix("198.18.0.0/15"))
+	fw := NewInNetNS(fd)
+	if err := fw.Apply(context.Background(), rs); err != nil {
+		t.Fatal(err)
+	}
+	want := Render(rs)
+	if got := nftList(t, ns); got != want {
+		d := lineDiff(strings.Split(want, "\n"), strings.Split(got, "\n"))
+		t.Fatalf("kernel listing differs in %d lines, first: %v", len(d), d[:min(len(d), 6)])
+	}
+	live, err := fw.Read(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(live.Sets[0].Elements); n != 10001 {
+		t.Fatalf("read back %d elements, want 10001", n)
 	}
 }
