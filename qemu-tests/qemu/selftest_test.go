@@ -1,6 +1,7 @@
 package qemu
 
 import (
+	"context"
 	"fmt"
 	"path/filepath"
 	"strconv"
@@ -159,7 +160,7 @@ func TestHarnessTapOnBridge(t *testing.T) {
 	}
 	initrd := nopInitramfs(t, t.TempDir(), virtioNetModules)
 	vm := Start(t, Options{
-		Kernel: nopKernel(t), Initrd: initrd, Append: "quiet panic=-1 nopinit.modules=1", Memory: 256,
+		Kernel: nopKernel(t), Initrd: initrd, Append: "quiet panic=-1 nopinit.modules=1 nopinit.carrier=eth0", Memory: 256,
 		NICs: []NIC{{Tap: tap, MAC: "52:54:00:aa:00:01", ROM: "none"}}, NetNS: net.NetNS(),
 	})
 	if l, err := net.WaitCarrier(tap, true, 30*time.Second); err != nil {
@@ -209,5 +210,28 @@ func TestHarnessUEFI(t *testing.T) {
 	}
 	if code, err := vm.Wait(time.Minute); err != nil || code != 0 {
 		t.Fatalf("power off under UEFI: code %d, %v", code, err)
+	}
+}
+
+// TestHarnessWatchdog: with Options.Watchdog the guest has an i6300esb; a
+// guest that arms it and stops feeding it is reset (QMP WATCHDOG event, and
+// the guest boots again).
+func TestHarnessWatchdog(t *testing.T) {
+	Require(t)
+	initrd := nopInitramfs(t, t.TempDir(), []string{"drivers/watchdog/watchdog.ko", "drivers/watchdog/i6300esb.ko"})
+	vm := Start(t, Options{Kernel: nopKernel(t), Initrd: initrd, Memory: 256, Watchdog: true,
+		Append: "quiet panic=-1 nopinit.modules=1 nopinit.watchdog=2"})
+	if _, err := vm.Expect(90*time.Second, `nopinit: watchdog armed timeout=2s`); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), Scale(2*time.Minute))
+	defer cancel()
+	ev, err := vm.QMP().WaitEvent(ctx, "WATCHDOG")
+	if err != nil {
+		t.Fatalf("no watchdog reset: %v", err)
+	}
+	t.Logf("QMP event %s %s", ev.Name, ev.Data)
+	if _, err := vm.Expect(2*time.Minute, NopInitPattern); err != nil {
+		t.Fatalf("guest did not boot again after the watchdog reset: %v", err)
 	}
 }

@@ -1,8 +1,10 @@
 // Command nopinit is a do-nothing PID 1: the baseline for boot benchmarks
-// and the guest of the QEMU harness's self-test. It mounts proc and devtmpfs,
-// prints when it started, optionally loads the kernel modules it was given
-// and watches eth0's carrier, and powers off on request ("poweroff" typed on
-// the console) or after nopinit.poweroff_after=<duration>.
+// and the guest of the QEMU harness's self-test. It mounts proc, sys and
+// devtmpfs, prints when it started, and powers off on request ("poweroff"
+// typed on the console) or after nopinit.poweroff_after=<duration>. For the
+// self-tests it can also load the modules under /lib/modules
+// (nopinit.modules=1), report an interface's carrier (nopinit.carrier=eth0)
+// and arm the watchdog without feeding it (nopinit.watchdog=<seconds>).
 package main
 
 import (
@@ -11,6 +13,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -61,10 +64,18 @@ func main() {
 	}
 	if args["nopinit.modules"] == "1" {
 		loadModules("/lib/modules", logf)
-		go watchCarrier("eth0", logf)
+	}
+	if ifname := args["nopinit.carrier"]; ifname != "" {
+		go watchCarrier(ifname, logf)
+	}
+	// Held open until power off: a closed watchdog is fed by the kernel.
+	var watchdog *os.File
+	if secs := args["nopinit.watchdog"]; secs != "" {
+		watchdog = armWatchdog(secs, logf)
 	}
 
 	why := <-poweroff
+	runtime.KeepAlive(watchdog)
 	logf("powering off (%s) uptime_ms=%d", why, uptimeMS())
 	unix.Sync()
 	if err := unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF); err != nil {
@@ -127,6 +138,35 @@ func loadModules(dir string, logf func(string, ...any)) {
 		}
 		logf("module %s loaded", filepath.Base(p))
 	}
+}
+
+// armWatchdog starts /dev/watchdog with a timeout of secs seconds and
+// never feeds it again: the machine must be reset by the watchdog.
+func armWatchdog(secs string, logf func(string, ...any)) *os.File {
+	timeout, err := strconv.Atoi(secs)
+	if err != nil {
+		logf("bad nopinit.watchdog=%q: %v", secs, err)
+		return nil
+	}
+	var f *os.File
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		f, err = os.OpenFile("/dev/watchdog", os.O_WRONLY, 0)
+		if err == nil || time.Now().After(deadline) {
+			break
+		}
+	}
+	if err != nil {
+		logf("watchdog: %v", err)
+		return nil
+	}
+	if err := unix.IoctlSetPointerInt(int(f.Fd()), unix.WDIOC_SETTIMEOUT, timeout); err != nil {
+		logf("watchdog: set timeout: %v", err)
+	}
+	if err := unix.IoctlWatchdogKeepalive(int(f.Fd())); err != nil {
+		logf("watchdog: keepalive: %v", err)
+	}
+	logf("watchdog armed timeout=%ds uptime_ms=%d", timeout, uptimeMS())
+	return f
 }
 
 // watchCarrier brings ifname up and reports each carrier change.
