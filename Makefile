@@ -20,6 +20,8 @@ kver = $$(cat $(KERNEL_VERSION_FILE))
 INITRAMFS_BINS ?= /usr/sbin/drbdsetup /usr/sbin/drbdmeta /usr/sbin/drbdadm \
 	/usr/lib/drbd/drbdsetup-84 /usr/lib/drbd/drbdadm-84 \
 	/usr/sbin/mke2fs /usr/sbin/e2fsck
+# drbdsetup/drbdadm exec their -84 helpers through PATH.
+INITRAMFS_LINKS ?= /usr/sbin/drbdsetup-84:../lib/drbd/drbdsetup-84 /usr/sbin/drbdadm-84:../lib/drbd/drbdadm-84
 # Test role image tree (images/cmd/mkimage busybox).
 BUSYBOX_IMAGE := $(BUILD)/images/busybox
 BUSYBOX_IMAGE_STAMP := $(BUILD)/images/busybox.stamp
@@ -68,11 +70,11 @@ $(BUSYBOX_IMAGE_STAMP): $(IMAGES_SRC) /bin/busybox
 	$(GO) run ./images/cmd/mkimage busybox -o $(BUSYBOX_IMAGE)
 	touch $@
 
-$(BUILD)/initramfs.img: $(BUILD)/magestack $(BUILD)/mkinitramfs $(KERNEL_VERSION_FILE) buildroot/modules.txt \
+$(BUILD)/initramfs.img: $(BUILD)/magestack $(BUILD)/mkinitramfs $(KERNEL_VERSION_FILE) buildroot/modules.txt Makefile \
 		$(BUSYBOX_IMAGE_STAMP) $(INITRAMFS_BINS)
 	$(BUILD)/mkinitramfs -o $@ -init $(BUILD)/magestack \
 		-modules $(KERNEL_DIR)/root/lib/modules/$(kver) -modules-list buildroot/modules.txt \
-		$(addprefix -bin ,$(INITRAMFS_BINS)) \
+		$(addprefix -bin ,$(INITRAMFS_BINS)) $(addprefix -symlink ,$(INITRAMFS_LINKS)) \
 		-tree $(BUSYBOX_IMAGE):/usr/share/magestack/images/busybox \
 		$(INITRAMFS_EXTRA)
 

@@ -24,6 +24,16 @@ type Mapping struct {
 	Dst string
 }
 
+// ParseSymlink parses "LINK:TARGET" (LINK absolute) into a Mapping with
+// Src = TARGET and Dst = LINK.
+func ParseSymlink(s string) (Mapping, error) {
+	link, target, ok := strings.Cut(s, ":")
+	if !ok || target == "" || !strings.HasPrefix(link, "/") {
+		return Mapping{}, fmt.Errorf("symlink %q: want /absolute/LINK:TARGET", s)
+	}
+	return Mapping{Src: target, Dst: link}, nil
+}
+
 // ParseMapping parses "SRC:DST"; DST must be absolute.
 func ParseMapping(s string) (Mapping, error) {
 	src, dst, ok := strings.Cut(s, ":")
@@ -51,6 +61,8 @@ type Spec struct {
 	LibraryDirs []string
 	Files       []Mapping
 	Trees       []Mapping
+	// Symlinks: Src is the link's target, Dst the link.
+	Symlinks []Mapping
 }
 
 // Summary tells what went in.
@@ -133,6 +145,11 @@ func Build(spec Spec) (*initramfs.Archive, Summary, error) {
 	for _, m := range spec.Trees {
 		if err := a.Tree(m.Src, m.Dst); err != nil {
 			return nil, sum, err
+		}
+	}
+	for _, m := range spec.Symlinks {
+		if err := a.Symlink(m.Dst, m.Src); err != nil {
+			return nil, sum, fmt.Errorf("symlink %s -> %s: %w", m.Dst, m.Src, err)
 		}
 	}
 	sum.ContentBytes = a.Size()

@@ -2,7 +2,7 @@
 //
 //	mkinitramfs -o build/initramfs.img -init build/magestack \
 //	    -modules build/kernel/root/lib/modules/6.1.0-56-amd64 -modules-list buildroot/modules.txt \
-//	    -bin /usr/sbin/drbdsetup -tree build/images/busybox:/usr/share/magestack/images/busybox
+//	    -bin /usr/sbin/drbdsetup -symlink /usr/sbin/drbdsetup-84:../lib/drbd/drbdsetup-84 -tree build/images/busybox:/usr/share/magestack/images/busybox
 package main
 
 import (
@@ -39,11 +39,12 @@ func run(args []string) error {
 	modDir := fs.String("modules", "", "kernel module tree …/lib/modules/<version>")
 	modList := fs.String("modules-list", "", "file of module patterns (see buildroot/modules.txt)")
 	compress := fs.String("compress", "gzip", "gzip or none")
-	var bins, trees, files, mods listFlag
+	var bins, trees, files, mods, links listFlag
 	fs.Var(&bins, "bin", "extra program copied with its shared libraries (repeatable)")
 	fs.Var(&trees, "tree", "SRC:DST directory tree to add (repeatable)")
 	fs.Var(&files, "file", "SRC:DST file to add (repeatable)")
 	fs.Var(&mods, "module", "extra module pattern (repeatable)")
+	fs.Var(&links, "symlink", "LINK:TARGET symbolic link to add (repeatable)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -71,6 +72,13 @@ func run(args []string) error {
 			return fmt.Errorf("-tree: %w", err)
 		}
 		spec.Trees = append(spec.Trees, m)
+	}
+	for _, s := range links {
+		m, err := image.ParseSymlink(s)
+		if err != nil {
+			return fmt.Errorf("-symlink: %w", err)
+		}
+		spec.Symlinks = append(spec.Symlinks, m)
 	}
 	a, sum, err := image.Build(spec)
 	if err != nil {

@@ -70,7 +70,7 @@ func TestImageContent(t *testing.T) {
 	os.WriteFile(filepath.Join(dir, "motd"), []byte("hello\n"), 0o644)
 	out := filepath.Join(dir, "initramfs.img")
 	args := []string{"-o", out, "-init", staticProg, "-bin", "/bin/ls",
-		"-tree", tree + ":/usr/share/magestack/images/busybox", "-file", filepath.Join(dir, "motd") + ":/etc/motd"}
+		"-tree", tree + ":/usr/share/magestack/images/busybox", "-file", filepath.Join(dir, "motd") + ":/etc/motd", "-symlink", "/sbin/ls:../bin/ls"}
 	mods := kernelModules(t)
 	if mods != "" {
 		args = append(args, "-modules", mods, "-modules-list", "../../modules.txt")
@@ -103,6 +103,9 @@ func TestImageContent(t *testing.T) {
 	}
 	if string(img["etc/motd"].data) != "hello\n" {
 		t.Errorf("-file not placed at /etc/motd")
+	}
+	if e := img["sbin/ls"]; e.rec.Mode&cpio.S_IFMT != cpio.S_IFLNK || string(e.data) != "../bin/ls" {
+		t.Errorf("-symlink /sbin/ls:../bin/ls: got mode %#o %q", e.rec.Mode, e.data)
 	}
 	if string(img["usr/share/magestack/images/busybox/bin/sh"].data) != "busybox" {
 		t.Errorf("-tree not placed under /usr/share/magestack/images/busybox")
@@ -182,6 +185,8 @@ func TestRefusesBadInput(t *testing.T) {
 		{"no init", []string{"-o", out}, "-init are required"},
 		{"dynamic init", []string{"-o", out, "-init", "/bin/ls"}, "dynamically linked"},
 		{"bad mapping", []string{"-o", out, "-init", staticProg, "-file", "nocolon"}, "SRC:/absolute/DST"},
+		{"bad symlink", []string{"-o", out, "-init", staticProg, "-symlink", "relative:x"}, "/absolute/LINK:TARGET"},
+		{"clashing paths", []string{"-o", out, "-init", staticProg, "-symlink", "/init:x"}, "/init: already in the archive"},
 		{"missing program", []string{"-o", out, "-init", staticProg, "-bin", "/nonexistent/prog"}, "/nonexistent/prog"},
 		{"bad compression", []string{"-o", out, "-init", staticProg, "-compress", "lzma"}, `"lzma"`},
 	}
