@@ -49,6 +49,25 @@ type Options struct {
 	Tag string
 	// Clock returns the timestamp; default SinceBoot.
 	Clock func() time.Duration
+	// ConsoleLoglevel is the kernel's console_loglevel (first field of
+	// /proc/sys/kernel/printk; 0 unknown). The kernel itself prints kmsg
+	// records more severe than it on the console, so those are not written
+	// to Console a second time.
+	ConsoleLoglevel int
+}
+
+// KernelConsoleLoglevel reads the kernel's console_loglevel (0 if unknown).
+func KernelConsoleLoglevel() int {
+	b, err := os.ReadFile("/proc/sys/kernel/printk")
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return 0
+	}
+	n, _ := strconv.Atoi(f[0])
+	return n
 }
 
 // Handler is a slog.Handler. Write errors never reach the caller: a console
@@ -84,7 +103,7 @@ func New(opts Options) *Handler {
 // kernel's rate limit on /dev/kmsg writes (printk_devkmsg=on) so a busy boot
 // keeps its log; failing that, dropped records are only counted.
 func Open(level slog.Leveler, tag string) (*Handler, func()) {
-	opts := Options{Level: level, Tag: tag}
+	opts := Options{Level: level, Tag: tag, ConsoleLoglevel: KernelConsoleLoglevel()}
 	var closers []io.Closer
 	if f, err := os.OpenFile("/dev/console", os.O_WRONLY|unix.O_NOCTTY, 0); err == nil {
 		opts.Console = f
@@ -102,6 +121,16 @@ func Open(level slog.Leveler, tag string) (*Handler, func()) {
 			c.Close()
 		}
 	}
+}
+
+// SetOutputs switches where every logger sharing this handler writes (PID 1
+// logs to stderr until /dev is mounted, then to /dev/console and /dev/kmsg);
+// consoleLoglevel is as in Options.
+func (h *Handler) SetOutputs(console, kmsg io.Writer, consoleLoglevel int) {
+	h.shared.mu.Lock()
+	defer h.shared.mu.Unlock()
+	h.shared.opts.Console, h.shared.opts.Kmsg = console, kmsg
+	h.shared.opts.ConsoleLoglevel = consoleLoglevel
 }
 
 // Dropped counts records that an output refused.
@@ -144,18 +173,22 @@ func (h *Handler) Handle(_ context.Context, r slog.Record) error {
 
 	h.shared.mu.Lock()
 	defer h.shared.mu.Unlock()
-	if o.Console != nil {
-		line := fmt.Sprintf("[%7d ms] %s%s\n", o.Clock().Milliseconds(), levelWord(r.Level), text)
-		if _, err := io.WriteString(o.Console, line); err != nil {
-			h.shared.dropped.Add(1)
-		}
-	}
+	echoed := false
 	if o.Kmsg != nil {
-		rec := fmt.Sprintf("<%d>%s: %s%s", priority(r.Level), o.Tag, levelWord(r.Level), text)
+		pri := priority(r.Level)
+		rec := fmt.Sprintf("<%d>%s: %s%s", pri, o.Tag, levelWord(r.Level), text)
 		if len(rec) > maxKmsgRecord {
 			rec = rec[:maxKmsgRecord]
 		}
 		if _, err := io.WriteString(o.Kmsg, rec+"\n"); err != nil {
+			h.shared.dropped.Add(1)
+		} else {
+			echoed = o.ConsoleLoglevel > 0 && pri&7 < o.ConsoleLoglevel
+		}
+	}
+	if o.Console != nil && !echoed {
+		line := fmt.Sprintf("[%7d ms] %s%s\n", o.Clock().Milliseconds(), levelWord(r.Level), text)
+		if _, err := io.WriteString(o.Console, line); err != nil {
 			h.shared.dropped.Add(1)
 		}
 	}
@@ -163,7 +196,7 @@ func (h *Handler) Handle(_ context.Context, r slog.Record) error {
 }
 
 // Console writes a line verbatim to the console (and kmsg), for the lines
-// other tools match exactly (timeline, stack ready).
+// other tools match exactly at the start of a line (timeline, stack ready).
 func (h *Handler) Console(line string) {
 	o := &h.shared.opts
 	h.shared.mu.Lock()
@@ -174,7 +207,8 @@ func (h *Handler) Console(line string) {
 		}
 	}
 	if o.Kmsg != nil {
-		if _, err := fmt.Fprintf(o.Kmsg, "<%d>%s\n", priority(slog.LevelInfo), line); err != nil {
+		// Debug severity: the kernel does not echo it, the console got it.
+		if _, err := fmt.Fprintf(o.Kmsg, "<%d>%s\n", priority(slog.LevelDebug), line); err != nil {
 			h.shared.dropped.Add(1)
 		}
 	}

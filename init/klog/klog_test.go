@@ -87,7 +87,7 @@ func TestConsoleVerbatim(t *testing.T) {
 	if con.String() != "magestack: stack ready uptime_ms=42\n" {
 		t.Errorf("console = %q", con.String())
 	}
-	if km.String() != "<30>magestack: stack ready uptime_ms=42\n" {
+	if km.String() != "<31>magestack: stack ready uptime_ms=42\n" {
 		t.Errorf("kmsg = %q", km.String())
 	}
 }
@@ -97,5 +97,30 @@ func TestSinceBootAdvances(t *testing.T) {
 	time.Sleep(2 * time.Millisecond)
 	if b := SinceBoot(); a <= 0 || b <= a {
 		t.Fatalf("SinceBoot not advancing: %v then %v", a, b)
+	}
+}
+
+// TestKernelEchoNotDuplicated: with quiet (console_loglevel 4) the kernel
+// prints error records itself, so the handler leaves them off the console;
+// info records it does not echo go to the console directly.
+func TestKernelEchoNotDuplicated(t *testing.T) {
+	var con, km bytes.Buffer
+	h := New(Options{Console: &con, Kmsg: &km, Clock: fixedClock, ConsoleLoglevel: 4})
+	l := slog.New(h)
+	l.Error("bad")
+	l.Warn("meh")
+	l.Info("fine")
+	if want := "[   1234 ms] WARN meh\n[   1234 ms] fine\n"; con.String() != want {
+		t.Errorf("console = %q, want %q", con.String(), want)
+	}
+	if !strings.Contains(km.String(), "<27>magestack: ERROR bad") {
+		t.Errorf("kmsg = %q", km.String())
+	}
+	// If kmsg refuses the record, the console must still get it.
+	con.Reset()
+	h2 := New(Options{Console: &con, Kmsg: &failingWriter{}, Clock: fixedClock, ConsoleLoglevel: 4})
+	slog.New(h2).Error("bad")
+	if con.String() != "[   1234 ms] ERROR bad\n" {
+		t.Errorf("console after kmsg failure = %q", con.String())
 	}
 }

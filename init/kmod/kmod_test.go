@@ -107,7 +107,7 @@ func TestLoadOrder(t *testing.T) {
 		{"virtio_net", []string{"virtio", "virtio_ring", "failover", "net_failover", "virtio_net"}, ""},
 		{"virtio_pci", []string{"virtio", "virtio_ring", "virtio_pci_legacy_dev", "virtio_pci_modern_dev", "virtio_pci"}, ""},
 		{"r8169", []string{"realtek", "r8169"}, ""}, // softdep pre
-		{"nfnetlink", nil, ""},                      // builtin: nothing to load
+		{"nfnetlink", nil, ""}, // builtin: nothing to load
 		{"cycle_a", nil, "cycle"},
 		{"missing_dep", nil, "not_there"},
 		{"unknown", nil, "not found"},

@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -99,8 +101,10 @@ type Shutdown struct {
 	started  bool
 	// final is unix.Reboot, replaceable in tests.
 	final func(cmd int) error
-	// killAll signals every process but PID 1 (kill(-1, sig)).
+	// killAll signals every process but PID 1 (kill(-1, sig)); others
+	// lists the processes still there. Both replaceable in tests.
 	killAll func(sig syscall.Signal) error
+	others  func() []int
 }
 
 type stopper struct {
@@ -189,35 +193,76 @@ func (s *Shutdown) runStopper(st stopper) {
 // killEverything sends SIGTERM to every remaining process, waits up to
 // KillGrace for them to go (the reaper collects them), then SIGKILLs the rest.
 func (s *Shutdown) killEverything() {
-	kill := s.killAll
+	kill, others := s.killAll, s.others
 	if kill == nil {
 		if os.Getpid() != 1 {
 			return // kill(-1) from anything but PID 1 would hit the caller's session
 		}
 		kill = func(sig syscall.Signal) error { return unix.Kill(-1, sig) }
 	}
+	if others == nil {
+		others = userProcesses
+	}
 	grace := s.KillGrace
 	if grace <= 0 {
 		grace = 3 * time.Second
 	}
-	if err := kill(unix.SIGTERM); errors.Is(err, unix.ESRCH) {
+	if len(others()) == 0 {
 		return
 	}
-	deadline := time.Now().Add(grace)
-	for time.Now().Before(deadline) {
-		time.Sleep(50 * time.Millisecond)
-		if err := kill(0); errors.Is(err, unix.ESRCH) {
-			return
-		}
+	_ = kill(unix.SIGTERM)
+	if waitGone(others, grace) {
+		return
 	}
-	s.Log.Warn("processes left after SIGTERM; sending SIGKILL")
+	left := others()
+	s.Log.Warn("processes left after SIGTERM; sending SIGKILL", "pids", fmt.Sprint(left))
 	_ = kill(unix.SIGKILL)
-	for i := 0; i < 20; i++ {
-		time.Sleep(50 * time.Millisecond)
-		if err := kill(0); errors.Is(err, unix.ESRCH) {
-			return
-		}
+	if !waitGone(others, time.Second) {
+		s.Log.Warn("processes survived SIGKILL", "pids", fmt.Sprint(others()))
 	}
+}
+
+func waitGone(others func() []int, d time.Duration) bool {
+	deadline := time.Now().Add(d)
+	for time.Now().Before(deadline) {
+		if len(others()) == 0 {
+			return true
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return len(others()) == 0
+}
+
+// userProcesses lists every process but PID 1 and kernel threads (kthreadd,
+// pid 2, and its children). kill(-1, 0) cannot answer this: it succeeds as
+// long as any kernel thread exists.
+func userProcesses() []int {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil
+	}
+	var pids []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid <= 2 {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		st := string(b)
+		i := strings.LastIndexByte(st, ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(st[i+1:])
+		if len(f) < 2 || f[1] == "2" {
+			continue
+		}
+		pids = append(pids, pid)
+	}
+	return pids
 }
 
 // SleepForever is where PID 1 ends up when it has nothing left to do or

@@ -7,6 +7,8 @@ import (
 	"errors"
 	"os"
 	"reflect"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -52,19 +54,21 @@ func TestShutdownOrderAndBounds(t *testing.T) {
 		}
 	}
 	s := &Shutdown{Log: quietLog(), KillGrace: 100 * time.Millisecond}
-	alive := 2 // the fake kill(-1) sees processes for a while, then none
+	alive := 3 // processes linger for a couple of polls after SIGTERM
 	s.killAll = func(sig syscall.Signal) error {
 		mu.Lock()
 		defer mu.Unlock()
-		if sig != 0 {
-			sigs = append(sigs, sig)
-			return nil
-		}
+		sigs = append(sigs, sig)
+		return nil
+	}
+	s.others = func() []int {
+		mu.Lock()
+		defer mu.Unlock()
 		alive--
 		if alive <= 0 {
-			return unix.ESRCH
+			return nil
 		}
-		return nil
+		return []int{42}
 	}
 	s.final = func(c int) error { cmd = c; return nil }
 	unmounted := false
@@ -103,13 +107,14 @@ func TestShutdownKillsStragglers(t *testing.T) {
 	var sigs []syscall.Signal
 	s := &Shutdown{Log: quietLog(), KillGrace: 60 * time.Millisecond}
 	s.killAll = func(sig syscall.Signal) error {
-		if sig != 0 {
-			sigs = append(sigs, sig)
-		}
-		if sig == 0 && len(sigs) == 2 {
-			return unix.ESRCH
-		}
+		sigs = append(sigs, sig)
 		return nil
+	}
+	s.others = func() []int {
+		if len(sigs) == 2 {
+			return nil // SIGKILL worked
+		}
+		return []int{42} // ignores SIGTERM
 	}
 	s.final = func(int) error { return errors.New("not pid 1") }
 	if err := s.Do(Halt, "test"); err == nil {
@@ -162,5 +167,25 @@ func TestWatchPowerButton(t *testing.T) {
 	case <-pressed:
 	case <-time.After(5 * time.Second):
 		t.Fatal("power key not seen")
+	}
+}
+
+func TestUserProcessesSkipsKernelThreads(t *testing.T) {
+	pids := userProcesses()
+	self := os.Getpid()
+	found := false
+	for _, p := range pids {
+		if p == 2 {
+			t.Error("kthreadd listed")
+		}
+		if p == self {
+			found = true
+		}
+		if b, err := os.ReadFile("/proc/" + strconv.Itoa(p) + "/stat"); err == nil && strings.Contains(string(b), "(kworker/") {
+			t.Errorf("kernel thread %d listed: %s", p, b)
+		}
+	}
+	if !found && self > 2 {
+		t.Errorf("own process %d not listed among %d", self, len(pids))
 	}
 }

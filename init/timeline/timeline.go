@@ -11,6 +11,10 @@ import (
 	"sync"
 )
 
+// DefaultPath is where PID 1 persists the boot timeline (PersistTo) for
+// `magestack boot` and the status API.
+const DefaultPath = "/run/magestack/timeline.json"
+
 // Entry is one attempt of one boot step.
 type Entry struct {
 	Step    string `json:"step"`
