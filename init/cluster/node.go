@@ -1,0 +1,252 @@
+package cluster
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
+	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+)
+
+// Member is one voter or non-voter of the cluster.
+type Member struct {
+	ID    string // host name, or "witness"
+	Addr  string // host:port of its raft transport
+	Voter bool
+}
+
+// Timing tunes how fast the cluster notices a lost member. Raft's own
+// timeouts are derived from it so a failover fits the stack's targets.
+type Timing struct {
+	// Heartbeat is raft's follower timeout: a follower that hears nothing
+	// for this long starts an election.
+	Heartbeat time.Duration
+	// Lease is how long a host may keep running its instances after it last
+	// heard from a majority; it must stay below the dead time peers use
+	// before taking over, which is what keeps two owners apart.
+	Lease time.Duration
+}
+
+// DefaultTiming fits a 1 s dead time.
+var DefaultTiming = Timing{Heartbeat: 400 * time.Millisecond, Lease: 600 * time.Millisecond}
+
+// Config configures a Node.
+type Config struct {
+	ID      string
+	Bind    string // listen address, host:port
+	Members []Member
+	// DataDir keeps the raft log and snapshots; "" keeps them in memory
+	// (witness without a disk, tests).
+	DataDir  string
+	Timing   Timing
+	Logger   *slog.Logger
+	OnChange func(Ownership)
+}
+
+// Node is this machine's member of the cluster.
+type Node struct {
+	cfg       Config
+	raft      *raft.Raft
+	fsm       *FSM
+	transport *raft.NetworkTransport
+	closers   []io.Closer
+	log       *slog.Logger
+}
+
+// ErrNotLeader is returned by changes proposed on a follower.
+var ErrNotLeader = errors.New("not the cluster leader")
+
+// Start joins (or, on first boot, bootstraps) the cluster.
+func Start(cfg Config) (*Node, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Timing == (Timing{}) {
+		cfg.Timing = DefaultTiming
+	}
+	self := -1
+	for i, m := range cfg.Members {
+		if m.ID == cfg.ID {
+			self = i
+		}
+	}
+	if self < 0 {
+		return nil, fmt.Errorf("cluster: %q is not among the members %v", cfg.ID, cfg.Members)
+	}
+	n := &Node{cfg: cfg, fsm: NewFSM(cfg.OnChange), log: cfg.Logger}
+
+	rc := raft.DefaultConfig()
+	rc.LocalID = raft.ServerID(cfg.ID)
+	rc.HeartbeatTimeout = cfg.Timing.Heartbeat
+	rc.ElectionTimeout = cfg.Timing.Heartbeat
+	rc.LeaderLeaseTimeout = cfg.Timing.Heartbeat / 2
+	rc.CommitTimeout = 10 * time.Millisecond
+	rc.SnapshotThreshold = 1024
+	rc.Logger = hclog.New(&hclog.LoggerOptions{Name: "raft", Level: hclog.Warn, Output: slogWriter{cfg.Logger}})
+
+	advertise, err := net.ResolveTCPAddr("tcp", cfg.Members[self].Addr)
+	if err != nil {
+		return nil, fmt.Errorf("cluster: member %s address %q: %w", cfg.ID, cfg.Members[self].Addr, err)
+	}
+	n.transport, err = raft.NewTCPTransportWithLogger(cfg.Bind, advertise, 3, 2*time.Second, rc.Logger)
+	if err != nil {
+		return nil, fmt.Errorf("cluster: listen on %s: %w", cfg.Bind, err)
+	}
+	var logs raft.LogStore
+	var stable raft.StableStore
+	var snaps raft.SnapshotStore
+	if cfg.DataDir == "" {
+		mem := raft.NewInmemStore()
+		logs, stable, snaps = mem, mem, raft.NewInmemSnapshotStore()
+	} else {
+		if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+			n.transport.Close()
+			return nil, fmt.Errorf("cluster: data dir: %w", err)
+		}
+		bolt, err := raftboltdb.NewBoltStore(filepath.Join(cfg.DataDir, "raft.db"))
+		if err != nil {
+			n.transport.Close()
+			return nil, fmt.Errorf("cluster: raft store: %w", err)
+		}
+		n.closers = append(n.closers, bolt)
+		logs, stable = bolt, bolt
+		if snaps, err = raft.NewFileSnapshotStoreWithLogger(cfg.DataDir, 2, rc.Logger); err != nil {
+			n.Shutdown()
+			return nil, fmt.Errorf("cluster: snapshots: %w", err)
+		}
+	}
+	existing, err := raft.HasExistingState(logs, stable, snaps)
+	if err != nil {
+		n.Shutdown()
+		return nil, fmt.Errorf("cluster: reading state: %w", err)
+	}
+	if !existing {
+		var servers []raft.Server
+		for _, m := range cfg.Members {
+			s := raft.Server{ID: raft.ServerID(m.ID), Address: raft.ServerAddress(m.Addr), Suffrage: raft.Nonvoter}
+			if m.Voter {
+				s.Suffrage = raft.Voter
+			}
+			servers = append(servers, s)
+		}
+		if err := raft.BootstrapCluster(rc, logs, stable, snaps, n.transport, raft.Configuration{Servers: servers}); err != nil {
+			n.Shutdown()
+			return nil, fmt.Errorf("cluster: bootstrap: %w", err)
+		}
+	}
+	if n.raft, err = raft.NewRaft(rc, n.fsm, logs, stable, snaps, n.transport); err != nil {
+		n.Shutdown()
+		return nil, fmt.Errorf("cluster: start raft: %w", err)
+	}
+	return n, nil
+}
+
+// IsLeader reports whether this node leads the cluster now.
+func (n *Node) IsLeader() bool { return n.raft.State() == raft.Leader }
+
+// Leader returns the current leader's ID ("" when none is known).
+func (n *Node) Leader() string {
+	_, id := n.raft.LeaderWithID()
+	return string(id)
+}
+
+// InMajority reports whether this node heard from a majority within its
+// lease: a leader keeps leadership only while a quorum answers (raft steps
+// it down after LeaderLeaseTimeout), a follower must have heard from the
+// leader recently.
+func (n *Node) InMajority() bool {
+	switch n.raft.State() {
+	case raft.Leader:
+		return true
+	case raft.Follower:
+		last := n.raft.LastContact()
+		return !last.IsZero() && time.Since(last) < n.cfg.Timing.Lease
+	}
+	return false
+}
+
+// Assign commits instance's new owner, provided its epoch is still expect.
+func (n *Node) Assign(ctx context.Context, instance, owner string, expect uint64, reason string) (Ownership, error) {
+	if !n.IsLeader() {
+		return Ownership{}, fmt.Errorf("assign %s to %s: %w (leader is %q)", instance, owner, ErrNotLeader, n.Leader())
+	}
+	b, err := json.Marshal(Command{Op: "assign", Instance: instance, Owner: owner, Expect: expect, Time: time.Now(), Reason: reason})
+	if err != nil {
+		return Ownership{}, err
+	}
+	timeout := 5 * time.Second
+	if d, ok := ctx.Deadline(); ok {
+		timeout = time.Until(d)
+	}
+	f := n.raft.Apply(b, timeout)
+	if err := f.Error(); err != nil {
+		return Ownership{}, fmt.Errorf("assign %s to %s: %w", instance, owner, err)
+	}
+	switch r := f.Response().(type) {
+	case Ownership:
+		return r, nil
+	case error:
+		return Ownership{}, r
+	}
+	return Ownership{}, fmt.Errorf("assign %s: unexpected result %v", instance, f.Response())
+}
+
+// Table returns the committed ownership table as this node knows it.
+func (n *Node) Table() []Ownership { return n.fsm.All() }
+
+// Get returns one instance's ownership as this node knows it.
+func (n *Node) Get(instance string) (Ownership, bool) { return n.fsm.Get(instance) }
+
+// Barrier waits until this node (as leader) has applied everything
+// committed before, so decisions are made on the latest table.
+func (n *Node) Barrier(timeout time.Duration) error { return n.raft.Barrier(timeout).Error() }
+
+// State is the node's raft state, for status.
+func (n *Node) State() string { return n.raft.State().String() }
+
+// Shutdown leaves the cluster cleanly (bounded).
+func (n *Node) Shutdown() error {
+	var errs []error
+	if n.raft != nil {
+		f := n.raft.Shutdown()
+		done := make(chan error, 1)
+		go func() { done <- f.Error() }()
+		select {
+		case err := <-done:
+			errs = append(errs, err)
+		case <-time.After(5 * time.Second):
+			errs = append(errs, errors.New("raft shutdown timed out"))
+		}
+	}
+	if n.transport != nil {
+		errs = append(errs, n.transport.Close())
+	}
+	for _, c := range n.closers {
+		errs = append(errs, c.Close())
+	}
+	return errors.Join(errs...)
+}
+
+// slogWriter carries raft's hclog lines into slog.
+type slogWriter struct{ log *slog.Logger }
+
+func (w slogWriter) Write(p []byte) (int, error) {
+	w.log.Warn(string(trimNL(p)))
+	return len(p), nil
+}
+
+func trimNL(p []byte) []byte {
+	for len(p) > 0 && (p[len(p)-1] == '\n' || p[len(p)-1] == '\r') {
+		p = p[:len(p)-1]
+	}
+	return p
+}

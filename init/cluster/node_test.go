@@ -1,0 +1,165 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"testing"
+	"time"
+)
+
+func freeAddrs(t *testing.T, n int) []string {
+	t.Helper()
+	var out []string
+	var ls []net.Listener
+	for i := 0; i < n; i++ {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ls = append(ls, l)
+		out = append(out, l.Addr().String())
+	}
+	for _, l := range ls {
+		l.Close()
+	}
+	return out
+}
+
+func startCluster(t *testing.T, ids []string, dirs []string) (map[string]*Node, []Member) {
+	t.Helper()
+	addrs := freeAddrs(t, len(ids))
+	var members []Member
+	for i, id := range ids {
+		members = append(members, Member{ID: id, Addr: addrs[i], Voter: true})
+	}
+	nodes := map[string]*Node{}
+	for i, id := range ids {
+		dir := ""
+		if dirs != nil {
+			dir = dirs[i]
+		}
+		n, err := Start(Config{ID: id, Bind: addrs[i], Members: members, DataDir: dir})
+		if err != nil {
+			t.Fatal(err)
+		}
+		nodes[id] = n
+		t.Cleanup(func() { n.Shutdown() })
+	}
+	return nodes, members
+}
+
+func waitLeader(t *testing.T, nodes map[string]*Node, within time.Duration) *Node {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for time.Now().Before(deadline) {
+		for _, n := range nodes {
+			if n.IsLeader() {
+				return n
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("no leader within %v", within)
+	return nil
+}
+
+func waitFor(t *testing.T, what string, within time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %v", what, within)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestClusterReplicatesOwnershipAndSurvivesLeaderLoss(t *testing.T) {
+	nodes, _ := startCluster(t, []string{"dh1", "dh2", "witness"}, nil)
+	leader := waitLeader(t, nodes, 10*time.Second)
+	ctx := context.Background()
+	o, err := leader.Assign(ctx, "web1", "dh1", 0, "initial placement")
+	if err != nil || o.Epoch != 1 {
+		t.Fatalf("assign: %+v %v", o, err)
+	}
+	for id, n := range nodes {
+		waitFor(t, id+" sees web1 on dh1", 5*time.Second, func() bool {
+			got, ok := n.Get("web1")
+			return ok && got.Owner == "dh1" && got.Epoch == 1
+		})
+	}
+	for _, n := range nodes {
+		if n != leader {
+			if _, err := n.Assign(ctx, "web1", "dh2", 1, "x"); !errors.Is(err, ErrNotLeader) {
+				t.Fatalf("follower assign: %v, want ErrNotLeader", err)
+			}
+			break
+		}
+	}
+	// Stale decision is refused.
+	if _, err := leader.Assign(ctx, "web1", "dh2", 0, "stale"); err == nil {
+		t.Fatal("assign with a stale epoch was applied")
+	}
+
+	// Lose the leader: the other two elect a new one and keep the table.
+	old := leader.cfg.ID
+	leader.Shutdown()
+	delete(nodes, old)
+	start := time.Now()
+	next := waitLeader(t, nodes, 10*time.Second)
+	t.Logf("new leader %s after %v", next.cfg.ID, time.Since(start))
+	if o, err := next.Assign(ctx, "web1", "dh2", 1, "failover"); err != nil || o.Epoch != 2 {
+		t.Fatalf("assign after failover: %+v %v", o, err)
+	}
+	for id, n := range nodes {
+		if !n.InMajority() && n != next {
+			waitFor(t, id+" in majority", 3*time.Second, n.InMajority)
+		}
+	}
+
+	// Lose a second member: the last one loses its majority within its lease.
+	next.Shutdown()
+	delete(nodes, next.cfg.ID)
+	for id, n := range nodes {
+		waitFor(t, fmt.Sprintf("%s notices it lost the majority", id), 5*time.Second, func() bool { return !n.InMajority() })
+	}
+}
+
+func TestClusterKeepsStateAcrossRestart(t *testing.T) {
+	dirs := []string{t.TempDir(), t.TempDir(), t.TempDir()}
+	ids := []string{"dh1", "dh2", "witness"}
+	nodes, members := startCluster(t, ids, dirs)
+	leader := waitLeader(t, nodes, 10*time.Second)
+	if _, err := leader.Assign(context.Background(), "db1", "dh2", 0, "placement"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "replicated", 5*time.Second, func() bool {
+		for _, n := range nodes {
+			if o, ok := n.Get("db1"); !ok || o.Owner != "dh2" {
+				return false
+			}
+		}
+		return true
+	})
+	for _, n := range nodes {
+		n.Shutdown()
+	}
+	restarted := map[string]*Node{}
+	for i, id := range ids {
+		n, err := Start(Config{ID: id, Bind: members[i].Addr, Members: members, DataDir: dirs[i]})
+		if err != nil {
+			t.Fatal(err)
+		}
+		restarted[id] = n
+		t.Cleanup(func() { n.Shutdown() })
+	}
+	waitLeader(t, restarted, 10*time.Second)
+	for id, n := range restarted {
+		waitFor(t, id+" restored db1", 5*time.Second, func() bool {
+			o, ok := n.Get("db1")
+			return ok && o.Owner == "dh2" && o.Epoch == 1
+		})
+	}
+}
