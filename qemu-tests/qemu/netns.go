@@ -290,7 +290,10 @@ func (n *Net) AddClient(name, cidr string) *Namespace {
 }
 
 // ethtool ABI (linux/ethtool.h), absent from x/sys.
-const ethtoolSTXCSUM = 0x00000017
+const (
+	ethtoolGTXCSUM = 0x00000016
+	ethtoolSTXCSUM = 0x00000017
+)
 
 type ethtoolValue struct {
 	cmd  uint32
@@ -306,21 +309,42 @@ type ifreqPtr struct {
 // DisableTxChecksum turns TX checksum offload off on ifname, so packets
 // leave with complete checksums (what `ethtool -K IF tx off` does).
 func (ns *Namespace) DisableTxChecksum(ifname string) error {
-	return ns.Do(func() error {
+	_, err := ns.ethtoolValue(ifname, ethtoolSTXCSUM, 0)
+	if err != nil {
+		return fmt.Errorf("tx checksum off %s: %w", ifname, err)
+	}
+	return nil
+}
+
+// TxChecksum reports whether TX checksum offload is on for ifname.
+func (ns *Namespace) TxChecksum(ifname string) (bool, error) {
+	v, err := ns.ethtoolValue(ifname, ethtoolGTXCSUM, 0)
+	if err != nil {
+		return false, fmt.Errorf("tx checksum of %s: %w", ifname, err)
+	}
+	return v != 0, nil
+}
+
+// ethtoolValue runs one SIOCETHTOOL command taking a struct ethtool_value.
+func (ns *Namespace) ethtoolValue(ifname string, cmd, data uint32) (uint32, error) {
+	var out uint32
+	err := ns.Do(func() error {
 		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 		if err != nil {
-			return fmt.Errorf("tx checksum off %s: %w", ifname, err)
+			return err
 		}
 		defer unix.Close(fd)
-		val := &ethtoolValue{cmd: ethtoolSTXCSUM, data: 0}
+		val := &ethtoolValue{cmd: cmd, data: data}
 		var req ifreqPtr
 		copy(req.name[:unix.IFNAMSIZ-1], ifname)
 		req.data = uintptr(unsafe.Pointer(val))
 		_, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.SIOCETHTOOL, uintptr(unsafe.Pointer(&req)))
 		runtime.KeepAlive(val)
 		if errno != 0 {
-			return fmt.Errorf("tx checksum off %s: %w", ifname, errno)
+			return errno
 		}
+		out = val.data
 		return nil
 	})
+	return out, err
 }

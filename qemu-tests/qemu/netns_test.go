@@ -70,6 +70,22 @@ func TestNetClientsTalkOverBridge(t *testing.T) {
 	if l, err := n.Link("veth1"); err != nil || !l.Carrier || l.Master != BridgeName {
 		t.Fatalf("veth1 = %+v, %v", l, err)
 	}
+	for _, c := range []struct {
+		ns     *Namespace
+		ifname string
+	}{{&n.Namespace, BridgeName}, {&n.Namespace, "veth1"}, {client, "eth0"}} {
+		on, err := c.ns.TxChecksum(c.ifname)
+		if err != nil || on {
+			t.Errorf("%s in %s: tx checksum offload on=%v, %v; want off", c.ifname, c.ns.Name, on, err)
+		}
+	}
+	// A fresh veth has it on: the check above can fail.
+	if err := n.ip("link", "add", "probe0", "type", "veth", "peer", "name", "probe1"); err != nil {
+		t.Fatal(err)
+	}
+	if on, err := n.TxChecksum("probe0"); err != nil || !on {
+		t.Fatalf("fresh veth: tx checksum on=%v, %v; want on", on, err)
+	}
 }
 
 func TestNetTapWithoutQEMUHasNoCarrier(t *testing.T) {

@@ -59,17 +59,17 @@ func Launch(opts Options, dir string) (*VM, error) {
 			continue
 		}
 		if _, err := os.Stat(p); err != nil {
-			return nil, fmt.Errorf("vm %s: %w", opts.name(), err)
+			return nil, fmt.Errorf("%s: %w", label(opts.name()), err)
 		}
 	}
 	sockDir, err := os.MkdirTemp("", "msqmp")
 	if err != nil {
-		return nil, fmt.Errorf("vm %s: %w", opts.name(), err)
+		return nil, fmt.Errorf("%s: %w", label(opts.name()), err)
 	}
 	args, err := opts.args(sockDir)
 	if err != nil {
 		os.RemoveAll(sockDir)
-		return nil, fmt.Errorf("vm %s: %w", opts.name(), err)
+		return nil, fmt.Errorf("%s: %w", label(opts.name()), err)
 	}
 	vm, err := launch(bin, args, opts, dir, sockDir)
 	if err != nil {
@@ -84,19 +84,19 @@ func launch(bin string, args []string, opts Options, dir, sockDir string) (*VM, 
 		console: NewConsole(), done: make(chan struct{})}
 	logFile, err := os.Create(filepath.Join(dir, ConsoleFile))
 	if err != nil {
-		return nil, fmt.Errorf("vm %s: console log: %w", vm.Name, err)
+		return nil, fmt.Errorf("%s: console log: %w", label(vm.Name), err)
 	}
 	outR, outW, err := os.Pipe()
 	if err != nil {
 		logFile.Close()
-		return nil, fmt.Errorf("vm %s: %w", vm.Name, err)
+		return nil, fmt.Errorf("%s: %w", label(vm.Name), err)
 	}
 	inR, inW, err := os.Pipe()
 	if err != nil {
 		logFile.Close()
 		outR.Close()
 		outW.Close()
-		return nil, fmt.Errorf("vm %s: %w", vm.Name, err)
+		return nil, fmt.Errorf("%s: %w", label(vm.Name), err)
 	}
 	cmd := exec.Command(bin, args...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = inR, outW, &vm.stderr
@@ -109,7 +109,7 @@ func launch(bin string, args []string, opts Options, dir, sockDir string) (*VM, 
 		outW.Close()
 		inR.Close()
 		inW.Close()
-		return nil, fmt.Errorf("vm %s: starting %s: %w", vm.Name, bin, err)
+		return nil, fmt.Errorf("%s: starting %s: %w", label(vm.Name), bin, err)
 	}
 	outW.Close()
 	inR.Close()
@@ -141,10 +141,18 @@ func launch(bin string, args []string, opts Options, dir, sockDir string) (*VM, 
 	q, err := DialQMP(ctx, qmpPath(sockDir))
 	if err != nil {
 		vm.Kill()
-		return nil, fmt.Errorf("vm %s: %w; qemu %s; stderr: %s", vm.Name, err, vm.exitDescription(), vm.Stderr())
+		return nil, fmt.Errorf("%s: %w; qemu %s; stderr: %s", label(vm.Name), err, vm.exitDescription(), vm.Stderr())
 	}
 	vm.qmp = q
 	return vm, nil
+}
+
+// label names a VM in messages: "vm" alone, or "vm dh1".
+func label(name string) string {
+	if name == "vm" {
+		return name
+	}
+	return "vm " + name
 }
 
 func qmpPath(dir string) string { return filepath.Join(dir, "qmp.sock") }
@@ -230,11 +238,11 @@ func (vm *VM) finish(t testing.TB) {
 		err = os.WriteFile(strings.TrimSuffix(dst, ConsoleFile)+"qemu-stderr.log", []byte(vm.Stderr()), 0o644)
 	}
 	if err != nil {
-		t.Logf("vm %s: keeping console log: %v", vm.Name, err)
+		t.Logf("%s: keeping console log: %v", label(vm.Name), err)
 		dst = filepath.Join(vm.dir, ConsoleFile) + " (removed with the test's temp dir)"
 	}
-	t.Logf("vm %s: console log: %s; qemu %s; last %d lines:\n%s",
-		vm.Name, dst, vm.exitDescription(), consoleTailLines, vm.console.Tail(consoleTailLines))
+	t.Logf("%s: console log: %s; qemu %s; last %d lines:\n%s",
+		label(vm.Name), dst, vm.exitDescription(), consoleTailLines, vm.console.Tail(consoleTailLines))
 }
 
 func copyFile(src, dst string) error {
@@ -266,7 +274,7 @@ func (vm *VM) Expect(timeout time.Duration, pattern string) ([]string, error) {
 func (vm *VM) ExpectContext(ctx context.Context, pattern string) ([]string, error) {
 	m, err := vm.console.Expect(ctx, pattern)
 	if err != nil {
-		return nil, fmt.Errorf("vm %s: %w", vm.Name, vm.annotate(err))
+		return nil, fmt.Errorf("%s: %w", label(vm.Name), vm.annotate(err))
 	}
 	return m, nil
 }
@@ -275,7 +283,7 @@ func (vm *VM) ExpectContext(ctx context.Context, pattern string) ([]string, erro
 // (scaled).
 func (vm *VM) ExpectNot(d time.Duration, pattern string) error {
 	if err := vm.console.ExpectNot(Scale(d), pattern); err != nil {
-		return fmt.Errorf("vm %s: %w", vm.Name, err)
+		return fmt.Errorf("%s: %w", label(vm.Name), err)
 	}
 	return nil
 }
@@ -301,7 +309,7 @@ func (vm *VM) ConsoleLog() string { return filepath.Join(vm.dir, ConsoleFile) }
 // SendConsole types s on the serial console.
 func (vm *VM) SendConsole(s string) error {
 	if _, err := io.WriteString(vm.stdin, s); err != nil {
-		return fmt.Errorf("vm %s: console input: %w", vm.Name, err)
+		return fmt.Errorf("%s: console input: %w", label(vm.Name), err)
 	}
 	return nil
 }
@@ -313,7 +321,7 @@ func (vm *VM) qmpDo(f func(ctx context.Context) error) error {
 	ctx, cancel := context.WithTimeout(context.Background(), Scale(commandTimeout))
 	defer cancel()
 	if err := f(ctx); err != nil {
-		return fmt.Errorf("vm %s: %w", vm.Name, err)
+		return fmt.Errorf("%s: %w", label(vm.Name), err)
 	}
 	return nil
 }
@@ -363,8 +371,8 @@ func (vm *VM) Wait(timeout time.Duration) (int, error) {
 	case <-vm.done:
 		return vm.exitCode, nil
 	case <-time.After(Scale(timeout)):
-		return -1, fmt.Errorf("vm %s: still running after %v; console tail:\n%s",
-			vm.Name, Scale(timeout), vm.console.Tail(consoleTailLines))
+		return -1, fmt.Errorf("%s: still running after %v; console tail:\n%s",
+			label(vm.Name), Scale(timeout), vm.console.Tail(consoleTailLines))
 	}
 }
 

@@ -1,0 +1,80 @@
+package qemutests
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"magestack/qemu-tests/qemu"
+)
+
+// TestSuperviseOnCgroup2 runs init/supervise's own tests inside a guest on
+// Debian's kernel, where a real cgroup v2 hierarchy exists: the test binary
+// is the guest's init (see init/supervise/guest_test.go). The cgroup tests,
+// which skip on the cgroup-v1-hybrid development host, must run and pass
+// there: clone-time placement (UseCgroupFD), cgroup.kill of a process that
+// left the process group, CPU and memory from cpu.stat / memory.current, and
+// an OOM kill read from memory.events reported as the exit reason.
+func TestSuperviseOnCgroup2(t *testing.T) {
+	qemu.Require(t)
+	dir := t.TempDir()
+	root, err := qemu.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, "supervise.test")
+	gobin, err := exec.LookPath("go")
+	if err != nil {
+		gobin = "/usr/local/go/bin/go"
+	}
+	cmd := exec.Command(gobin, "test", "-c", "-o", bin, "./init/supervise")
+	cmd.Dir = root
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go test -c ./init/supervise: %v\n%s", err, out)
+	}
+	if _, err := os.Stat("/bin/busybox"); err != nil {
+		t.Fatalf("the guest needs a static busybox (Debian busybox-static): %v", err)
+	}
+	img := filepath.Join(dir, "initramfs.img")
+	err = qemu.WriteInitramfs(img, []qemu.File{
+		{Path: "init", Src: bin},
+		{Path: "bin/busybox", Src: "/bin/busybox"},
+		{Path: "bin/sh", Symlink: "busybox"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	kernel, err := qemu.KernelPath()
+	if err != nil {
+		t.Fatal(err)
+	}
+	vm := qemu.Start(t, qemu.Options{Name: "supervise", Kernel: kernel, Initrd: img, Memory: 512, SMP: 2, NoReboot: true,
+		Append: "quiet panic=-1 MAGESTACK_SUPERVISE_GUEST=1"})
+
+	m, err := vm.Expect(qemu.Scale(10*time.Minute), `supervise-guest: tests exit code (\d+)`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	console := vm.Console()
+	for _, name := range []string{"TestCgroupPlacementAndKill", "TestCgroupOOMReported", "TestKillRestartsWithBackoff", "TestStopGraceThenKill"} {
+		if !regexp.MustCompile(`--- PASS: ` + name + ` `).MatchString(console) {
+			t.Errorf("%s did not pass in the guest", name)
+		}
+	}
+	for _, l := range strings.Split(console, "\n") {
+		if strings.Contains(l, "--- FAIL") || strings.Contains(l, "--- SKIP: TestCgroup") {
+			t.Errorf("guest: %s", strings.TrimSpace(l))
+		}
+	}
+	if m[1] != "0" {
+		t.Errorf("the supervise tests exited %s in the guest", m[1])
+	}
+	if _, err := vm.Wait(qemu.Scale(time.Minute)); err != nil {
+		t.Errorf("guest did not power off: %v", err)
+	}
+}
