@@ -565,16 +565,48 @@ func logText(l *logbuf.Log) string {
 // becomes ready; each answers on its declared ports.
 func TestAllSevenRoles(t *testing.T) {
 	f := newFixture(t, nil)
-	names := []string{}
-	insts, _ := f.stack.Instances()
-	for _, in := range insts {
-		names = append(names, in.Name)
+	events, unsub := f.sup.Subscribe(256)
+	defer unsub()
+	envs, err := AddHostRoles(slog.Default(), f.opts, f.stack, "dh1", f.sup)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range envs {
+		names = append(names, e.Name())
+		f.envs[e.Name()] = e
 	}
 	if len(names) != 7 {
-		t.Fatalf("default stack has %d instances, want 7", len(names))
+		t.Fatalf("default stack has %d instances on dh1, want 7", len(names))
 	}
-	f.add(names...)
-	f.startAndWait(names...)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if err := f.sup.StartAll(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.sup.WaitReady(ctx); err != nil {
+		f.dumpLogs(names...)
+		t.Fatal(err)
+	}
+	// Each role started only after the previous one was ready.
+	var order []string
+	for len(order) < 2*len(names) {
+		select {
+		case ev := <-events:
+			if ev.Kind == "started" || ev.Kind == "ready" {
+				order = append(order, ev.Kind+" "+ev.Unit)
+			}
+		case <-ctx.Done():
+			t.Fatalf("events so far: %v", order)
+		}
+	}
+	var want []string
+	for _, n := range names {
+		want = append(want, "started "+n, "ready "+n)
+	}
+	if !slices.Equal(order, want) {
+		t.Errorf("start order\n got %v\nwant %v", order, want)
+	}
 	checks := []struct{ addr, want string }{
 		{"172.16.0.50:25", "220 ESMTP relay placeholder on mail1"},
 		{"172.16.0.60:22", "SSH-2.0-magestack-placeholder on acc1"},
@@ -601,6 +633,85 @@ func TestAllSevenRoles(t *testing.T) {
 	out, err := f.inRole("web1", "echo | nc db1.i 3306")
 	if err != nil || !strings.Contains(out, "mysql placeholder on db1") {
 		t.Errorf("web1 -> db1.i:3306: %q %v", out, err)
+	}
+	// Stop: reverse order.
+	if err := f.sup.StopAll(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var stops []string
+	for len(stops) < len(names) {
+		select {
+		case ev := <-events:
+			if ev.Kind == "stopped" {
+				stops = append(stops, ev.Unit)
+			}
+		case <-ctx.Done():
+			t.Fatalf("stops so far: %v", stops)
+		}
+	}
+	rev := slices.Clone(names)
+	slices.Reverse(rev)
+	if !slices.Equal(stops, rev) {
+		t.Errorf("stop order %v, want %v", stops, rev)
+	}
+}
+
+type recordAdder struct{ specs []supervise.Spec }
+
+func (r *recordAdder) Add(s supervise.Spec) error { r.specs = append(r.specs, s); return nil }
+
+// Instances are added in start order, each after every instance of the
+// nearest earlier role; instances of other hosts are left out.
+func TestAddHostRolesOrder(t *testing.T) {
+	requireHost(t)
+	stack, err := stackfile.Parse("two-hosts.yaml", []byte(`
+stack: t
+hosts:
+  - {name: dh1, mac: "52:54:00:00:00:01"}
+  - {name: dh2, mac: "52:54:00:00:00:02"}
+roles:
+  web: {count: 3, hosts: [dh1]}
+  db: {hosts: [dh1]}
+  lb: {hosts: [dh1]}
+  mail: {hosts: [dh2]}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns := newNS(t)
+	tmp := t.TempDir()
+	opts := Options{StateRoot: tmp + "/s", LogRoot: tmp + "/l", VolumeRoot: tmp + "/v", ImageRoot: tmp, BridgeNS: ns}
+	var rec recordAdder
+	if _, err := AddHostRoles(slog.Default(), opts, stack, "dh1", &rec); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	var names []string
+	for _, s := range rec.specs {
+		names = append(names, s.Name)
+		got[s.Name] = strings.Join(s.After, ",")
+	}
+	for _, n := range names {
+		if n == "mail1" {
+			t.Errorf("mail1 is placed on dh2, added on dh1")
+		}
+	}
+	if got["web1"] != "db1" || got["web3"] != "db1" || got["lb1"] != "web1,web2,web3" {
+		t.Errorf("after: %v (order %v)", got, names)
+	}
+	if _, err := AddHostRoles(slog.Default(), opts, stack, "dh9", &rec); err == nil || !strings.Contains(err.Error(), "dh9") {
+		t.Errorf("unknown host: %v", err)
+	}
+	// The bridge now exists in the namespace with dh1's address.
+	h, _ := netlink.NewHandleAt(ns)
+	defer h.Close()
+	br, err := h.LinkByName(DefaultBridge)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addrs, _ := h.AddrList(br, netlink.FAMILY_V4)
+	if len(addrs) != 1 || addrs[0].IPNet.String() != "172.16.0.1/24" {
+		t.Errorf("bridge addresses %v", addrs)
 	}
 }
 

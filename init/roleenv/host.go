@@ -1,0 +1,78 @@
+package roleenv
+
+import (
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+
+	"magestack/init/stackfile"
+	"magestack/init/supervise"
+)
+
+// Adder is what AddHostRoles needs of a supervisor.
+type Adder interface {
+	Add(spec supervise.Spec) error
+}
+
+// AddHostRoles prepares this host for roles (internal bridge with the
+// host's address, state, log and volume roots) and adds one unit per role
+// instance placed on host, in the stack's start order: every instance
+// waits (After) for all instances of the nearest earlier role on this host,
+// so the supervisor starts fw, mail, db, web, lb, acc, monitor in turn and
+// StopAll stops them in reverse. It returns the unit names in start order.
+//
+// PID 1 then runs sup.StartAll and sup.WaitReady(names...) and gives
+// opts.ServiceSocket to the API so "web1/http" names reach role-init.
+func AddHostRoles(log *slog.Logger, opts Options, stack *stackfile.Stack, host string, sup Adder) ([]*Env, error) {
+	opts = opts.withDefaults()
+	_, idx, ok := stack.HostByName(host)
+	if !ok {
+		return nil, fmt.Errorf("roles: host %q is not in stack %s", host, stack.Name)
+	}
+	gw, err := stack.HostBridgeAddr(idx)
+	if err != nil {
+		return nil, fmt.Errorf("roles: %w", err)
+	}
+	if err := EnsureBridge(opts.BridgeNS, opts.Bridge, netip.PrefixFrom(gw, stack.Internal.Bits())); err != nil {
+		return nil, fmt.Errorf("roles: %w", err)
+	}
+	for _, d := range []string{opts.StateRoot, opts.LogRoot, opts.VolumeRoot} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return nil, fmt.Errorf("roles: %w", err)
+		}
+	}
+	insts, err := stack.Instances()
+	if err != nil {
+		return nil, fmt.Errorf("roles: %w", err)
+	}
+	var envs []*Env
+	var prev, cur []string // instance names of the previous and current role
+	curRole := ""
+	for _, in := range insts {
+		if in.Host != host {
+			continue
+		}
+		if in.Role != curRole {
+			if len(cur) > 0 {
+				prev = cur
+			}
+			cur, curRole = nil, in.Role
+		}
+		env, err := New(log, opts, stack, idx, in)
+		if err != nil {
+			return nil, err
+		}
+		unit := env.Unit()
+		unit.After = append([]string(nil), prev...)
+		if err := sup.Add(unit); err != nil {
+			return nil, fmt.Errorf("roles: %s: %w", in.Name, err)
+		}
+		envs = append(envs, env)
+		cur = append(cur, in.Name)
+	}
+	return envs, nil
+}
+
+// Name is the instance's name (the unit's name).
+func (e *Env) Name() string { return e.inst.Name }
