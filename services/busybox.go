@@ -45,10 +45,12 @@ func page(role, text string) File {
 		Content: "<!doctype html>\n<title>{{.Name}}</title>\n<h1>" + text + " {{.Name}}</h1>\n<p>stack {{.Stack}}, role {{.Role}}, busybox test image</p>\n"}
 }
 
-// memHog is a test hook: with the role setting test.memhog=true it grows
-// without bound (tail keeps an unterminated line from /dev/zero), so the
-// role's memory.max OOM-kills it and supervision restarts it.
-var memHog = Service{Name: "memhog", Command: []string{"/bin/tail", "/dev/zero"}, When: "test.memhog"}
+// memHog is a test hook: with the role setting test.memhog=true it runs
+// 10 s, then grows without bound (tail keeps an unterminated line from
+// /dev/zero), so the role's memory.max OOM-kills it and supervision
+// restarts it. The quiet 10 s let the role become ready first and keep the
+// restarts below the crash-loop threshold (5 exits in 30 s).
+var memHog = Service{Name: "memhog", Command: []string{"/bin/sh", "-c", "sleep 10; exec /bin/tail /dev/zero"}, When: "test.memhog"}
 
 var busyboxPayloads = map[string]Payload{
 	"fw": {Caps: caps("CAP_NET_ADMIN", "CAP_NET_RAW"),

@@ -50,8 +50,9 @@ type Options struct {
 	LogRoot    string // per-instance service logs (LogRoot/<instance>/<service>.log)
 	VolumeRoot string // per-instance data volumes, mounted at /data
 	ImageRoot  string // image trees: ImageRoot/<image>
-	// CgroupRoot is the cgroup2 mount; "" runs roles without cgroups
-	// (a host without cgroup v2). CgroupParent groups all roles below it.
+	// CgroupRoot is the cgroup2 mount; "" means cgroup.DefaultRoot when
+	// that is a cgroup2 mount, else roles run without cgroups (a host
+	// without cgroup v2). CgroupParent groups all roles below it.
 	CgroupRoot   string
 	CgroupParent string // default "magestack"
 	Bridge       string
@@ -76,6 +77,9 @@ func (o Options) withDefaults() Options {
 	def(&o.ImageRoot, DefaultImageRoot)
 	def(&o.CgroupParent, "magestack")
 	def(&o.Bridge, DefaultBridge)
+	if o.CgroupRoot == "" && cgroup.IsV2(cgroup.DefaultRoot) {
+		o.CgroupRoot = cgroup.DefaultRoot
+	}
 	if o.BridgeNS == 0 {
 		o.BridgeNS = netns.None()
 	}
