@@ -548,34 +548,95 @@ func TestParseCgroupFiles(t *testing.T) {
 	}
 }
 
-// TestCgroupPlacementAndKill needs a writable cgroup v2 hierarchy (QEMU
-// with Debian's kernel; this development host mounts cgroups in v1 hybrid mode).
-func TestCgroupPlacementAndKill(t *testing.T) {
+// The cgroup tests need a writable cgroup v2 hierarchy: QEMU with Debian's
+// kernel (qemu-tests/supervise_test.go runs this package as the guest's
+// init). This development host mounts cgroups in v1 hybrid mode.
+func needCgroup2(t *testing.T, controller string) string {
+	t.Helper()
 	root := "/sys/fs/cgroup"
 	if !IsCgroup2(root) {
-		t.Skip("/sys/fs/cgroup is not cgroup2 (statfs magic): cgroup placement, cgroup.kill and memory.events are tested in QEMU")
+		t.Skip("/sys/fs/cgroup is not cgroup2 (statfs magic): cgroup placement, cgroup.kill, memory.events and usage are tested in QEMU (qemu-tests/supervise_test.go)")
+	}
+	if controller != "" {
+		b, _ := os.ReadFile(filepath.Join(root, "cgroup.subtree_control"))
+		if !strings.Contains(string(b), controller) {
+			t.Skipf("the %s controller is not enabled in %s/cgroup.subtree_control", controller, root)
+		}
 	}
 	needBusybox(t)
-	cg := filepath.Join(root, fmt.Sprintf("supervise-test-%d", os.Getpid()))
+	cg := filepath.Join(root, fmt.Sprintf("supervise-test-%d-%s", os.Getpid(), t.Name()))
 	t.Cleanup(func() { os.Remove(cg) })
+	return cg
+}
+
+func TestCgroupPlacementAndKill(t *testing.T) {
+	cg := needCgroup2(t, "")
 	s := newSup(t, Options{})
-	s.Add(Spec{Name: "grouped", Cgroup: cg, Command: sh("sleep 1000 & trap '' TERM; while :; do sleep 0.05; done"), StopGrace: 300 * time.Millisecond})
+	// The shell ignores SIGTERM and starts a child in its own session, out
+	// of reach of a process-group kill: only the cgroup catches it.
+	script := "busybox setsid busybox sleep 1000 & trap '' TERM; while :; do busybox sleep 0.05; done"
+	s.Add(Spec{Name: "grouped", Cgroup: cg, Command: sh(script), StopGrace: 300 * time.Millisecond,
+		Env: []string{"PATH=/bin"}})
 	s.Start(context.Background(), "grouped")
-	waitFor(t, "two processes in the cgroup", 10*time.Second, func() bool { return len(cgroupProcs(cg)) >= 2 })
+	waitFor(t, "two processes in the cgroup", 20*time.Second, func() bool { return len(cgroupProcs(cg)) >= 2 })
 	st := unitStatus(t, s, "grouped")
 	found := false
 	for _, p := range cgroupProcs(cg) {
 		found = found || p == st.PID
 	}
 	if !found {
-		t.Errorf("main pid %d not in %s", st.PID, cg)
+		t.Errorf("main pid %d not in %s (placed at clone time): %v", st.PID, cg, cgroupProcs(cg))
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	waitFor(t, "cgroup usage", 20*time.Second, func() bool {
+		st = unitStatus(t, s, "grouped")
+		return st.CPUUsec > 0 && st.MemoryBytes > 0
+	})
+	t.Logf("cgroup usage: cpu %d usec, memory %d bytes", st.CPUUsec, st.MemoryBytes)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if err := s.Stop(ctx, "grouped"); err != nil {
 		t.Fatal(err)
 	}
 	if procs := cgroupProcs(cg); len(procs) != 0 {
 		t.Errorf("processes left in the cgroup after stop: %v", procs)
+	}
+	if st := unitStatus(t, s, "grouped"); st.LastExit == nil || st.LastExit.Signal != "SIGKILL" {
+		t.Errorf("last exit %+v, want SIGKILL after the grace", st.LastExit)
+	}
+}
+
+func TestCgroupOOMReported(t *testing.T) {
+	cg := needCgroup2(t, "memory")
+	if err := os.MkdirAll(cg, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(cg, "memory.max"), []byte("16777216"), 0); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(cg, "memory.swap.max"), []byte("0"), 0) // absent without swap accounting
+	s := newSup(t, Options{})
+	events, cancel := s.Subscribe(100)
+	defer cancel()
+	// dd allocates a 64 MiB buffer and fills it from /dev/zero: over the 16 MiB limit.
+	s.Add(Spec{Name: "hog", Cgroup: cg, Command: []string{busybox, "dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"},
+		Restart: RestartPolicy{Initial: 50 * time.Millisecond, CrashLoopCount: 3}})
+	s.Start(context.Background(), "hog")
+	var st UnitStatus
+	waitFor(t, "OOM kill reported", 60*time.Second, func() bool {
+		st = unitStatus(t, s, "hog")
+		return st.LastExit != nil
+	})
+	if !st.LastExit.OOM || !strings.HasPrefix(st.LastExit.Reason, "oom-killed") || st.LastExit.Signal != "SIGKILL" {
+		t.Errorf("last exit %+v, want oom-killed by SIGKILL", st.LastExit)
+	}
+	waitFor(t, "crash loop after repeated OOM", 60*time.Second, func() bool { return unitStatus(t, s, "hog").State == StateFailed })
+	saw := false
+	for len(events) > 0 {
+		if ev := <-events; ev.Kind == "exited" && strings.Contains(ev.Message, "oom-killed") {
+			saw = true
+		}
+	}
+	if !saw {
+		t.Error("no exited event naming the OOM kill")
 	}
 }
