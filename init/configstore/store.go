@@ -60,13 +60,12 @@ type Store struct {
 	now func() time.Time
 }
 
-// Open opens (creating if needed) the store in dir.
+// Open opens the store in dir ("" for DefaultDir). The directory is created
+// by the first write, so reading a store that does not exist yet (an
+// operator's machine, a first boot) has no side effects.
 func Open(dir string) (*Store, error) {
 	if dir == "" {
 		dir = DefaultDir
-	}
-	if err := os.MkdirAll(filepath.Join(dir, "revisions"), 0o700); err != nil {
-		return nil, fmt.Errorf("config store: %w", err)
 	}
 	return &Store{dir: dir, now: time.Now}, nil
 }
@@ -93,6 +92,10 @@ type current struct {
 // lock serialises writers across processes (PID 1 and the CLI).
 func (s *Store) lock() (func(), error) {
 	s.mu.Lock()
+	if err := os.MkdirAll(filepath.Join(s.dir, "revisions"), 0o700); err != nil {
+		s.mu.Unlock()
+		return nil, fmt.Errorf("config store: %w", err)
+	}
 	f, err := os.OpenFile(filepath.Join(s.dir, "lock"), os.O_CREATE|os.O_RDWR, 0o600)
 	if err != nil {
 		s.mu.Unlock()
@@ -300,7 +303,7 @@ func (s *Store) Revision(id string) (configsource.Revision, error) {
 		return configsource.Revision{}, err
 	}
 	entries, err := os.ReadDir(filepath.Join(s.dir, "revisions"))
-	if err != nil {
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return configsource.Revision{}, fmt.Errorf("config store: %w", err)
 	}
 	var match []string

@@ -179,3 +179,26 @@ func TestDamagedStateIsReported(t *testing.T) {
 		t.Errorf("damaged history not kept aside: %v", err)
 	}
 }
+
+func TestReadingAMissingStoreCreatesNothing(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "config")
+	s, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.LastGood(); !errors.Is(err, ErrNoRevision) {
+		t.Errorf("LastGood: %v", err)
+	}
+	if h, err := s.History(); err != nil || len(h) != 0 {
+		t.Errorf("History: %v %v", h, err)
+	}
+	if _, err := s.Revision("abcd"); err == nil || !strings.Contains(err.Error(), "not in the store") {
+		t.Errorf("Revision: %v", err)
+	}
+	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("reading created %s: %v", dir, err)
+	}
+	if err := s.MarkApplied(rev("stack: a\n")); err != nil {
+		t.Fatalf("first write: %v", err)
+	}
+}

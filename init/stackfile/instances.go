@@ -31,11 +31,11 @@ const MaxHosts = 19
 
 // Instance is one role instance, e.g. web2.
 type Instance struct {
-	Name string     // web2
-	Role string     // web
-	N    int        // 2 (1-based)
-	Addr netip.Addr // fixed internal address
-	Host string     // host that runs it by default (placement)
+	Name string     `json:"name"`    // web2
+	Role string     `json:"role"`    // web
+	N    int        `json:"n"`       // 2 (1-based)
+	Addr netip.Addr `json:"address"` // fixed internal address
+	Host string     `json:"host"`    // host that runs it by default (placement)
 }
 
 // FQDN is the instance's name inside the stack, e.g. web2.i.
