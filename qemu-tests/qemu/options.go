@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 )
@@ -40,6 +41,10 @@ type Options struct {
 	RNG      bool // virtio-rng-pci fed from the host's /dev/urandom
 	Watchdog bool // i6300esb; the guest is reset when it stops feeding it
 	NoReboot bool // a guest reboot ends QEMU instead (-no-reboot)
+
+	// Serials adds serial ports ttyS1..ttyS<Serials> (at most 3), each its
+	// own stream (VM.Serial): a results channel apart from the console.
+	Serials int
 
 	Devices   []string // extra -device values
 	ExtraArgs []string // appended verbatim
@@ -106,6 +111,15 @@ func (o Options) args(dir string) ([]string, error) {
 		"-chardev", "stdio,id=con0,signal=off",
 		"-serial", "chardev:con0",
 		"-qmp", "unix:" + qmpPath(dir) + ",server=on,wait=off",
+	}
+	if o.Serials < 0 || o.Serials > 3 {
+		return nil, fmt.Errorf("options: Serials=%d: the PC has ttyS1..ttyS3 at most", o.Serials)
+	}
+	for i := 1; i <= o.Serials; i++ {
+		// wait=on: QEMU starts the guest only once the harness is connected,
+		// so nothing written early is lost.
+		a = append(a, "-chardev", fmt.Sprintf("socket,id=ser%d,path=%s,server=on,wait=on", i, serialPath(dir, i)),
+			"-serial", fmt.Sprintf("chardev:ser%d", i))
 	}
 	if o.Machine != "" {
 		a = append(a, "-machine", o.Machine)
@@ -177,6 +191,8 @@ func (o Options) args(dir string) ([]string, error) {
 	}
 	return append(a, o.ExtraArgs...), nil
 }
+
+func serialPath(dir string, i int) string { return filepath.Join(dir, fmt.Sprintf("ttyS%d.sock", i)) }
 
 func (o Options) name() string {
 	if o.Name == "" {

@@ -63,6 +63,15 @@ func TestArgs(t *testing.T) {
 				"-action": {"watchdog=reset"}, "-cpu": {"max"},
 			},
 		},
+		{
+			name: "extra serial ports",
+			opts: Options{Kernel: "/k", Serials: 2},
+			want: map[string][]string{
+				"-serial":  {"chardev:con0", "chardev:ser1", "chardev:ser2"},
+				"-chardev": {"socket,id=ser1,path=/d/ttyS1.sock,server=on,wait=on", "socket,id=ser2,path=/d/ttyS2.sock,server=on,wait=on"},
+			},
+		},
+		{name: "too many serial ports", opts: Options{Kernel: "/k", Serials: 4}, wantErr: "ttyS1..ttyS3"},
 		{name: "nothing to boot", opts: Options{}, wantErr: "nothing to boot"},
 		{name: "initrd without kernel", opts: Options{Boot: "n", Initrd: "/i"}, wantErr: "Initrd needs Kernel"},
 		{name: "nic without backend", opts: Options{Kernel: "/k", NICs: []NIC{{}}}, wantErr: "neither User nor Tap"},

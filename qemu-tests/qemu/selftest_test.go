@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 )
@@ -65,7 +66,7 @@ func nopKernel(t *testing.T) string {
 func TestHarnessBootsNopInit(t *testing.T) {
 	Require(t)
 	initrd := nopInitramfs(t, t.TempDir(), nil)
-	vm := Start(t, Options{Kernel: nopKernel(t), Initrd: initrd, Append: "quiet panic=-1", Memory: 256})
+	vm := Start(t, Options{Kernel: nopKernel(t), Initrd: initrd, Append: "quiet panic=-1 nopinit.serial=ttyS1", Memory: 256, Serials: 1})
 
 	m, err := vm.Expect(60*time.Second, `nopinit: pid1 uptime_ms=(\d+)`)
 	if err != nil {
@@ -78,6 +79,25 @@ func TestHarnessBootsNopInit(t *testing.T) {
 	}
 	if _, err := vm.Expect(time.Minute, `nopinit: firmware=bios`); err != nil {
 		t.Fatal(err)
+	}
+
+	// The second serial port is a stream of its own, both ways.
+	ctx, cancel := context.WithTimeout(t.Context(), Scale(time.Minute))
+	defer cancel()
+	if _, err := vm.Serial(1).Expect(ctx, `nopinit: hello on /dev/ttyS1`); err != nil {
+		t.Fatal(err)
+	}
+	if err := vm.SerialWrite(1, "results please\n"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := vm.Serial(1).Expect(ctx, `nopinit: echo results please`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := vm.Expect(time.Minute, `nopinit: serial /dev/ttyS1 got "results please"`); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(vm.Console(), "hello on /dev/ttyS1") {
+		t.Fatal("ttyS1 output leaked onto the console stream")
 	}
 
 	st, err := vm.QueryStatus()

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -34,6 +35,7 @@ type VM struct {
 	console *Console
 	qmp     *QMP
 	stdin   *os.File
+	serials []serialPort // ttyS1.. (Options.Serials)
 	stderr  lockedBuffer
 
 	done     chan struct{}
@@ -138,6 +140,16 @@ func launch(bin string, args []string, opts Options, dir, sockDir string) (*VM, 
 		case <-ctx.Done():
 		}
 	}()
+	// QEMU waits for each serial socket's client, in order, before it
+	// creates the QMP socket.
+	for i := 1; i <= opts.Serials; i++ {
+		sp, err := dialSerial(ctx, sockDir, dir, i)
+		if err != nil {
+			vm.Kill()
+			return nil, fmt.Errorf("%s: %w; qemu %s; stderr: %s", label(vm.Name), err, vm.exitDescription(), vm.Stderr())
+		}
+		vm.serials = append(vm.serials, sp)
+	}
 	q, err := DialQMP(ctx, qmpPath(sockDir))
 	if err != nil {
 		vm.Kill()
@@ -234,6 +246,12 @@ func (vm *VM) finish(t testing.TB) {
 	if err == nil {
 		err = copyFile(filepath.Join(vm.dir, ConsoleFile), dst)
 	}
+	for i := range vm.serials {
+		if err == nil {
+			f := fmt.Sprintf("ttyS%d.log", i+1)
+			err = copyFile(filepath.Join(vm.dir, f), strings.TrimSuffix(dst, ConsoleFile)+f)
+		}
+	}
 	if err == nil && vm.Stderr() != "" {
 		err = os.WriteFile(strings.TrimSuffix(dst, ConsoleFile)+"qemu-stderr.log", []byte(vm.Stderr()), 0o644)
 	}
@@ -310,6 +328,63 @@ func (vm *VM) ConsoleLog() string { return filepath.Join(vm.dir, ConsoleFile) }
 func (vm *VM) SendConsole(s string) error {
 	if _, err := io.WriteString(vm.stdin, s); err != nil {
 		return fmt.Errorf("%s: console input: %w", label(vm.Name), err)
+	}
+	return nil
+}
+
+type serialPort struct {
+	conn    net.Conn
+	console *Console
+}
+
+// dialSerial connects to serial port i's socket (retrying until QEMU
+// listens) and pumps it into a Console logged to dir/ttyS<i>.log.
+func dialSerial(ctx context.Context, sockDir, dir string, i int) (serialPort, error) {
+	var d net.Dialer
+	path := serialPath(sockDir, i)
+	for {
+		conn, err := d.DialContext(ctx, "unix", path)
+		if err == nil {
+			log, err := os.Create(filepath.Join(dir, fmt.Sprintf("ttyS%d.log", i)))
+			if err != nil {
+				conn.Close()
+				return serialPort{}, fmt.Errorf("serial ttyS%d log: %w", i, err)
+			}
+			sp := serialPort{conn: conn, console: NewConsole()}
+			go func() {
+				sp.console.pump(conn, log)
+				log.Close()
+			}()
+			return sp, nil
+		}
+		select {
+		case <-ctx.Done():
+			return serialPort{}, fmt.Errorf("serial ttyS%d: connect %s: %w (last: %v)", i, path, ctx.Err(), err)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// Serial returns the stream of serial port ttyS<n>: 0 is the console,
+// 1..Options.Serials the extra ports. It panics on a port the VM lacks
+// (a test bug).
+func (vm *VM) Serial(n int) *Console {
+	if n == 0 {
+		return vm.console
+	}
+	if n < 1 || n > len(vm.serials) {
+		panic(fmt.Sprintf("%s: no serial port ttyS%d (Options.Serials=%d)", label(vm.Name), n, len(vm.serials)))
+	}
+	return vm.serials[n-1].console
+}
+
+// SerialWrite sends s to the guest on ttyS<n> (n >= 1).
+func (vm *VM) SerialWrite(n int, s string) error {
+	if n < 1 || n > len(vm.serials) {
+		return fmt.Errorf("%s: no serial port ttyS%d", label(vm.Name), n)
+	}
+	if _, err := io.WriteString(vm.serials[n-1].conn, s); err != nil {
+		return fmt.Errorf("%s: ttyS%d: %w", label(vm.Name), n, err)
 	}
 	return nil
 }
@@ -396,6 +471,9 @@ func (vm *VM) Kill() {
 	}
 	if vm.stdin != nil {
 		vm.stdin.Close()
+	}
+	for _, sp := range vm.serials {
+		sp.conn.Close()
 	}
 	os.RemoveAll(vm.sockDir)
 }

@@ -62,6 +62,9 @@ func main() {
 	if con != nil {
 		go readCommands(con, logf, poweroff)
 	}
+	if tty := args["nopinit.serial"]; tty != "" {
+		go echoSerial("/dev/"+tty, logf)
+	}
 	if args["nopinit.modules"] == "1" {
 		loadModules("/lib/modules", logf)
 	}
@@ -137,6 +140,22 @@ func loadModules(dir string, logf func(string, ...any)) {
 			continue
 		}
 		logf("module %s loaded", filepath.Base(p))
+	}
+}
+
+// echoSerial greets on a second serial port and echoes each line it reads
+// there, on that port and on the console.
+func echoSerial(path string, logf func(string, ...any)) {
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		logf("serial %s: %v", path, err)
+		return
+	}
+	fmt.Fprintf(f, "nopinit: hello on %s\n", path)
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fmt.Fprintf(f, "nopinit: echo %s\n", sc.Text())
+		logf("serial %s got %q", path, sc.Text())
 	}
 }
 
