@@ -1,0 +1,127 @@
+package vip
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netns"
+
+	"magestack/init/nsdo"
+)
+
+func ip(t *testing.T, args ...string) string {
+	t.Helper()
+	out, err := exec.Command("ip", args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("ip %v: %v %s", args, err, out)
+	}
+	return string(out)
+}
+
+// TestVIPMovesAndNeighboursFollow: a client on a bridge learns the VIP at
+// host A; B takes it over with gratuitous ARP and the client's neighbour
+// entry points at B at once, without waiting for it to go stale.
+func TestVIPMovesAndNeighboursFollow(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for network namespaces")
+	}
+	id := os.Getpid()
+	names := map[string]string{}
+	for _, n := range []string{"br", "a", "b", "c"} {
+		names[n] = fmt.Sprintf("vip%s%d", n, id)
+		ip(t, "netns", "add", names[n])
+		nn := names[n]
+		t.Cleanup(func() { exec.Command("ip", "netns", "del", nn).Run() })
+	}
+	ip(t, "-n", names["br"], "link", "add", "br0", "type", "bridge")
+	ip(t, "-n", names["br"], "link", "set", "br0", "up")
+	macs := map[string]string{"a": "02:00:00:00:00:0a", "b": "02:00:00:00:00:0b", "c": "02:00:00:00:00:0c"}
+	addrs := map[string]string{"a": "10.97.0.11/24", "b": "10.97.0.12/24", "c": "10.97.0.100/24"}
+	for _, n := range []string{"a", "b", "c"} {
+		ip(t, "-n", names[n], "link", "add", "eth0", "type", "veth", "peer", "name", "p"+n, "netns", names["br"])
+		ip(t, "-n", names[n], "link", "set", "eth0", "address", macs[n])
+		ip(t, "-n", names[n], "addr", "add", addrs[n], "dev", "eth0")
+		ip(t, "-n", names[n], "link", "set", "eth0", "up")
+		ip(t, "-n", names["br"], "link", "set", "p"+n, "master", "br0", "up")
+	}
+	vipAddr := netip.MustParsePrefix("10.97.0.50/24")
+	hold := func(host string) (context.CancelFunc, chan error) {
+		ns, err := netns.GetFromName(names[host])
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ns.Close()
+		var h *Holder
+		if err := nsdo.Do(ns, func() error {
+			var err error
+			h, err = New("eth0", vipAddr, nil)
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- h.Hold(ctx); h.Close() }()
+		return cancel, done
+	}
+	neigh := func() string {
+		return ip(t, "-n", names["c"], "neigh", "show", "10.97.0.50")
+	}
+	cancelA, doneA := hold("a")
+	client, err := netns.GetFromName(names["c"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	waitFor(t, "client resolves the VIP at A", 5*time.Second, func() bool {
+		// Any datagram to the VIP makes the client's kernel resolve it.
+		nsdo.Do(client, func() error {
+			c, err := net.Dial("udp4", "10.97.0.50:9")
+			if err == nil {
+				c.Write([]byte("x"))
+				c.Close()
+			}
+			return err
+		})
+		return strings.Contains(neigh(), macs["a"])
+	})
+	cancelA()
+	if err := <-doneA; err != nil {
+		t.Fatal(err)
+	}
+	if out := ip(t, "-n", names["a"], "addr", "show", "eth0"); strings.Contains(out, "10.97.0.50") {
+		t.Fatalf("A still has the VIP after release:\n%s", out)
+	}
+	cancelB, doneB := hold("b")
+	defer func() { cancelB(); <-doneB }()
+	waitFor(t, "client's neighbour entry moves to B from the gratuitous ARP alone", 3*time.Second, func() bool {
+		return strings.Contains(neigh(), macs["b"])
+	})
+}
+
+func TestGARPPacket(t *testing.T) {
+	mac, _ := net.ParseMAC("02:00:00:00:00:0b")
+	p := garp(mac, netip.MustParseAddr("192.0.2.50"))
+	want := []byte{0, 1, 8, 0, 6, 4, 0, 1, 2, 0, 0, 0, 0, 0xb, 192, 0, 2, 50, 0, 0, 0, 0, 0, 0, 192, 0, 2, 50}
+	if string(p) != string(want) {
+		t.Fatalf("garp = % x\nwant   % x", p, want)
+	}
+}
+
+func waitFor(t *testing.T, what string, within time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %v", what, within)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
