@@ -30,6 +30,11 @@ func (ExecStarter) Start(cmd *exec.Cmd) (<-chan unix.WaitStatus, error) {
 	}
 	ch := make(chan unix.WaitStatus, 1)
 	go func() {
+		defer func() {
+			if p := recover(); p != nil {
+				ch <- lostStatus // the unit is treated as exited and restarted
+			}
+		}()
 		err := cmd.Wait()
 		if cmd.ProcessState != nil {
 			if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); ok {

@@ -310,74 +310,41 @@ func ctlBoot(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-// writeBootTable prints a timeline as a table. The timeline's shape is the
-// init-core package's: a list of step objects (or an object holding one
-// under "steps"); every scalar field becomes a column, in a stable order
-// with the usual ones first.
+// timelineEntry mirrors init/timeline.Entry, the shape PID 1 serves.
+type timelineEntry struct {
+	Step    string `json:"step"`
+	Attempt int    `json:"attempt"`
+	StartMS int64  `json:"start_ms"`
+	EndMS   int64  `json:"end_ms"`
+	Done    bool   `json:"done"`
+	OK      bool   `json:"ok"`
+	Error   string `json:"error"`
+}
+
+// writeBootTable prints the boot timeline: one row per step attempt with
+// its start and end in ms since the kernel started. A timeline of another
+// shape is printed as indented JSON.
 func writeBootTable(w io.Writer, raw json.RawMessage) {
-	var steps []map[string]any
-	if err := json.Unmarshal(raw, &steps); err != nil {
-		var obj map[string]json.RawMessage
-		if json.Unmarshal(raw, &obj) == nil {
-			for _, key := range []string{"steps", "Steps", "events", "Events"} {
-				if v, ok := obj[key]; ok && json.Unmarshal(v, &steps) == nil {
-					break
-				}
-			}
-		}
-	}
-	if len(steps) == 0 {
+	var entries []timelineEntry
+	if err := json.Unmarshal(raw, &entries); err != nil || len(entries) == 0 || entries[0].Step == "" {
 		var v any
 		json.Unmarshal(raw, &v)
 		b, _ := json.MarshalIndent(v, "", "  ")
 		fmt.Fprintln(w, string(b))
 		return
 	}
-	seen := map[string]bool{}
-	var cols []string
-	for _, s := range steps {
-		for k, v := range s {
-			switch v.(type) {
-			case map[string]any, []any:
-				continue
-			}
-			if !seen[k] {
-				seen[k] = true
-				cols = append(cols, k)
-			}
-		}
-	}
-	rank := func(k string) int {
-		for i, p := range []string{"name", "step", "start", "start_ms", "at_ms", "duration", "duration_ms", "ms", "status", "state", "error"} {
-			if strings.EqualFold(k, p) {
-				return i
-			}
-		}
-		return 100
-	}
-	sort.SliceStable(cols, func(i, j int) bool {
-		ri, rj := rank(cols[i]), rank(cols[j])
-		if ri != rj {
-			return ri < rj
-		}
-		return cols[i] < cols[j]
-	})
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	up := make([]string, len(cols))
-	for i, c := range cols {
-		up[i] = strings.ToUpper(c)
-	}
-	fmt.Fprintln(tw, strings.Join(up, "\t"))
-	for _, s := range steps {
-		row := make([]string, len(cols))
-		for i, c := range cols {
-			if v, ok := s[c]; ok && v != nil {
-				row[i] = fmt.Sprint(v)
-			} else {
-				row[i] = "-"
+	fmt.Fprintln(tw, "STEP\tATTEMPT\tSTART-MS\tEND-MS\tTOOK-MS\tRESULT")
+	for _, e := range entries {
+		end, took, result := "-", "-", "running"
+		if e.Done {
+			end, took = fmt.Sprint(e.EndMS), fmt.Sprint(e.EndMS-e.StartMS)
+			result = "ok"
+			if !e.OK {
+				result = "error: " + e.Error
 			}
 		}
-		fmt.Fprintln(tw, strings.Join(row, "\t"))
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%s\t%s\n", e.Step, e.Attempt, e.StartMS, end, took, result)
 	}
 	tw.Flush()
 }

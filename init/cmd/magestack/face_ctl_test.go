@@ -32,7 +32,11 @@ func startCtlServer(t *testing.T) (string, *supervise.Supervisor) {
 	sock := filepath.Join(t.TempDir(), "api.sock")
 	srv := api.NewServer(api.Options{Socket: sock, Units: sup, Log: quiet,
 		Timeline: func() any {
-			return []map[string]any{{"name": "mounts", "start_ms": 0, "duration_ms": 4}, {"name": "netconf", "start_ms": 4, "duration_ms": 51}}
+			return []map[string]any{
+				{"step": "mounts", "attempt": 1, "start_ms": 1790, "end_ms": 1794, "done": true, "ok": true},
+				{"step": "netconf", "attempt": 1, "start_ms": 1794, "end_ms": 1845, "done": true, "ok": false, "error": "no carrier on eth0"},
+				{"step": "netconf", "attempt": 2, "start_ms": 2845},
+			}
 		}})
 	ctx, cancel := context.WithCancel(context.Background())
 	go srv.Serve(ctx)
@@ -114,7 +118,7 @@ func TestCtlFaces(t *testing.T) {
 	}
 
 	code, out, _ = run(ctlBoot, "--socket", sock)
-	if code != 0 || !regexp.MustCompile(`(?m)^NAME +START_MS +DURATION_MS\nmounts +0 +4\nnetconf +4 +51\n$`).MatchString(out) {
+	if code != 0 || !regexp.MustCompile(`^STEP +ATTEMPT +START-MS +END-MS +TOOK-MS +RESULT\nmounts +1 +1790 +1794 +4 +ok\nnetconf +1 +1794 +1845 +51 +error: no carrier on eth0\nnetconf +2 +2845 +- +- +running\n$`).MatchString(out) {
 		t.Errorf("boot: %d %q", code, out)
 	}
 
