@@ -27,7 +27,8 @@ const socketBuffer = 8 << 20
 // or read at a time per Firewall.
 type Firewall struct {
 	mu      sync.Mutex
-	netnsFD int // -1: the caller's network namespace
+	netnsFD int            // -1: the caller's network namespace
+	cached  *nftables.Conn // kept between calls: a fresh socket per edit costs milliseconds
 }
 
 // New returns a Firewall for the current network namespace.
@@ -61,7 +62,12 @@ func bigBuffers(c *mdnetlink.Conn) error {
 	return serr
 }
 
+// conn returns the kept netlink connection, dialing it on first use.
+// Callers hold f.mu and call f.release(err) when done.
 func (f *Firewall) conn() (*nftables.Conn, error) {
+	if f.cached != nil {
+		return f.cached, nil
+	}
 	opts := []nftables.ConnOption{nftables.AsLasting(), nftables.WithSockOptions(bigBuffers)}
 	if f.netnsFD >= 0 {
 		opts = append(opts, nftables.WithNetNSFd(f.netnsFD))
@@ -70,13 +76,35 @@ func (f *Firewall) conn() (*nftables.Conn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("nftables netlink: %w", err)
 	}
+	f.cached = c
 	return c, nil
+}
+
+// release drops the kept connection after a failure: unread replies from a
+// rejected batch must not be taken for the answers to the next one.
+func (f *Firewall) release(err error) {
+	if err != nil && f.cached != nil {
+		f.cached.CloseLasting()
+		f.cached = nil
+	}
+}
+
+// Close releases the netlink connection.
+func (f *Firewall) Close() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.cached == nil {
+		return nil
+	}
+	err := f.cached.CloseLasting()
+	f.cached = nil
+	return err
 }
 
 // Apply replaces the table inet magestack with rs in one netlink batch:
 // the kernel commits a batch entirely or not at all, so on any error the
 // previous table (or its absence) stays exactly as it was.
-func (f *Firewall) Apply(ctx context.Context, rs *Ruleset) error {
+func (f *Firewall) Apply(ctx context.Context, rs *Ruleset) (err error) {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -86,7 +114,7 @@ func (f *Firewall) Apply(ctx context.Context, rs *Ruleset) error {
 	if err != nil {
 		return err
 	}
-	defer c.CloseLasting()
+	defer func() { f.release(err) }()
 	if err := queue(c, rs); err != nil {
 		return fmt.Errorf("firewall: build batch: %w", err)
 	}
@@ -97,7 +125,7 @@ func (f *Firewall) Apply(ctx context.Context, rs *Ruleset) error {
 }
 
 // Read returns the live table decoded from the kernel.
-func (f *Firewall) Read(ctx context.Context) (*Ruleset, error) {
+func (f *Firewall) Read(ctx context.Context) (_ *Ruleset, err error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -107,7 +135,11 @@ func (f *Firewall) Read(ctx context.Context) (*Ruleset, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer c.CloseLasting()
+	defer func() {
+		if !errors.Is(err, errNoTable) {
+			f.release(err)
+		}
+	}()
 	rs, err := read(c)
 	if err != nil {
 		return nil, fmt.Errorf("firewall: read: %w", err)
@@ -131,7 +163,7 @@ func (f *Firewall) Check(ctx context.Context, want *Ruleset) ([]string, error) {
 // UpdateAllow edits the public allow-list set in place (one small batch),
 // leaving every rule and counter untouched. Removing absent or adding
 // present prefixes is an error from the kernel, and then nothing changes.
-func (f *Firewall) UpdateAllow(ctx context.Context, add, remove []netip.Prefix) error {
+func (f *Firewall) UpdateAllow(ctx context.Context, add, remove []netip.Prefix) (err error) {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -141,7 +173,7 @@ func (f *Firewall) UpdateAllow(ctx context.Context, add, remove []netip.Prefix) 
 	if err != nil {
 		return err
 	}
-	defer c.CloseLasting()
+	defer func() { f.release(err) }()
 	set := &nftables.Set{
 		Table:    &nftables.Table{Family: nftables.TableFamilyINet, Name: TableName},
 		Name:     AllowSet,
