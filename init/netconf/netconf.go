@@ -16,6 +16,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 
 	"magestack/init/dhcpclient"
 	"magestack/init/ipconfig"
@@ -126,9 +127,12 @@ func Up(ctx context.Context, opts Options) (*State, error) {
 	return st, errors.Join(errs...)
 }
 
+// newHandle opens a route-only netlink handle: netlink.NewHandle with no
+// families also opens XFRM and netfilter sockets, which fail with
+// EPROTONOSUPPORT on a kernel without those modules loaded.
 func newHandle(path string) (*netlink.Handle, error) {
 	if path == "" {
-		h, err := netlink.NewHandle()
+		h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
 		if err != nil {
 			return nil, fmt.Errorf("net: open netlink: %w", err)
 		}
@@ -139,7 +143,7 @@ func newHandle(path string) (*netlink.Handle, error) {
 		return nil, fmt.Errorf("net: open network namespace %s: %w", path, err)
 	}
 	defer ns.Close()
-	h, err := netlink.NewHandleAt(ns)
+	h, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
 	if err != nil {
 		return nil, fmt.Errorf("net: open netlink in %s: %w", path, err)
 	}
