@@ -254,20 +254,41 @@ type StatusReply struct {
 func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) {
 	reply := StatusReply{Time: time.Now().UTC(), Units: []supervise.UnitStatus{}, Sections: map[string]json.RawMessage{}, Errors: map[string]string{}}
 	if s.opts.Units != nil {
-		for _, u := range s.opts.Units.Status() {
-			reply.Units = append(reply.Units, u)
+		units := s.opts.Units.Status()
+		// Each unit's own supervisor (role-init) answers for its services;
+		// asked in parallel so one stuck role costs 2 s, not 2 s each.
+		services := make([][]supervise.UnitStatus, len(units))
+		errs := make([]error, len(units))
+		var wg sync.WaitGroup
+		for i, u := range units {
 			if s.opts.ServiceSocket == nil || u.PID == 0 {
 				continue
 			}
-			// The unit's own supervisor (role-init) answers for its services.
-			ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
-			sub, err := NewClient(s.opts.ServiceSocket(u.Name, u.PID)).Status(ctx)
-			cancel()
-			if err != nil {
-				reply.Errors[u.Name] = "services: " + err.Error()
-				continue
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer func() {
+					if p := recover(); p != nil {
+						errs[i] = fmt.Errorf("panic: %v", p)
+					}
+				}()
+				ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+				defer cancel()
+				sub, err := NewClient(s.opts.ServiceSocket(u.Name, u.PID)).Status(ctx)
+				if err != nil {
+					errs[i] = err
+					return
+				}
+				services[i] = sub.Units
+			}()
+		}
+		wg.Wait()
+		for i, u := range units {
+			reply.Units = append(reply.Units, u)
+			if errs[i] != nil {
+				reply.Errors[u.Name] = "services: " + errs[i].Error()
 			}
-			for _, svc := range sub.Units {
+			for _, svc := range services[i] {
 				svc.Name = u.Name + "/" + svc.Name
 				reply.Units = append(reply.Units, svc)
 			}
@@ -506,9 +527,10 @@ func unixTransport(sock string) *http.Transport {
 			var d net.Dialer
 			return d.DialContext(ctx, "unix", sock)
 		},
-		Proxy:                 nil,
-		MaxIdleConns:          2,
-		IdleConnTimeout:       30 * time.Second,
+		Proxy: nil,
+		// Clients and proxies are made per request; a unix connect is
+		// cheap, idle connections would pile up.
+		DisableKeepAlives:     true,
 		ResponseHeaderTimeout: 3 * time.Minute,
 	}
 }
