@@ -29,15 +29,24 @@ $bb mount -t tmpfs tmp /tmp
 check() { name=$1; shift; if out=$("$@" 2>&1); then echo "CHECK $name ok"; else echo "CHECK $name failed: $out" | $bb tr '\n' ' '; echo; fi; }
 echo "CHECK kernel $($bb uname -r) ok"
 check modules.dep-present $bb test -s /lib/modules/$($bb uname -r)/modules.dep
+# Coldplug through modules.alias, as PID 1 does: PCI devices first (that
+# brings virtio_pci), then the virtio devices it finds (virtio_net, virtio_rng).
+for bus in pci virtio; do
+	for a in /sys/bus/$bus/devices/*/modalias; do $bb modprobe -q "$($bb cat $a)"; done
+done
 # busybox modprobe ignores softdeps: libcrc32c's "pre: crc32c" is loaded first by hand.
 check modprobe-crc32c $bb modprobe crc32c_generic
-for m in virtio_net virtio_rng nf_tables nft-chain-2-nat nft-expr-masq nft_ct nft_limit nf_conntrack \
+for m in nf_tables nft-chain-2-nat nft-expr-masq nft_ct nft_limit nf_conntrack \
          bridge veth vxlan 8021q tun wireguard drbd i6300esb ext4 fs-overlay fs-squashfs loop vfat; do
 	check modprobe-$m $bb modprobe $m
 done
 check watchdog-device $bb test -c /dev/watchdog
-check rng-virtio $bb sh -c "$bb ls /sys/class/misc/; $bb cat /sys/class/misc/hw_random/rng_available; $bb grep virtio /sys/class/misc/hw_random/rng_current"
-check drbdsetup $bb sh -c "/usr/sbin/drbdsetup --version 2>&1; /usr/sbin/drbdsetup --version 2>&1 | $bb grep DRBD"
+check rng-virtio $bb grep virtio /sys/class/misc/hw_random/rng_current
+check eth0-virtio_net $bb sh -c "$bb readlink /sys/class/net/eth0/device/driver | $bb grep virtio_net"
+# drbd-utils 9 dispatches to drbdsetup-84 for the in-kernel DRBD 8.4.
+check drbdsetup-new-resource /usr/sbin/drbdsetup new-resource ms0
+check drbdsetup-del-resource /usr/sbin/drbdsetup del-resource ms0
+check drbdadm-version $bb sh -c "v=\$(/usr/sbin/drbdadm --version 2>&1); echo \$v; echo \$v | $bb grep -q DRBD_KERNEL_VERSION_CODE=0x0804"
 check mke2fs /usr/sbin/mke2fs -q -F -t ext4 /tmp/vol.img 16M
 check e2fsck /usr/sbin/e2fsck -n -f /tmp/vol.img
 check mount-ext4-loop $bb mount -t ext4 -o loop /tmp/vol.img /mnt
