@@ -206,7 +206,7 @@ func (f *Firewall) UpdateAllow(ctx context.Context, add, remove []netip.Prefix) 
 
 // PublicIfaces finds the uplinks of the running system: the links that
 // carry a default route, else every up physical link. magestack's own
-// links (bridge, VPN, veths, VXLAN) are never public.
+// bridge and VPN interface are never public.
 func PublicIfaces() ([]string, error) {
 	links, err := netlink.LinkList()
 	if err != nil {
@@ -225,13 +225,13 @@ func PublicIfaces() ([]string, error) {
 	var viaDefault, physical []string
 	for _, l := range links {
 		a := l.Attrs()
-		if a.Flags&net.FlagLoopback != 0 || a.Name == DefaultBridge || a.Name == DefaultVPNIface || l.Type() != "device" {
+		if a.Flags&net.FlagLoopback != 0 || a.Name == DefaultBridge || a.Name == DefaultVPNIface {
 			continue
 		}
 		if withDefault[a.Index] {
 			viaDefault = append(viaDefault, a.Name)
 		}
-		if a.Flags&net.FlagUp != 0 {
+		if a.Flags&net.FlagUp != 0 && l.Type() == "device" {
 			physical = append(physical, a.Name)
 		}
 	}
@@ -249,11 +249,33 @@ func isZeroMask(m net.IPMask) bool {
 	return ones == 0
 }
 
-// ApplyForStack is PID 1's firewall step: build the ruleset for this host
-// (uplinks found with PublicIfaces) and apply it, enabling bridge netfilter
-// so role-to-role traffic on ms-int passes the forward chain.
-func ApplyForStack(ctx context.Context, stack *stackfile.Stack, hostname string, log *slog.Logger) error {
+// Modules are the kernel modules the policy uses on a modular kernel
+// (Debian's): the nftables expressions, the nat chain type, conntrack and
+// bridge netfilter. nf_tables requests most of them itself through the
+// kernel's modprobe helper; br_netfilter is never requested by anyone.
+var Modules = []string{"nf_tables", "nf_conntrack", "nf_nat", "nft_chain_nat", "nft_ct", "nft_limit",
+	"nft_nat", "nft_masq", "nft_fib_inet", "br_netfilter"}
+
+// ModuleLoader loads one kernel module by name (init/kmod's Loader.Load).
+type ModuleLoader func(ctx context.Context, name string) error
+
+// ApplyForStack is PID 1's firewall step: load the modules (when a loader
+// is given), build the ruleset for this host (uplinks found with
+// PublicIfaces) and apply it, with bridge netfilter on so role-to-role
+// traffic on ms-int passes the forward chain. A module that fails to load
+// is reported and the apply is still tried: built-in code needs none.
+func ApplyForStack(ctx context.Context, stack *stackfile.Stack, hostname string, log *slog.Logger, load ...ModuleLoader) error {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
 	start := time.Now()
+	for _, l := range load {
+		for _, m := range Modules {
+			if err := l(ctx, m); err != nil {
+				log.Warn("firewall: module did not load", "module", m, "err", err)
+			}
+		}
+	}
 	pub, err := PublicIfaces()
 	if err != nil {
 		return err
@@ -267,12 +289,12 @@ func ApplyForStack(ctx context.Context, stack *stackfile.Stack, hostname string,
 		// allow-list; refuse rather than pretend.
 		return err
 	}
-	if err := New().Apply(ctx, rs); err != nil {
+	fw := New()
+	defer fw.Close()
+	if err := fw.Apply(ctx, rs); err != nil {
 		return err
 	}
-	if log != nil {
-		log.Info("firewall applied", "table", "inet "+TableName, "public", pub, "rules", countRules(rs), "took", time.Since(start))
-	}
+	log.Info("firewall applied", "table", "inet "+TableName, "public", pub, "rules", countRules(rs), "took", time.Since(start))
 	return nil
 }
 

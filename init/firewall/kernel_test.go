@@ -5,6 +5,8 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+
+	"magestack/init/stackfile"
 )
 
 // TestRenderMatchesKernel loads each golden ruleset into a fresh network
@@ -74,5 +76,30 @@ func TestLargeSetRoundTrip(t *testing.T) {
 	}
 	if n := len(live.Sets[0].Elements); n != 10001 {
 		t.Fatalf("read back %d elements, want 10001", n)
+	}
+}
+
+// TestApplyForStackInNamespace runs PID 1's step in a namespace with an
+// uplink carrying the default route: it must pick that uplink and leave
+// exactly Build's ruleset for it.
+func TestApplyForStackInNamespace(t *testing.T) {
+	ns, fd := netns(t)
+	run(t, "ip", "-n", ns, "link", "add", "uplink0", "type", "veth", "peer", "name", "uplink0p")
+	run(t, "ip", "-n", ns, "link", "set", "uplink0", "up")
+	run(t, "ip", "-n", ns, "addr", "add", "192.0.2.10/24", "dev", "uplink0")
+	run(t, "ip", "-n", ns, "route", "add", "default", "via", "192.0.2.1")
+	run(t, "ip", "-n", ns, "link", "set", "uplink0p", "up")
+	err := inNetNS(fd, func() error {
+		return ApplyForStack(context.Background(), stackfile.Default(), "dh1", nil)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := Build(stackfile.Default(), HostView{PublicIfaces: []string{"uplink0"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := nftList(t, ns); got != Render(want) {
+		t.Fatalf("ApplyForStack left:\n%s\nwant:\n%s", got, Render(want))
 	}
 }
