@@ -133,13 +133,16 @@ func TestMonitorObserve(t *testing.T) {
 		{"success ends grace at once",
 			[]Result{ok(time.Second), bad(2 * time.Second), bad(3 * time.Second), bad(4 * time.Second)},
 			[]State{Healthy, Healthy, Healthy, Unhealthy}},
+		{"fast probes while starting count once per interval",
+			[]Result{bad(6 * time.Second), bad(6100 * time.Millisecond), bad(6200 * time.Millisecond), bad(6900 * time.Millisecond), bad(7 * time.Second), bad(8 * time.Second)},
+			[]State{Starting, Starting, Starting, Starting, Starting, Unhealthy}},
 		{"success resets failures",
 			[]Result{ok(time.Second), bad(2 * time.Second), bad(3 * time.Second), ok(4 * time.Second), bad(5 * time.Second), bad(6 * time.Second)},
 			[]State{Healthy, Healthy, Healthy, Healthy, Healthy, Healthy}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			m := NewMonitor(Check{TCP: "a:1", Retries: 3, StartPeriod: 5 * time.Second}, t0)
+			m := NewMonitor(Check{TCP: "a:1", Retries: 3, StartPeriod: 5 * time.Second, Interval: time.Second}, t0)
 			for i, r := range tt.results {
 				st := m.Observe(r)
 				if st.State != tt.want[i] {

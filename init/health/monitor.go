@@ -27,19 +27,23 @@ type Status struct {
 // Monitor probes a check repeatedly and decides when the service is
 // unhealthy. It is not safe for concurrent use; Run owns it.
 type Monitor struct {
-	check   Check
-	started time.Time
-	status  Status
+	check       Check
+	started     time.Time
+	lastCounted time.Time // when a failure was last counted
+	status      Status
 }
 
 // NewMonitor returns a monitor for a service that started at started.
 func NewMonitor(c Check, started time.Time) *Monitor {
-	return &Monitor{check: c.withDefaults(), started: started, status: Status{State: Starting}}
+	return &Monitor{check: c.withDefaults(), started: started, lastCounted: started, status: Status{State: Starting}}
 }
 
 // Observe folds one probe result into the verdict. Failures within the
 // start period are reported but not counted, so a slow starter is not
 // restarted before it had a chance; the first success ends the start period.
+// Until that first success the service is probed faster than Interval (to
+// see readiness early), but failures are counted at most once per Interval:
+// a slow starter gets Retries × Interval, as with steady probing.
 func (m *Monitor) Observe(r Result) Status {
 	prev := m.status.State
 	s := &m.status
@@ -51,7 +55,10 @@ func (m *Monitor) Observe(r Result) Status {
 		s.State = Healthy
 	case s.State == Starting && r.At.Sub(m.started) < m.check.StartPeriod:
 		// Grace: not counted.
+	case s.State == Starting && r.At.Sub(m.lastCounted) < m.check.Interval:
+		// A fast start-time probe: counted at the steady cadence only.
 	default:
+		m.lastCounted = r.At
 		s.Failures++
 		if s.Failures >= m.check.Retries {
 			s.State = Unhealthy
