@@ -2,6 +2,7 @@ package configsource
 
 import (
 	"context"
+	"sync"
 	"time"
 )
 
@@ -12,7 +13,10 @@ type Watcher struct {
 	interval time.Duration
 	fn       func(Revision)
 	poke     chan struct{}
-	last     string
+
+	mu    sync.Mutex
+	last  string
+	force bool
 }
 
 // NewWatcher polls source every interval (and whenever Poke is called) and
@@ -31,6 +35,26 @@ func (w *Watcher) Poke() {
 	}
 }
 
+// Retry asks for a fetch now that is reported even if the revision has not
+// changed (re-applying a revision whose apply failed for a passing reason).
+func (w *Watcher) Retry() {
+	w.mu.Lock()
+	w.force = true
+	w.mu.Unlock()
+	w.Poke()
+}
+
+// report decides whether rev is news, and records it.
+func (w *Watcher) report(rev Revision) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if rev.ID == w.last && !w.force {
+		return false
+	}
+	w.last, w.force = rev.ID, false
+	return true
+}
+
 // Run polls until ctx is done. Fetch errors are logged and retried at the
 // next tick: an unreachable repository leaves the running stack as it is.
 func (w *Watcher) Run(ctx context.Context) error {
@@ -45,8 +69,7 @@ func (w *Watcher) Run(ctx context.Context) error {
 		switch {
 		case err != nil && ctx.Err() == nil:
 			w.f.opts.Logger.Warn("config source unreachable; keeping the running revision", "source", w.source, "err", err)
-		case err == nil && rev.ID != w.last:
-			w.last = rev.ID
+		case err == nil && w.report(rev):
 			w.fn(rev)
 		}
 		select {
