@@ -99,9 +99,11 @@ test-unit:
 
 # The VM scenarios: the full log is kept in build/test-qemu.log and the
 # failures are repeated at the end so they are not lost in the scroll.
+# QEMU_RUN=<regexp> runs only the matching scenarios.
+QEMU_RUN ?=
 test-qemu: image
 	@set -o pipefail; MAGESTACK_QEMU=1 MAGESTACK_BUILD=$(BUILD) \
-		$(GO) test -count=1 -timeout 60m -v ./qemu-tests/... 2>&1 | tee $(BUILD)/test-qemu.log; \
+		$(GO) test -count=1 -timeout 60m -v $(if $(QEMU_RUN),-run '$(QEMU_RUN)') ./qemu-tests/... 2>&1 | tee $(BUILD)/test-qemu.log; \
 	rc=$$?; echo "---- test-qemu summary (full log: build/test-qemu.log) ----"; \
 	grep -E '^(--- FAIL|FAIL|ok|panic:)' $(BUILD)/test-qemu.log || true; exit $$rc
 
