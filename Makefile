@@ -78,7 +78,8 @@ $(BUILD)/initramfs.img: $(BUILD)/magestack $(BUILD)/mkinitramfs $(KERNEL_VERSION
 		-tree $(BUSYBOX_IMAGE):/usr/share/magestack/images/busybox \
 		$(INITRAMFS_EXTRA)
 
-# The default single-host stack, user networking with the website forwarded.
+# The default single-host stack, user networking with the website forwarded
+# (no iPXE option ROM on the NIC: the kernel is loaded directly).
 run: image
 	@echo "magestack: booting the default stack in QEMU (TCG: give it a minute)."
 	@echo "magestack: website on http://127.0.0.1:8080/ and https://127.0.0.1:8443/"
@@ -86,7 +87,7 @@ run: image
 	$(QEMU) -accel tcg -m $(RUN_MEM) -smp 2 -nographic -serial mon:stdio -no-reboot \
 		-kernel $(BUILD)/vmlinuz -initrd $(BUILD)/initramfs.img -append '$(RUN_APPEND)' \
 		-netdev user,id=n0,hostfwd=tcp:127.0.0.1:8080-:80,hostfwd=tcp:127.0.0.1:8443-:443 \
-		-device virtio-net-pci,netdev=n0,mac=52:54:00:12:34:56 \
+		-device virtio-net-pci,netdev=n0,mac=52:54:00:12:34:56,romfile= \
 		-device virtio-rng-pci -device i6300esb
 
 test: test-unit test-qemu
