@@ -61,7 +61,17 @@ func (d *dhcpNet) boot(t *testing.T, appendArgs string) *qemu.VM {
 	opts.Name = "net"
 	opts.NetNS = d.net.NetNS()
 	opts.NICs = []qemu.NIC{{Tap: d.tap, MAC: vmMAC, ROM: "none"}}
-	return qemu.Start(t, opts)
+	vm := qemu.Start(t, opts)
+	t.Cleanup(func() {
+		var lines []string
+		for _, l := range strings.Split(vm.Console(), "\n") {
+			if strings.Contains(l, "dhcp:") || strings.Contains(l, "net:") || strings.Contains(l, "stack ready") {
+				lines = append(lines, l)
+			}
+		}
+		t.Logf("network lines on the console:\n%s", strings.Join(lines, "\n"))
+	})
+	return vm
 }
 
 // answersARP checks from the server namespace that the guest owns addr on

@@ -305,3 +305,34 @@ func TestExpiryThenServerReturns(t *testing.T) {
 	srv.Silent.Store(false)
 	rec.next(t, EventBound, 15*time.Second)
 }
+
+func TestReleaseOnStop(t *testing.T) {
+	p := dhcptest.NewPair(t, "eth0", netip.MustParsePrefix("10.99.3.1/24"))
+	srv := dhcptest.Start(t, p.Server, p.ServerIf, dhcptest.Config{
+		Subnet: netip.MustParsePrefix("10.99.3.1/24"), PoolFrom: netip.MustParseAddr("10.99.3.10"), Lease: time.Minute,
+	})
+	rec := recorder{make(chan Event, 64)}
+	c := testClient(t, p, rec)
+	c.cfg.ReleaseOnStop = true
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() { errc <- c.Run(ctx) }()
+	rec.next(t, EventBound, 15*time.Second)
+	cancel()
+	<-errc
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		for _, s := range srv.Seen() {
+			if s.Type == dhcpv4.MessageTypeRelease {
+				if !s.CIAddr.Equal(net.IPv4(10, 99, 3, 10)) {
+					t.Fatalf("RELEASE for %v, want 10.99.3.10", s.CIAddr)
+				}
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no RELEASE reached the server; seen %+v", srv.Seen())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}

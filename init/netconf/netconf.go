@@ -359,12 +359,18 @@ func (s *State) startDHCP(ctx context.Context, nics []netlink.Link, carrier map[
 	msg := fmt.Sprintf("no DHCP lease on %s after %s; still trying in the background",
 		strings.Join(missing, ", "), s.opts.LeaseTimeout)
 	s.log.Error("net: " + msg)
-	err := fmt.Errorf("net: %s: %w", msg, ErrLeasePending)
+	var err error = &pendingError{msg: "net: " + msg}
 	if noCarrierErr != nil {
 		err = errors.Join(noCarrierErr, err)
 	}
 	return err
 }
+
+// pendingError reads as its message alone and matches ErrLeasePending.
+type pendingError struct{ msg string }
+
+func (e *pendingError) Error() string        { return e.msg }
+func (e *pendingError) Is(target error) bool { return target == ErrLeasePending }
 
 // runDHCP keeps a DHCP client alive on one NIC until ctx ends. A panic in
 // the client or in applying its events is reported and the client restarted.

@@ -48,19 +48,19 @@ type InterfaceStatus struct {
 	Mode    string `json:"mode,omitempty"` // "static" or "dhcp"; "" not configured
 	Carrier bool   `json:"carrier"`
 	// Phase: static, requesting, bound, renewed, rebound, expired, nak.
-	Phase       string        `json:"phase,omitempty"`
-	Address     netip.Prefix  `json:"address,omitzero"`
-	Gateway     netip.Addr    `json:"gateway,omitzero"`
-	Routes      []string      `json:"routes,omitempty"`
-	DNS         []netip.Addr  `json:"dns,omitempty"`
-	Domain      string        `json:"domain,omitempty"`
-	Server      netip.Addr    `json:"dhcp_server,omitzero"`
-	Lease       time.Duration `json:"lease_ns,omitempty"`
-	LeaseExpiry time.Time     `json:"lease_expiry,omitzero"`
-	Bound       time.Time     `json:"bound,omitzero"`
-	LastRenewal time.Time     `json:"last_renewal,omitzero"`
-	LastEvent   string        `json:"last_event,omitempty"`
-	LastError   string        `json:"last_error,omitempty"`
+	Phase       string       `json:"phase,omitempty"`
+	Address     netip.Prefix `json:"address,omitzero"`
+	Gateway     netip.Addr   `json:"gateway,omitzero"`
+	Routes      []string     `json:"routes,omitempty"`
+	DNS         []netip.Addr `json:"dns,omitempty"`
+	Domain      string       `json:"domain,omitempty"`
+	Server      netip.Addr   `json:"dhcp_server,omitzero"`
+	LeaseSecs   int64        `json:"lease_seconds,omitempty"`
+	LeaseExpiry time.Time    `json:"lease_expiry,omitzero"`
+	Bound       time.Time    `json:"bound,omitzero"`
+	LastRenewal time.Time    `json:"last_renewal,omitzero"`
+	LastEvent   string       `json:"last_event,omitempty"`
+	LastError   string       `json:"last_error,omitempty"`
 }
 
 // Snapshot is a point-in-time copy of the State.
@@ -193,7 +193,7 @@ func (s *State) apply(e dhcpclient.Event) {
 			}
 		}
 		is.Routes = routeStrings(l)
-		is.Lease, is.LeaseExpiry = l.Duration, l.Expiry()
+		is.LeaseSecs, is.LeaseExpiry = int64(l.Duration/time.Second), l.Expiry()
 		if e.Kind == dhcpclient.EventBound {
 			is.Bound = l.Acquired
 		} else {
