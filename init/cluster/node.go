@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -55,11 +56,17 @@ type Config struct {
 // Node is this machine's member of the cluster.
 type Node struct {
 	cfg       Config
-	raft      *raft.Raft
-	fsm       *FSM
+	// r and f are swapped by RecoverAlone while status readers look on.
+	r         atomic.Pointer[raft.Raft]
+	f         atomic.Pointer[FSM]
 	transport *raft.NetworkTransport
 	closers   []io.Closer
 	log       *slog.Logger
+
+	rc     *raft.Config
+	logs   raft.LogStore
+	stable raft.StableStore
+	snaps  raft.SnapshotStore
 }
 
 // ErrNotLeader is returned by changes proposed on a follower.
@@ -82,7 +89,8 @@ func Start(cfg Config) (*Node, error) {
 	if self < 0 {
 		return nil, fmt.Errorf("cluster: %q is not among the members %v", cfg.ID, cfg.Members)
 	}
-	n := &Node{cfg: cfg, fsm: NewFSM(cfg.OnChange), log: cfg.Logger}
+	n := &Node{cfg: cfg, log: cfg.Logger}
+	n.f.Store(NewFSM(cfg.OnChange))
 
 	rc := raft.DefaultConfig()
 	rc.LocalID = raft.ServerID(cfg.ID)
@@ -143,19 +151,22 @@ func Start(cfg Config) (*Node, error) {
 			return nil, fmt.Errorf("cluster: bootstrap: %w", err)
 		}
 	}
-	if n.raft, err = raft.NewRaft(rc, n.fsm, logs, stable, snaps, n.transport); err != nil {
+	n.rc, n.logs, n.stable, n.snaps = rc, logs, stable, snaps
+	r, err := raft.NewRaft(rc, n.f.Load(), logs, stable, snaps, n.transport)
+	if err != nil {
 		n.Shutdown()
 		return nil, fmt.Errorf("cluster: start raft: %w", err)
 	}
+	n.r.Store(r)
 	return n, nil
 }
 
 // IsLeader reports whether this node leads the cluster now.
-func (n *Node) IsLeader() bool { return n.raft.State() == raft.Leader }
+func (n *Node) IsLeader() bool { return n.r.Load().State() == raft.Leader }
 
 // Leader returns the current leader's ID ("" when none is known).
 func (n *Node) Leader() string {
-	_, id := n.raft.LeaderWithID()
+	_, id := n.r.Load().LeaderWithID()
 	return string(id)
 }
 
@@ -164,11 +175,11 @@ func (n *Node) Leader() string {
 // it down after LeaderLeaseTimeout), a follower must have heard from the
 // leader recently.
 func (n *Node) InMajority() bool {
-	switch n.raft.State() {
+	switch n.r.Load().State() {
 	case raft.Leader:
 		return true
 	case raft.Follower:
-		last := n.raft.LastContact()
+		last := n.r.Load().LastContact()
 		return !last.IsZero() && time.Since(last) < n.cfg.Timing.Lease
 	}
 	return false
@@ -187,7 +198,7 @@ func (n *Node) Assign(ctx context.Context, instance, owner string, expect uint64
 	if d, ok := ctx.Deadline(); ok {
 		timeout = time.Until(d)
 	}
-	f := n.raft.Apply(b, timeout)
+	f := n.r.Load().Apply(b, timeout)
 	if err := f.Error(); err != nil {
 		return Ownership{}, fmt.Errorf("assign %s to %s: %w", instance, owner, err)
 	}
@@ -201,23 +212,70 @@ func (n *Node) Assign(ctx context.Context, instance, owner string, expect uint64
 }
 
 // Table returns the committed ownership table as this node knows it.
-func (n *Node) Table() []Ownership { return n.fsm.All() }
+func (n *Node) Table() []Ownership { return n.f.Load().All() }
 
 // Get returns one instance's ownership as this node knows it.
-func (n *Node) Get(instance string) (Ownership, bool) { return n.fsm.Get(instance) }
+func (n *Node) Get(instance string) (Ownership, bool) { return n.f.Load().Get(instance) }
 
 // Barrier waits until this node (as leader) has applied everything
 // committed before, so decisions are made on the latest table.
-func (n *Node) Barrier(timeout time.Duration) error { return n.raft.Barrier(timeout).Error() }
+func (n *Node) Barrier(timeout time.Duration) error { return n.r.Load().Barrier(timeout).Error() }
 
 // State is the node's raft state, for status.
-func (n *Node) State() string { return n.raft.State().String() }
+func (n *Node) State() string { return n.r.Load().State().String() }
+
+// RecoverAlone makes this node the only voter, for a pair without a
+// witness whose peer was confirmed off by its fence device: with two voters
+// no majority is left, and the fence is what makes it safe to go on alone.
+// The peer rejoins later through AddVoter (see Rejoin).
+func (n *Node) RecoverAlone() error {
+	if err := n.r.Load().Shutdown().Error(); err != nil {
+		return fmt.Errorf("recover alone: shutdown: %w", err)
+	}
+	self := raft.Server{ID: raft.ServerID(n.cfg.ID), Address: n.transport.LocalAddr(), Suffrage: raft.Voter}
+	scratch := NewFSM(nil)
+	if err := raft.RecoverCluster(n.rc, scratch, n.logs, n.stable, n.snaps, n.transport,
+		raft.Configuration{Servers: []raft.Server{self}}); err != nil {
+		return fmt.Errorf("recover alone: %w", err)
+	}
+	fsm := NewFSM(n.cfg.OnChange)
+	r, err := raft.NewRaft(n.rc, fsm, n.logs, n.stable, n.snaps, n.transport)
+	if err != nil {
+		return fmt.Errorf("recover alone: restart raft: %w", err)
+	}
+	n.f.Store(fsm)
+	n.r.Store(r)
+	return nil
+}
+
+// Rejoin adds a returning member back as a voter (leader only).
+func (n *Node) Rejoin(id, addr string) error {
+	if !n.IsLeader() {
+		return ErrNotLeader
+	}
+	return n.r.Load().AddVoter(raft.ServerID(id), raft.ServerAddress(addr), 0, 5*time.Second).Error()
+}
+
+// Voters lists the current voters' IDs.
+func (n *Node) Voters() []string {
+	f := n.r.Load().GetConfiguration()
+	if f.Error() != nil {
+		return nil
+	}
+	var out []string
+	for _, s := range f.Configuration().Servers {
+		if s.Suffrage == raft.Voter {
+			out = append(out, string(s.ID))
+		}
+	}
+	return out
+}
 
 // Shutdown leaves the cluster cleanly (bounded).
 func (n *Node) Shutdown() error {
 	var errs []error
-	if n.raft != nil {
-		f := n.raft.Shutdown()
+	if r := n.r.Load(); r != nil {
+		f := r.Shutdown()
 		done := make(chan error, 1)
 		go func() { done <- f.Error() }()
 		select {

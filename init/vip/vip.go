@@ -28,6 +28,10 @@ type Holder struct {
 	Addr   netip.Prefix // e.g. 192.0.2.50/24
 	Every  time.Duration
 	Logger *slog.Logger
+	// Allowed, when set, is asked before every announcement: a host that
+	// was paused and has just resumed must not announce an address its
+	// peer took meanwhile (a missed ticker fires at once on resume).
+	Allowed func() bool
 	// nl and fd (an AF_PACKET socket for ARP) belong to the network
 	// namespace New ran in, whatever thread Hold later runs on.
 	nl *netlink.Handle
@@ -85,6 +89,10 @@ func (h *Holder) Hold(ctx context.Context) error {
 	to := &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ARP), Ifindex: ifi.Index, Halen: 6,
 		Addr: [8]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}}
 	announce := func() {
+		if h.Allowed != nil && !h.Allowed() {
+			h.Logger.Warn("vip: not announcing: this host may no longer hold the address", "addr", h.Addr)
+			return
+		}
 		if err := unix.Sendto(fd, pkt, 0, to); err != nil {
 			h.Logger.Warn("vip: gratuitous ARP failed", "addr", h.Addr, "link", h.Link, "err", err)
 		}

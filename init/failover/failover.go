@@ -1,0 +1,409 @@
+// Package failover is the pair's decision loop. Every member runs it:
+//   - locally, it runs exactly the role instances the committed ownership
+//     table gives this host, and only while this host hears from a majority
+//     (so a host cut off from the cluster stops its roles within its lease,
+//     before anyone else may take them);
+//   - on the raft leader, it places unowned instances and moves the
+//     instances of a host that its heartbeats call dead to that host's pair
+//     peer, one compare-and-swap per instance, at most once per hold-down.
+//
+// A pair without a witness has no majority once a host is lost: the
+// survivor fences the peer, and only on a confirmed power-off continues as
+// the single voter.
+package failover
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"runtime/debug"
+	"slices"
+	"sync"
+	"time"
+
+	"magestack/init/cluster"
+	"magestack/init/fence"
+	"magestack/init/heartbeat"
+	"magestack/init/stackfile"
+)
+
+// Runtime starts and stops this host's role instances.
+type Runtime interface {
+	Start(ctx context.Context, instance string) error
+	Stop(ctx context.Context, instance string) error
+}
+
+// Cluster is what the controller needs of the raft node.
+type Cluster interface {
+	IsLeader() bool
+	InMajority() bool
+	Table() []cluster.Ownership
+	Assign(ctx context.Context, instance, owner string, expect uint64, reason string) (cluster.Ownership, error)
+	RecoverAlone() error
+	Voters() []string
+}
+
+// Config configures a Controller.
+type Config struct {
+	Self    string // host name, or "witness"
+	Stack   *stackfile.Stack
+	Cluster Cluster
+	// Peer tells what this member's heartbeats say of another member.
+	Peer func(id string) heartbeat.State
+	// Runtime is nil on the witness, which runs no roles.
+	Runtime Runtime
+	// Fence returns a host's fence device (pairs without a witness).
+	Fence func(host string) (fence.Device, bool)
+	// VIP is told when this host starts or stops holding the website
+	// address (it follows the lb instance).
+	VIP      func(hold bool)
+	HoldDown time.Duration
+	// Lease is how long a host may go on running after it last heard from
+	// a majority (cluster.Timing.Lease). A move releases first and waits
+	// this long before the new owner starts, so the old owner is stopped
+	// (it applied the release, or its lease ran out) whatever its state.
+	Lease time.Duration
+	Tick  time.Duration
+	Logger   *slog.Logger
+}
+
+// Event is one line of a failover's timeline.
+type Event struct {
+	At   time.Time `json:"at"`
+	What string    `json:"what"`
+}
+
+// Failover is the record of one takeover.
+type Failover struct {
+	From     string  `json:"from"`
+	To       string  `json:"to"`
+	Timeline []Event `json:"timeline"`
+}
+
+// Controller runs the loop.
+type Controller struct {
+	cfg Config
+	log *slog.Logger
+
+	mu        sync.Mutex
+	running   map[string]bool
+	holdVIP   bool
+	deadSince map[string]time.Time
+	lastMove  map[string]time.Time
+	warned    map[string]time.Time
+	failovers []Failover
+}
+
+// New checks cfg.
+func New(cfg Config) (*Controller, error) {
+	if cfg.Stack == nil || cfg.Cluster == nil || cfg.Peer == nil {
+		return nil, fmt.Errorf("failover: stack, cluster and peer view are required")
+	}
+	if cfg.HoldDown == 0 {
+		cfg.HoldDown = cfg.Stack.Cluster.HoldDown.D()
+	}
+	if cfg.Lease == 0 {
+		cfg.Lease = cluster.DefaultTiming.Lease
+	}
+	if cfg.Tick == 0 {
+		cfg.Tick = 50 * time.Millisecond
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &Controller{cfg: cfg, log: cfg.Logger, running: map[string]bool{}, deadSince: map[string]time.Time{},
+		lastMove: map[string]time.Time{}, warned: map[string]time.Time{}}, nil
+}
+
+// Run loops until ctx ends, then stops every local instance.
+func (c *Controller) Run(ctx context.Context) {
+	t := time.NewTicker(c.cfg.Tick)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			stopCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			c.enforce(stopCtx, map[string]bool{})
+			cancel()
+			return
+		case <-t.C:
+			c.safeStep(ctx)
+		}
+	}
+}
+
+func (c *Controller) safeStep(ctx context.Context) {
+	defer func() {
+		if r := recover(); r != nil {
+			c.log.Error("failover: step panicked; retrying next tick", "panic", r, "stack", string(debug.Stack()))
+		}
+	}()
+	c.Step(ctx)
+}
+
+// Step is one pass of the loop (exported for tests that drive time).
+func (c *Controller) Step(ctx context.Context) {
+	table := c.cfg.Cluster.Table()
+	if c.cfg.Runtime != nil {
+		want := map[string]bool{}
+		if c.cfg.Cluster.InMajority() {
+			for _, o := range table {
+				if o.Owner == c.cfg.Self {
+					want[o.Instance] = true
+				}
+			}
+		}
+		c.enforce(ctx, want)
+	}
+	if c.cfg.Cluster.IsLeader() {
+		c.lead(ctx, table)
+	} else if len(c.cfg.Cluster.Voters()) == 2 && !c.cfg.Cluster.InMajority() && c.cfg.Runtime != nil {
+		c.fenceAndGoAlone(ctx)
+	}
+}
+
+// enforce starts and stops local instances to match want, stopping first.
+func (c *Controller) enforce(ctx context.Context, want map[string]bool) {
+	c.mu.Lock()
+	var stop, start []string
+	for inst := range c.running {
+		if !want[inst] {
+			stop = append(stop, inst)
+		}
+	}
+	for inst := range want {
+		if !c.running[inst] {
+			start = append(start, inst)
+		}
+	}
+	c.mu.Unlock()
+	slices.Sort(stop)
+	slices.Sort(start)
+	// Stop in reverse role order, start in role order.
+	order := instanceOrder(c.cfg.Stack)
+	slices.SortFunc(stop, func(a, b string) int { return order[b] - order[a] })
+	slices.SortFunc(start, func(a, b string) int { return order[a] - order[b] })
+	if c.cfg.Runtime != nil {
+		for _, inst := range stop {
+			c.log.Info("failover: stopping instance", "instance", inst, "why", c.whyStop())
+			if err := c.cfg.Runtime.Stop(ctx, inst); err != nil {
+				c.log.Error("failover: stop failed", "instance", inst, "err", err)
+				continue
+			}
+			c.mu.Lock()
+			delete(c.running, inst)
+			c.mu.Unlock()
+		}
+		for _, inst := range start {
+			c.log.Info("failover: starting instance", "instance", inst)
+			if err := c.cfg.Runtime.Start(ctx, inst); err != nil {
+				c.log.Error("failover: start failed; retrying", "instance", inst, "err", err)
+				continue
+			}
+			c.mu.Lock()
+			c.running[inst] = true
+			c.mu.Unlock()
+		}
+	}
+	c.mu.Lock()
+	hold := false
+	for inst := range c.running {
+		if roleOf(inst) == "lb" {
+			hold = true
+		}
+	}
+	changed := hold != c.holdVIP
+	c.holdVIP = hold
+	c.mu.Unlock()
+	if changed && c.cfg.VIP != nil {
+		c.cfg.VIP(hold)
+	}
+}
+
+func (c *Controller) whyStop() string {
+	if !c.cfg.Cluster.InMajority() {
+		return "lost contact with the cluster majority"
+	}
+	return "ownership moved"
+}
+
+func roleOf(instance string) string {
+	for i, r := range instance {
+		if r >= '0' && r <= '9' {
+			return instance[:i]
+		}
+	}
+	return instance
+}
+
+func instanceOrder(s *stackfile.Stack) map[string]int {
+	out := map[string]int{}
+	insts, _ := s.Instances()
+	for i, in := range insts {
+		out[in.Name] = i
+	}
+	return out
+}
+
+// alive reports whether a member is up as far as this member can tell.
+func (c *Controller) alive(id string) bool {
+	return id == c.cfg.Self || c.cfg.Peer(id) == heartbeat.Alive || c.cfg.Peer(id) == heartbeat.Suspect
+}
+
+func (c *Controller) pairOf(host string) string {
+	if h, _, ok := c.cfg.Stack.HostByName(host); ok {
+		return h.Pair
+	}
+	return ""
+}
+
+// lead places unowned instances and moves those of dead hosts.
+func (c *Controller) lead(ctx context.Context, table []cluster.Ownership) {
+	owned := map[string]cluster.Ownership{}
+	for _, o := range table {
+		owned[o.Instance] = o
+	}
+	insts, err := c.cfg.Stack.Instances()
+	if err != nil {
+		c.log.Error("failover: stack instances", "err", err)
+		return
+	}
+	now := time.Now()
+	for _, in := range insts {
+		o, ok := owned[in.Name]
+		if ok && o.Owner != "" {
+			continue
+		}
+		target := in.Host
+		if !c.alive(target) {
+			if p := c.pairOf(target); p != "" && c.alive(p) {
+				target = p
+			} else {
+				continue
+			}
+		}
+		if _, err := c.cfg.Cluster.Assign(ctx, in.Name, target, o.Epoch, "placement"); err != nil {
+			c.log.Warn("failover: placement failed", "instance", in.Name, "host", target, "err", err)
+		}
+	}
+	// Group owned instances by host and move those of dead hosts.
+	byHost := map[string][]cluster.Ownership{}
+	for _, o := range table {
+		if o.Owner != "" {
+			byHost[o.Owner] = append(byHost[o.Owner], o)
+		}
+	}
+	for host, list := range byHost {
+		if c.alive(host) {
+			delete(c.deadSince, host)
+			continue
+		}
+		if _, ok := c.deadSince[host]; !ok {
+			c.deadSince[host] = now
+		}
+		peer := c.pairOf(host)
+		if peer == "" || !c.alive(peer) {
+			c.warnOnce(host, "failover: host is dead and its pair peer is not available; nothing can take over", "host", host, "peer", peer)
+			continue
+		}
+		if last, ok := c.lastMove[host]; ok && now.Sub(last) < c.cfg.HoldDown {
+			c.warnOnce(host, "failover: host is dead again within the hold-down; not moving (flapping?)", "host", host, "holddown", c.cfg.HoldDown)
+			continue
+		}
+		c.move(ctx, host, peer, list, c.deadSince[host])
+	}
+}
+
+func (c *Controller) warnOnce(key, msg string, args ...any) {
+	if t, ok := c.warned[key+msg]; ok && time.Since(t) < 30*time.Second {
+		return
+	}
+	c.warned[key+msg] = time.Now()
+	c.log.Warn(msg, args...)
+}
+
+func (c *Controller) move(ctx context.Context, from, to string, list []cluster.Ownership, detected time.Time) {
+	f := Failover{From: from, To: to, Timeline: []Event{{At: detected, What: "detected " + from + " dead"}, {At: time.Now(), What: "decided: move to " + to}}}
+	c.log.Warn("failover: moving instances", "from", from, "to", to, "instances", len(list))
+	var released []cluster.Ownership
+	for _, o := range list {
+		r, err := c.cfg.Cluster.Assign(ctx, o.Instance, "", o.Epoch, fmt.Sprintf("releasing from %s", from))
+		if err != nil {
+			c.log.Error("failover: release failed", "instance", o.Instance, "err", err)
+			continue
+		}
+		released = append(released, r)
+	}
+	f.Timeline = append(f.Timeline, Event{At: time.Now(), What: fmt.Sprintf("released %d/%d instances", len(released), len(list))})
+	select {
+	case <-ctx.Done():
+		return
+	case <-time.After(c.cfg.Lease):
+	}
+	moved := 0
+	for _, o := range released {
+		if _, err := c.cfg.Cluster.Assign(ctx, o.Instance, to, o.Epoch, fmt.Sprintf("failover from %s", from)); err != nil {
+			c.log.Error("failover: move failed", "instance", o.Instance, "err", err)
+			continue
+		}
+		moved++
+	}
+	f.Timeline = append(f.Timeline, Event{At: time.Now(), What: fmt.Sprintf("assigned %d/%d instances to %s", moved, len(list), to)})
+	c.mu.Lock()
+	c.lastMove[from] = time.Now()
+	c.failovers = append(c.failovers, f)
+	c.mu.Unlock()
+}
+
+// fenceAndGoAlone is the no-witness path: the peer is dead by heartbeats,
+// raft has no majority, so power the peer off, confirm, and continue as the
+// sole voter.
+func (c *Controller) fenceAndGoAlone(ctx context.Context) {
+	peer := c.pairOf(c.cfg.Self)
+	if peer == "" || c.alive(peer) {
+		return
+	}
+	if c.cfg.Fence == nil {
+		c.warnOnce(peer, "failover: peer is dead, no witness and no fence device: run `magestack failover --force` to take over (it risks two owners if the peer is in fact alive)", "peer", peer)
+		return
+	}
+	dev, ok := c.cfg.Fence(peer)
+	if !ok {
+		c.warnOnce(peer, "failover: peer is dead, no witness and no fence device: run `magestack failover --force` to take over (it risks two owners if the peer is in fact alive)", "peer", peer)
+		return
+	}
+	c.log.Warn("failover: fencing peer before taking over", "peer", peer, "device", dev.String())
+	if err := fence.Fence(ctx, dev, 15*time.Second); err != nil {
+		c.warnOnce(peer, "failover: fencing failed; not taking over", "peer", peer, "err", err)
+		return
+	}
+	c.log.Warn("failover: peer confirmed off; continuing as the only voter", "peer", peer)
+	if err := c.cfg.Cluster.RecoverAlone(); err != nil {
+		c.log.Error("failover: recover alone failed", "err", err)
+	}
+}
+
+// ForceAlone is `magestack failover --force`: take over without a
+// witness or fence. The operator vouches that the peer is off.
+func (c *Controller) ForceAlone() error {
+	return c.cfg.Cluster.RecoverAlone()
+}
+
+// Status is the controller's view for `magestack status`.
+type Status struct {
+	Running   []string   `json:"running"`
+	HoldsVIP  bool       `json:"holds_vip"`
+	Failovers []Failover `json:"failovers,omitempty"`
+}
+
+// Status reports what runs here and past failovers.
+func (c *Controller) Status() Status {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var run []string
+	for k := range c.running {
+		run = append(run, k)
+	}
+	slices.Sort(run)
+	return Status{Running: run, HoldsVIP: c.holdVIP, Failovers: slices.Clone(c.failovers)}
+}
