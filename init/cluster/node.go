@@ -55,7 +55,7 @@ type Config struct {
 
 // Node is this machine's member of the cluster.
 type Node struct {
-	cfg       Config
+	cfg Config
 	// r and f are swapped by RecoverAlone while status readers look on.
 	r         atomic.Pointer[raft.Raft]
 	f         atomic.Pointer[FSM]

@@ -62,9 +62,9 @@ type Config struct {
 	// a majority (cluster.Timing.Lease). A move releases first and waits
 	// this long before the new owner starts, so the old owner is stopped
 	// (it applied the release, or its lease ran out) whatever its state.
-	Lease time.Duration
-	Tick  time.Duration
-	Logger   *slog.Logger
+	Lease  time.Duration
+	Tick   time.Duration
+	Logger *slog.Logger
 }
 
 // Event is one line of a failover's timeline.
