@@ -10,7 +10,8 @@ import (
 )
 
 // Console wording of init/cmd/magestack's init face and init/pid1 these
-// scenarios rely on.
+// scenarios rely on. The console reader discards what a match consumed, so
+// each test expects lines in the order PID 1 prints them.
 const (
 	coldplugPattern    = `coldplug done loaded="([^"]*)"`
 	cgroupPattern      = `cgroup2 controllers for children enabled="([^"]*)"`
@@ -60,17 +61,17 @@ func initWantExit0(t *testing.T, vm *qemu.VM) {
 func TestInitColdplugModprobeAndPowerButton(t *testing.T) {
 	vm := initStart(t, "magestack.test.fs_request=squashfs")
 
-	m := initExpect(t, vm, 4*time.Minute, coldplugPattern)
+	m := initExpect(t, vm, 4*time.Minute, cgroupPattern)
+	for _, want := range []string{"cpu", "memory", "pids", "io"} {
+		if !initHas(strings.Fields(m[1]), want) {
+			t.Errorf("cgroup2 subtree_control = %q, want %s enabled", m[1], want)
+		}
+	}
+	m = initExpect(t, vm, time.Minute, coldplugPattern)
 	loaded := strings.Fields(m[1])
 	for _, want := range []string{"virtio_pci", "virtio_net", "virtio_rng"} {
 		if !initHas(loaded, want) {
 			t.Errorf("coldplug loaded %v, want %s among them", loaded, want)
-		}
-	}
-	m = initExpect(t, vm, time.Minute, cgroupPattern)
-	for _, want := range []string{"cpu", "memory", "pids", "io"} {
-		if !initHas(strings.Fields(m[1]), want) {
-			t.Errorf("cgroup2 subtree_control = %q, want %s enabled", m[1], want)
 		}
 	}
 	initExpect(t, vm, 2*time.Minute, modprobeFacePat)

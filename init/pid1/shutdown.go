@@ -80,7 +80,11 @@ func HandleSignals(log *slog.Logger, onSignal func(Action, string)) {
 	Go(log, "signal handler", func() {
 		for s := range ch {
 			a, _ := SignalAction(s)
-			Go(log, "signal "+s.String(), func() { onSignal(a, "signal "+s.String()) })
+			name := s.String()
+			if n, ok := s.(syscall.Signal); ok {
+				name = unix.SignalName(n)
+			}
+			Go(log, "signal "+name, func() { onSignal(a, "signal "+name) })
 		}
 	})
 }

@@ -1,5 +1,580 @@
 package main
 
-func initMain(args []string) int { panic("init face: not yet built") }
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
 
-func modprobeMain(args []string) int { return 1 }
+	"golang.org/x/sys/unix"
+
+	"magestack/init/cmdline"
+	"magestack/init/configsource"
+	"magestack/init/klog"
+	"magestack/init/kmod"
+	"magestack/init/mounts"
+	"magestack/init/netconf"
+	"magestack/init/pid1"
+	"magestack/init/reap"
+	"magestack/init/stackfile"
+	"magestack/init/timeline"
+)
+
+// bootEnv is what PID 1's boot steps share. A step reads what earlier steps
+// produced through its accessors; shutdown stops what steps started via
+// Shutdown.OnShutdown (reverse order of registration).
+type bootEnv struct {
+	ctx      context.Context // lives as long as PID 1
+	log      *slog.Logger
+	klog     *klog.Handler
+	cmdline  *cmdline.Cmdline
+	timeline *timeline.Timeline
+	reaper   *reap.Reaper
+	shutdown *pid1.Shutdown
+
+	powerButton sync.Once
+
+	mu       sync.Mutex
+	modules  *kmod.Loader
+	hostname string
+	stack    *stackfile.Stack
+	network  *netconf.State
+}
+
+// Stack is the loaded stack file (nil before the config step succeeded).
+func (b *bootEnv) Stack() *stackfile.Stack {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.stack
+}
+
+// Network is the live network state (nil before the network step).
+func (b *bootEnv) Network() *netconf.State {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.network
+}
+
+// Hostname is the name the hostname step set.
+func (b *bootEnv) Hostname() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.hostname
+}
+
+// Modules is the module loader (nil before the kmod step).
+func (b *bootEnv) Modules() *kmod.Loader {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.modules
+}
+
+// laterSteps is the registration point for the boot steps after the stack
+// config load, in the contract's order: firewall apply, internal bridge and
+// roles (roleenv + supervise), cluster. Each helper appends its step here.
+// A step's Run reads b.Stack(), b.Network(), b.Hostname(); it starts
+// children only through b.reaper.Start (see init/reap) and registers its
+// stop with b.shutdown.OnShutdown(name, grace, stop). The ready line is
+// printed once every step, these included, has succeeded, so a roles step
+// returns only once every role is healthy.
+func laterSteps(b *bootEnv) []pid1.Step {
+	return nil
+}
+
+// initMain is PID 1. It never returns: when boot is over or broken it
+// sleeps, with the console still logging, until a signal, the power button
+// or the API shuts the machine down.
+func initMain(args []string) int {
+	if os.Getpid() != 1 {
+		fmt.Fprintln(os.Stderr, "magestack init: must run as PID 1 (it mounts, loads modules and kills every process at shutdown)")
+		return 2
+	}
+	h := klog.New(klog.Options{Console: os.Stderr})
+	log := slog.New(h)
+	b := &bootEnv{ctx: context.Background(), log: log, klog: h}
+	b.shutdown = &pid1.Shutdown{
+		Log:     log,
+		Console: h.Console,
+		Unmount: func() error { return mounts.UnmountAll(log, "/") },
+	}
+	// Before anything can start a child.
+	pid1.HandleSignals(log, b.shutdownNow)
+	defer func() {
+		if p := recover(); p != nil {
+			log.Error("init: recovered panic; PID 1 keeps running", "panic", fmt.Sprint(p))
+		}
+		pid1.SleepForever()
+	}()
+	b.reaper = reap.New(log)
+	pid1.Go(log, "reaper", func() {
+		for {
+			b.reaper.Run(b.ctx)
+			time.Sleep(time.Second)
+		}
+	})
+
+	// /proc first, quietly, for the command line; the mounts step redoes
+	// it idempotently and reports.
+	_ = mounts.Mount{Source: "proc", Target: "/proc", FSType: "proc"}.Apply("/")
+	if c, err := cmdline.Read(); err == nil {
+		b.cmdline = c
+	} else {
+		log.Error("cannot read the kernel command line; using defaults", "err", err)
+		b.cmdline = cmdline.Parse("")
+	}
+	b.timeline = timeline.New(klog.UptimeMS, h.Console)
+
+	steps := append(bootSteps(b), laterSteps(b)...)
+	steps = withTestHooks(b, steps)
+	runner := &pid1.Runner{Log: log, Timeline: b.timeline}
+	done := runner.Run(b.ctx, steps)
+	if d, ok := testDuration(b, "test.poweroff_after"); ok {
+		log.Info("test hook: powering off", "after", d)
+		time.AfterFunc(d, func() { b.shutdownNow(pid1.Poweroff, "test hook magestack.test.poweroff_after") })
+	}
+	if sig, d, ok := testSignal(b); ok {
+		log.Info("test hook: signalling PID 1", "signal", unix.SignalName(sig), "after", d)
+		time.AfterFunc(d, func() { _ = unix.Kill(1, sig) })
+	}
+	pid1.Go(log, "ready line", func() {
+		res := <-done
+		if len(res.Failed) > 0 {
+			h.Console(fmt.Sprintf("magestack: boot incomplete: steps gave up: %s", strings.Join(res.Failed, " ")))
+			return
+		}
+		h.Console(fmt.Sprintf("magestack: stack ready uptime_ms=%d", klog.UptimeMS()))
+	})
+	pid1.SleepForever()
+	return 0
+}
+
+func (b *bootEnv) shutdownNow(a pid1.Action, reason string) {
+	if err := b.shutdown.Do(a, reason); err != nil {
+		b.log.Error("shutdown did not complete; PID 1 keeps running", "action", a.String(), "err", err)
+	}
+}
+
+// bootSteps are PID 1's own steps up to the stack config load.
+func bootSteps(b *bootEnv) []pid1.Step {
+	return []pid1.Step{
+		{Name: "mounts", Critical: true, Run: b.mountStep, Timeout: 30 * time.Second},
+		{Name: "klog", Run: b.klogStep, Timeout: 10 * time.Second},
+		{Name: "kmod", Critical: true, Run: b.kmodStep, Timeout: 3 * time.Minute},
+		{Name: "hostname", Run: b.hostnameStep, Timeout: 10 * time.Second},
+		{Name: "network", Run: b.networkStep, Timeout: 2 * time.Minute, Retry: pid1.Retry{Initial: 2 * time.Second, Max: time.Minute}},
+		{Name: "config", Critical: true, Run: b.configStep, Timeout: time.Minute, Retry: pid1.Retry{Initial: time.Second, Max: time.Minute}},
+	}
+}
+
+func (b *bootEnv) mountStep(ctx context.Context) error {
+	err := mounts.Apply(b.log, "/", mounts.Default())
+	fixStdio(b.log)
+	if ctl, rerr := os.ReadFile("/sys/fs/cgroup/cgroup.subtree_control"); rerr == nil {
+		b.log.Info("cgroup2 controllers for children", "enabled", strings.TrimSpace(string(ctl)))
+	}
+	if err != nil {
+		return fmt.Errorf("mount boot filesystems: %w", err)
+	}
+	return nil
+}
+
+// fixStdio points fds 0-2 at /dev/console when the kernel could not (an
+// initramfs without /dev/console leaves them closed), so children inherit
+// a usable console.
+func fixStdio(log *slog.Logger) {
+	var bad []int
+	for fd := 0; fd <= 2; fd++ {
+		if _, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err != nil {
+			bad = append(bad, fd)
+		}
+	}
+	if len(bad) == 0 {
+		return
+	}
+	c, err := unix.Open("/dev/console", unix.O_RDWR|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		log.Warn("no console for stdio", "err", err)
+		return
+	}
+	for _, fd := range bad {
+		_ = unix.Dup3(c, fd, 0)
+	}
+	if c > 2 {
+		unix.Close(c)
+	}
+}
+
+func (b *bootEnv) klogStep(ctx context.Context) error {
+	console, err := os.OpenFile("/dev/console", os.O_WRONLY|unix.O_NOCTTY, 0)
+	if err != nil {
+		return fmt.Errorf("open console: %w", err)
+	}
+	_ = os.WriteFile("/proc/sys/kernel/printk_devkmsg", []byte("on\n"), 0o644)
+	kmsg, err := os.OpenFile("/dev/kmsg", os.O_WRONLY, 0)
+	if err != nil {
+		b.klog.SetOutputs(console, nil, 0)
+		return fmt.Errorf("open kernel log: %w", err)
+	}
+	b.klog.SetOutputs(console, kmsg, klog.KernelConsoleLoglevel())
+	b.timeline.PersistTo(timeline.DefaultPath)
+	return nil
+}
+
+func (b *bootEnv) kmodStep(ctx context.Context) error {
+	dir, err := kmod.DefaultDir()
+	if err != nil {
+		return err
+	}
+	ix, err := kmod.Open(dir)
+	if err != nil {
+		return err
+	}
+	l := kmod.NewLoader(ix, b.log)
+	b.mu.Lock()
+	b.modules = l
+	b.mu.Unlock()
+
+	// Modules the kernel asks for later (nf_tables, veth, overlay...) come
+	// through this binary's modprobe face; dispatch picks the face from the
+	// name, so the helper is a "modprobe" symlink to ourselves.
+	var errs []error
+	if err := installModprobe(); err != nil {
+		errs = append(errs, err)
+	}
+
+	res := l.Coldplug(ctx, "/sys", 4)
+	b.log.Info("coldplug done", "loaded", strings.Join(res.Loaded, " "), "unclaimed_devices", res.Unmatched)
+	for _, err := range res.Errors {
+		b.log.Warn("coldplug: driver did not load", "err", err)
+	}
+	// The ACPI power button (QEMU system_powerdown, the chassis button)
+	// reaches us as KEY_POWER on an evdev device.
+	for _, m := range []string{"button", "evdev"} {
+		if _, err := l.Load(ctx, m, ""); err != nil {
+			b.log.Warn("power button support unavailable", "module", m, "err", err)
+		}
+	}
+	b.powerButton.Do(func() {
+		pid1.WatchPowerButton(b.ctx, b.log, "/dev/input", func() {
+			b.shutdownNow(pid1.Poweroff, "power button")
+		})
+	})
+	return errors.Join(errs...)
+}
+
+// modprobeLink is the path the kernel runs for module requests.
+const modprobeLink = "/sbin/modprobe"
+
+func installModprobe() error {
+	self, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("find own binary for the modprobe helper: %w", err)
+	}
+	if err := (mounts.Symlink{Target: self, Link: modprobeLink}).Apply("/"); err != nil {
+		return fmt.Errorf("install modprobe helper: %w", err)
+	}
+	return kmod.SetModprobePath(modprobeLink)
+}
+
+func (b *bootEnv) hostnameStep(ctx context.Context) error {
+	name, source := b.cmdline.Value("magestack.host"), "magestack.host="
+	if name == "" {
+		if st, err := b.loadStack(); err == nil {
+			if h := hostForMACs(st, bootMACs(b.cmdline)); h != "" {
+				name, source = h, "stack file host by MAC"
+			}
+		}
+	}
+	if name == "" {
+		name, source = "magestack", "default"
+	}
+	if err := validHostname(name); err != nil {
+		return err
+	}
+	if err := unix.Sethostname([]byte(name)); err != nil {
+		return fmt.Errorf("set hostname %q: %w", name, err)
+	}
+	_ = os.WriteFile("/etc/hostname", []byte(name+"\n"), 0o644)
+	b.mu.Lock()
+	b.hostname = name
+	b.mu.Unlock()
+	b.log.Info("hostname set", "name", name, "from", source)
+	return nil
+}
+
+func validHostname(name string) error {
+	if len(name) > 64 {
+		return fmt.Errorf("hostname %q: longer than 64 bytes", name)
+	}
+	for _, r := range name {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '.') {
+			return fmt.Errorf("hostname %q: character %q not allowed (letters, digits, '-', '.')", name, r)
+		}
+	}
+	return nil
+}
+
+// bootMACs are the MACs that may identify this host: BOOTIF= (the PXE boot
+// NIC, "01-aa-bb-cc-dd-ee-ff") first, then every NIC's.
+func bootMACs(c *cmdline.Cmdline) []string {
+	var macs []string
+	if v := c.Value("BOOTIF"); v != "" {
+		if _, rest, ok := strings.Cut(v, "-"); ok {
+			macs = append(macs, strings.ToLower(strings.ReplaceAll(rest, "-", ":")))
+		}
+	}
+	ifs, _ := net.Interfaces()
+	for _, i := range ifs {
+		if len(i.HardwareAddr) == 6 && i.Flags&net.FlagLoopback == 0 {
+			macs = append(macs, i.HardwareAddr.String())
+		}
+	}
+	return macs
+}
+
+func hostForMACs(st *stackfile.Stack, macs []string) string {
+	for _, m := range macs {
+		for _, h := range st.Hosts {
+			if strings.EqualFold(h.MAC, m) {
+				return h.Name
+			}
+		}
+	}
+	return ""
+}
+
+func (b *bootEnv) networkStep(ctx context.Context) error {
+	if b.Network() != nil {
+		return nil // Up must not run twice: its DHCP clients keep going
+	}
+	// The background DHCP clients live as long as PID 1, not this attempt;
+	// a failed attempt stops its own so the retry starts clean.
+	upCtx, cancel := context.WithCancel(b.ctx)
+	st, err := netconf.Up(upCtx, netconf.Options{
+		Cmdline:  b.cmdline.Value("ip"),
+		Hostname: b.Hostname(),
+		Logger:   b.log.With("part", "net"),
+	})
+	if err != nil && !errors.Is(err, netconf.ErrLeasePending) {
+		cancel()
+		return fmt.Errorf("network: %w", err)
+	}
+	b.mu.Lock()
+	b.network = st
+	b.mu.Unlock()
+	// Registered here, before the roles' stoppers: DHCP stops after them.
+	b.shutdown.OnShutdown("network", 2*time.Second, func(context.Context) error {
+		cancel()
+		return nil
+	})
+	if err != nil {
+		b.log.Warn("network: no DHCP lease yet; boot continues, DHCP keeps trying in the background", "err", err)
+	}
+	return nil
+}
+
+// loadStack reads the stack file named by magestack.config= (a path inside
+// the initramfs for now), or the embedded default.
+func (b *bootEnv) loadStack() (*stackfile.Stack, error) {
+	raw := b.cmdline.Value("magestack.config")
+	if raw == "" {
+		return stackfile.Default(), nil
+	}
+	src, err := configsource.Parse(raw)
+	if err != nil {
+		return nil, fmt.Errorf("magestack.config=%s: %w", raw, err)
+	}
+	if src.Kind != configsource.KindPath {
+		return nil, fmt.Errorf("magestack.config=%s: %s sources are not fetched at boot yet (use a path inside the initramfs)", raw, src.Kind)
+	}
+	data, err := os.ReadFile(src.Path)
+	if err != nil {
+		return nil, fmt.Errorf("read stack file: %w", err)
+	}
+	return stackfile.Parse(src.Path, data)
+}
+
+func (b *bootEnv) configStep(ctx context.Context) error {
+	st, err := b.loadStack()
+	if err != nil {
+		return err
+	}
+	b.mu.Lock()
+	b.stack = st
+	b.mu.Unlock()
+	b.log.Info("stack config loaded", "stack", st.Name, "hosts", len(st.Hosts), "roles", len(st.Roles))
+	return nil
+}
+
+// withTestHooks wraps steps for the QEMU scenarios (never set in
+// production): magestack.test.failstep=<step>[:<n>|:always] fails a step's
+// first n attempts (default 2); magestack.test.panicstep=<step> panics in
+// its first attempt; magestack.test.fs_request=<fstype> mounts that
+// filesystem type once boot is complete, so the kernel asks the modprobe
+// face for it. magestack.test.poweroff_after=<duration> and
+// magestack.test.signal=<NAME>@<duration> (see initMain) end the machine.
+func withTestHooks(b *bootEnv, steps []pid1.Step) []pid1.Step {
+	m := b.cmdline.Magestack()
+	failName, failSpec, _ := strings.Cut(m["test.failstep"], ":")
+	failures := 2
+	switch {
+	case failSpec == "always":
+		failures = -1
+	case failSpec != "":
+		if n, err := strconv.Atoi(failSpec); err == nil && n >= 0 {
+			failures = n
+		}
+	}
+	panicName := m["test.panicstep"]
+	for i := range steps {
+		s := &steps[i]
+		run, attempts := s.Run, 0
+		if s.Name == failName {
+			s.Run = func(ctx context.Context) error {
+				attempts++
+				if failures < 0 || attempts <= failures {
+					return fmt.Errorf("test hook magestack.test.failstep: attempt %d of %s fails on purpose", attempts, failName)
+				}
+				return run(ctx)
+			}
+		} else if s.Name == panicName {
+			s.Run = func(ctx context.Context) error {
+				attempts++
+				if attempts == 1 {
+					panic("test hook magestack.test.panicstep: " + panicName)
+				}
+				return run(ctx)
+			}
+		}
+	}
+	if fs := m["test.fs_request"]; fs != "" {
+		steps = append(steps, pid1.Step{Name: "test-fs-request", Retry: pid1.Retry{Attempts: 1}, Run: func(ctx context.Context) error {
+			return requestFilesystem(b.log, fs)
+		}})
+	}
+	return steps
+}
+
+// requestFilesystem mounts fstype on a scratch dir: the kernel, lacking the
+// filesystem, runs the modprobe helper for "fs-<fstype>" first.
+func requestFilesystem(log *slog.Logger, fstype string) error {
+	dir := filepath.Join("/run/magestack/test-fs", fstype)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	err := unix.Mount("none", dir, fstype, 0, "")
+	if err == nil {
+		_ = unix.Unmount(dir, 0)
+	}
+	fss, _ := os.ReadFile("/proc/filesystems")
+	for _, line := range strings.Split(string(fss), "\n") {
+		if strings.TrimSpace(strings.TrimPrefix(line, "nodev")) == fstype {
+			log.Info("test hook: kernel module request served by the modprobe face", "fstype", fstype, "mount_err", fmt.Sprint(err))
+			return nil
+		}
+	}
+	return fmt.Errorf("filesystem %s still unknown to the kernel after the mount attempt (%v)", fstype, err)
+}
+
+// testSignal reads magestack.test.signal=<NAME>@<duration> (e.g. TERM@3s):
+// PID 1 sends itself that signal, going through the real handler.
+func testSignal(b *bootEnv) (unix.Signal, time.Duration, bool) {
+	v, ok := b.cmdline.Magestack()["test.signal"]
+	if !ok {
+		return 0, 0, false
+	}
+	name, after, _ := strings.Cut(v, "@")
+	sig := unix.SignalNum("SIG" + strings.TrimPrefix(strings.ToUpper(name), "SIG"))
+	d, err := time.ParseDuration(after)
+	if sig == 0 || err != nil || d < 0 {
+		b.log.Warn("ignoring bad test hook", "key", "magestack.test.signal", "value", v)
+		return 0, 0, false
+	}
+	return sig, d, true
+}
+
+func testDuration(b *bootEnv, key string) (time.Duration, bool) {
+	v, ok := b.cmdline.Magestack()[key]
+	if !ok {
+		return 0, false
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d < 0 {
+		b.log.Warn("ignoring bad test hook duration", "key", cmdline.Prefix+key, "value", v)
+		return 0, false
+	}
+	return d, true
+}
+
+// modprobeMain is the kernel's module helper: the kernel runs
+// `/sbin/modprobe -q -- <name-or-alias>` (our symlink) when it needs a
+// module. It also works by hand: `magestack modprobe [-q] [-v] name [param=value...]`.
+func modprobeMain(args []string) int {
+	quiet, verbose := false, false
+	var words []string
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		switch {
+		case a == "--":
+			words = append(words, args[i+1:]...)
+			i = len(args)
+		case a == "-q" || a == "--quiet":
+			quiet = true
+		case a == "-v" || a == "--verbose":
+			verbose = true
+		case a == "-b" || a == "--use-blacklist":
+			// no blacklist in a one-binary system
+		case strings.HasPrefix(a, "-") && len(a) > 1:
+			fmt.Fprintf(os.Stderr, "modprobe: unknown option %s\n", a)
+			return 2
+		default:
+			words = append(words, a)
+		}
+	}
+	if len(words) == 0 {
+		fmt.Fprintln(os.Stderr, "usage: modprobe [-q] [-v] [--] <module-or-alias> [param=value...]")
+		return 2
+	}
+	opts := klog.Options{Tag: "modprobe", Level: slog.LevelInfo}
+	if kmsg, err := os.OpenFile("/dev/kmsg", os.O_WRONLY, 0); err == nil {
+		defer kmsg.Close()
+		opts.Kmsg = kmsg
+	}
+	if verbose || !quiet {
+		opts.Console = os.Stderr
+	}
+	log := slog.New(klog.New(opts))
+	dir, err := kmod.DefaultDir()
+	if err != nil {
+		log.Error("modprobe failed", "err", err)
+		return 1
+	}
+	ix, err := kmod.Open(dir)
+	if err != nil {
+		log.Error("modprobe failed", "err", err)
+		return 1
+	}
+	name, params := words[0], strings.Join(words[1:], " ")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	loaded, err := kmod.NewLoader(ix, log).Load(ctx, name, params)
+	if len(loaded) > 0 {
+		log.Info("loaded", "request", name, "modules", strings.Join(loaded, " "))
+	}
+	if err != nil {
+		if !quiet || len(ix.Resolve(name)) > 0 {
+			// A miss on a speculative kernel request is normal; a module
+			// that exists and fails to load is worth the kernel log.
+			log.Error("modprobe failed", "request", name, "err", err)
+		}
+		return 1
+	}
+	return 0
+}
