@@ -243,9 +243,13 @@ func (c *Client) keep(ctx context.Context, lease *Lease) (*Lease, EventKind, str
 				return nil, EventNAK, nak.Nak.Message()
 			}
 			wait := retryInterval(time.Until(ph.end), c.cfg.MinRetryInterval)
-			c.log.Warn(fmt.Sprintf("dhcp: %s of %s on %s failed: %v; retrying in %s",
+			then := fmt.Sprintf("retrying in %s", wait.Round(time.Millisecond))
+			if wait <= 0 {
+				then = map[EventKind]string{EventRenewed: "T2 reached, rebinding", EventRebound: "lease ends"}[ph.kind]
+			}
+			c.log.Warn(fmt.Sprintf("dhcp: %s of %s on %s failed: %v; %s",
 				map[EventKind]string{EventRenewed: "renewal", EventRebound: "rebinding"}[ph.kind],
-				lease.Address.Addr(), c.cfg.Interface, err, wait.Round(time.Millisecond)))
+				lease.Address.Addr(), c.cfg.Interface, err, then))
 			if !sleep(ctx, wait) {
 				return nil, "", ""
 			}

@@ -374,3 +374,77 @@ func TestUpNamedDeviceMissing(t *testing.T) {
 		t.Fatalf("want an error naming eth7, got %v", err)
 	}
 }
+
+// TestUpTwoNICsOneWithoutServer: the NIC with a server is configured, the
+// error names only the other one, and the boot is not held past the timeout.
+func TestUpTwoNICsOneWithoutServer(t *testing.T) {
+	p := dhcptest.NewPair(t, "eth0", netip.MustParsePrefix("10.99.19.1/24"))
+	dhcptest.Start(t, p.Server, p.ServerIf, dhcptest.Config{
+		Subnet: netip.MustParsePrefix("10.99.19.1/24"), PoolFrom: netip.MustParseAddr("10.99.19.10"), Lease: time.Minute,
+		Router: netip.MustParseAddr("10.99.19.1"),
+	})
+	srvNS, cliNS := filepath.Base(p.Server), filepath.Base(p.Client)
+	dhcptest.Must(t, "ip", "link", "add", "msx"+cliNS[6:], "type", "veth", "peer", "name", "msy"+cliNS[6:])
+	dhcptest.Must(t, "ip", "link", "set", "msx"+cliNS[6:], "netns", srvNS, "name", "srv1")
+	dhcptest.Must(t, "ip", "link", "set", "msy"+cliNS[6:], "netns", cliNS, "name", "eth1")
+	dhcptest.Must(t, "ip", "-n", srvNS, "link", "set", "srv1", "up")
+
+	st, err, _, _ := upInPair(t, p, "", 2*time.Second)
+	if err == nil || !strings.Contains(err.Error(), "no DHCP lease on eth1 after 2s; still trying in the background") ||
+		strings.Contains(err.Error(), "eth0") {
+		t.Fatalf("want an error naming eth1 only, got %v", err)
+	}
+	if got := inspect(t, p.Client).addrs("eth0"); len(got) != 1 || got[0] != "10.99.19.10/24" {
+		t.Fatalf("eth0 has %v", got)
+	}
+	snap := st.Snapshot()
+	if len(snap.Interfaces) != 2 || snap.Interfaces[0].Phase != "bound" || snap.Interfaces[1].Phase != "requesting" {
+		t.Fatalf("snapshot %+v", snap)
+	}
+}
+
+// TestUpRecoversFromPanic: a panic while handling a DHCP event is reported
+// and the client restarted; the lease comes back.
+func TestUpRecoversFromPanic(t *testing.T) {
+	p := dhcptest.NewPair(t, "eth0", netip.MustParsePrefix("10.99.20.1/24"))
+	dhcptest.Start(t, p.Server, p.ServerIf, dhcptest.Config{
+		Subnet: netip.MustParsePrefix("10.99.20.1/24"), PoolFrom: netip.MustParseAddr("10.99.20.10"), Lease: time.Minute,
+	})
+	resolv := filepath.Join(t.TempDir(), "resolv.conf")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	bounds := make(chan struct{}, 8)
+	var n int
+	st, err := Up(ctx, Options{
+		Logger: testLogger(t), CarrierTimeout: 5 * time.Second, LeaseTimeout: 10 * time.Second,
+		ResolvConf: resolv, Netns: p.Client, DHCP: fastDHCP,
+		OnEvent: func(e dhcpclient.Event) {
+			if e.Kind == dhcpclient.EventBound {
+				n++
+				bounds <- struct{}{}
+				if n == 1 {
+					panic("test panic in an event handler")
+				}
+			}
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 2; i++ {
+		select {
+		case <-bounds:
+		case <-time.After(20 * time.Second):
+			t.Fatalf("only %d bound events: the client was not restarted after the panic", i)
+		}
+	}
+	is, _ := st.Interface("eth0")
+	if !strings.Contains(is.LastError, "test panic") {
+		t.Errorf("the panic was not reported in the status: %+v", is)
+	}
+	if is.Address.String() != "10.99.20.10/24" {
+		t.Errorf("address after restart: %v", is.Address)
+	}
+	cancel()
+	st.Wait()
+}
