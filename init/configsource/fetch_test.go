@@ -314,3 +314,33 @@ func TestWatchSinceSkipsRunningRevision(t *testing.T) {
 		t.Fatal("no revision reported")
 	}
 }
+
+// FuzzParseSource: any string either parses to a consistent Source or
+// errors; never a panic.
+func FuzzParseSource(f *testing.F) {
+	for _, s := range []string{"/etc/s.yaml", "https://h/s", "git+https://h/r.git#main:a/b.yaml", "git+ssh://u@h:22/r#:x", "git+file:///r#v1", "file:///x"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, raw string) {
+		s, err := Parse(raw)
+		if err != nil {
+			return
+		}
+		switch s.Kind {
+		case KindPath:
+			if s.Path == "" {
+				t.Fatalf("%q: path source without a path", raw)
+			}
+		case KindHTTP:
+			if s.URL == "" {
+				t.Fatalf("%q: http source without URL", raw)
+			}
+		case KindGit:
+			if s.URL == "" || s.File == "" {
+				t.Fatalf("%q: git source %+v", raw, s)
+			}
+		default:
+			t.Fatalf("%q: kind %v", raw, s.Kind)
+		}
+	})
+}

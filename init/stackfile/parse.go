@@ -62,7 +62,24 @@ func Parse(name string, data []byte) (s *Stack, err error) {
 	if err := s.Validate(); err != nil {
 		return nil, err
 	}
+	s.normalize()
 	return s, nil
+}
+
+// normalize writes MACs in canonical form (lower case, colons), so other
+// packages can compare them with net.HardwareAddr.String().
+func (s *Stack) normalize() {
+	for i := range s.Hosts {
+		h := &s.Hosts[i]
+		if m, err := normMAC(h.MAC); err == nil {
+			h.MAC = m
+		}
+		if h.PairLink != nil {
+			if m, err := normMAC(h.PairLink.MAC); err == nil {
+				h.PairLink.MAC = m
+			}
+		}
+	}
 }
 
 // parseNode reads exactly one YAML document into a node tree. yaml.v3 is

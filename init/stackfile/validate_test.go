@@ -317,3 +317,13 @@ func TestHint(t *testing.T) {
 		}
 	}
 }
+
+func TestMACsAreNormalised(t *testing.T) {
+	s, err := Parse("stack.yaml", []byte("stack: s\nhosts:\n  - {name: dh1, mac: \"52-54-00-AB-CD-EF\", pairlink: {mac: \"52:54:00:00:01:0A\", address: 10.9.0.1/24}}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Hosts[0].MAC != "52:54:00:ab:cd:ef" || s.Hosts[0].PairLink.MAC != "52:54:00:00:01:0a" {
+		t.Errorf("MACs %q %q", s.Hosts[0].MAC, s.Hosts[0].PairLink.MAC)
+	}
+}
