@@ -69,6 +69,10 @@ func (b *bootEnv) Hostname() string {
 	return b.hostname
 }
 
+// TimelineSnapshot is the boot timeline for the status API
+// (api.Options.Timeline) and `magestack boot`.
+func (b *bootEnv) TimelineSnapshot() any { return b.timeline.Snapshot() }
+
 // Modules is the module loader (nil before the kmod step).
 func (b *bootEnv) Modules() *kmod.Loader {
 	b.mu.Lock()
@@ -83,7 +87,8 @@ func (b *bootEnv) Modules() *kmod.Loader {
 // children only through b.reaper.Start (see init/reap) and registers its
 // stop with b.shutdown.OnShutdown(name, grace, stop). The ready line is
 // printed once every step, these included, has succeeded, so a roles step
-// returns only once every role is healthy.
+// returns only once every role is healthy. The API server's step passes
+// b.TimelineSnapshot as api.Options.Timeline.
 func laterSteps(b *bootEnv) []pid1.Step {
 	return nil
 }
@@ -150,6 +155,7 @@ func initMain(args []string) int {
 			return
 		}
 		h.Console(fmt.Sprintf("magestack: stack ready uptime_ms=%d", klog.UptimeMS()))
+		log.Info("pid1 resident memory", "rss_kib", residentKiB())
 	})
 	pid1.SleepForever()
 	return 0
@@ -498,6 +504,23 @@ func testSignal(b *bootEnv) (unix.Signal, time.Duration, bool) {
 		return 0, 0, false
 	}
 	return sig, d, true
+}
+
+// residentKiB is this process's VmRSS from /proc/self/status (-1 unknown).
+func residentKiB() int {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return -1
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			n, err := strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(v), " kB"))
+			if err == nil {
+				return n
+			}
+		}
+	}
+	return -1
 }
 
 func testDuration(b *bootEnv, key string) (time.Duration, bool) {
