@@ -333,6 +333,12 @@ func (s *State) startDHCP(ctx context.Context, nics []netlink.Link, carrier map[
 		go s.runDHCP(ctx, name, ch)
 	}
 
+	if noCarrierErr != nil {
+		// No cable anywhere: waiting for a lease cannot succeed, so do not
+		// hold the boot any longer.
+		return errors.Join(noCarrierErr, &pendingError{msg: fmt.Sprintf(
+			"net: DHCP keeps trying on %s in the background", strings.Join(chosen, ", "))})
+	}
 	timer := time.NewTimer(s.opts.LeaseTimeout)
 	defer timer.Stop()
 	var missing []string
@@ -359,11 +365,7 @@ func (s *State) startDHCP(ctx context.Context, nics []netlink.Link, carrier map[
 	msg := fmt.Sprintf("no DHCP lease on %s after %s; still trying in the background",
 		strings.Join(missing, ", "), s.opts.LeaseTimeout)
 	s.log.Error("net: " + msg)
-	var err error = &pendingError{msg: "net: " + msg}
-	if noCarrierErr != nil {
-		err = errors.Join(noCarrierErr, err)
-	}
-	return err
+	return &pendingError{msg: "net: " + msg}
 }
 
 // pendingError reads as its message alone and matches ErrLeasePending.

@@ -448,3 +448,34 @@ func TestUpRecoversFromPanic(t *testing.T) {
 	cancel()
 	st.Wait()
 }
+
+// TestUpNoCarrier: a NIC whose peer is down never gets carrier; Up says so
+// within the carrier timeout, does not also wait for a lease, and leaves
+// DHCP running so a cable plugged later still works.
+func TestUpNoCarrier(t *testing.T) {
+	p := dhcptest.NewPair(t, "eth0", netip.MustParsePrefix("10.99.21.1/24"))
+	dhcptest.Must(t, "ip", "-n", filepath.Base(p.Server), "link", "set", p.ServerIf, "down")
+	dhcptest.Start(t, p.Server, p.ServerIf, dhcptest.Config{
+		Subnet: netip.MustParsePrefix("10.99.21.1/24"), PoolFrom: netip.MustParseAddr("10.99.21.10"), Lease: time.Minute,
+	})
+	resolv := filepath.Join(t.TempDir(), "resolv.conf")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ch, on := events(t)
+	start := time.Now()
+	st, err := Up(ctx, Options{
+		Logger: testLogger(t), CarrierTimeout: time.Second, LeaseTimeout: 30 * time.Second,
+		ResolvConf: resolv, Netns: p.Client, DHCP: fastDHCP, OnEvent: on,
+	})
+	if err == nil || !strings.Contains(err.Error(), "no NIC has carrier after 1s (eth0)") || !errors.Is(err, ErrLeasePending) {
+		t.Fatalf("want a no-carrier error that leaves DHCP pending, got %v", err)
+	}
+	if took := time.Since(start); took > 10*time.Second {
+		t.Errorf("Up took %s: it waited for a lease with no carrier", took)
+	}
+	// The cable is plugged in: the background client binds.
+	dhcptest.Must(t, "ip", "-n", filepath.Base(p.Server), "link", "set", p.ServerIf, "up")
+	waitEvent(t, ch, dhcpclient.EventBound, 30*time.Second)
+	cancel()
+	st.Wait()
+}

@@ -182,7 +182,7 @@ func (s *State) apply(e dhcpclient.Event) {
 		s.mu.Lock()
 		is := s.ifaces[name]
 		is.routes = installed
-		is.Mode, is.Phase = "dhcp", string(e.Kind)
+		is.Mode, is.Phase, is.Carrier = "dhcp", string(e.Kind), true
 		is.Address, is.Gateway, is.DNS, is.Domain, is.Server = l.Address, l.Gateway, l.DNS, l.Domain, l.Server
 		if len(l.Routes) > 0 {
 			is.Gateway = netip.Addr{}
