@@ -6,6 +6,9 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -176,5 +179,98 @@ func TestRolesMemoryHogOOMKilledOthersKeepServing(t *testing.T) {
 		if strings.Contains(line, "unit=web1") && (strings.Contains(line, "unit exited") || strings.Contains(line, "unit crash-loop")) {
 			t.Errorf("web1 itself went down (only its hog should): %s", line)
 		}
+	}
+}
+
+// TestRolesOnCgroup2 runs init/roleenv's own tests inside a guest on
+// Debian's kernel, where cgroup v2 controllers exist: the test binary is the
+// guest's init (init/roleenv/guest_test.go). There, the tests that skip on
+// the v1-hybrid development host must run and pass: a role's cgroup carries
+// its cpu.weight, memory.max and pids.max, its services get groups of their
+// own, and a memory hog is OOM-killed by the role's memory.max and
+// restarted while the role keeps serving. Role start time is measured too.
+func TestRolesOnCgroup2(t *testing.T) {
+	qemu.Require(t)
+	dir := t.TempDir()
+	root, err := qemu.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, "roleenv.test")
+	gobin, err := exec.LookPath("go")
+	if err != nil {
+		gobin = "/usr/local/go/bin/go"
+	}
+	cmd := exec.Command(gobin, "test", "-c", "-o", bin, "./init/roleenv")
+	cmd.Dir = root
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go test -c ./init/roleenv: %v\n%s", err, out)
+	}
+	if _, err := os.Stat("/bin/busybox"); err != nil {
+		t.Fatalf("the guest needs a static busybox (Debian busybox-static): %v", err)
+	}
+	files := []qemu.File{
+		{Path: "init", Src: bin},
+		{Path: "bin/busybox", Src: "/bin/busybox"},
+		{Path: "bin/sh", Symlink: "busybox"},
+	}
+	modDir, err := qemu.KernelModulesDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mod := range []string{"llc", "stp", "bridge", "veth", "overlay"} {
+		var src string
+		filepath.WalkDir(modDir, func(p string, d os.DirEntry, err error) error {
+			if err == nil && d.Name() == mod+".ko" {
+				src = p
+			}
+			return nil
+		})
+		if src == "" {
+			t.Fatalf("module %s.ko not found under %s", mod, modDir)
+		}
+		files = append(files, qemu.File{Path: "lib/modules/" + mod + ".ko", Src: src, Mode: 0o644})
+	}
+	img := filepath.Join(dir, "initramfs.img")
+	if err := qemu.WriteInitramfs(img, files); err != nil {
+		t.Fatal(err)
+	}
+	kernel, err := qemu.KernelPath()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := "TestRoleCgroupLimitsAndOOM|TestRoleStartTime"
+	vm := qemu.Start(t, qemu.Options{Name: "roleenv", Kernel: kernel, Initrd: img, Memory: 1024, SMP: 2, NoReboot: true,
+		Append: "quiet panic=-1 MAGESTACK_ROLEENV_GUEST=1 -- -test.run=^(" + tests + ")$"})
+
+	m, err := vm.Expect(qemu.Scale(10*time.Minute), `roleenv-guest: tests exit code (\d+)`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	console := vm.Console()
+	for _, name := range strings.Split(tests, "|") {
+		if !regexp.MustCompile(`--- PASS: ` + name + ` `).MatchString(console) {
+			t.Errorf("%s did not pass in the guest", name)
+		}
+	}
+	for _, l := range strings.Split(console, "\n") {
+		if strings.Contains(l, "--- FAIL") || strings.Contains(l, "--- SKIP") || strings.Contains(l, "setup:") {
+			t.Errorf("guest: %s", strings.TrimSpace(l))
+		}
+		if strings.Contains(l, "role start (") {
+			t.Logf("guest (TCG): %s", strings.TrimSpace(l))
+		}
+	}
+	// The guest runs from its initramfs, like a product host: roles cannot
+	// pivot_root there and must take the move-root way.
+	if !strings.Contains(console, "root=move") {
+		t.Errorf("no role reported root=move on the initramfs guest")
+	}
+	if m[1] != "0" {
+		t.Errorf("the roleenv tests exited %s in the guest", m[1])
+	}
+	if _, err := vm.Wait(qemu.Scale(time.Minute)); err != nil {
+		t.Errorf("guest did not power off: %v", err)
 	}
 }

@@ -8,13 +8,14 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 // EnsureBridge makes sure the internal bridge exists in ns (netns.None():
 // the caller's), holds addr (the host's bridge address with the internal
 // prefix length) and is up. It is idempotent.
 func EnsureBridge(ns netns.NsHandle, name string, addr netip.Prefix) error {
-	h, err := netlink.NewHandleAt(ns)
+	h, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
 	if err != nil {
 		return fmt.Errorf("bridge %s: netlink: %w", name, err)
 	}

@@ -264,7 +264,7 @@ func (e *Env) prepare() (*syscall.SysProcAttr, error) {
 }
 
 func (e *Env) handle() (*netlink.Handle, error) {
-	h, err := netlink.NewHandleAt(e.opts.BridgeNS)
+	h, err := netlink.NewHandleAt(e.opts.BridgeNS, unix.NETLINK_ROUTE)
 	if err != nil {
 		return nil, fmt.Errorf("netlink: %w", err)
 	}
@@ -301,7 +301,7 @@ func (e *Env) afterStart(pid int) error {
 		return fmt.Errorf("role %s: namespace of pid %d: %w", e.inst.Name, pid, err)
 	}
 	defer ns.Close()
-	rh, err := netlink.NewHandleAt(ns)
+	rh, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
 	if err != nil {
 		return fmt.Errorf("role %s: netlink in the role: %w", e.inst.Name, err)
 	}

@@ -23,6 +23,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 
 	"magestack/images/busybox"
 	"magestack/init/api"
@@ -37,6 +38,9 @@ import (
 func TestMain(m *testing.M) {
 	if len(os.Args) > 1 && os.Args[1] == "role-init" {
 		os.Exit(roleinit.Main(os.Args[2:]))
+	}
+	if os.Getpid() == 1 && os.Getenv(GuestEnv) != "" {
+		guestMain(m) // never returns
 	}
 	os.Exit(m.Run())
 }
@@ -134,7 +138,7 @@ func hasControllers(root string, want ...string) bool {
 	return true
 }
 
-func newFixture(t *testing.T, settings map[string]map[string]string) *fixture {
+func newFixture(t *testing.T, settings map[string]map[string]string, mutate ...func(*stackfile.Stack)) *fixture {
 	requireHost(t)
 	tmp := t.TempDir()
 	images := filepath.Join(tmp, "images")
@@ -146,6 +150,9 @@ func newFixture(t *testing.T, settings map[string]map[string]string) *fixture {
 		r := f.stack.Roles[role]
 		r.Settings = s
 		f.stack.Roles[role] = r
+	}
+	for _, m := range mutate {
+		m(f.stack)
 	}
 	f.opts = Options{
 		StateRoot:  filepath.Join(tmp, "roles"),
@@ -482,7 +489,7 @@ find / -xdev -name db-secret; find /data -name db-secret; true`, f.opts.StateRoo
 			t.Errorf("role-init pid %d still exists: %v", p, err)
 		}
 	}
-	h, _ := netlink.NewHandleAt(f.ns)
+	h, _ := netlink.NewHandleAt(f.ns, unix.NETLINK_ROUTE)
 	defer h.Close()
 	links, _ := h.LinkList()
 	for _, l := range links {
@@ -703,7 +710,7 @@ roles:
 		t.Errorf("unknown host: %v", err)
 	}
 	// The bridge now exists in the namespace with dh1's address.
-	h, _ := netlink.NewHandleAt(ns)
+	h, _ := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
 	defer h.Close()
 	br, err := h.LinkByName(DefaultBridge)
 	if err != nil {
@@ -769,4 +776,95 @@ func TestRoleStartTime(t *testing.T) {
 	}
 	slices.Sort(ds)
 	t.Logf("role start (mail1, %d runs): median %v, min %v, max %v", len(ds), ds[len(ds)/2], ds[0], ds[len(ds)-1])
+}
+
+// A role's cgroup carries the stack's limits, its services sit in their own
+// groups below it, and a memory hog in web1 is OOM-killed by web1's own
+// memory.max and restarted while web1 keeps serving. Needs the cpu, memory
+// and pids controllers: in QEMU on Debian's kernel (qemu-tests/roles_test.go
+// runs this binary as the guest's init), not on a cgroup v1 hybrid host.
+func TestRoleCgroupLimitsAndOOM(t *testing.T) {
+	root := v2Root()
+	if root == "" || !hasControllers(root, "cpu", "memory", "pids") {
+		t.Skipf("no cgroup2 hierarchy with cpu, memory and pids controllers here (host cgroups are v1 hybrid); runs in QEMU")
+	}
+	f := newFixture(t, map[string]map[string]string{"web": {"test.memhog": "true"}}, func(s *stackfile.Stack) {
+		r := s.Roles["web"]
+		r.Memory, r.CPUWeight, r.Pids = 48<<20, 300, 64
+		s.Roles["web"] = r
+	})
+	if f.opts.NoLimits {
+		t.Fatal("fixture dropped the limits although the controllers exist")
+	}
+	events, unsub := f.sup.Subscribe(256)
+	defer unsub()
+	f.add("web1")
+	f.startAndWait("web1")
+
+	cg := f.envs["web1"].CgroupPath()
+	for file, want := range map[string]string{"memory.max": "50331648", "cpu.weight": "300", "pids.max": "64"} {
+		b, err := os.ReadFile(filepath.Join(cg, file))
+		if err != nil || strings.TrimSpace(string(b)) != want {
+			t.Errorf("web1 %s = %q (%v), want %s", file, b, err, want)
+		}
+	}
+	sub, _ := os.ReadFile(filepath.Join(cg, "cgroup.subtree_control"))
+	for _, c := range []string{"cpu", "memory", "pids"} {
+		if !strings.Contains(string(sub), c) {
+			t.Errorf("web1 does not hand %s to its services: %q", c, sub)
+		}
+	}
+	procs, _ := os.ReadFile(filepath.Join(cg, "init", "cgroup.procs"))
+	if strings.TrimSpace(string(procs)) != strconv.Itoa(f.pid("web1")) {
+		t.Errorf("role-init not alone in web1/init: %q (pid %d)", procs, f.pid("web1"))
+	}
+	if _, err := os.Stat(filepath.Join(cg, "http", "memory.current")); err != nil {
+		t.Errorf("http service has no memory accounting of its own: %v", err)
+	}
+
+	// The hog starts growing after 10 s; web1's memory.max stops it.
+	deadline := time.After(90 * time.Second)
+	for oom := false; !oom; {
+		select {
+		case ev := <-events:
+			if ev.Kind == "oom" && ev.Unit == "web1" {
+				oom = true
+			}
+			if ev.Unit == "web1" && (ev.Kind == "exited" || ev.Kind == "failed") {
+				f.dumpLogs("web1")
+				t.Fatalf("web1 itself went down: %+v", ev)
+			}
+		case <-deadline:
+			f.dumpLogs("web1")
+			t.Fatal("no OOM kill reported for web1 within 90s")
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c := api.NewClient(f.opts.ServiceSocket("web1", 0))
+	var hog supervise.UnitStatus
+	for {
+		st, err := c.Status(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, u := range st.Units {
+			if u.Name == "memhog" {
+				hog = u
+			}
+		}
+		if hog.LastExit != nil && hog.Restarts >= 1 && hog.State != supervise.StateBackoff {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("memhog not restarted after its OOM kill: %+v", hog)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if !hog.LastExit.OOM {
+		t.Errorf("memhog's exit not recognised as an OOM kill: %+v", *hog.LastExit)
+	}
+	if body, err := f.httpGet("172.16.0.100:80", "/"); err != nil || !strings.Contains(body, "web instance web1") {
+		t.Errorf("web1 stopped serving after its hog's OOM kill: %q %v", body, err)
+	}
 }

@@ -94,7 +94,8 @@ func Run(ctx context.Context, log *slog.Logger, path string) error {
 	if err := unix.Setdomainname([]byte("i")); err != nil {
 		return fmt.Errorf("domainname: %w", err)
 	}
-	if err := pivotInto(root); err != nil {
+	how, err := pivotInto(root)
+	if err != nil {
 		return err
 	}
 	tMounted := time.Since(t0)
@@ -129,7 +130,7 @@ func Run(ctx context.Context, log *slog.Logger, path string) error {
 			}
 		}()
 	}
-	log.Info("role up", "mounted_ms", ms(tMounted), "network_ms", ms(tNet), "services", len(names))
+	log.Info("role up", "root", how, "mounted_ms", ms(tMounted), "network_ms", ms(tNet), "services", len(names))
 
 	ready := make(chan error, 1)
 	go func() { ready <- waitAllReady(ctx, sup, log) }()

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -172,23 +173,149 @@ func writeFiles(root string, s *Spec) error {
 }
 
 // pivotInto makes root the process's / and detaches the old root, so
-// nothing of the host's filesystem stays reachable.
-func pivotInto(root string) error {
+// nothing of the host's filesystem stays reachable. It returns which way
+// it went: "pivot_root", or "move" where the host runs from the initramfs.
+func pivotInto(root string) (string, error) {
 	if err := unix.Chdir(root); err != nil {
-		return fmt.Errorf("pivot: chdir %s: %w", root, err)
+		return "", fmt.Errorf("pivot: chdir %s: %w", root, err)
 	}
 	// pivot_root(".", ".") stacks the old root under the new one at "/",
 	// where it is unmounted without needing a directory for it.
-	if err := unix.PivotRoot(".", "."); err != nil {
-		return fmt.Errorf("pivot_root into %s: %w", root, err)
+	err := unix.PivotRoot(".", ".")
+	if errors.Is(err, unix.EINVAL) {
+		// The namespace's root is the initramfs (rootfs), which has no
+		// parent mount and can never be pivoted away from.
+		return "move", moveRoot(root)
+	}
+	if err != nil {
+		return "", fmt.Errorf("pivot_root into %s: %w", root, err)
 	}
 	if err := unix.Unmount(".", unix.MNT_DETACH); err != nil {
-		return fmt.Errorf("pivot: detach old root: %w", err)
+		return "", fmt.Errorf("pivot: detach old root: %w", err)
 	}
 	if err := unix.Chdir("/"); err != nil {
-		return fmt.Errorf("pivot: chdir /: %w", err)
+		return "", fmt.Errorf("pivot: chdir /: %w", err)
+	}
+	return "pivot_root", nil
+}
+
+// moveRoot is switch_root for a role on an initramfs host: every host
+// mount is detached from this namespace, the role's root is moved over "/"
+// and chrooted into. What stays underneath is the initramfs content itself
+// (no /run, /proc, /sys, volumes, sockets or other roles' mounts); reaching
+// it takes a chroot escape, i.e. CAP_SYS_CHROOT. A host PID 1 that moves
+// itself to a tmpfs (switch_root) lets roles use pivot_root instead.
+func moveRoot(root string) error {
+	mounts, err := mountPoints()
+	if err != nil {
+		return err
+	}
+	// Mounts that contain the new root (its ancestors) can only go once it
+	// has moved out from under them; hold them by descriptor.
+	var ancestors []int
+	defer func() {
+		for _, fd := range ancestors {
+			unix.Close(fd)
+		}
+	}()
+	for i := len(mounts) - 1; i >= 0; i-- { // deepest first
+		mp := mounts[i]
+		switch {
+		case mp == "/" || mp == root || strings.HasPrefix(mp, root+"/"):
+			continue
+		case strings.HasPrefix(root, mp+"/"):
+			fd, err := unix.Open(mp, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+			if err != nil {
+				return fmt.Errorf("move root: hold %s: %w", mp, err)
+			}
+			ancestors = append(ancestors, fd)
+		default:
+			// Stacked mounts share a path: detach until none is left.
+			for n := 0; n < 16; n++ {
+				if err := unix.Unmount(mp, unix.MNT_DETACH); err != nil {
+					break
+				}
+			}
+		}
+	}
+	if err := unix.Mount(root, "/", "", unix.MS_MOVE, ""); err != nil {
+		return fmt.Errorf("move root %s over /: %w", root, err)
+	}
+	if err := unix.Chroot("."); err != nil {
+		return fmt.Errorf("move root: chroot: %w", err)
+	}
+	if err := unix.Chdir("/"); err != nil {
+		return fmt.Errorf("move root: chdir /: %w", err)
+	}
+	// The role's own /proc is in place now, so the held ancestors can be
+	// named through /proc/self/fd and detached.
+	for _, fd := range ancestors {
+		p := "/proc/self/fd/" + strconv.Itoa(fd)
+		for n := 0; n < 16; n++ {
+			if err := unix.Unmount(p, unix.MNT_DETACH); err != nil {
+				break
+			}
+		}
+	}
+	left, err := mountPoints()
+	if err != nil {
+		return err
+	}
+	for _, mp := range left {
+		if mp != "/" && !isRoleMount(mp) {
+			return fmt.Errorf("move root: host mount %s still visible", mp)
+		}
 	}
 	return nil
+}
+
+// roleMounts are the mount points a role's tree has, seen from inside.
+var roleMounts = []string{"/proc", "/sys", "/dev", "/dev/pts", "/dev/shm", "/tmp", "/run", "/data"}
+
+func isRoleMount(mp string) bool {
+	for _, m := range roleMounts {
+		if mp == m {
+			return true
+		}
+	}
+	return false
+}
+
+// mountPoints lists this namespace's mount points in mount order.
+func mountPoints() ([]string, error) {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return nil, fmt.Errorf("mountinfo: %w", err)
+	}
+	var out []string
+	for _, l := range strings.Split(string(b), "\n") {
+		f := strings.Fields(l)
+		if len(f) < 5 {
+			continue
+		}
+		out = append(out, unescapeMountinfo(f[4]))
+	}
+	return out, nil
+}
+
+// unescapeMountinfo undoes the octal escapes (\040 for space...) of
+// /proc/self/mountinfo.
+func unescapeMountinfo(s string) string {
+	if !strings.Contains(s, "\\") {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(v))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
 }
 
 var errNotPID1 = errors.New("role-init must run as PID 1 of a new PID namespace")
