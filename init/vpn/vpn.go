@@ -199,9 +199,9 @@ func Up(cfg Config, netnsFD int) error {
 
 func handle(netnsFD int) (*netlink.Handle, error) {
 	if netnsFD < 0 {
-		return netlink.NewHandle()
+		return netlink.NewHandle(unix.NETLINK_ROUTE)
 	}
-	return netlink.NewHandleAt(netns.NsHandle(netnsFD))
+	return netlink.NewHandleAt(netns.NsHandle(netnsFD), unix.NETLINK_ROUTE)
 }
 
 // configure sets key, port and peers through wgctrl. Kernel devices are

@@ -1,0 +1,382 @@
+package qemutests
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"magestack/buildroot/modules"
+	"magestack/init/stackfile"
+	"magestack/qemu-tests/qemu"
+)
+
+const (
+	fwMAC       = "52:54:00:12:34:56"
+	fwHostAddr  = "192.0.2.10"
+	fwClient    = "192.0.2.100"
+	fwStackPort = 8080
+)
+
+// fwStack is a one-host stack on the test network with a VPN peer whose
+// key the test holds; the host's VPN key is fixed so the client can pin it.
+func fwStack(serverKey, clientKey wgtypes.Key) string {
+	return fmt.Sprintf(`
+stack: fwtest
+hosts:
+  - {name: dh1, mac: %q, address: %s/24, gateway: 192.0.2.1}
+public:
+  vip: 192.0.2.50/24
+internal: 172.16.0.0/24
+vpn:
+  port: 51820
+  subnet: 10.8.0.0/24
+  privatekey: %q
+  peers:
+    - {name: tester, key: %q, address: 10.8.0.2}
+`, fwMAC, fwHostAddr, serverKey.String(), clientKey.PublicKey().String())
+}
+
+// TestFirewallPublicScanAndVPN boots the host on a bridge in a test
+// namespace and looks at it from a public client: a full TCP scan finds
+// only the website (80 open; 443 is forwarded to lb, which answers with a
+// reset as it serves no TLS here), the website answers, acc's SSH is not
+// reachable, and over WireGuard (wireguard-go as the client) acc:22 and the
+// monitor portal are.
+func TestFirewallPublicScanAndVPN(t *testing.T) {
+	qemu.Require(t)
+	for _, bin := range []string{"wireguard-go", "wg", "ip"} {
+		if _, err := exec.LookPath(bin); err != nil {
+			t.Fatalf("%s is missing: apt-get install wireguard-go wireguard-tools iproute2", bin)
+		}
+	}
+	serverKey, _ := wgtypes.GeneratePrivateKey()
+	clientKey, _ := wgtypes.GeneratePrivateKey()
+	stack := fwStack(serverKey, clientKey)
+	if _, err := stackfile.Parse("fwtest.yaml", []byte(stack)); err != nil {
+		t.Fatalf("test stack is invalid: %v", err)
+	}
+
+	n := qemu.NewNet(t, "fw")
+	tap := n.AddTap("tap-fw")
+	pub := n.AddClient("public", fwClient+"/24")
+
+	// The guest fetches its stack file from the public client.
+	var ln net.Listener
+	if err := pub.Do(func() (err error) {
+		ln, err = net.Listen("tcp", fmt.Sprintf("%s:%d", fwClient, fwStackPort))
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, stack) })}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+
+	im := qemu.RequireImage(t)
+	opts := im.Options(fmt.Sprintf("ip=%s::192.0.2.1:255.255.255.0:dh1:eth0:off magestack.host=dh1 magestack.config=http://%s:%d/stack.yaml",
+		fwHostAddr, fwClient, fwStackPort))
+	opts.Name = "fw"
+	opts.NetNS = n.NetNS()
+	opts.NICs = []qemu.NIC{{Tap: tap, MAC: fwMAC, ROM: "none"}}
+	vm := qemu.Start(t, opts)
+	if _, err := vm.Expect(8*time.Minute, qemu.ReadyPattern); err != nil {
+		t.Fatal(err)
+	}
+
+	t.Run("website answers", func(t *testing.T) {
+		body, err := fwGet(pub, "http://"+fwHostAddr+"/")
+		if err != nil || !strings.Contains(body, "website via lb1") {
+			t.Fatalf("GET / from the public client: %q %v", body, err)
+		}
+	})
+
+	t.Run("full TCP scan", func(t *testing.T) {
+		open, refused := fwScan(t, pub, fwHostAddr)
+		t.Logf("open %v, refused %v", open, refused)
+		if !slices.Equal(open, []int{80}) && !slices.Equal(open, []int{80, 443}) {
+			t.Errorf("open ports %v, want 80 (and 443 if lb served TLS) only", open)
+		}
+		for _, p := range refused {
+			if p != 443 {
+				t.Errorf("port %d answered with a reset: it passed the firewall", p)
+			}
+		}
+	})
+
+	if _, err := pub.Run("ip", "route", "add", "172.16.0.0/24", "via", fwHostAddr); err != nil {
+		t.Fatal(err)
+	}
+	t.Run("public client cannot reach management", func(t *testing.T) {
+		for _, addr := range []string{"172.16.0.60:22", "172.16.0.70:80", "172.16.0.40:3306", fwHostAddr + ":22"} {
+			if _, err := fwDial(pub, addr, 2*time.Second); err == nil {
+				t.Errorf("public client reached %s", addr)
+			}
+		}
+	})
+	if _, err := pub.Run("ip", "route", "del", "172.16.0.0/24"); err != nil {
+		t.Fatal(err)
+	}
+
+	t.Run("vpn reaches acc and the portal", func(t *testing.T) {
+		wg := fmt.Sprintf("wgfw%d", os.Getpid()%100000)
+		cmd := exec.Command("wireguard-go", "-f", wg)
+		cmd.Env = append(os.Environ(), "WG_PROCESS_FOREGROUND=1")
+		if err := pub.Start(cmd); err != nil {
+			t.Fatal(err)
+		}
+		sock := "/var/run/wireguard/" + wg + ".sock"
+		t.Cleanup(func() { os.Remove(sock) })
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			if _, err := os.Stat(sock); err == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("wireguard-go did not start")
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		keyFile := t.TempDir() + "/client.key"
+		os.WriteFile(keyFile, []byte(clientKey.String()+"\n"), 0o600)
+		for _, args := range [][]string{
+			{"wg", "set", wg, "private-key", keyFile, "peer", serverKey.PublicKey().String(),
+				"endpoint", fwHostAddr + ":51820", "allowed-ips", "10.8.0.0/24,172.16.0.0/24", "persistent-keepalive", "1"},
+			{"ip", "addr", "add", "10.8.0.2/32", "dev", wg},
+			{"ip", "link", "set", wg, "up"},
+			{"ip", "route", "add", "10.8.0.0/24", "dev", wg},
+			{"ip", "route", "add", "172.16.0.0/24", "dev", wg},
+		} {
+			if out, err := pub.Run(args[0], args[1:]...); err != nil {
+				t.Fatalf("%v: %v %s", args, err, out)
+			}
+		}
+		banner, err := fwDial(pub, "172.16.0.60:22", qemu.Scale(30*time.Second))
+		if err != nil || !strings.HasPrefix(banner, "SSH-") {
+			out, _ := pub.Run("wg", "show", wg)
+			t.Fatalf("acc:22 over the VPN: %q %v\n%s", banner, err, out)
+		}
+		body, err := fwGet(pub, "http://172.16.0.70/")
+		if err != nil || !strings.Contains(body, "status portal") {
+			t.Errorf("monitor portal over the VPN: %q %v", body, err)
+		}
+		if _, err := fwDial(pub, "172.16.0.100:80", 2*time.Second); err == nil {
+			t.Error("VPN client reached web1:80, which is not a management port")
+		}
+	})
+}
+
+// fwDial connects from ns and returns the first line the server sends (""
+// if it sends nothing within the timeout).
+func fwDial(ns *qemu.Namespace, addr string, timeout time.Duration) (string, error) {
+	var line string
+	err := ns.Do(func() error {
+		c, err := net.DialTimeout("tcp", addr, timeout)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		c.SetReadDeadline(time.Now().Add(2 * time.Second))
+		line, _ = bufio.NewReader(c).ReadString('\n')
+		return nil
+	})
+	return strings.TrimSpace(line), err
+}
+
+func fwGet(ns *qemu.Namespace, url string) (string, error) {
+	var body string
+	err := ns.Do(func() error {
+		c := &http.Client{Timeout: qemu.Scale(20 * time.Second), Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true}}
+		resp, err := c.Get(url)
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		body = string(b)
+		return err
+	})
+	return body, err
+}
+
+// fwScan dials every TCP port of addr from ns. open: the handshake
+// completed; refused: a reset came back (the SYN got through). Ports that
+// answered are re-dialed with a long timeout so a slow guest cannot hide
+// one, and a dropped SYN costs the short timeout only.
+func fwScan(t *testing.T, ns *qemu.Namespace, addr string) (open, refused []int) {
+	const workers = 128
+	timeout := qemu.Scale(400 * time.Millisecond)
+	ports := make(chan int)
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			err := ns.Do(func() error {
+				for p := range ports {
+					c, err := net.DialTimeout("tcp", fmt.Sprintf("%s:%d", addr, p), timeout)
+					mu.Lock()
+					switch {
+					case err == nil:
+						c.Close()
+						open = append(open, p)
+					case errors.Is(err, syscall.ECONNREFUSED):
+						refused = append(refused, p)
+					}
+					mu.Unlock()
+				}
+				return nil
+			})
+			if err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	start := time.Now()
+	for p := 1; p <= 65535; p++ {
+		ports <- p
+	}
+	close(ports)
+	wg.Wait()
+	for _, p := range []int{80, 443} {
+		if !slices.Contains(open, p) && !slices.Contains(refused, p) {
+			ns.Do(func() error {
+				c, err := net.DialTimeout("tcp", fmt.Sprintf("%s:%d", addr, p), qemu.Scale(10*time.Second))
+				switch {
+				case err == nil:
+					c.Close()
+					open = append(open, p)
+				case errors.Is(err, syscall.ECONNREFUSED):
+					refused = append(refused, p)
+				}
+				return nil
+			})
+		}
+	}
+	slices.Sort(open)
+	slices.Sort(refused)
+	t.Logf("scanned 65535 ports of %s in %v", addr, time.Since(start).Round(time.Second))
+	return open, refused
+}
+
+// fwGuestModules are what the firewall and the VPN need from Debian's
+// kernel; their dependencies are added from the module tree.
+var fwGuestModules = []string{"nf_tables", "nf_conntrack", "nf_nat", "nft_chain_nat", "nft_ct", "nft_limit",
+	"nft_nat", "nft_masq", "nft_fib_inet", "bridge", "br_netfilter", "veth", "wireguard"}
+
+// TestFirewallVPNKernelGuest runs init/vpn's guest test as the init of a
+// QEMU guest on Debian's kernel (this machine has no WireGuard module):
+// PID 1's firewall and VPN steps on a real kernel WireGuard interface, a
+// kernel WireGuard client reaching acc:22 only through the tunnel, and the
+// live table decoding back to the applied ruleset (init/vpn/guest_test.go).
+func TestFirewallVPNKernelGuest(t *testing.T) {
+	qemu.Require(t)
+	dir := t.TempDir()
+	root, err := qemu.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, "vpn.test")
+	gobin, err := exec.LookPath("go")
+	if err != nil {
+		gobin = "/usr/local/go/bin/go"
+	}
+	cmd := exec.Command(gobin, "test", "-c", "-o", bin, "./init/vpn")
+	cmd.Dir = root
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go test -c ./init/vpn: %v\n%s", err, out)
+	}
+	modDir, err := qemu.KernelModulesDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tree, err := modules.Load(modDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	order, err := fwLoadOrder(tree, fwGuestModules)
+	if err != nil {
+		t.Fatal(err)
+	}
+	files := []qemu.File{{Path: "init", Src: bin}, {Path: "lib/modules/order", Data: []byte(strings.Join(order, "\n") + "\n"), Mode: 0o644}}
+	for _, name := range order {
+		files = append(files, qemu.File{Path: "lib/modules/" + name + ".ko", Src: filepath.Join(modDir, tree.Modules[name].Path), Mode: 0o644})
+	}
+	img := filepath.Join(dir, "initramfs.img")
+	if err := qemu.WriteInitramfs(img, files); err != nil {
+		t.Fatal(err)
+	}
+	kernel, err := qemu.KernelPath()
+	if err != nil {
+		t.Fatal(err)
+	}
+	vm := qemu.Start(t, qemu.Options{Name: "vpnguest", Kernel: kernel, Initrd: img, Memory: 1024, NoReboot: true, RNG: true,
+		Append: "quiet panic=-1 MAGESTACK_VPN_GUEST=1 -- -test.run=^TestGuest"})
+	m, err := vm.Expect(qemu.Scale(10*time.Minute), `vpn-guest: tests exit code (\d+)`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	console := vm.Console()
+	if !strings.Contains(console, "--- PASS: TestGuestKernelWireGuard") {
+		t.Error("TestGuestKernelWireGuard did not pass in the guest")
+	}
+	for _, l := range strings.Split(console, "\n") {
+		if strings.Contains(l, "--- FAIL") || strings.Contains(l, "--- SKIP") || strings.Contains(l, "vpn-guest: setup:") ||
+			strings.Contains(l, "guest_test.go") || strings.Contains(l, "ms-vpn:") {
+			t.Logf("guest: %s", strings.TrimSpace(l))
+		}
+	}
+	if m[1] != "0" {
+		t.Errorf("the vpn guest tests exited %s", m[1])
+	}
+}
+
+// fwLoadOrder closes names under dependencies and orders them so every
+// module comes after what it needs (hard and soft-pre dependencies).
+func fwLoadOrder(tree *modules.Tree, names []string) ([]string, error) {
+	all, err := tree.Closure(names)
+	if err != nil {
+		return nil, err
+	}
+	var order []string
+	seen := map[string]bool{}
+	var visit func(n string)
+	visit = func(n string) {
+		if seen[n] {
+			return
+		}
+		seen[n] = true
+		m := tree.Modules[n]
+		if m == nil {
+			return
+		}
+		for _, d := range m.Depends {
+			visit(d)
+		}
+		for _, sd := range m.SoftPre {
+			for _, r := range tree.Resolve(sd) {
+				visit(r)
+			}
+		}
+		order = append(order, n)
+	}
+	for _, n := range all {
+		visit(n)
+	}
+	return order, nil
+}
