@@ -123,12 +123,11 @@ func (l *Log) rotate() error {
 
 // Append records one line (split if longer than MaxLine).
 func (l *Log) Append(stream, text string) {
-	now := time.Now()
 	for len(text) > MaxLine {
-		l.add(Line{Time: now, Stream: stream, Text: text[:MaxLine]})
+		l.add(Line{Stream: stream, Text: text[:MaxLine]})
 		text = text[MaxLine:]
 	}
-	l.add(Line{Time: now, Stream: stream, Text: text})
+	l.add(Line{Stream: stream, Text: text})
 }
 
 // Printf records a line from the supervisor itself.
@@ -142,6 +141,9 @@ func (l *Log) add(line Line) {
 	if l.closed {
 		return
 	}
+	// Stamped under the lock, so the ring and the files are in time order
+	// even with stdout and stderr read concurrently.
+	line.Time = time.Now()
 	l.ring = append(l.ring, line)
 	l.ringBytes += len(line.Text) + lineOverhead
 	for l.ringBytes > l.opts.RingBytes && l.head < len(l.ring)-1 {

@@ -71,7 +71,18 @@ func unitStatus(t *testing.T, s *Supervisor, name string) UnitStatus {
 	return st
 }
 
-func alive(pid int) bool { return syscall.Kill(pid, 0) == nil }
+// alive reports whether pid runs; a zombie waiting for init to reap it is dead.
+func alive(pid int) bool {
+	if syscall.Kill(pid, 0) != nil {
+		return false
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	i := strings.LastIndexByte(string(b), ')')
+	return i < 0 || i+2 >= len(b) || b[i+2] != 'Z'
+}
 
 func TestKillRestartsWithBackoff(t *testing.T) {
 	needBusybox(t)
@@ -412,8 +423,9 @@ func TestLogsCapturedAndRotated(t *testing.T) {
 	if fmt.Sprint(names) != "[chatty.log chatty.log.1 chatty.log.2]" {
 		t.Errorf("log files %v", names)
 	}
+	// Oldest first: chatty.log.2, chatty.log.1, chatty.log.
 	var all string
-	for _, n := range names {
+	for _, n := range []string{"chatty.log.2", "chatty.log.1", "chatty.log"} {
 		b, _ := os.ReadFile(filepath.Join(dir, n))
 		if len(b) > 4000 {
 			t.Errorf("%s is %d bytes, over the 4000 limit", n, len(b))
@@ -425,8 +437,20 @@ func TestLogsCapturedAndRotated(t *testing.T) {
 			t.Errorf("log files lack %q", want)
 		}
 	}
-	if strings.Contains(all, " stdout out 0\n") {
-		t.Error("the oldest lines were not rotated away (2 rotated files of 4000 bytes kept)")
+	kept := 0
+	var prev string
+	for _, line := range strings.Split(strings.TrimSpace(all), "\n") {
+		ts := strings.Fields(line)[0]
+		if ts < prev {
+			t.Errorf("rotated files out of order: %s after %s", ts, prev)
+		}
+		prev = ts
+		if !strings.Contains(line, " supervisor ") {
+			kept++
+		}
+	}
+	if kept >= 400 {
+		t.Errorf("all %d lines kept: nothing rotated away (2 rotated files of 4000 bytes)", kept)
 	}
 }
 
