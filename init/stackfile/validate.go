@@ -342,9 +342,21 @@ func (v *validator) vpn() {
 		}
 	}
 	sub := s.VPN.Subnet
+	if sub.IsValid() && (!sub.Addr().Is4() || sub.Bits() > 30) {
+		v.errf("vpn.subnet", "%s: the VPN subnet must be IPv4 with at least 4 addresses (a /30 or larger)", sub)
+		sub = netip.Prefix{} // peer addresses cannot be checked against it
+	}
 	names := map[string]int{}
 	keys := map[string]int{}
-	addrs := map[netip.Addr]int{}
+	// Peers without an address get the next free one after fw's (the
+	// subnet's first), in list order: the same walk the vpn package does,
+	// so an explicit address that an earlier peer was given is caught here.
+	used := map[netip.Addr]string{}
+	var next netip.Addr
+	if sub.IsValid() {
+		used[sub.Masked().Addr().Next()] = "fw"
+		next = sub.Masked().Addr().Next().Next()
+	}
 	for i, peer := range s.VPN.Peers {
 		p := fmt.Sprintf("vpn.peers[%d]", i)
 		if peer.Name == "" {
@@ -363,20 +375,45 @@ func (v *validator) vpn() {
 		} else {
 			keys[peer.Key] = i
 		}
-		if a := peer.Address; a.IsValid() {
-			switch {
-			case sub.IsValid() && !sub.Contains(a):
-				v.errf(p+".address", "%s is outside vpn.subnet %s", a, sub)
-			case sub.IsValid() && (a == sub.Masked().Addr() || a == sub.Masked().Addr().Next()):
-				v.errf(p+".address", "%s is reserved (the subnet's network address and fw's VPN address)", a)
-			default:
-				if j, ok := addrs[a]; ok {
-					v.errf(p+".address", "%s is already used by vpn.peers[%d]", a, j)
-				}
-				addrs[a] = i
+		if !sub.IsValid() {
+			continue
+		}
+		a, auto := peer.Address, !peer.Address.IsValid()
+		if auto {
+			for used[next] != "" {
+				next = next.Next()
 			}
+			a = next
+		}
+		last := lastAddr(sub)
+		switch {
+		case auto && (!sub.Contains(a) || a == last):
+			v.errf(p, "no free address left in vpn.subnet %s for this peer", sub)
+		case !sub.Contains(a):
+			v.errf(p+".address", "%s is outside vpn.subnet %s", a, sub)
+		case a == sub.Masked().Addr() || a == last:
+			v.errf(p+".address", "%s is the network or broadcast address of vpn.subnet %s", a, sub)
+		case used[a] == "fw":
+			v.errf(p+".address", "%s is fw's own VPN address (the subnet's first)", a)
+		case used[a] != "":
+			v.errf(p+".address", "%s is already used by %s", a, used[a])
+		default:
+			used[a] = fmt.Sprintf("vpn.peers[%d] (%s)", i, peer.Name)
 		}
 	}
+}
+
+// lastAddr is the highest address of p (the broadcast address for IPv4).
+func lastAddr(p netip.Prefix) netip.Addr {
+	b := p.Masked().Addr().AsSlice()
+	host := len(b)*8 - p.Bits()
+	for i := len(b) - 1; i >= 0 && host > 0; i-- {
+		n := min(host, 8)
+		b[i] |= byte(1<<n - 1)
+		host -= n
+	}
+	a, _ := netip.AddrFromSlice(b)
+	return a
 }
 
 // checkPort validates a port number given as text.

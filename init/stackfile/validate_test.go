@@ -143,7 +143,15 @@ func TestParseErrors(t *testing.T) {
 				`stack.yaml:4:89: vpn.peers[1].key: key already used by vpn.peers[0]`}},
 		{"vpn peer address", one + "vpn: {peers: [{name: a, key: \"" + keyA + "\", address: 10.9.0.5}, {name: b, key: \"" + keyB + "\", address: 10.8.0.1}]}\n",
 			[]string{`stack.yaml:4:78: vpn.peers[0].address: 10.9.0.5 is outside vpn.subnet 10.8.0.0/24`,
-				`stack.yaml:4:161: vpn.peers[1].address: 10.8.0.1 is reserved (the subnet's network address and fw's VPN address)`}},
+				`stack.yaml:4:161: vpn.peers[1].address: 10.8.0.1 is fw's own VPN address (the subnet's first)`}},
+		{"vpn peer address taken by an earlier automatic one", one + "vpn: {peers: [{name: a, key: \"" + keyA + "\"}, {name: b, key: \"" + keyB + "\", address: 10.8.0.2}]}\n",
+			[]string{`stack.yaml:4:142: vpn.peers[1].address: 10.8.0.2 is already used by vpn.peers[0] (a)`}},
+		{"vpn peer broadcast", one + "vpn: {peers: [{name: a, key: \"" + keyA + "\", address: 10.8.0.255}]}\n",
+			[]string{`stack.yaml:4:78: vpn.peers[0].address: 10.8.0.255 is the network or broadcast address of vpn.subnet 10.8.0.0/24`}},
+		{"vpn subnet full", one + "vpn: {subnet: 10.8.0.0/30, peers: [{name: a, key: \"" + keyA + "\"}, {name: b, key: \"" + keyB + "\"}]}\n",
+			[]string{`stack.yaml:4:100: vpn.peers[1]: no free address left in vpn.subnet 10.8.0.0/30 for this peer`}},
+		{"vpn subnet ipv6", one + "vpn: {subnet: \"fd00::/64\"}\n",
+			[]string{`stack.yaml:4:7: vpn.subnet: fd00::/64: the VPN subnet must be IPv4 with at least 4 addresses (a /30 or larger)`}},
 
 		// Witness, cluster, config.
 		{"witness not host:port", one + "witness: 10.0.0.5\n",

@@ -310,8 +310,10 @@ Meaning:
   addresses) do not overlap one another; the internal subnet is large enough for every host and
   instance address (the default role layout needs at least a /25, more than 28 web instances a /24).
 - ` + "`public.vip`" + ` lies inside every static host address's subnet and is none of the hosts' addresses.
-- VPN: port 1..65535; keys are WireGuard keys (32 bytes, base64); peer names and keys are unique; peer
-  addresses lie inside vpn.subnet, are unique and are neither the network address nor fw's (the first).
+- VPN: port 1..65535; the subnet is IPv4, a /30 or larger; keys are WireGuard keys (32 bytes, base64);
+  peer names and keys are unique. fw takes the subnet's first address; a peer without an address gets
+  the next free one in list order, and an explicit address must lie inside the subnet, be neither its
+  network nor broadcast address, and not be taken by fw or an earlier peer.
 - ` + "`witness`" + ` is host:port with a port in 1..65535.
 - Cluster timings: heartbeat < suspect < dead, none negative.
 - ` + "`config.source`" + ` has a supported form; ` + "`config.poll`" + ` is at least 1s; signedby entries are armored
