@@ -745,7 +745,7 @@ func (f *fixture) roleStart(name string) time.Duration {
 			}
 			for _, ln := range l.Tail(1000) {
 				if strings.Contains(ln.Text, `msg="role up"`) && !ln.Time.Before(begin) {
-					f.t.Logf("prepare %v; %s", f.envs[name].Timing.Prepared, ln.Text[strings.Index(ln.Text, "mounted_ms"):])
+					f.t.Logf("prepare %v; %s", f.envs[name].Timing.Prepared, ln.Text[strings.Index(ln.Text, "root="):])
 				}
 			}
 			return time.UnixMicro(us).Sub(begin)
