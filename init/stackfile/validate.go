@@ -250,7 +250,9 @@ func (v *validator) subnets() {
 	// Groups whose subnets must be disjoint. Host addresses and the VIP
 	// share the public LAN, so they form one group.
 	var groups [][]namedPrefix
-	if checkMasked("internal", s.Internal) {
+	if s.Internal.IsValid() && !s.Internal.Addr().Is4() {
+		v.errf("internal", "%s: the internal subnet must be IPv4 for now", s.Internal)
+	} else if checkMasked("internal", s.Internal) {
 		groups = append(groups, []namedPrefix{{"internal", s.Internal}})
 	} else if !s.Internal.IsValid() {
 		v.errf("internal", "the internal subnet is required")
@@ -307,6 +309,10 @@ func (v *validator) public() {
 	seen := map[netip.Prefix]int{}
 	for i, p := range s.Public.Allow {
 		path := fmt.Sprintf("public.allow[%d]", i)
+		if !p.Addr().Is4() {
+			v.errf(path, "%s: allow-list entries must be IPv4 for now", p)
+			continue
+		}
 		if p != p.Masked() {
 			v.errf(path, "%s has host bits set; did you mean %s?", p, p.Masked())
 			continue

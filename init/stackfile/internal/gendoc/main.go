@@ -306,6 +306,7 @@ Meaning:
   address inside whose subnet it lies.
 - Pairs: the peer exists, is not the host itself, and names the host back as its pair.
 - Fences: type is redfish, ipmi or qmp; the address is given.
+- internal and public.allow are IPv4 for now (the firewall builds IPv4 rules for them).
 - Subnets: internal, vpn.subnet, pairnet and the public subnet (the VIP's and hosts' static
   addresses) do not overlap one another; the internal subnet is large enough for every host and
   instance address (the default role layout needs at least a /25, more than 28 web instances a /24).
