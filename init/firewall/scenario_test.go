@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/netip"
 	"runtime"
 	"slices"
 	"strings"
@@ -111,7 +112,7 @@ const (
 // firewall sees only the source address, so a veth stands in for
 // WireGuard) and one namespace per role instance on the ms-int bridge,
 // each serving its role's ports.
-func newLab(t *testing.T) *lab {
+func newLab(t *testing.T, tweak ...func(*stackfile.Stack)) *lab {
 	l := &lab{t: t, roles: map[string]int{}}
 	l.hostNS, l.host = netns(t)
 	l.publicNS, l.public = netns(t)
@@ -133,6 +134,9 @@ func newLab(t *testing.T) *lab {
 	ipns(t, h, "link", "set", "ms-int", "up")
 
 	stack := stackfile.Default()
+	for _, f := range tweak {
+		f(stack)
+	}
 	insts, err := stack.Instances()
 	if err != nil {
 		t.Fatal(err)
@@ -346,5 +350,34 @@ func TestPublicPortScan(t *testing.T) {
 	t.Logf("scanned 65535 ports in %v; open: %v", time.Since(start).Round(time.Millisecond), open)
 	if !slices.Equal(open, []int{80, 443}) {
 		t.Fatalf("open ports %v, want exactly [80 443]", open)
+	}
+}
+
+// TestPublicRateLimit: a public client opening new connections faster than
+// public.ratelimit allows sees some dropped; once its address is in the
+// allow-list (edited in place), none are.
+func TestPublicRateLimit(t *testing.T) {
+	l := newLab(t, func(s *stackfile.Stack) { s.Public.RateLimit = 2 })
+	const attempts = 20
+	try := func(timeout time.Duration) (ok int) {
+		for range attempts {
+			if got, err := dial(l.public, hostPublic+":80", timeout); err == nil && got == "lb1" {
+				ok++
+			}
+		}
+		return ok
+	}
+	// 20 attempts within a few seconds at 2/s with a burst of 2: several
+	// must be dropped whatever the machine's speed.
+	if ok := try(300 * time.Millisecond); ok == attempts {
+		t.Fatalf("all %d rapid connections passed a 2/s per-source limit", attempts)
+	} else {
+		t.Logf("rate-limited: %d of %d connections passed", ok, attempts)
+	}
+	if err := l.fw.UpdateAllow(context.Background(), []netip.Prefix{netip.MustParsePrefix(publicClient + "/32")}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if ok := try(reachTimeout); ok != attempts {
+		t.Fatalf("allow-listed client: %d of %d connections passed", ok, attempts)
 	}
 }
