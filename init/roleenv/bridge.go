@@ -26,7 +26,7 @@ func EnsureBridge(ns netns.NsHandle, name string, addr netip.Prefix) error {
 	case errors.As(err, &notFound):
 		br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: name}}
 		if err := h.LinkAdd(br); err != nil {
-			return fmt.Errorf("bridge %s: create: %w", name, err)
+			return fmt.Errorf("bridge %s: create: %w%s", name, err, moduleHint(err, "bridge"))
 		}
 		if l, err = h.LinkByName(name); err != nil {
 			return fmt.Errorf("bridge %s: %w", name, err)
@@ -68,4 +68,13 @@ func netipPrefix(a netlink.Addr) (netip.Prefix, bool) {
 	}
 	ones, _ := a.Mask.Size()
 	return netip.PrefixFrom(ip.Unmap(), ones), true
+}
+
+// moduleHint explains "operation not supported" from link creation: the
+// kernel lacks the link type's module.
+func moduleHint(err error, module string) string {
+	if errors.Is(err, unix.EOPNOTSUPP) {
+		return " (load the " + module + " kernel module)"
+	}
+	return ""
 }

@@ -291,7 +291,7 @@ func (e *Env) afterStart(pid int) error {
 		PeerNamespace: netlink.NsPid(pid),
 	}
 	if err := h.LinkAdd(veth); err != nil {
-		return fmt.Errorf("role %s: create veth %s: %w", e.inst.Name, veth.Name, err)
+		return fmt.Errorf("role %s: create veth %s: %w%s", e.inst.Name, veth.Name, err, moduleHint(err, "veth"))
 	}
 	if err := h.LinkSetUp(veth); err != nil {
 		return fmt.Errorf("role %s: veth %s up: %w", e.inst.Name, veth.Name, err)

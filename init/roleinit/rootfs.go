@@ -46,7 +46,11 @@ func buildRoot(s *Spec) (string, error) {
 	}
 	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s", escapeOverlay(s.Image), upper, work)
 	if err := unix.Mount("overlay", root, "overlay", 0, opts); err != nil {
-		return "", fmt.Errorf("overlay of image %s: %w", s.Image, err)
+		hint := ""
+		if errors.Is(err, unix.ENODEV) {
+			hint = " (the kernel has no overlay filesystem: load the overlay module)"
+		}
+		return "", fmt.Errorf("overlay of image %s: %w%s", s.Image, err, hint)
 	}
 	mounts := []mnt{
 		{"proc", "proc", "proc", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, "", 0o555},
