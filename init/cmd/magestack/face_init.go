@@ -17,12 +17,14 @@ import (
 
 	"magestack/init/cmdline"
 	"magestack/init/configsource"
+	"magestack/init/configstore"
 	"magestack/init/klog"
 	"magestack/init/kmod"
 	"magestack/init/mounts"
 	"magestack/init/netconf"
 	"magestack/init/pid1"
 	"magestack/init/reap"
+	"magestack/init/reconcile"
 	"magestack/init/stackfile"
 	"magestack/init/timeline"
 )
@@ -41,11 +43,13 @@ type bootEnv struct {
 
 	powerButton sync.Once
 
-	mu       sync.Mutex
-	modules  *kmod.Loader
-	hostname string
-	stack    *stackfile.Stack
-	network  *netconf.State
+	mu           sync.Mutex
+	modules      *kmod.Loader
+	hostname     string
+	hostnameFrom string
+	stack        *stackfile.Stack
+	revision     configsource.Revision
+	network      *netconf.State
 }
 
 // Stack is the loaded stack file (nil before the config step succeeded).
@@ -292,7 +296,10 @@ func installModprobe() error {
 func (b *bootEnv) hostnameStep(ctx context.Context) error {
 	name, source := b.cmdline.Value("magestack.host"), "magestack.host="
 	if name == "" {
-		if st, err := b.loadStack(); err == nil {
+		// Before the network only a path source (or the default) is
+		// readable; the config step renames the host once a fetched stack
+		// names it.
+		if st, err := b.localStack(); err == nil {
 			if h := hostForMACs(st, bootMACs(b.cmdline)); h != "" {
 				name, source = h, "stack file host by MAC"
 			}
@@ -301,6 +308,10 @@ func (b *bootEnv) hostnameStep(ctx context.Context) error {
 	if name == "" {
 		name, source = "magestack", "default"
 	}
+	return b.setHostname(name, source)
+}
+
+func (b *bootEnv) setHostname(name, source string) error {
 	if err := validHostname(name); err != nil {
 		return err
 	}
@@ -309,7 +320,7 @@ func (b *bootEnv) hostnameStep(ctx context.Context) error {
 	}
 	_ = os.WriteFile("/etc/hostname", []byte(name+"\n"), 0o644)
 	b.mu.Lock()
-	b.hostname = name
+	b.hostname, b.hostnameFrom = name, source
 	b.mu.Unlock()
 	b.log.Info("hostname set", "name", name, "from", source)
 	return nil
@@ -386,9 +397,9 @@ func (b *bootEnv) networkStep(ctx context.Context) error {
 	return nil
 }
 
-// loadStack reads the stack file named by magestack.config= (a path inside
-// the initramfs for now), or the embedded default.
-func (b *bootEnv) loadStack() (*stackfile.Stack, error) {
+// localStack is the stack file when it can be read before the network is
+// up: a path source (inside the initramfs) or the embedded default.
+func (b *bootEnv) localStack() (*stackfile.Stack, error) {
 	raw := b.cmdline.Value("magestack.config")
 	if raw == "" {
 		return stackfile.Default(), nil
@@ -398,7 +409,7 @@ func (b *bootEnv) loadStack() (*stackfile.Stack, error) {
 		return nil, fmt.Errorf("magestack.config=%s: %w", raw, err)
 	}
 	if src.Kind != configsource.KindPath {
-		return nil, fmt.Errorf("magestack.config=%s: %s sources are not fetched at boot yet (use a path inside the initramfs)", raw, src.Kind)
+		return nil, fmt.Errorf("magestack.config=%s: a %s source needs the network", raw, src.Kind)
 	}
 	data, err := os.ReadFile(src.Path)
 	if err != nil {
@@ -407,16 +418,51 @@ func (b *bootEnv) loadStack() (*stackfile.Stack, error) {
 	return stackfile.Parse(src.Path, data)
 }
 
+// configStep picks the stack the host boots with (reconcile.Initial): the
+// magestack.config= source if it fetches and validates, else the last good
+// revision kept on the host, else the built-in default. It always ends with
+// a usable stack; why a better origin was passed over goes to the console.
 func (b *bootEnv) configStep(ctx context.Context) error {
-	st, err := b.loadStack()
+	store, err := configstore.Open(configstore.DefaultDir)
 	if err != nil {
-		return err
+		b.log.Warn("config: no store for the last good revision", "dir", configstore.DefaultDir, "err", err)
+		store = nil
+	}
+	fetcher := configsource.New(configsource.Options{Logger: b.log})
+	source := b.cmdline.Value("magestack.config")
+	rev, st, origin, err := reconcile.Initial(ctx, b.log, fetcher, source, store)
+	if err != nil {
+		b.log.Warn("config: better origin passed over", "used", string(origin), "err", err)
+	}
+	if st == nil {
+		return fmt.Errorf("config: no usable stack (origin %s): %w", origin, err)
 	}
 	b.mu.Lock()
-	b.stack = st
+	b.stack, b.revision = st, rev
+	renamable := b.hostnameFrom == "default"
 	b.mu.Unlock()
-	b.log.Info("stack config loaded", "stack", st.Name, "hosts", len(st.Hosts), "roles", len(st.Roles))
+	b.log.Info("stack config loaded", "stack", st.Name, "origin", string(origin), "revision", shortID(rev.ID),
+		"hosts", len(st.Hosts), "roles", len(st.Roles))
+	if renamable && b.cmdline.Value("magestack.host") == "" {
+		if h := hostForMACs(st, bootMACs(b.cmdline)); h != "" {
+			return b.setHostname(h, "stack file host by MAC")
+		}
+	}
 	return nil
+}
+
+// Revision is the stack file revision the host booted with.
+func (b *bootEnv) Revision() configsource.Revision {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.revision
+}
+
+func shortID(id string) string {
+	if len(id) > 12 {
+		return id[:12]
+	}
+	return id
 }
 
 // withTestHooks wraps steps for the QEMU scenarios (never set in
