@@ -192,5 +192,5 @@ func Run(w io.Writer) error {
 	}
 	fmt.Fprintf(w, "firewall: allow-list edit in a %d-address set (median of %d): add %v, remove %v (target <= 5ms)\n",
 		setSize, editCount, median(adds).Round(time.Microsecond), median(dels).Round(time.Microsecond))
-	return nil
+	return Throughput(w)
 }
