@@ -170,6 +170,12 @@ func (n *Node) Leader() string {
 	return string(id)
 }
 
+// LeaderAddr returns the current leader's raft address ("" when none).
+func (n *Node) LeaderAddr() string {
+	addr, _ := n.r.Load().LeaderWithID()
+	return string(addr)
+}
+
 // InMajority reports whether this node heard from a majority within its
 // lease: a leader keeps leadership only while a quorum answers (raft steps
 // it down after LeaderLeaseTimeout), a follower must have heard from the

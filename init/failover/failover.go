@@ -92,6 +92,9 @@ type Controller struct {
 	lastMove  map[string]time.Time
 	warned    map[string]time.Time
 	failovers []Failover
+	// moving holds instances released by a move in progress, so placement
+	// does not hand them back meanwhile.
+	moving map[string]bool
 }
 
 // New checks cfg.
@@ -112,7 +115,7 @@ func New(cfg Config) (*Controller, error) {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	return &Controller{cfg: cfg, log: cfg.Logger, running: map[string]bool{}, deadSince: map[string]time.Time{},
-		lastMove: map[string]time.Time{}, warned: map[string]time.Time{}}, nil
+		lastMove: map[string]time.Time{}, warned: map[string]time.Time{}, moving: map[string]bool{}}, nil
 }
 
 // Run loops until ctx ends, then stops every local instance.
@@ -274,6 +277,12 @@ func (c *Controller) lead(ctx context.Context, table []cluster.Ownership) {
 		if ok && o.Owner != "" {
 			continue
 		}
+		c.mu.Lock()
+		busy := c.moving[in.Name]
+		c.mu.Unlock()
+		if busy {
+			continue
+		}
 		target := in.Host
 		if !c.alive(target) {
 			if p := c.pairOf(target); p != "" && c.alive(p) {
@@ -325,6 +334,18 @@ func (c *Controller) warnOnce(key, msg string, args ...any) {
 func (c *Controller) move(ctx context.Context, from, to string, list []cluster.Ownership, detected time.Time) {
 	f := Failover{From: from, To: to, Timeline: []Event{{At: detected, What: "detected " + from + " dead"}, {At: time.Now(), What: "decided: move to " + to}}}
 	c.log.Warn("failover: moving instances", "from", from, "to", to, "instances", len(list))
+	c.mu.Lock()
+	for _, o := range list {
+		c.moving[o.Instance] = true
+	}
+	c.mu.Unlock()
+	defer func() {
+		c.mu.Lock()
+		for _, o := range list {
+			delete(c.moving, o.Instance)
+		}
+		c.mu.Unlock()
+	}()
 	var released []cluster.Ownership
 	for _, o := range list {
 		r, err := c.cfg.Cluster.Assign(ctx, o.Instance, "", o.Epoch, fmt.Sprintf("releasing from %s", from))
@@ -381,6 +402,36 @@ func (c *Controller) fenceAndGoAlone(ctx context.Context) {
 	if err := c.cfg.Cluster.RecoverAlone(); err != nil {
 		c.log.Error("failover: recover alone failed", "err", err)
 	}
+}
+
+// MoveTo moves every instance that runs on another host to host to, on
+// purpose (maintenance of the other host). Leader only. The blip is the
+// lease wait plus the instances' start.
+func (c *Controller) MoveTo(ctx context.Context, to string) (Failover, error) {
+	if !c.cfg.Cluster.IsLeader() {
+		return Failover{}, cluster.ErrNotLeader
+	}
+	if _, _, ok := c.cfg.Stack.HostByName(to); !ok {
+		return Failover{}, fmt.Errorf("failover --to %s: no such host in the stack", to)
+	}
+	if !c.alive(to) {
+		return Failover{}, fmt.Errorf("failover --to %s: that host is not alive", to)
+	}
+	byHost := map[string][]cluster.Ownership{}
+	for _, o := range c.cfg.Cluster.Table() {
+		if o.Owner != "" && o.Owner != to {
+			byHost[o.Owner] = append(byHost[o.Owner], o)
+		}
+	}
+	if len(byHost) == 0 {
+		return Failover{}, fmt.Errorf("failover --to %s: it already runs every instance", to)
+	}
+	for from, list := range byHost {
+		c.move(ctx, from, to, list, time.Now())
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.failovers[len(c.failovers)-1], nil
 }
 
 // ForceAlone is `magestack failover --force`: take over without a

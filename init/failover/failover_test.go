@@ -233,3 +233,38 @@ func TestNoMoveWhenOnlyThePairLinkIsCutAndWitnessSeesBoth(t *testing.T) {
 	}
 	t.Logf("leader %s: dh1 %d→%d, dh2 %d→%d instances", leader, n1, w.count("dh1"), n2, w.count("dh2"))
 }
+
+func TestPlannedMoveAndBack(t *testing.T) {
+	w := &world{runs: map[string]string{}}
+	v := &views{m: map[string]map[string]heartbeat.State{}}
+	ms := startPair(t, w, v)
+	waitFor(t, "placed", 15*time.Second, func() bool { return w.count("dh1")+w.count("dh2") == 8 })
+	var leader *member
+	for _, m := range ms {
+		if m.node.IsLeader() {
+			leader = m
+		}
+	}
+	for _, m := range ms {
+		if m != leader {
+			if _, err := m.ctl.MoveTo(context.Background(), "dh2"); err == nil {
+				t.Fatal("a follower accepted a planned move")
+			}
+			break
+		}
+	}
+	if _, err := leader.ctl.MoveTo(context.Background(), "dh9"); err == nil {
+		t.Fatal("move to an unknown host accepted")
+	}
+	for _, to := range []string{"dh2", "dh1"} {
+		f, err := leader.ctl.MoveTo(context.Background(), to)
+		if err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, "everything on "+to, 10*time.Second, func() bool { return w.count(to) == 8 })
+		t.Logf("moved to %s: %v", to, f.Timeline)
+	}
+	if len(w.violations) > 0 {
+		t.Fatalf("two owners: %v", w.violations)
+	}
+}

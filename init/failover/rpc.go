@@ -1,0 +1,112 @@
+package failover
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"time"
+
+	"magestack/init/cluster"
+)
+
+// RPCPort is where members take operator requests forwarded from another
+// member (only the leader can change ownership). Like the raft and
+// heartbeat ports it is open only to the stack's own hosts and witness.
+const RPCPort = 7702
+
+// Request is an operator's failover request.
+type Request struct {
+	To    string `json:"to,omitempty"`    // planned move of everything to this host
+	Force bool   `json:"force,omitempty"` // take over without witness or fence
+}
+
+// Reply answers a Request.
+type Reply struct {
+	Failover *Failover `json:"failover,omitempty"`
+	Message  string    `json:"message"`
+}
+
+// Handle executes r here: a planned move on the leader, or a forced
+// takeover on this host.
+func (c *Controller) Handle(ctx context.Context, r Request) (Reply, error) {
+	switch {
+	case r.Force:
+		if c.cfg.Runtime == nil {
+			return Reply{}, errors.New("failover --force runs on the host that should take over, not on the witness")
+		}
+		if err := c.ForceAlone(); err != nil {
+			return Reply{}, err
+		}
+		return Reply{Message: "this host is now the only voter and takes over what its peer ran; if the peer is in fact alive, both run the same roles until it is powered off"}, nil
+	case r.To != "":
+		f, err := c.MoveTo(ctx, r.To)
+		if err != nil {
+			return Reply{}, err
+		}
+		return Reply{Failover: &f, Message: fmt.Sprintf("moved %s's instances to %s", f.From, f.To)}, nil
+	}
+	return Reply{}, errors.New("failover: say --to HOST or --force")
+}
+
+// RPCHandler serves forwarded requests (POST /v1/failover).
+func (c *Controller) RPCHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /v1/failover", func(w http.ResponseWriter, r *http.Request) {
+		var req Request
+		if err := json.NewDecoder(io.LimitReader(r.Body, 4096)).Decode(&req); err != nil {
+			writeJSON(w, http.StatusBadRequest, map[string]string{"error": "bad request: " + err.Error()})
+			return
+		}
+		ctx, cancel := context.WithTimeout(r.Context(), time.Minute)
+		defer cancel()
+		rep, err := c.Handle(ctx, req)
+		if err != nil {
+			writeJSON(w, http.StatusConflict, map[string]string{"error": err.Error()})
+			return
+		}
+		writeJSON(w, http.StatusOK, rep)
+	})
+	return mux
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	json.NewEncoder(w).Encode(v)
+}
+
+// Submit runs r where it must run: a forced takeover here, a planned move
+// on the leader (forwarded over RPCPort when this member does not lead).
+func (c *Controller) Submit(ctx context.Context, r Request, leaderRaftAddr string) (Reply, error) {
+	if r.Force || c.cfg.Cluster.IsLeader() {
+		return c.Handle(ctx, r)
+	}
+	host, _, err := net.SplitHostPort(leaderRaftAddr)
+	if err != nil || host == "" {
+		return Reply{}, fmt.Errorf("no cluster leader known to forward to (%w)", cluster.ErrNotLeader)
+	}
+	body, _ := json.Marshal(r)
+	url := "http://" + net.JoinHostPort(host, strconv.Itoa(RPCPort)) + "/v1/failover"
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
+	if err != nil {
+		return Reply{}, err
+	}
+	resp, err := (&http.Client{Timeout: time.Minute}).Do(req)
+	if err != nil {
+		return Reply{}, fmt.Errorf("forwarding to the leader at %s: %w", host, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		var e map[string]string
+		json.NewDecoder(resp.Body).Decode(&e)
+		return Reply{}, fmt.Errorf("leader %s: %s", host, e["error"])
+	}
+	var rep Reply
+	return rep, json.NewDecoder(resp.Body).Decode(&rep)
+}
