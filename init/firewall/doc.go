@@ -26,4 +26,17 @@
 // enables. VPN clients are recognised by their source subnet; the public
 // interfaces drop any packet claiming a VPN source, so only ms-vpn (or a
 // route behind it) can present one.
+//
+// Public traffic to 80/443 is DNATed only when addressed to the host
+// itself (`fib daddr type local`: its own address or the VIP), to lb's
+// internal address wherever lb runs (the internal network spans hosts).
+// New public connections are rate-limited per source address through the
+// dynamic set public_meter; sources in public_allow skip the limit.
+// UpdateAllow edits that set in place in about a third of a millisecond.
+//
+// Limits: the internal network and the VPN are IPv4; on the IPv6 side the
+// host accepts only neighbour discovery and rate-limited echo requests. A
+// role could still forge a VPN source address on the bridge (bridged
+// traffic is not reverse-path filtered); the roles have no CAP_NET_RAW
+// except fw.
 package firewall

@@ -119,7 +119,7 @@ func (f *Firewall) Apply(ctx context.Context, rs *Ruleset) (err error) {
 		return fmt.Errorf("firewall: build batch: %w", err)
 	}
 	if err := c.Flush(); err != nil {
-		return fmt.Errorf("firewall: apply table inet %s (previous ruleset kept): %w", TableName, err)
+		return fmt.Errorf("firewall: apply table inet %s (previous ruleset kept)%s: %w", TableName, hint(err), err)
 	}
 	return nil
 }
@@ -199,7 +199,7 @@ func (f *Firewall) UpdateAllow(ctx context.Context, add, remove []netip.Prefix) 
 		}
 	}
 	if err := c.Flush(); err != nil {
-		return fmt.Errorf("firewall: allow-list update: %w", err)
+		return fmt.Errorf("firewall: allow-list update (set unchanged)%s: %w", hint(err), err)
 	}
 	return nil
 }
@@ -316,4 +316,21 @@ func countRules(rs *Ruleset) int {
 		n += len(c.Rules)
 	}
 	return n
+}
+
+// hint explains the kernel's terse batch errors.
+func hint(err error) string {
+	switch {
+	case errors.Is(err, unix.ENOENT):
+		return " [a rule or element names a chain, set or element that does not exist]"
+	case errors.Is(err, unix.ENFILE):
+		return " [a set is over its size limit]"
+	case errors.Is(err, unix.EEXIST):
+		return " [an element is already present or overlaps another]"
+	case errors.Is(err, unix.EOPNOTSUPP), errors.Is(err, unix.EAFNOSUPPORT):
+		return " [the kernel lacks an nftables feature: is the module loaded?]"
+	case errors.Is(err, unix.ENOBUFS), errors.Is(err, unix.EMSGSIZE):
+		return " [netlink buffer too small for the batch]"
+	}
+	return ""
 }

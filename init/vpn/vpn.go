@@ -7,6 +7,21 @@
 // The host's private key comes from the stack file (vpn.privatekey) or is
 // generated once and kept in the state directory, so the public key that
 // clients pin survives reboots as long as that directory is persistent.
+// A stack meant to survive a lost host should set vpn.privatekey: the peer
+// that takes over fw then presents the same key.
+//
+// Adding an operator, on the host that runs fw:
+//
+//	magestack vpn add-peer alice > alice.conf
+//
+// prints a wg-quick client configuration (a fresh key pair for alice, the
+// next free address of vpn.subnet, the host's public key, the endpoint
+// public.vip:vpn.port, AllowedIPs = vpn.subnet + internal) followed by the
+// stack-file line to add under vpn.peers. Commit that line; once the
+// stack file is applied, `wg-quick up ./alice.conf` on the operator's
+// machine opens the management ports (acc SSH, monitor portal, db admin,
+// lb stats) and nothing else. The private key is printed once and not
+// stored on the host; -endpoint overrides the address clients dial.
 package vpn
 
 import (
