@@ -35,8 +35,8 @@
 // UpdateAllow edits that set in place in about a third of a millisecond.
 //
 // Limits: the internal network and the VPN are IPv4; on the IPv6 side the
-// host accepts only neighbour discovery and rate-limited echo requests. A
-// role could still forge a VPN source address on the bridge (bridged
-// traffic is not reverse-path filtered); the roles have no CAP_NET_RAW
-// except fw.
+// host accepts only neighbour discovery and rate-limited echo requests.
+// Bridged traffic is not reverse-path filtered, so a role can send a packet
+// with a forged source (another role's or a VPN address); the reply goes
+// to the address's real owner, so such a connection cannot complete.
 package firewall
