@@ -118,6 +118,7 @@ type unit struct {
 }
 
 type runHandle struct {
+	ctx    context.Context // cancelled once a stop was asked for
 	cancel context.CancelFunc
 	done   chan struct{}
 }
@@ -196,11 +197,23 @@ func (s *Supervisor) Start(ctx context.Context, name string) error {
 			return fmt.Errorf("unit %s: after: unknown unit %q", name, dep)
 		}
 	}
-	if u.run != nil {
-		return nil
+	for u.run != nil {
+		h := u.run
+		if h.ctx.Err() == nil {
+			return nil // running and staying so
+		}
+		// Being stopped: let the stop finish, then start afresh.
+		s.mu.Unlock()
+		select {
+		case <-h.done:
+		case <-ctx.Done():
+			s.mu.Lock()
+			return fmt.Errorf("start %s: waiting for its stop to finish: %w", name, ctx.Err())
+		}
+		s.mu.Lock()
 	}
 	lctx, cancel := context.WithCancel(context.Background())
-	h := &runHandle{cancel: cancel, done: make(chan struct{})}
+	h := &runHandle{ctx: lctx, cancel: cancel, done: make(chan struct{})}
 	u.run = h
 	u.exits = nil
 	s.setStateLocked(u, StateStarting, "")

@@ -664,3 +664,27 @@ func TestCgroupOOMReported(t *testing.T) {
 		t.Error("no exited event naming the OOM kill")
 	}
 }
+
+func TestStartDuringStopStartsAfresh(t *testing.T) {
+	needBusybox(t)
+	s := newSup(t, Options{})
+	s.Add(Spec{Name: "slowstop", Command: sh(`trap "sleep 0.3; exit 0" TERM; while :; do sleep 0.05; done`), StopGrace: 5 * time.Second})
+	s.Start(context.Background(), "slowstop")
+	waitFor(t, "ready", 10*time.Second, func() bool { return unitStatus(t, s, "slowstop").State == StateReady })
+	old := unitStatus(t, s, "slowstop").PID
+	stopped := make(chan error, 1)
+	go func() { stopped <- s.Stop(context.Background(), "slowstop") }()
+	waitFor(t, "stopping", 10*time.Second, func() bool { return unitStatus(t, s, "slowstop").State == StateStopping })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := s.Start(ctx, "slowstop"); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-stopped; err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "running again", 10*time.Second, func() bool {
+		st := unitStatus(t, s, "slowstop")
+		return st.State == StateReady && st.PID != old
+	})
+}
