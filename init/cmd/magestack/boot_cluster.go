@@ -1,0 +1,245 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"magestack/init/cluster"
+	"magestack/init/clusterconf"
+	"magestack/init/failover"
+	"magestack/init/fence"
+	"magestack/init/heartbeat"
+	"magestack/init/roleenv"
+	"magestack/init/stackfile"
+	"magestack/init/supervise"
+	"magestack/init/vip"
+	"magestack/init/watchdog"
+)
+
+// roleRuntime starts and stops single role instances on this host for the
+// failover controller: an instance's unit is added to PID 1's supervisor the
+// first time this host runs it.
+type roleRuntime struct {
+	log       *slog.Logger
+	sup       *supervise.Supervisor
+	opts      roleenv.Options
+	stack     *stackfile.Stack
+	hostIndex int
+
+	mu    sync.Mutex
+	added map[string]bool
+}
+
+func (r *roleRuntime) instance(name string) (stackfile.Instance, error) {
+	insts, err := r.stack.Instances()
+	if err != nil {
+		return stackfile.Instance{}, err
+	}
+	for _, in := range insts {
+		if in.Name == name {
+			return in, nil
+		}
+	}
+	return stackfile.Instance{}, fmt.Errorf("instance %s is not in stack %s", name, r.stack.Name)
+}
+
+// Start starts the instance and waits (bounded) until it is ready.
+func (r *roleRuntime) Start(ctx context.Context, name string) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.added[name] {
+		in, err := r.instance(name)
+		if err != nil {
+			return err
+		}
+		env, err := roleenv.New(r.log, r.opts, r.stack, r.hostIndex, in)
+		if err != nil {
+			return err
+		}
+		if err := r.sup.Add(env.Unit()); err != nil {
+			return err
+		}
+		r.added[name] = true
+	}
+	if err := r.sup.Start(ctx, name); err != nil {
+		return err
+	}
+	wctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	return r.sup.WaitReady(wctx, name)
+}
+
+// Stop stops the instance; its unit stays known for a later start.
+func (r *roleRuntime) Stop(ctx context.Context, name string) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.added[name] {
+		return nil
+	}
+	return r.sup.Stop(ctx, name)
+}
+
+// pairedHost reports whether this host takes part in a cluster (it has a
+// pair peer): its roles then run where the cluster says, not where the
+// stack file places them.
+func pairedHost(st *stackfile.Stack, host string) bool {
+	h, _, ok := st.HostByName(host)
+	return ok && h.Pair != ""
+}
+
+// clusterMember is what the cluster step started, for status and shutdown.
+type clusterMember struct {
+	node *cluster.Node
+	hb   *heartbeat.Monitor
+	ctl  *failover.Controller
+	wd   *watchdog.Watchdog
+}
+
+// startCluster joins the cluster and runs the failover controller, which
+// starts this host's share of the role instances. It returns once the
+// controller runs; readiness of the instances follows from the controller.
+func startCluster(ctx context.Context, log *slog.Logger, st *stackfile.Stack, host string, sup *supervise.Supervisor,
+	opts roleenv.Options, dataDir string, publicLink func() string) (*clusterMember, error) {
+	h, idx, ok := st.HostByName(host)
+	if !ok {
+		return nil, fmt.Errorf("cluster: host %q is not in the stack", host)
+	}
+	if h.PairLink != nil {
+		if err := configurePairLink(*h.PairLink); err != nil {
+			log.Error("cluster: pair link not configured; heartbeats use the LAN only", "err", err)
+		}
+	}
+	conf, err := clusterconf.For(st, host)
+	if err != nil {
+		return nil, err
+	}
+	m := &clusterMember{}
+	if m.hb, err = heartbeat.New(heartbeat.Config{ID: host, Paths: conf.Paths, Interval: st.Cluster.Heartbeat.D(),
+		Suspect: st.Cluster.Suspect.D(), Dead: st.Cluster.Dead.D(), Logger: log}); err != nil {
+		return nil, err
+	}
+	cfg := conf.Self
+	cfg.DataDir = dataDir
+	cfg.Logger = log
+	if m.node, err = cluster.Start(cfg); err != nil {
+		m.hb.Close()
+		return nil, err
+	}
+	rt := &roleRuntime{log: log, sup: sup, opts: opts, stack: st, hostIndex: idx, added: map[string]bool{}}
+
+	var vipMu sync.Mutex
+	var vipStop context.CancelFunc
+	holdVIP := func(hold bool) {
+		vipMu.Lock()
+		defer vipMu.Unlock()
+		if vipStop != nil {
+			vipStop()
+			vipStop = nil
+		}
+		if !hold || !st.Public.VIP.IsValid() {
+			return
+		}
+		holder, err := vip.New(publicLink(), st.Public.VIP, log)
+		if err != nil {
+			log.Error("cluster: cannot hold the VIP", "err", err)
+			return
+		}
+		holder.Allowed = m.node.InMajority
+		vctx, cancel := context.WithCancel(ctx)
+		vipStop = cancel
+		go func() {
+			defer holder.Close()
+			if err := holder.Hold(vctx); err != nil {
+				log.Error("cluster: VIP", "err", err)
+			}
+		}()
+	}
+	fenceFor := func(peer string) (fence.Device, bool) {
+		ph, _, ok := st.HostByName(peer)
+		if !ok || ph.Fence == nil {
+			return nil, false
+		}
+		d, err := fence.New(ph.Fence.Type, ph.Fence.Address, ph.Fence.User, ph.Fence.Password)
+		if err != nil {
+			log.Error("cluster: fence device", "peer", peer, "err", err)
+			return nil, false
+		}
+		return d, true
+	}
+	if m.ctl, err = failover.New(failover.Config{Self: host, Stack: st, Cluster: m.node, Peer: m.hb.Peer, Runtime: rt,
+		Fence: fenceFor, VIP: holdVIP, Lease: conf.Timing.Lease, Logger: log}); err != nil {
+		return nil, err
+	}
+	if wd, err := watchdog.Open("/dev/watchdog", 10*time.Second); err == nil {
+		m.wd = wd
+		go func() {
+			t := time.NewTicker(time.Second)
+			defer t.Stop()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-t.C:
+					if err := wd.Kick(); err != nil {
+						log.Error("watchdog", "err", err)
+					}
+				}
+			}
+		}()
+	} else {
+		log.Warn("cluster: no hardware watchdog; a hung PID 1 is not reset", "err", err)
+	}
+	go m.hb.Run(ctx)
+	go m.ctl.Run(ctx)
+	rpcAddr := net.JoinHostPort(hostOf(cfg.Bind), strconv.Itoa(failover.RPCPort))
+	if ln, err := net.Listen("tcp", rpcAddr); err != nil {
+		log.Error("cluster: rpc listener", "addr", rpcAddr, "err", err)
+	} else {
+		srv := &http.Server{Handler: m.ctl.RPCHandler(), ReadHeaderTimeout: 5 * time.Second}
+		go srv.Serve(ln)
+		go func() { <-ctx.Done(); srv.Close() }()
+	}
+	return m, nil
+}
+
+func hostOf(hostport string) string {
+	h, _, _ := net.SplitHostPort(hostport)
+	return h
+}
+
+// configurePairLink puts the pair-link address on the NIC with its MAC.
+func configurePairLink(pl stackfile.PairLink) error {
+	hw, err := net.ParseMAC(pl.MAC)
+	if err != nil {
+		return fmt.Errorf("pairlink mac %q: %w", pl.MAC, err)
+	}
+	links, err := netlink.LinkList()
+	if err != nil {
+		return err
+	}
+	for _, l := range links {
+		if l.Attrs().HardwareAddr.String() != hw.String() {
+			continue
+		}
+		if err := netlink.LinkSetUp(l); err != nil {
+			return fmt.Errorf("pair link %s up: %w", l.Attrs().Name, err)
+		}
+		a := pl.Address
+		addr := &netlink.Addr{IPNet: &net.IPNet{IP: net.IP(a.Addr().AsSlice()), Mask: net.CIDRMask(a.Bits(), 32)}}
+		if err := netlink.AddrAdd(l, addr); err != nil && err != unix.EEXIST {
+			return fmt.Errorf("pair link %s address %s: %w", l.Attrs().Name, a, err)
+		}
+		return nil
+	}
+	return fmt.Errorf("no NIC with the pair link's MAC %s", pl.MAC)
+}
+
