@@ -12,8 +12,9 @@ import (
 // differ.
 type InstanceChange struct {
 	Old, New Instance
-	// Fields lists what changed, sorted: address, cpu, host, image, memory,
-	// pids, settings.<key>, users, volume.
+	// Fields lists what changed, sorted: address, cpu, host, image,
+	// memcached, memory, pids, redis, settings.<key>, sites, tls, users,
+	// volume.
 	Fields []string `json:"fields"`
 	// Recreate is true when the environment itself must be rebuilt (image,
 	// volume, address or host changed). Otherwise cgroup limits are updated
@@ -136,6 +137,7 @@ func Diff(old, new *Stack) (Changes, error) {
 	fw("vpn.port", old.VPN.Port != new.VPN.Port)
 	fw("vpn.subnet", old.VPN.Subnet != new.VPN.Subnet)
 	fw("witness", old.Witness != new.Witness)
+	fw("roles.db cache ports", !slices.Equal(cachePorts(old), cachePorts(new)))
 	fw("instances", len(c.Added) > 0 || len(c.Removed) > 0 || slices.ContainsFunc(c.Changed, func(ch InstanceChange) bool {
 		return slices.Contains(ch.Fields, "address") || slices.Contains(ch.Fields, "host")
 	}))
@@ -277,7 +279,36 @@ func instanceChange(old, new *Stack, a, b Instance) InstanceChange {
 		}), false)
 	}
 	add("volume", ra.Volume != rb.Volume, true)
+	switch a.Role {
+	case "db":
+		add("redis", !slices.Equal(ra.Redis, rb.Redis), false)
+		add("memcached", !slices.Equal(ra.Memcached, rb.Memcached), false)
+	case "lb":
+		add("sites", !sitesEqual(old.Sites, new.Sites), false)
+		add("tls", !ptrEqual(old.Public.TLS, new.Public.TLS), false)
+	case "web":
+		add("sites", !sitesEqual(old.Sites, new.Sites), false)
+	}
+	slices.Sort(ch.Fields)
 	return ch
+}
+
+func sitesEqual(a, b []Site) bool {
+	return slices.EqualFunc(a, b, func(x, y Site) bool {
+		return x.Group == y.Group && x.Name == y.Name && slices.Equal(x.Domains, y.Domains) && slices.Equal(x.MaintenanceAllow, y.MaintenanceAllow)
+	})
+}
+
+// cachePorts lists the ports db's caches listen on, which the firewall opens
+// from web to db.
+func cachePorts(s *Stack) []uint16 {
+	var ports []uint16
+	db := s.Roles["db"]
+	for _, c := range append(slices.Clone(db.Redis), db.Memcached...) {
+		ports = append(ports, c.Port)
+	}
+	slices.Sort(ports)
+	return ports
 }
 
 // String summarises the changes, one line each, for operators.

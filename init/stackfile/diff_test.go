@@ -68,6 +68,12 @@ func TestDiff(t *testing.T) {
 			"~ instance fw1: address (recreate)\n~ instance mail1: address (recreate)\n~ instance db1: address (recreate)\n~ instance web1: address (recreate)\n~ instance lb1: address (recreate)\n~ instance acc1: address (recreate)\n~ instance monitor1: address (recreate)\n~ firewall ruleset: internal, instances\n"},
 		{"placement", "", "roles:\n=>roles:\n  db: {hosts: [dh2]}\n",
 			"~ instance db1: host (recreate)\n~ firewall ruleset: instances\n"},
+		{"a new site reloads web and lb only", "", "users:=>sites: [{group: g, name: www, domains: [www.shop1.example]}]\nusers:",
+			"~ instance web1: sites (update in place)\n~ instance lb1: sites (update in place)\n"},
+		{"a Redis instance added to db", "", "roles:\n=>roles:\n  db: {redis: [{name: sessions}]}\n",
+			"~ instance db1: redis (update in place)\n~ firewall ruleset: roles.db cache ports\n"},
+		{"a Redis memory change keeps the firewall", "roles:\n=>roles:\n  db: {redis: [{name: sessions}]}\n", "roles:\n=>roles:\n  db: {redis: [{name: sessions, memory: 64MiB}]}\n",
+			"~ instance db1: redis (update in place)\n"},
 		{"cluster and config", "", "roles:\n=>cluster: {dead: 2s}\nconfig: {poll: 10s}\nroles:\n",
 			"~ cluster: cluster.dead\n~ config: config.poll\n"},
 	}

@@ -151,6 +151,8 @@ func (s *Stack) applyDefaults() {
 			s.Roles[name] = def
 			continue
 		}
+		defaultCachePorts(r.Redis, 6379)
+		defaultCachePorts(r.Memcached, 11211)
 		if s.src != nil && !s.src.has("roles."+name+".count") {
 			r.Count = def.Count // "web: {memory: 1GiB}" keeps the default count
 		}
@@ -173,3 +175,13 @@ func (s *Stack) applyDefaults() {
 // RoleDefaults returns the settings an omitted role gets (and an omitted
 // field of a written role).
 func RoleDefaults() map[string]Role { return maps.Clone(roleDefaults) }
+
+// defaultCachePorts gives each cache instance without a port the service's
+// default port plus its index in the list.
+func defaultCachePorts(list []Cache, base int) {
+	for i := range list {
+		if list[i].Port == 0 && base+i <= 65535 {
+			list[i].Port = uint16(base + i)
+		}
+	}
+}

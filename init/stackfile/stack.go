@@ -47,6 +47,9 @@ type Stack struct {
 	Roles map[string]Role `yaml:"roles"`
 	// Users are the people who may log in to the acc role.
 	Users []User `yaml:"users,omitempty"`
+	// Sites are the websites the web instances serve; empty: one default
+	// site answering every host name.
+	Sites []Site `yaml:"sites,omitempty"`
 
 	src *source // where the stack was parsed from; nil when built in code
 }
@@ -105,6 +108,17 @@ type Public struct {
 	// RateLimit is the per-source new-connection limit on the public ports,
 	// per second. 0 means the default (100); -1 disables it.
 	RateLimit int `yaml:"ratelimit,omitempty"`
+	// TLS is the certificate lb serves on 443; empty: a self-signed one
+	// generated on the host.
+	TLS *TLS `yaml:"tls,omitempty"`
+}
+
+// TLS is a certificate and its private key, both PEM.
+type TLS struct {
+	// Cert is the PEM certificate chain, leaf first. Required.
+	Cert string `yaml:"cert"`
+	// Key is the PEM private key of the leaf certificate. Required.
+	Key string `yaml:"key"`
 }
 
 // VPN is the management VPN.
@@ -182,6 +196,38 @@ type Role struct {
 	// templates (e.g. php memory_limit); a change restarts only this role's
 	// services.
 	Settings map[string]string `yaml:"settings,omitempty"`
+	// Redis lists Redis instances, each its own service (db only).
+	Redis []Cache `yaml:"redis,omitempty"`
+	// Memcached lists Memcached instances, each its own service (db only).
+	Memcached []Cache `yaml:"memcached,omitempty"`
+}
+
+// Cache is one Redis or Memcached instance inside db.
+type Cache struct {
+	// Name of the instance, unique per kind: its service is redis-<name>
+	// or memcached-<name>. Required.
+	Name string `yaml:"name"`
+	// Port it listens on inside db; default 6379 (Redis) or 11211
+	// (Memcached) for the first instance, each next one the next port.
+	Port uint16 `yaml:"port,omitempty"`
+	// Memory is the instance's memory limit (maxmemory, -m); 0: the
+	// service's default.
+	Memory Size `yaml:"memory,omitempty"`
+}
+
+// Site is one website (a vhost), laid out as
+// /microcloud/domains/<group>/domains/<name>/http.
+type Site struct {
+	// Group is the directory grouping sites of one customer. Required.
+	Group string `yaml:"group"`
+	// Name is the vhost's directory name. Required.
+	Name string `yaml:"name"`
+	// Domains are the host names the site answers to, the first being
+	// canonical. Required.
+	Domains []string `yaml:"domains"`
+	// MaintenanceAllow lists client prefixes that still see the live site
+	// while the site is in maintenance mode.
+	MaintenanceAllow []netip.Prefix `yaml:"maintenanceallow,omitempty"`
 }
 
 // User is a person who may log in to acc.
@@ -257,6 +303,18 @@ func normalized(s *Stack) *Stack {
 	if len(c.Users) == 0 {
 		c.Users = nil
 	}
+	c.Sites = slices.Clone(c.Sites)
+	if len(c.Sites) == 0 {
+		c.Sites = nil
+	}
+	for i := range c.Sites {
+		if len(c.Sites[i].Domains) == 0 {
+			c.Sites[i].Domains = nil
+		}
+		if len(c.Sites[i].MaintenanceAllow) == 0 {
+			c.Sites[i].MaintenanceAllow = nil
+		}
+	}
 	c.Users = slices.Clone(c.Users)
 	for i := range c.Users {
 		if len(c.Users[i].Keys) == 0 {
@@ -270,6 +328,12 @@ func normalized(s *Stack) *Stack {
 		}
 		if len(r.Settings) == 0 {
 			r.Settings = nil
+		}
+		if len(r.Redis) == 0 {
+			r.Redis = nil
+		}
+		if len(r.Memcached) == 0 {
+			r.Memcached = nil
 		}
 		roles[k] = r
 	}

@@ -1,6 +1,7 @@
 package stackfile
 
 import (
+	"crypto/tls"
 	"encoding/base64"
 	"fmt"
 	"math/bits"
@@ -65,6 +66,7 @@ func (s *Stack) Validate() error {
 	v.config()
 	v.roles()
 	v.users()
+	v.sites()
 	if len(v.errs) == 0 {
 		v.internalFits()
 	}
@@ -306,6 +308,16 @@ func (v *validator) public() {
 			}
 		}
 	}
+	if t := s.Public.TLS; t != nil {
+		switch {
+		case t.Cert == "" || t.Key == "":
+			v.errf("public.tls", "give both cert and key (PEM), or leave tls out for a self-signed certificate")
+		default:
+			if _, err := tls.X509KeyPair([]byte(t.Cert), []byte(t.Key)); err != nil {
+				v.errf("public.tls", "certificate and key are not a usable PEM pair: %v", err)
+			}
+		}
+	}
 	seen := map[netip.Prefix]int{}
 	for i, p := range s.Public.Allow {
 		path := fmt.Sprintf("public.allow[%d]", i)
@@ -530,6 +542,7 @@ func (v *validator) roles() {
 			}
 			seen[h] = true
 		}
+		v.caches(name, r)
 		keys := make([]string, 0, len(r.Settings))
 		for k := range r.Settings {
 			keys = append(keys, k)
@@ -558,6 +571,94 @@ func (v *validator) users() {
 		for j, k := range u.Keys {
 			if _, _, _, _, err := ssh.ParseAuthorizedKey([]byte(k)); err != nil {
 				v.errf(fmt.Sprintf("%s.keys[%d]", p, j), "not an OpenSSH public key (like \"ssh-ed25519 AAAA... alice@laptop\")")
+			}
+		}
+	}
+}
+
+// caches checks a role's Redis and Memcached instances.
+func (v *validator) caches(role string, r Role) {
+	p := "roles." + role
+	if role != "db" {
+		if len(r.Redis) > 0 {
+			v.errf(p+".redis", "only db runs Redis instances")
+		}
+		if len(r.Memcached) > 0 {
+			v.errf(p+".memcached", "only db runs Memcached instances")
+		}
+		return
+	}
+	ports := map[uint16]string{3306: "MariaDB"}
+	for _, kind := range []struct {
+		key  string
+		list []Cache
+	}{{"redis", r.Redis}, {"memcached", r.Memcached}} {
+		names := map[string]bool{}
+		for i, c := range kind.list {
+			cp := fmt.Sprintf("%s.%s[%d]", p, kind.key, i)
+			switch {
+			case !labelRE.MatchString(c.Name):
+				v.errf(cp+".name", "%q is not a valid instance name: lower-case letters, digits and '-'", c.Name)
+			case names[c.Name]:
+				v.errf(cp+".name", "%s instance %q is already defined", kind.key, c.Name)
+			}
+			names[c.Name] = true
+			switch {
+			case c.Port == 0:
+				v.errf(cp+".port", "port 0 is not usable: want 1..65535")
+			case ports[c.Port] != "":
+				v.errf(cp+".port", "port %d is already used by %s", c.Port, ports[c.Port])
+			default:
+				ports[c.Port] = fmt.Sprintf("%s %s", kind.key, c.Name)
+			}
+			if c.Memory != 0 && c.Memory < 1<<20 {
+				v.errf(cp+".memory", "%s is too little: at least 1MiB", c.Memory)
+			}
+		}
+	}
+}
+
+var (
+	dirRE    = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)
+	domainRE = regexp.MustCompile(`^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+)
+
+func (v *validator) sites() {
+	vhosts := map[string]int{}
+	domains := map[string]string{}
+	for i, site := range v.s.Sites {
+		p := fmt.Sprintf("sites[%d]", i)
+		okGroup, okName := dirRE.MatchString(site.Group) && !strings.Contains(site.Group, ".."), dirRE.MatchString(site.Name) && !strings.Contains(site.Name, "..")
+		if !okGroup {
+			v.errf(p+".group", "%q is not a valid directory name: lower-case letters, digits, '.', '_' and '-'", site.Group)
+		}
+		if !okName {
+			v.errf(p+".name", "%q is not a valid directory name: lower-case letters, digits, '.', '_' and '-'", site.Name)
+		}
+		if okGroup && okName {
+			key := site.Group + "/" + site.Name
+			if j, ok := vhosts[key]; ok {
+				v.errf(p+".name", "site %s is already defined at sites[%d]", key, j)
+			}
+			vhosts[key] = i
+		}
+		if len(site.Domains) == 0 {
+			v.errf(p+".domains", "a site needs at least one domain")
+		}
+		for j, d := range site.Domains {
+			dp := fmt.Sprintf("%s.domains[%d]", p, j)
+			switch {
+			case len(d) > 253 || !domainRE.MatchString(d):
+				v.errf(dp, "%q is not a host name (lower case, like shop.example.com or *.example.com)", d)
+			case domains[d] != "":
+				v.errf(dp, "%s is already served by %s", d, domains[d])
+			default:
+				domains[d] = fmt.Sprintf("sites[%d] (%s/%s)", i, site.Group, site.Name)
+			}
+		}
+		for j, pfx := range site.MaintenanceAllow {
+			if pfx != pfx.Masked() {
+				v.errf(fmt.Sprintf("%s.maintenanceallow[%d]", p, j), "%s has host bits set; did you mean %s?", pfx, pfx.Masked())
 			}
 		}
 	}

@@ -2,6 +2,7 @@ package stackfile
 
 import (
 	"errors"
+	"os"
 	"strings"
 	"testing"
 )
@@ -24,7 +25,7 @@ func TestParseErrors(t *testing.T) {
 		{"unknown nested key", one + "roles:\n  db: {count: 1, volum: 20GiB}\n",
 			[]string{`stack.yaml:5:18: roles.db.volum: unknown key (did you mean "volume"?)`}},
 		{"unknown key far from any", one + "zebra: 1\n",
-			[]string{`stack.yaml:4:1: zebra: unknown key (valid: stack, hosts, public, internal, pairnet, vpn, witness, cluster, config, roles, users)`}},
+			[]string{`stack.yaml:4:1: zebra: unknown key (valid: stack, hosts, public, internal, pairnet, vpn, witness, cluster, config, roles, users, sites)`}},
 		{"key case", one + "Internal: 10.0.0.0/24\n",
 			[]string{`stack.yaml:4:1: Internal: unknown key (did you mean "internal"?)`}},
 		{"int wanted", one + "roles:\n  web: {count: two}\n",
@@ -52,7 +53,7 @@ func TestParseErrors(t *testing.T) {
 		{"duplicate key", one + "internal: 10.0.0.0/24\ninternal: 10.1.0.0/24\n",
 			[]string{`stack.yaml:5:1: internal: key written twice`}},
 		{"merge key", one + "base: &b {count: 1}\nroles:\n  web: {<<: *b}\n",
-			[]string{`stack.yaml:4:1: base: unknown key (valid: stack, hosts, public, internal, pairnet, vpn, witness, cluster, config, roles, users)`,
+			[]string{`stack.yaml:4:1: base: unknown key (valid: stack, hosts, public, internal, pairnet, vpn, witness, cluster, config, roles, users, sites)`,
 				`stack.yaml:6:9: roles.web: YAML merge keys (<<) are not supported: write the fields out`}},
 		{"not a mapping", "- a\n- b\n",
 			[]string{`stack.yaml:1:1: expected a mapping of stack fields (stack, hosts, roles, ...), got a list`}},
@@ -338,4 +339,78 @@ func TestMACsAreNormalised(t *testing.T) {
 	if s.Hosts[0].MAC != "52:54:00:ab:cd:ef" || s.Hosts[0].PairLink.MAC != "52:54:00:00:01:0a" {
 		t.Errorf("MACs %q %q", s.Hosts[0].MAC, s.Hosts[0].PairLink.MAC)
 	}
+}
+
+func TestNewFieldsErrors(t *testing.T) {
+	tests := []struct {
+		name, yaml string
+		want       []string
+	}{
+		{"redis outside db", one + "roles:\n  web: {redis: [{name: a}]}\n",
+			[]string{`stack.yaml:5:9: roles.web.redis: only db runs Redis instances`}},
+		{"cache port clash", one + "roles:\n  db: {redis: [{name: a}, {name: b, port: 3306}], memcached: [{name: a, port: 6379}]}\n",
+			[]string{`stack.yaml:5:37: roles.db.redis[1].port: port 3306 is already used by MariaDB`,
+				`stack.yaml:5:73: roles.db.memcached[0].port: port 6379 is already used by redis a`}},
+		{"cache name", one + "roles:\n  db: {redis: [{name: a}, {name: a}]}\n",
+			[]string{`stack.yaml:5:28: roles.db.redis[1].name: redis instance "a" is already defined`}},
+		{"tls half", one + "public: {tls: {cert: x}}\n",
+			[]string{`stack.yaml:4:10: public.tls: give both cert and key (PEM), or leave tls out for a self-signed certificate`}},
+		{"tls not pem", one + "public: {tls: {cert: x, key: y}}\n",
+			[]string{`stack.yaml:4:10: public.tls: certificate and key are not a usable PEM pair: tls: failed to find any PEM data in certificate input`}},
+		{"site names", one + "sites: [{group: ../x, name: Www, domains: [a.example]}]\n",
+			[]string{`stack.yaml:4:10: sites[0].group: "../x" is not a valid directory name: lower-case letters, digits, '.', '_' and '-'`,
+				`stack.yaml:4:23: sites[0].name: "Www" is not a valid directory name: lower-case letters, digits, '.', '_' and '-'`}},
+		{"site domains", one + "sites: [{group: g, name: a, domains: [shop.example]}, {group: g, name: b, domains: [shop.example, \"bad domain\"]}, {group: g, name: c}]\n",
+			[]string{`stack.yaml:4:85: sites[1].domains[0]: shop.example is already served by sites[0] (g/a)`,
+				`stack.yaml:4:99: sites[1].domains[1]: "bad domain" is not a host name (lower case, like shop.example.com or *.example.com)`,
+				`stack.yaml:4:115: sites[2].domains: a site needs at least one domain`}},
+		{"site twice", one + "sites: [{group: g, name: a, domains: [x.example]}, {group: g, name: a, domains: [y.example]}]\n",
+			[]string{`stack.yaml:4:63: sites[1].name: site g/a is already defined at sites[0]`}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Parse("stack.yaml", []byte(tt.yaml))
+			if err == nil {
+				t.Fatal("parsed without error")
+			}
+			if got := err.Error(); got != strings.Join(tt.want, "\n") {
+				t.Errorf("errors:\n got: %q\nwant: %q", strings.Split(got, "\n"), tt.want)
+			}
+		})
+	}
+}
+
+func TestNewFieldsValid(t *testing.T) {
+	cert, _ := os.ReadFile("testdata/shop1-cert.pem")
+	key, _ := os.ReadFile("testdata/shop1-key.pem")
+	doc := one + "public:\n  tls:\n    cert: |\n" + indent(string(cert), "      ") + "    key: |\n" + indent(string(key), "      ") +
+		"roles:\n  db: {redis: [{name: sessions}, {name: cache, memory: 1GiB}], memcached: [{name: fpc}, {name: two, port: 11300}]}\n" +
+		"sites: [{group: shop1, name: www, domains: [www.shop1.example, \"*.shop1.example\"], maintenanceallow: [203.0.113.0/24]}]\n"
+	s, err := Parse("stack.yaml", []byte(doc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	db := s.Roles["db"]
+	if db.Redis[0].Port != 6379 || db.Redis[1].Port != 6380 || db.Memcached[0].Port != 11211 || db.Memcached[1].Port != 11300 {
+		t.Errorf("cache ports %+v %+v", db.Redis, db.Memcached)
+	}
+	out, err := s.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := Parse("again.yaml", out)
+	if err != nil || !Equal(s, again) {
+		t.Fatalf("round trip: %v\n%s", err, out)
+	}
+}
+
+func indent(s, prefix string) string {
+	lines := strings.SplitAfter(s, "\n")
+	var b strings.Builder
+	for _, l := range lines {
+		if l != "" {
+			b.WriteString(prefix + l)
+		}
+	}
+	return b.String()
 }

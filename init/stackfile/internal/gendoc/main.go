@@ -37,7 +37,7 @@ func main() {
 }
 
 // typeOrder is the order the reference presents the stack file's types.
-var typeOrder = []string{"Stack", "Host", "PairLink", "Fence", "Public", "VPN", "VPNPeer", "Cluster", "ConfigSource", "Role", "User"}
+var typeOrder = []string{"Stack", "Host", "PairLink", "Fence", "Public", "TLS", "VPN", "VPNPeer", "Cluster", "ConfigSource", "Role", "Cache", "User", "Site"}
 
 // generate renders the reference from the Go files in dir.
 func generate(dir string) ([]byte, error) {
@@ -253,11 +253,17 @@ config:
   poll: 30s
 roles:
   web: {count: 3, memory: 1GiB, settings: {php.memory_limit: 512M}}
-  db: {volume: 20GiB}
+  db:
+    volume: 20GiB
+    redis: [{name: sessions, memory: 256MiB}, {name: cache, memory: 1GiB}]
+    memcached: [{name: fpc}]
   monitor: {count: 0}
 users:
   - name: alice
     keys: ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMx4iXq9wmXQ0dN4c2Tfcr7iHZ+gUM3D0lEqlkbQ3o6D alice@laptop"]
+sites:
+  - {group: shop1, name: www, domains: [www.shop1.example, shop1.example], maintenanceallow: [203.0.113.0/24]}
+  - {group: shop1, name: admin, domains: [admin.shop1.example]}
 `
 
 const rules = `## Values
@@ -322,6 +328,10 @@ Meaning:
 - Roles: only fw, mail, db, web, lb, acc, monitor; count ≥ 0, at most 150 for web and at most 1 for
   every other role (they are singletons of the stack; the pair peer holds the standby); cpu 1..10000;
   memory at least 16MiB; pids ≥ 0; hosts named in ` + "`roles.X.hosts`" + ` exist.
+- Redis and Memcached instances: only in db; names unique per kind; ports unique and not 3306.
+- public.tls: cert and key are both given and form a PEM pair.
+- Sites: group and name are directory names, group/name unique; at least one domain each, every
+  domain a lower-case host name (a leading ` + "`*.`" + ` allowed) served by one site only.
 - Users: names are login names and unique; keys are OpenSSH public keys.
 
 `
