@@ -35,7 +35,11 @@ func (s *Supervisor) loop(ctx context.Context, u *unit, h *runHandle) {
 		u.run, u.pid = nil, 0
 		s.setStateLocked(u, final, finalMsg)
 		if final == StateStopped {
-			s.emitLocked(u, "stopped", "stopped on request")
+			msg := "stopped on request"
+			if ctx.Err() == nil {
+				msg = "one-shot finished"
+			}
+			s.emitLocked(u, "stopped", msg)
 		}
 		s.mu.Unlock()
 		close(h.done)

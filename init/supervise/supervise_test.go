@@ -688,3 +688,20 @@ func TestStartDuringStopStartsAfresh(t *testing.T) {
 		return st.State == StateReady && st.PID != old
 	})
 }
+
+func TestOneShot(t *testing.T) {
+	needBusybox(t)
+	s := newSup(t, Options{})
+	s.Add(Spec{Name: "migrate", Command: sh("echo migrated"), Restart: RestartPolicy{Never: true}})
+	s.Add(Spec{Name: "broken", Command: sh("exit 4"), Restart: RestartPolicy{Never: true}})
+	s.StartAll(context.Background())
+	waitFor(t, "one-shots done", 10*time.Second, func() bool {
+		return unitStatus(t, s, "migrate").State == StateStopped && unitStatus(t, s, "broken").State == StateFailed
+	})
+	if st := unitStatus(t, s, "migrate"); st.LastExit == nil || st.LastExit.Code != 0 || st.Restarts != 0 {
+		t.Errorf("migrate: %+v", st)
+	}
+	if st := unitStatus(t, s, "broken"); st.Message != "one-shot exit 4" || st.Restarts != 0 {
+		t.Errorf("broken: %s %q restarts %d", st.State, st.Message, st.Restarts)
+	}
+}
