@@ -25,8 +25,10 @@ INITRAMFS_LINKS ?= /usr/sbin/drbdsetup-84:../lib/drbd/drbdsetup-84 /usr/sbin/drb
 # Test role image tree (images/cmd/mkimage busybox).
 BUSYBOX_IMAGE := $(BUILD)/images/busybox
 BUSYBOX_IMAGE_STAMP := $(BUILD)/images/busybox.stamp
-# Extra mkinitramfs flags, e.g. INITRAMFS_EXTRA='-file x:/etc/x'.
+# Extra mkinitramfs flags, e.g. INITRAMFS_EXTRA='-file x:/etc/x -module ice'.
 INITRAMFS_EXTRA ?=
+# gzip or none (the kernel also unpacks an uncompressed cpio).
+INITRAMFS_COMPRESS ?= gzip
 
 # Sources of the binary: every non-test file of its packages (embedded files
 # included), not the build tooling or the QEMU scenarios.
@@ -72,7 +74,7 @@ $(BUSYBOX_IMAGE_STAMP): $(IMAGES_SRC) /bin/busybox
 
 $(BUILD)/initramfs.img: $(BUILD)/magestack $(BUILD)/mkinitramfs $(KERNEL_VERSION_FILE) buildroot/modules.txt Makefile \
 		$(BUSYBOX_IMAGE_STAMP) $(INITRAMFS_BINS)
-	$(BUILD)/mkinitramfs -o $@ -init $(BUILD)/magestack \
+	$(BUILD)/mkinitramfs -o $@ -compress $(INITRAMFS_COMPRESS) -init $(BUILD)/magestack \
 		-modules $(KERNEL_DIR)/root/lib/modules/$(kver) -modules-list buildroot/modules.txt \
 		$(addprefix -bin ,$(INITRAMFS_BINS)) $(addprefix -symlink ,$(INITRAMFS_LINKS)) \
 		-tree $(BUSYBOX_IMAGE):/usr/share/magestack/images/busybox \
@@ -93,8 +95,9 @@ run: image
 test: test-unit test-qemu
 
 # The quick logic tests: no VMs (qemu-tests skip without MAGESTACK_QEMU=1).
-# Go's test cache keeps a repeat run cheap when nothing changed.
-test-unit:
+# Go's test cache keeps a repeat run cheap when nothing changed. The kernel
+# is fetched first so the kernel-option and module-set tests check it.
+test-unit: $(BUILD)/vmlinuz
 	$(GO) vet ./...
 	$(GO) test ./...
 

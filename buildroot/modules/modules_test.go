@@ -172,11 +172,11 @@ func TestReadPatternFile(t *testing.T) {
 // TestRealKernelTree indexes the Debian kernel fetched by `make kernel` and
 // checks the project's module list resolves against it.
 func TestRealKernelTree(t *testing.T) {
-	dirs, _ := filepath.Glob("../../build/kernel/root/lib/modules/*")
-	if len(dirs) == 0 {
+	dir := fetchedModules("../../build/kernel")
+	if dir == "" {
 		t.Skip("kernel not fetched (run `make kernel`): no build/kernel/root/lib/modules/*")
 	}
-	tree, err := Load(dirs[0])
+	tree, err := Load(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -207,4 +207,20 @@ func TestRealKernelTree(t *testing.T) {
 		t.Errorf("modules.alias should hold virtio_net and not snd_hda_intel")
 	}
 	t.Logf("%d modules selected, %d with dependencies", len(sel), len(set))
+}
+
+// fetchedModules returns the module tree of the kernel `make kernel` chose
+// (kernelDir/version), else any extracted one, else "".
+func fetchedModules(kernelDir string) string {
+	if v, err := os.ReadFile(filepath.Join(kernelDir, "version")); err == nil {
+		d := filepath.Join(kernelDir, "root/lib/modules", strings.TrimSpace(string(v)))
+		if _, err := os.Stat(d); err == nil {
+			return d
+		}
+	}
+	dirs, _ := filepath.Glob(filepath.Join(kernelDir, "root/lib/modules/*"))
+	if len(dirs) == 0 {
+		return ""
+	}
+	return dirs[len(dirs)-1]
 }

@@ -49,12 +49,21 @@ func readImage(t *testing.T, file string) map[string]entry {
 	return out
 }
 
+// kernelModules returns the module tree of the kernel `make kernel` chose,
+// else any extracted one, else "".
 func kernelModules(t *testing.T) string {
-	dirs, _ := filepath.Glob("../../../build/kernel/root/lib/modules/*")
+	const kernelDir = "../../../build/kernel"
+	if v, err := os.ReadFile(filepath.Join(kernelDir, "version")); err == nil {
+		d := filepath.Join(kernelDir, "root/lib/modules", strings.TrimSpace(string(v)))
+		if _, err := os.Stat(d); err == nil {
+			return d
+		}
+	}
+	dirs, _ := filepath.Glob(filepath.Join(kernelDir, "root/lib/modules/*"))
 	if len(dirs) == 0 {
 		return ""
 	}
-	return dirs[0]
+	return dirs[len(dirs)-1]
 }
 
 func TestImageContent(t *testing.T) {
