@@ -173,7 +173,7 @@ func TestColdplugRevealsDevicesInRounds(t *testing.T) {
 			"virtio/devices/virtio0": "virtio:d00000001v00001AF4",
 			"virtio/devices/virtio1": "virtio:d00000004v00001AF4",
 		},
-		"button": {"input/devices/input0": "input:b0019v0000p0001e0000-e0,1,k74,ramlsfw"},
+		"button": {"../class/input/input0": "input:b0019v0000p0001e0000-e0,1,k74,ramlsfw"},
 	}}
 	l := NewLoader(ix, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	l.load, l.sysModule = k.load, ""

@@ -166,8 +166,8 @@ type ColdplugResult struct {
 }
 
 // Coldplug loads a driver for every device the kernel found before PID 1
-// ran: each /sys/bus/*/devices/*/modalias is resolved through
-// modules.alias. Loading a bus driver reveals new devices (virtio_pci
+// ran: each /sys/bus/*/devices/*/modalias (and /sys/class/*/*/modalias) is
+// resolved through modules.alias. Loading a bus driver reveals new devices (virtio_pci
 // creates the virtio devices virtio_net then claims), so it repeats up to
 // rounds times, stopping early once a round loads nothing.
 func (l *Loader) Coldplug(ctx context.Context, sysfs string, rounds int) ColdplugResult {
@@ -183,6 +183,9 @@ func (l *Loader) Coldplug(ctx context.Context, sysfs string, rounds int) Coldplu
 			tried[a] = true
 			if len(l.Index.Resolve(a)) == 0 {
 				res.Unmatched++
+				if l.Log != nil {
+					l.Log.Debug("coldplug: no module for device", "modalias", a)
+				}
 				continue
 			}
 			loaded, err := l.Load(ctx, a, "")
@@ -196,6 +199,9 @@ func (l *Loader) Coldplug(ctx context.Context, sysfs string, rounds int) Coldplu
 				res.Errors = append(res.Errors, err)
 			}
 		}
+		if l.Log != nil {
+			l.Log.Debug("coldplug round", "round", round, "devices", len(aliases), "loaded_so_far", len(res.Loaded))
+		}
 		if ctx.Err() != nil || !progress {
 			break
 		}
@@ -203,9 +209,13 @@ func (l *Loader) Coldplug(ctx context.Context, sysfs string, rounds int) Coldplu
 	return res
 }
 
-// readModaliases lists every distinct device modalias under sysfs.
+// readModaliases lists every distinct device modalias under sysfs: devices
+// on a bus, and class devices that carry one (input devices belong to a
+// class, not a bus, and are how evdev gets loaded).
 func readModaliases(sysfs string) []string {
 	paths, _ := filepath.Glob(filepath.Join(sysfs, "bus", "*", "devices", "*", "modalias"))
+	classPaths, _ := filepath.Glob(filepath.Join(sysfs, "class", "*", "*", "modalias"))
+	paths = append(paths, classPaths...)
 	seen := map[string]bool{}
 	var out []string
 	for _, p := range paths {

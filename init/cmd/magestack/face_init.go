@@ -105,7 +105,8 @@ func initMain(args []string) int {
 		fmt.Fprintln(os.Stderr, "magestack init: must run as PID 1 (it mounts, loads modules and kills every process at shutdown)")
 		return 2
 	}
-	h := klog.New(klog.Options{Console: os.Stderr})
+	level := new(slog.LevelVar) // raised to debug by magestack.loglevel=debug
+	h := klog.New(klog.Options{Console: os.Stderr, Level: level})
 	log := slog.New(h)
 	b := &bootEnv{ctx: context.Background(), log: log, klog: h}
 	b.shutdown = &pid1.Shutdown{
@@ -137,6 +138,11 @@ func initMain(args []string) int {
 	} else {
 		log.Error("cannot read the kernel command line; using defaults", "err", err)
 		b.cmdline = cmdline.Parse("")
+	}
+	if v := b.cmdline.Value("magestack.loglevel"); v != "" {
+		if err := level.UnmarshalText([]byte(v)); err != nil {
+			log.Warn("ignoring magestack.loglevel", "value", v, "err", err)
+		}
 	}
 	b.timeline = timeline.New(klog.UptimeMS, h.Console)
 
