@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -91,6 +92,22 @@ func cgroupProcs(dir string) []int {
 		}
 	}
 	return pids
+}
+
+// waitCgroupEmpty waits until no process is left in the cgroup (or the
+// cgroup is gone), up to bound.
+func waitCgroupEmpty(dir string, bound time.Duration) bool {
+	deadline := time.Now().Add(bound)
+	for {
+		b, err := os.ReadFile(filepath.Join(dir, "cgroup.events"))
+		if err != nil || parseKeyed(b)["populated"] == 0 {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
 
 // killCgroup kills every process of the cgroup and its children: through

@@ -408,6 +408,11 @@ func (s *Supervisor) afterExit(u *unit, p *process) {
 		if len(cgroupProcs(u.spec.Cgroup)) > 0 {
 			s.killAll(u, p.pid)
 		}
+		// AfterStop may remove the cgroup: rmdir needs it empty, and
+		// killed processes take a moment to leave.
+		if !waitCgroupEmpty(u.spec.Cgroup, killWait) {
+			s.event(u, "stuck", fmt.Sprintf("cgroup %s still has processes %v after SIGKILL", u.spec.Cgroup, cgroupProcs(u.spec.Cgroup)))
+		}
 	} else {
 		syscall.Kill(-p.pid, syscall.SIGKILL) // ESRCH when nothing is left
 	}

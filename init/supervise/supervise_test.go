@@ -600,7 +600,8 @@ func TestCgroupPlacementAndKill(t *testing.T) {
 	// of reach of a process-group kill: only the cgroup catches it.
 	script := "busybox setsid busybox sleep 1000 & trap '' TERM; while :; do busybox sleep 0.05; done"
 	s.Add(Spec{Name: "grouped", Cgroup: cg, Command: sh(script), StopGrace: 300 * time.Millisecond,
-		Env: []string{"PATH=/bin"}})
+		Env:       []string{"PATH=/bin"},
+		AfterStop: func() error { return os.Remove(cg) }}) // needs the cgroup empty
 	s.Start(context.Background(), "grouped")
 	waitFor(t, "two processes in the cgroup", 20*time.Second, func() bool { return len(cgroupProcs(cg)) >= 2 })
 	st := unitStatus(t, s, "grouped")
@@ -621,8 +622,14 @@ func TestCgroupPlacementAndKill(t *testing.T) {
 	if err := s.Stop(ctx, "grouped"); err != nil {
 		t.Fatal(err)
 	}
-	if procs := cgroupProcs(cg); len(procs) != 0 {
-		t.Errorf("processes left in the cgroup after stop: %v", procs)
+	if _, err := os.Stat(cg); !os.IsNotExist(err) {
+		t.Errorf("cgroup %s not removed by AfterStop (processes left: %v)", cg, cgroupProcs(cg))
+	}
+	l, _ := s.Logs("grouped")
+	for _, line := range l.Tail(0) {
+		if strings.Contains(line.Text, "after-stop") || strings.Contains(line.Text, "stuck") {
+			t.Errorf("log: %s", line.Text)
+		}
 	}
 	if st := unitStatus(t, s, "grouped"); st.LastExit == nil || st.LastExit.Signal != "SIGKILL" {
 		t.Errorf("last exit %+v, want SIGKILL after the grace", st.LastExit)
