@@ -288,6 +288,24 @@ func TestServicesForwardedToRoleAPI(t *testing.T) {
 	if err := host.client.Logs(ctx, "web1/nginx", 0, false, &b); err != nil || !strings.Contains(b.String(), "stdout nginx up") {
 		t.Errorf("forwarded logs %q %v", b.String(), err)
 	}
+	// Following through the host streams lines as they come.
+	fctx, fcancel := context.WithCancel(ctx)
+	out := &syncBuffer{}
+	done := make(chan error, 1)
+	go func() { done <- host.client.Logs(fctx, "web1/nginx", 1, true, out) }()
+	time.Sleep(200 * time.Millisecond)
+	if _, err := host.client.Action(ctx, "restart", "web1/nginx"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "followed restart through the host", func() bool {
+		return strings.Count(out.String(), "stdout nginx up") >= 1 && strings.Contains(out.String(), "started: pid")
+	})
+	fcancel()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("forwarded follow did not end after cancel")
+	}
 	err = host.client.Do(ctx, "POST", "/v1/units/web1/php/restart", nil, nil)
 	if err == nil || !strings.Contains(err.Error(), `unknown unit "php"`) {
 		t.Errorf("unknown service: %v", err)
