@@ -208,6 +208,17 @@ func addModules(a *initramfs.Archive, dir string, patterns []string) (string, []
 			return "", nil, err
 		}
 	}
+	if f, err := os.Open(filepath.Join(dir, "modules.order")); err == nil {
+		var b bytes.Buffer
+		err := tree.WriteOrder(&b, set, f)
+		f.Close()
+		if err != nil {
+			return "", nil, err
+		}
+		if err := a.Bytes(path.Join(base, "modules.order"), b.Bytes(), 0o644); err != nil {
+			return "", nil, err
+		}
+	}
 	// Built-in modules: modprobe treats them as present instead of failing.
 	for _, f := range []string{"modules.builtin", "modules.builtin.modinfo"} {
 		src := filepath.Join(dir, f)

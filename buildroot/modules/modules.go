@@ -379,7 +379,9 @@ func (t *Tree) WriteSoftdep(w io.Writer, names []string) error {
 	if _, err := fmt.Fprintln(w, "# Soft dependencies extracted from modules themselves."); err != nil {
 		return err
 	}
-	for _, n := range sortedByPath(t, names) {
+	sorted := append([]string{}, names...)
+	sort.Strings(sorted)
+	for _, n := range sorted {
 		m := t.Modules[n]
 		if len(m.SoftPre) == 0 && len(m.SoftPost) == 0 {
 			continue
@@ -390,6 +392,27 @@ func (t *Tree) WriteSoftdep(w io.Writer, names []string) error {
 		}
 		if len(m.SoftPost) > 0 {
 			line += " post: " + strings.Join(m.SoftPost, " ")
+		}
+		if _, err := fmt.Fprintln(w, line); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// WriteOrder writes modules.order for the named modules: the lines of the
+// kernel's own modules.order (from order) that name one of them, in that
+// order. kmod uses it to order modules.dep and to rank alias candidates.
+func (t *Tree) WriteOrder(w io.Writer, names []string, order io.Reader) error {
+	in := set(names)
+	data, err := io.ReadAll(order)
+	if err != nil {
+		return fmt.Errorf("read modules.order: %w", err)
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" || !in[CanonicalName(line)] {
+			continue
 		}
 		if _, err := fmt.Fprintln(w, line); err != nil {
 			return err

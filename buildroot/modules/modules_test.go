@@ -3,6 +3,7 @@ package modules
 import (
 	"bytes"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -223,4 +224,154 @@ func fetchedModules(kernelDir string) string {
 		return ""
 	}
 	return dirs[len(dirs)-1]
+}
+
+func TestWriteOrder(t *testing.T) {
+	tree := fakeTree()
+	order := "kernel/fs/mbcache.ko\nkernel/fs/ext4/ext4.ko\nkernel/sound/soundcore.ko\nkernel/fs/jbd2/jbd2.ko\n"
+	var b bytes.Buffer
+	if err := tree.WriteOrder(&b, []string{"ext4", "jbd2", "mbcache"}, strings.NewReader(order)); err != nil {
+		t.Fatal(err)
+	}
+	if want := "kernel/fs/mbcache.ko\nkernel/fs/ext4/ext4.ko\nkernel/fs/jbd2/jbd2.ko\n"; b.String() != want {
+		t.Fatalf("got %q want %q", b.String(), want)
+	}
+}
+
+// TestMatchesDepmod writes the project's module set with this package and
+// with kmod's depmod over the same files, and requires the same dependency
+// sets, aliases and softdeps. Within a modules.dep line any order that lists
+// a module before its own dependencies is valid; the test checks that too.
+func TestMatchesDepmod(t *testing.T) {
+	depmod, err := exec.LookPath("depmod")
+	if err != nil {
+		depmod = "/usr/sbin/depmod"
+		if _, err := os.Stat(depmod); err != nil {
+			t.Skip("depmod (package kmod) not installed")
+		}
+	}
+	src := fetchedModules("../../build/kernel")
+	if src == "" {
+		t.Skip("kernel not fetched (run `make kernel`)")
+	}
+	tree, err := Load(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pats, _ := ReadPatternFile("../modules.txt")
+	sel, err := tree.Select(pats)
+	if err != nil {
+		t.Fatal(err)
+	}
+	set, err := tree.Closure(sel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := t.TempDir()
+	ver := filepath.Base(src)
+	dst := filepath.Join(base, "lib/modules", ver)
+	for _, n := range set {
+		p := filepath.Join(dst, tree.Modules[n].Path)
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		// depmod skips symlinks: hard link, or copy across filesystems.
+		from := filepath.Join(src, tree.Modules[n].Path)
+		if err := os.Link(from, p); err != nil {
+			data, err := os.ReadFile(from)
+			if err == nil {
+				err = os.WriteFile(p, data, 0o644)
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	var order bytes.Buffer
+	if f, err := os.Open(filepath.Join(src, "modules.order")); err == nil {
+		tree.WriteOrder(&order, set, f)
+		f.Close()
+	}
+	os.WriteFile(filepath.Join(dst, "modules.order"), order.Bytes(), 0o644)
+	if out, err := exec.Command(depmod, "-b", base, ver).CombinedOutput(); err != nil {
+		t.Fatalf("depmod: %v\n%s", err, out)
+	}
+	read := func(name string) string {
+		b, err := os.ReadFile(filepath.Join(dst, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b)
+	}
+	var dep, alias, soft bytes.Buffer
+	tree.WriteDep(&dep, set)
+	tree.WriteAlias(&alias, set)
+	tree.WriteSoftdep(&soft, set)
+
+	theirs, ours := parseDep(t, read("modules.dep")), parseDep(t, dep.String())
+	if len(theirs) != len(ours) {
+		t.Errorf("modules.dep: depmod has %d modules, we have %d", len(theirs), len(ours))
+	}
+	for mod, want := range theirs {
+		got := ours[mod]
+		if !sameSet(got, want) {
+			t.Errorf("modules.dep %s: depmod %v, ours %v", mod, want, got)
+		}
+		pos := map[string]int{}
+		for i, d := range got {
+			pos[d] = i
+		}
+		for i, d := range got {
+			for _, dd := range ours[d] {
+				if pos[dd] < i {
+					t.Errorf("modules.dep %s: %s listed after its dependency %s", mod, d, dd)
+				}
+			}
+		}
+	}
+	if !sameSet(lines(read("modules.alias")), lines(alias.String())) {
+		t.Errorf("modules.alias differs from depmod's")
+	}
+	if !sameSet(lines(read("modules.softdep")), lines(soft.String())) {
+		t.Errorf("modules.softdep differs from depmod's:\n%s\nours:\n%s", read("modules.softdep"), soft.String())
+	}
+}
+
+func parseDep(t *testing.T, s string) map[string][]string {
+	out := map[string][]string{}
+	for _, l := range lines(s) {
+		mod, deps, ok := strings.Cut(l, ":")
+		if !ok {
+			t.Fatalf("modules.dep line without colon: %q", l)
+		}
+		out[mod] = strings.Fields(deps)
+	}
+	return out
+}
+
+func lines(s string) []string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if l = strings.TrimSpace(l); l != "" && !strings.HasPrefix(l, "#") {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+func sameSet(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	m := map[string]int{}
+	for _, x := range a {
+		m[x]++
+	}
+	for _, x := range b {
+		m[x]--
+	}
+	for _, v := range m {
+		if v != 0 {
+			return false
+		}
+	}
+	return true
 }
