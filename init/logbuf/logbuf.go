@@ -160,6 +160,17 @@ func (l *Log) add(line Line) {
 	}
 	l.writeFile(line)
 	for s := range l.subs {
+		if s.dropped > 0 {
+			// Tell the follower what it missed before it sees the next line.
+			marker := Line{Time: line.Time, Stream: "supervisor", Text: fmt.Sprintf("[%d lines dropped: follower too slow]", s.dropped)}
+			select {
+			case s.ch <- marker:
+				s.dropped = 0
+			default:
+				s.dropped++
+				continue
+			}
+		}
 		select {
 		case s.ch <- line:
 		default:

@@ -117,3 +117,23 @@ func TestReadFromSplitsLines(t *testing.T) {
 		t.Errorf("line lengths %v, want %s", got, want)
 	}
 }
+
+func TestSlowFollowerToldOfDrops(t *testing.T) {
+	l, _ := New(Options{})
+	_, ch, cancel := l.Follow(0, 2)
+	defer cancel()
+	for i := 0; i < 5; i++ {
+		l.Append("stdout", fmt.Sprint(i))
+	}
+	// The buffer held 0 and 1; 2, 3, 4 were dropped.
+	if a, b := <-ch, <-ch; a.Text != "0" || b.Text != "1" {
+		t.Fatalf("first lines %q %q", a.Text, b.Text)
+	}
+	l.Append("stdout", "5")
+	if m := <-ch; m.Stream != "supervisor" || m.Text != "[3 lines dropped: follower too slow]" {
+		t.Errorf("marker %+v", m)
+	}
+	if n := <-ch; n.Text != "5" {
+		t.Errorf("after marker %q", n.Text)
+	}
+}
