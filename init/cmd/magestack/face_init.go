@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -84,17 +85,52 @@ func (b *bootEnv) Modules() *kmod.Loader {
 	return b.modules
 }
 
-// laterSteps is the registration point for the boot steps after the stack
-// config load, in the contract's order: firewall apply, internal bridge and
-// roles (roleenv + supervise), cluster. Each helper appends its step here.
-// A step's Run reads b.Stack(), b.Network(), b.Hostname(); it starts
-// children only through b.reaper.Start (see init/reap) and registers its
-// stop with b.shutdown.OnShutdown(name, grace, stop). The ready line is
-// printed once every step, these included, has succeeded, so a roles step
-// returns only once every role is healthy. The API server's step passes
-// b.TimelineSnapshot as api.Options.Timeline.
+// Boot steps after the stack config load come from other files of this
+// package, each registering its steps from an init function:
+//
+//	func init() { registerBootSteps(orderFirewall, "firewall", firewallBootSteps) }
+//	func firewallBootSteps(b *bootEnv) []pid1.Step { ... }
+//
+// They run in the order below (the contract's: firewall apply, internal
+// bridge and roles, cluster), whatever the file names. A step's Run reads
+// b.Stack(), b.Network(), b.Hostname(), b.Revision(); it starts children only
+// through b.reaper.Start (see init/reap) and registers its stop with
+// b.shutdown.OnShutdown(name, grace, stop), so shutdown stops things in
+// reverse order. The ready line is printed once every step, these included,
+// has succeeded, so a roles step returns only once every role is healthy.
+// The API server's step passes b.TimelineSnapshot as api.Options.Timeline.
+const (
+	orderAPI      = 10 // control API socket (status, boot timeline)
+	orderFirewall = 20 // nftables policy, one batch
+	orderRoles    = 30 // internal bridge + role environments under supervise
+	orderCluster  = 40 // pair peer, witness, failover
+)
+
+type bootStepProvider struct {
+	order int
+	name  string
+	steps func(b *bootEnv) []pid1.Step
+}
+
+// bootStepProviders is filled by init functions only (before main runs) and
+// read-only afterwards.
+var bootStepProviders []bootStepProvider
+
+// registerBootSteps adds steps run after the stack config load; call it
+// from an init function.
+func registerBootSteps(order int, name string, steps func(b *bootEnv) []pid1.Step) {
+	bootStepProviders = append(bootStepProviders, bootStepProvider{order, name, steps})
+}
+
+// laterSteps assembles the registered steps in their order.
 func laterSteps(b *bootEnv) []pid1.Step {
-	return nil
+	providers := append([]bootStepProvider(nil), bootStepProviders...)
+	sort.SliceStable(providers, func(i, j int) bool { return providers[i].order < providers[j].order })
+	var steps []pid1.Step
+	for _, p := range providers {
+		steps = append(steps, p.steps(b)...)
+	}
+	return steps
 }
 
 // initMain is PID 1. It never returns: when boot is over or broken it

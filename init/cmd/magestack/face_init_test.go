@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"reflect"
 	"testing"
 	"time"
 
@@ -149,5 +150,21 @@ func TestInitRefusesWhenNotPID1(t *testing.T) {
 func TestResidentKiB(t *testing.T) {
 	if n := residentKiB(); n <= 0 {
 		t.Fatalf("residentKiB = %d", n)
+	}
+}
+
+func TestLaterStepsFollowOrderNotRegistration(t *testing.T) {
+	saved := bootStepProviders
+	defer func() { bootStepProviders = saved }()
+	bootStepProviders = nil
+	step := func(name string) func(*bootEnv) []pid1.Step {
+		return func(*bootEnv) []pid1.Step { return []pid1.Step{{Name: name}} }
+	}
+	registerBootSteps(orderCluster, "cluster", step("cluster"))
+	registerBootSteps(orderFirewall, "firewall", step("firewall"))
+	registerBootSteps(orderRoles, "roles", step("roles"))
+	got := names(laterSteps(testEnv("")))
+	if want := []string{"firewall", "roles", "cluster"}; !reflect.DeepEqual(got, want) {
+		t.Fatalf("later steps = %v, want %v", got, want)
 	}
 }
