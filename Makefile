@@ -8,6 +8,9 @@ SHELL := /bin/bash
 GO ?= go
 BUILD := $(CURDIR)/build
 export CGO_ENABLED := 0
+# No VCS stamping: a CI checkout owned by another user makes git refuse it.
+GOBUILD := $(GO) build -buildvcs=false
+GORUN := $(GO) run -buildvcs=false
 
 KERNEL_PKG ?= linux-image-amd64
 KERNEL_DIR := $(BUILD)/kernel
@@ -52,7 +55,7 @@ initramfs: $(BUILD)/initramfs.img
 
 $(BUILD)/magestack: $(MAGESTACK_SRC)
 	@mkdir -p $(BUILD)
-	$(GO) build -trimpath -ldflags '-s -w' -o $@ ./init/cmd/magestack
+	$(GOBUILD) -trimpath -ldflags '-s -w' -o $@ ./init/cmd/magestack
 
 # Debian's kernel package, downloaded and extracted under build/kernel/root
 # (reused when already there); `rm build/kernel/version` re-resolves it.
@@ -64,12 +67,12 @@ $(BUILD)/vmlinuz: $(KERNEL_VERSION_FILE)
 
 $(BUILD)/mkinitramfs: $(BUILDROOT_SRC)
 	@mkdir -p $(BUILD)
-	$(GO) build -o $@ ./buildroot/cmd/mkinitramfs
+	$(GOBUILD) -o $@ ./buildroot/cmd/mkinitramfs
 
 $(BUSYBOX_IMAGE_STAMP): $(IMAGES_SRC) /bin/busybox
 	rm -rf $(BUSYBOX_IMAGE)
 	@mkdir -p $(dir $@)
-	$(GO) run ./images/cmd/mkimage busybox -o $(BUSYBOX_IMAGE)
+	$(GORUN) ./images/cmd/mkimage busybox -o $(BUSYBOX_IMAGE)
 	touch $@
 
 $(BUILD)/initramfs.img: $(BUILD)/magestack $(BUILD)/mkinitramfs $(KERNEL_VERSION_FILE) buildroot/modules.txt Makefile \
@@ -112,7 +115,7 @@ test-qemu: image
 	grep -E '^(--- FAIL|FAIL|ok|panic:)' $(BUILD)/test-qemu.log || true; exit $$rc
 
 bench: image
-	MAGESTACK_BUILD=$(BUILD) $(GO) run ./qemu-tests/bench
+	MAGESTACK_BUILD=$(BUILD) $(GORUN) ./qemu-tests/bench
 
 # clean keeps the downloaded kernel; distclean removes all of build/.
 clean:
