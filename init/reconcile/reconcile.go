@@ -139,6 +139,9 @@ func (r *Reconciler) Apply(ctx context.Context, rev configsource.Revision) (res 
 		return res, fmt.Errorf("revision %s rejected: %w", short(rev.ID), err)
 	}
 	res.Changes = changes
+	if rev.ID == r.runningRev.ID && changes.Empty() {
+		return res, nil // already running (a poll and a manual apply raced)
+	}
 	prev := r.running
 	if prev == nil {
 		prev = &stackfile.Stack{}

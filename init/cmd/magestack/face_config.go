@@ -17,8 +17,10 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"magestack/init/api"
 	"magestack/init/configsource"
 	"magestack/init/configstore"
+	"magestack/init/reconcile"
 	"magestack/init/stackfile"
 )
 
@@ -33,10 +35,15 @@ const configUsage = `usage: magestack config <command> [flags]
                            OLD defaults to the last good revision. Exit 0: no changes, 1: changes, 2: error
   fetch SOURCE             fetch from a path, http(s) URL or git+URL#ref:path and validate it
   history                  revisions applied, rejected and rolled back, with when and why
-  status                   the last good revision and the last rejected one
-  rollback REV             make a stored revision (ID or prefix) the last good one again
+  status                   the running revision, the last good one and the last rejected one
+  rollback REV             go back to a stored revision (ID or prefix): applied live on a running host,
+                           else made the last good one for the next boot
+  apply                    fetch the config source now and apply what changed (running host)
 
-flags: -o json (structured output), -dir DIR (config store, default ` + configstore.DefaultDir + `)
+flags: -o json (structured output), -dir DIR (config store, default ` + configstore.DefaultDir + `),
+       -socket PATH (control API, default ` + api.DefaultSocket + `)
+On a running host (the API socket exists), diff with one file compares with the running stack and
+rollback/status go through PID 1; otherwise they use the store directory.
 FILE may be - for standard input.`
 
 // configFlags parses flags that may come before or after the positional
@@ -46,6 +53,15 @@ type configFlags struct {
 	dir       string
 	instances bool
 	timeout   time.Duration
+	socket    string
+}
+
+// live returns an API client when PID 1's socket exists.
+func (c *configFlags) live() *api.Client {
+	if fi, err := os.Stat(c.socket); err == nil && fi.Mode()&os.ModeSocket != 0 {
+		return api.NewClient(c.socket)
+	}
+	return nil
 }
 
 func parseConfigFlags(cmd string, args []string, stderr io.Writer) (*configFlags, []string, error) {
@@ -56,6 +72,7 @@ func parseConfigFlags(cmd string, args []string, stderr io.Writer) (*configFlags
 	fs.StringVar(&c.dir, "dir", configstore.DefaultDir, "config store directory")
 	fs.BoolVar(&c.instances, "instances", false, "show: list role instances, their addresses and hosts")
 	fs.DurationVar(&c.timeout, "timeout", configsource.DefaultTimeout, "fetch: time limit")
+	fs.StringVar(&c.socket, "socket", api.DefaultSocket, "control API socket of a running host")
 	var pos []string
 	for {
 		if err := fs.Parse(args); err != nil {
@@ -114,6 +131,9 @@ func configFace(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		var oldArgs, newArgs []string
 		switch len(pos) {
 		case 1:
+			if cl := c.live(); cl != nil {
+				return configDiffLive(c, cl, pos[0], stdin, stdout, stderr)
+			}
 			newArgs = pos
 		case 2:
 			oldArgs, newArgs = pos[:1], pos[1:]
@@ -178,7 +198,37 @@ func configFace(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		}
 		tw.Flush()
 		return 0
+	case "apply":
+		cl := c.live()
+		if cl == nil {
+			return fail(fmt.Errorf("no running host here (%s does not exist)", c.socket))
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), c.timeout+5*time.Minute)
+		defer cancel()
+		var rep reconcile.ApplyReply
+		err := cl.Do(ctx, "POST", "/v1/config/apply", nil, &rep)
+		return configApplyReply(c, "apply", rep, err, stdout, stderr)
 	case "status":
+		if cl := c.live(); cl != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			var rep reconcile.StatusReply
+			if err := cl.Do(ctx, "GET", "/v1/config", nil, &rep); err != nil {
+				return fail(err)
+			}
+			if c.output == "json" {
+				cfgWriteJSON(stdout, rep)
+				return 0
+			}
+			if rep.Running != nil {
+				fmt.Fprintf(stdout, "running:  %s from %s\n", cfgShortID(rep.Running.ID), cfgOrDash(rep.Running.Source))
+			}
+			if rep.Source != "" {
+				fmt.Fprintf(stdout, "source:   %s\n", rep.Source)
+			}
+			configPrintStatus(rep.Store, stdout)
+			return 0
+		}
 		st, err := configstore.Open(c.dir)
 		if err != nil {
 			return fail(err)
@@ -191,19 +241,18 @@ func configFace(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 			cfgWriteJSON(stdout, s)
 			return 0
 		}
-		if s.Current == nil {
-			fmt.Fprintln(stdout, "applied:  none (the built-in default stack until a revision is applied)")
-		} else {
-			fmt.Fprintf(stdout, "applied:  %s from %s (%s at %s)\n", cfgShortID(s.Current.ID), cfgOrDash(s.Current.Source), s.Current.Result, s.Current.At.Local().Format(time.RFC3339))
-		}
-		if s.LastRejected != nil {
-			fmt.Fprintf(stdout, "rejected: %s from %s at %s:\n  %s\n", cfgShortID(s.LastRejected.ID), cfgOrDash(s.LastRejected.Source),
-				s.LastRejected.At.Local().Format(time.RFC3339), strings.ReplaceAll(s.LastRejected.Error, "\n", "\n  "))
-		}
+		configPrintStatus(s, stdout)
 		return 0
 	case "rollback":
 		if len(pos) != 1 {
 			return fail(errors.New("want one revision ID"))
+		}
+		if cl := c.live(); cl != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+			defer cancel()
+			var rep reconcile.ApplyReply
+			err := cl.Do(ctx, "POST", "/v1/config/rollback", reconcile.RollbackRequest{Revision: pos[0]}, &rep)
+			return configApplyReply(c, "rollback", rep, err, stdout, stderr)
 		}
 		st, err := configstore.Open(c.dir)
 		if err != nil {
@@ -384,4 +433,75 @@ func configFetch(c *configFlags, source string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+func configPrintStatus(s configstore.Status, stdout io.Writer) {
+	if s.Current == nil {
+		fmt.Fprintln(stdout, "applied:  none (the built-in default stack until a revision is applied)")
+	} else {
+		fmt.Fprintf(stdout, "applied:  %s from %s (%s at %s)\n", cfgShortID(s.Current.ID), cfgOrDash(s.Current.Source), s.Current.Result, s.Current.At.Local().Format(time.RFC3339))
+	}
+	if s.LastRejected != nil {
+		fmt.Fprintf(stdout, "rejected: %s from %s at %s:\n  %s\n", cfgShortID(s.LastRejected.ID), cfgOrDash(s.LastRejected.Source),
+			s.LastRejected.At.Local().Format(time.RFC3339), strings.ReplaceAll(s.LastRejected.Error, "\n", "\n  "))
+	}
+}
+
+// configApplyReply prints the answer of a live apply or rollback. An
+// APIError with a JSON ApplyReply body still carries the details.
+func configApplyReply(c *configFlags, cmd string, rep reconcile.ApplyReply, err error, stdout, stderr io.Writer) int {
+	if err != nil && rep.Revision.ID == "" {
+		fmt.Fprintf(stderr, "magestack config %s: %v\n", cmd, err)
+		return 1
+	}
+	if c.output == "json" {
+		cfgWriteJSON(stdout, rep)
+	} else {
+		fmt.Fprintf(stdout, "revision %s\n%s", cfgShortID(rep.Revision.ID), rep.Summary)
+		for _, sk := range rep.Skipped {
+			fmt.Fprintf(stdout, "  not applied (no applier wired): %s\n", sk)
+		}
+		if rep.Error != "" {
+			fmt.Fprintf(stderr, "magestack config %s: %s\n", cmd, rep.Error)
+			if len(rep.RolledBack) > 0 {
+				fmt.Fprintf(stderr, "undone: %s\n", strings.Join(rep.RolledBack, ", "))
+			}
+		}
+	}
+	if rep.Error != "" || err != nil {
+		return 1
+	}
+	return 0
+}
+
+// configDiffLive compares a file with the stack running on this host.
+func configDiffLive(c *configFlags, cl *api.Client, name string, stdin io.Reader, stdout, stderr io.Writer) int {
+	data, err := cfgReadInput(name, stdin)
+	if err != nil {
+		fmt.Fprintln(stderr, "magestack config diff:", err)
+		return 2
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var rep reconcile.DiffReply
+	err = cl.Do(ctx, "POST", "/v1/config/diff", reconcile.DiffRequest{Name: name, Data: string(data)}, &rep)
+	if err != nil {
+		// The host refuses an invalid file (422); show its problems the way
+		// validate does rather than as JSON inside an API error.
+		if _, perr := stackfile.Parse(name, data); perr != nil {
+			fmt.Fprintln(stderr, perr)
+		} else {
+			fmt.Fprintln(stderr, "magestack config diff:", err)
+		}
+		return 2
+	}
+	if c.output == "json" {
+		cfgWriteJSON(stdout, rep.Changes)
+	} else {
+		fmt.Fprint(stdout, rep.Summary)
+	}
+	if rep.Changes.Empty() {
+		return 0
+	}
+	return 1
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -12,8 +13,10 @@ import (
 	"testing"
 	"time"
 
+	"magestack/init/api"
 	"magestack/init/configsource"
 	"magestack/init/configstore"
+	"magestack/init/reconcile"
 	"magestack/init/stackfile"
 )
 
@@ -179,5 +182,82 @@ func TestConfigFetchPath(t *testing.T) {
 	}
 	if code, _, _ := runConfig(t, "", "fetch", filepath.Join(dir, "missing.yaml")); code != 2 {
 		t.Errorf("fetch missing: %d", code)
+	}
+}
+
+// TestConfigLive drives apply, diff, status and rollback through a real
+// API server on a unix socket, backed by a Reconciler (its appliers are not
+// wired here, so changes are reported as skipped) and a store.
+func TestConfigLive(t *testing.T) {
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "run", "api.sock")
+	src := writeFile(t, dir, "stack.yaml", cfgGood)
+	store, _ := configstore.Open(filepath.Join(dir, "store"))
+	fetcher := configsource.New(configsource.Options{})
+	r := reconcile.New(nil, store, reconcile.Appliers{})
+	first, err := fetcher.Fetch(context.Background(), src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Apply(context.Background(), first); err != nil {
+		t.Fatal(err)
+	}
+	srv := api.NewServer(api.Options{Socket: sock})
+	(&reconcile.Live{Reconciler: r, Fetcher: fetcher, Source: src, Store: store}).Register(srv)
+	ln, err := api.Listen(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go srv.ServeListener(ctx, ln)
+
+	code, out, errs := runConfig(t, "", "status", "-socket", sock)
+	if code != 0 || !strings.Contains(out, "running:  "+first.ID[:12]) || !strings.Contains(out, "source:   "+src) {
+		t.Fatalf("status: %d %q %q", code, out, errs)
+	}
+	two := writeFile(t, dir, "two.yaml", strings.Replace(cfgGood, "count: 1", "count: 2", 1))
+	if code, out, _ := runConfig(t, "", "diff", "-socket", sock, two); code != 1 || !strings.HasPrefix(out, "+ instance web2 (172.16.0.101 on dh1)\n") {
+		t.Errorf("live diff: %d %q", code, out)
+	}
+	bad := writeFile(t, dir, "bad.yaml", "stack: s\nrolez: {}\n")
+	if code, _, errs := runConfig(t, "", "diff", "-socket", sock, bad); code != 2 || !strings.Contains(errs, bad+":2:1: rolez: unknown key (did you mean \"roles\"?)") {
+		t.Errorf("live diff of an invalid file: %d %q", code, errs)
+	}
+
+	// Commit-equivalent: the source changes, apply picks it up now.
+	os.WriteFile(src, []byte(strings.Replace(cfgGood, "count: 1", "count: 2", 1)), 0o644)
+	code, out, errs = runConfig(t, "", "apply", "-socket", sock)
+	if code != 0 || !strings.Contains(out, "+ instance web2") || !strings.Contains(out, "not applied (no applier wired): start web2") {
+		t.Errorf("apply: %d %q %q", code, out, errs)
+	}
+	if s, _ := r.Running(); s.Roles["web"].Count != 2 {
+		t.Errorf("running web count %d", s.Roles["web"].Count)
+	}
+	// A broken revision: refused with its position, running stack unchanged.
+	_, good := r.Running()
+	os.WriteFile(src, []byte("stack: s\nhosts: []\n"), 0o644)
+	code, _, errs = runConfig(t, "", "apply", "-socket", sock)
+	if code != 1 || !strings.Contains(errs, "stack.yaml:2:1: hosts: at least one host is required") {
+		t.Errorf("broken apply: %d %q", code, errs)
+	}
+	if _, running := r.Running(); running.ID != good.ID {
+		t.Errorf("broken revision replaced the running one")
+	}
+	code, out, _ = runConfig(t, "", "status", "-socket", sock, "-o", "json")
+	var st reconcile.StatusReply
+	if err := json.Unmarshal([]byte(out), &st); err != nil || code != 0 || st.Store.LastRejected == nil || st.Running.ID != good.ID {
+		t.Errorf("status json: %v %s", err, out)
+	}
+	// Live rollback to the first revision.
+	code, out, errs = runConfig(t, "", "rollback", "-socket", sock, first.ID[:12])
+	if code != 0 || !strings.Contains(out, "- instance web2") {
+		t.Errorf("rollback: %d %q %q", code, out, errs)
+	}
+	if _, running := r.Running(); running.ID != first.ID {
+		t.Errorf("running %s after rollback, want %s", running.ID, first.ID)
+	}
+	if code, _, errs := runConfig(t, "", "rollback", "-socket", sock, "abcdef12"); code != 1 || !strings.Contains(errs, "not in the store") {
+		t.Errorf("rollback to unknown: %d %q", code, errs)
 	}
 }
