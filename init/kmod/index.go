@@ -14,6 +14,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"golang.org/x/sys/unix"
 )
 
 // Index is a module directory's modules.dep, modules.alias, modules.softdep
@@ -38,13 +40,15 @@ type alias struct {
 	module  string
 }
 
-// DefaultDir is /lib/modules/<running kernel release>.
+// DefaultDir is /lib/modules/<running kernel release>. It asks uname(2),
+// not /proc, so it also works in a kernel-started modprobe helper before
+// anything is mounted.
 func DefaultDir() (string, error) {
-	b, err := os.ReadFile("/proc/sys/kernel/osrelease")
-	if err != nil {
+	var u unix.Utsname
+	if err := unix.Uname(&u); err != nil {
 		return "", fmt.Errorf("kernel release: %w", err)
 	}
-	return filepath.Join("/lib/modules", strings.TrimSpace(string(b))), nil
+	return filepath.Join("/lib/modules", unix.ByteSliceToString(u.Release[:])), nil
 }
 
 // Open reads the index files in dir. modules.dep is required; the others

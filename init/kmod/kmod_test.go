@@ -223,3 +223,14 @@ func contains(l []string, s string) bool {
 	}
 	return false
 }
+
+func TestDefaultDirNamesRunningKernel(t *testing.T) {
+	dir, err := DefaultDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rel, _ := os.ReadFile("/proc/sys/kernel/osrelease")
+	if want := filepath.Join("/lib/modules", strings.TrimSpace(string(rel))); len(rel) > 0 && dir != want {
+		t.Fatalf("DefaultDir = %s, want %s", dir, want)
+	}
+}
