@@ -101,6 +101,21 @@ func (r *Reconciler) Adopt(s *stackfile.Stack, rev configsource.Revision) {
 	r.running, r.runningRev = s, rev
 }
 
+// Booted adopts the stack the boot sequence brought up (Adopt) and records
+// its revision as applied, so it becomes the last good one: call it once
+// every role is healthy. A later reboot without the repository then comes
+// up with this revision.
+func (r *Reconciler) Booted(s *stackfile.Stack, rev configsource.Revision) error {
+	r.Adopt(s, rev)
+	if r.store == nil {
+		return nil
+	}
+	if last, err := r.store.LastGood(); err == nil && last.ID == rev.ID {
+		return nil // booted from the last good revision: nothing new to record
+	}
+	return r.store.MarkApplied(rev)
+}
+
 // fileName names a revision in error messages: the source's file name.
 func fileName(rev configsource.Revision) string {
 	if src, err := configsource.Parse(rev.Source); err == nil {

@@ -374,3 +374,33 @@ func TestWatcherAppliesNewRevisions(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+func TestBootedRecordsLastGoodOnce(t *testing.T) {
+	store, _ := configstore.Open(t.TempDir())
+	r := New(nil, store, Appliers{})
+	rev := revOf(base)
+	s, err := stackfile.Parse("stack.yaml", rev.Data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if err := r.Booted(s, rev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if lg, err := store.LastGood(); err != nil || lg.ID != rev.ID {
+		t.Errorf("last good %v %s", err, lg.ID)
+	}
+	if h, _ := store.History(); len(h) != 1 {
+		t.Errorf("history %+v, want one applied entry", h)
+	}
+	if running, got := r.Running(); running != s || got.ID != rev.ID {
+		t.Error("not adopted")
+	}
+	// An apply of the same revision afterwards changes nothing.
+	f := newFake()
+	r.apply = f.appliers()
+	if _, err := r.Apply(context.Background(), rev); err != nil || len(f.calls) != 0 {
+		t.Errorf("re-apply of the booted revision: %v %v", err, f.calls)
+	}
+}
