@@ -74,20 +74,26 @@ func (d *dhcpNet) boot(t *testing.T, appendArgs string) *qemu.VM {
 	return vm
 }
 
+// probe sends a datagram to addr from the server namespace, which makes
+// its kernel resolve addr's MAC.
+func (d *dhcpNet) probe(addr string) {
+	d.srv.Do(func() error {
+		c, err := net.Dial("udp4", addr+":9")
+		if err == nil {
+			c.Write([]byte("probe"))
+			c.Close()
+		}
+		return nil
+	})
+}
+
 // answersARP checks from the server namespace that the guest owns addr on
 // the wire: a datagram to it makes the kernel resolve its MAC.
 func (d *dhcpNet) answersARP(t *testing.T, addr string) {
 	t.Helper()
 	deadline := time.Now().Add(qemu.Scale(30 * time.Second))
 	for {
-		d.srv.Do(func() error {
-			c, err := net.Dial("udp4", addr+":9")
-			if err == nil {
-				c.Write([]byte("probe"))
-				c.Close()
-			}
-			return nil
-		})
+		d.probe(addr)
 		time.Sleep(500 * time.Millisecond)
 		out, _ := d.srv.Run("ip", "neigh", "show", addr, "dev", "eth0")
 		if strings.Contains(strings.ToLower(out), vmMAC) {
@@ -190,6 +196,45 @@ func TestNetworkNoDHCPServer(t *testing.T) {
 		t.Fatalf("no lease after the server appeared: %v", err)
 	}
 	d.answersARP(t, m[1])
+}
+
+// TestNetworkLeaseExpiry: the server stops answering; the guest tries to
+// renew, then rebinds by broadcast, then drops the address when the lease
+// ends, and binds again once the server is back.
+func TestNetworkLeaseExpiry(t *testing.T) {
+	qemu.Require(t)
+	d := newDHCPNet(t, "expiry", "10.99.53.1/24")
+	srv := d.startServer(t, 20*time.Second)
+	vm := d.boot(t, "")
+
+	m, err := vm.Expect(4*time.Minute, boundPattern)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := m[1]
+	srv.Silent.Store(true)
+	for _, pat := range []string{
+		`dhcp: renewal of ` + regexp.QuoteMeta(addr) + ` on eth0 failed`,
+		`dhcp: rebinding of ` + regexp.QuoteMeta(addr) + ` on eth0 failed`,
+		`dhcp: lease for ` + regexp.QuoteMeta(addr) + `/24 on eth0 expired`,
+		`net: removed ` + regexp.QuoteMeta(addr) + `/24 from eth0 \(lease expired\)`,
+	} {
+		if _, err := vm.Expect(2*time.Minute, pat); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The address is really gone: the VM no longer answers ARP for it.
+	d.srv.Run("ip", "neigh", "flush", "dev", "eth0")
+	d.probe(addr)
+	time.Sleep(qemu.Scale(4 * time.Second))
+	if out, _ := d.srv.Run("ip", "neigh", "show", addr, "dev", "eth0"); strings.Contains(strings.ToLower(out), vmMAC) {
+		t.Fatalf("after expiry the VM still answers for %s: %q", addr, out)
+	}
+	srv.Silent.Store(false)
+	if _, err := vm.Expect(2*time.Minute, `dhcp: bound eth0 `+regexp.QuoteMeta(addr)+`/24`); err != nil {
+		t.Fatal(err)
+	}
+	d.answersARP(t, addr)
 }
 
 func mustMAC(t *testing.T, s string) net.HardwareAddr {

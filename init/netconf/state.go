@@ -207,6 +207,8 @@ func (s *State) apply(e dhcpclient.Event) {
 			}
 			if err := s.h.AddrDel(link, &netlink.Addr{IPNet: ipNet(e.Lease.Address)}); err != nil && !isGone(err) {
 				errs = append(errs, fmt.Errorf("remove address %s: %w", e.Lease.Address, err))
+			} else {
+				s.log.Info(fmt.Sprintf("net: removed %s from %s (lease %s)", e.Lease.Address, name, e.Kind))
 			}
 		}
 		s.mu.Lock()
