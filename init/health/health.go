@@ -16,6 +16,8 @@ import (
 	"os/exec"
 	"strings"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Defaults applied by Check.withDefaults when a field is zero.
@@ -45,6 +47,16 @@ type Check struct {
 	// PrepareExec, when set, adjusts the probe command before it starts
 	// (e.g. to run it inside a role's namespaces).
 	PrepareExec func(*exec.Cmd) error `json:"-" yaml:"-"`
+	// Starter starts the probe command and reports its status. Inside a
+	// PID 1 that reaps with wait4(-1) it must be PID 1's reaper, or the
+	// probe's status is stolen; the supervisor sets its own. nil: cmd.Run.
+	Starter Starter `json:"-" yaml:"-"`
+}
+
+// Starter starts a command and reports its wait status once
+// (supervise.Starter, reap.Reaper).
+type Starter interface {
+	Start(cmd *exec.Cmd) (<-chan unix.WaitStatus, error)
 }
 
 // Validate reports what is wrong with the check, naming the field.
@@ -178,7 +190,12 @@ func probeExec(ctx context.Context, c *Check) (string, error) {
 			return "", fmt.Errorf("exec %s: prepare: %w", c.Exec[0], err)
 		}
 	}
-	err := cmd.Run()
+	var err error
+	if c.Starter == nil {
+		err = cmd.Run()
+	} else {
+		err = runWith(ctx, c.Starter, cmd)
+	}
 	if err != nil {
 		msg := strings.TrimSpace(out.String())
 		if msg != "" {
@@ -187,6 +204,39 @@ func probeExec(ctx context.Context, c *Check) (string, error) {
 		return "", fmt.Errorf("exec %s: %w", c.Exec[0], err)
 	}
 	return "exec " + c.Exec[0] + ": exit 0", nil
+}
+
+// runWith runs cmd through a Starter; CommandContext kills it at the
+// deadline, after which its status arrives.
+func runWith(ctx context.Context, st Starter, cmd *exec.Cmd) error {
+	ch, err := st.Start(cmd)
+	if err != nil {
+		return err
+	}
+	select {
+	case ws := <-ch:
+		switch {
+		case ws.Exited() && ws.ExitStatus() == 0:
+			return nil
+		case ws.Exited():
+			return fmt.Errorf("exit status %d", ws.ExitStatus())
+		case ws.Signaled():
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return fmt.Errorf("killed by %s", unix.SignalName(ws.Signal()))
+		}
+		return fmt.Errorf("wait status %#x", uint32(ws))
+	case <-time.After(time.Until(deadlineOf(ctx)) + 5*time.Second):
+		return errors.New("probe did not end after its timeout")
+	}
+}
+
+func deadlineOf(ctx context.Context) time.Time {
+	if d, ok := ctx.Deadline(); ok {
+		return d
+	}
+	return time.Now().Add(DefaultTimeout)
 }
 
 func probeTCP(ctx context.Context, addr string) (string, error) {

@@ -6,9 +6,13 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os/exec"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 func TestProbe(t *testing.T) {
@@ -185,5 +189,45 @@ func TestMonitorRunAgainstListener(t *testing.T) {
 	want := []State{Healthy, Healthy, Unhealthy}
 	if fmt.Sprint(states) != fmt.Sprint(want) {
 		t.Errorf("states %v, want %v", states, want)
+	}
+}
+
+// countingStarter starts and waits like PID 1's reaper does, counting.
+type countingStarter struct{ n int }
+
+func (c *countingStarter) Start(cmd *exec.Cmd) (<-chan unix.WaitStatus, error) {
+	c.n++
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	ch := make(chan unix.WaitStatus, 1)
+	go func() {
+		cmd.Wait()
+		ch <- unix.WaitStatus(cmd.ProcessState.Sys().(syscall.WaitStatus))
+	}()
+	return ch, nil
+}
+
+func TestExecProbeThroughStarter(t *testing.T) {
+	tests := []struct {
+		argv   []string
+		ok     bool
+		reason string
+	}{
+		{[]string{"/bin/busybox", "true"}, true, "exit 0"},
+		{[]string{"/bin/busybox", "sh", "-c", "echo nope; exit 2"}, false, "exit status 2: nope"},
+		{[]string{"/bin/busybox", "sleep", "5"}, false, "timed out after 200ms"},
+		{[]string{"/nonexistent/probe"}, false, "no such file"},
+	}
+	for _, tt := range tests {
+		st := &countingStarter{}
+		c := Check{Exec: tt.argv, Timeout: 200 * time.Millisecond, Starter: st}
+		r := c.Probe(context.Background())
+		if r.OK != tt.ok || !strings.Contains(r.Reason, tt.reason) {
+			t.Errorf("%v: ok=%v %q, want %v %q", tt.argv, r.OK, r.Reason, tt.ok, tt.reason)
+		}
+		if st.n != 1 {
+			t.Errorf("%v: starter used %d times", tt.argv, st.n)
+		}
 	}
 }

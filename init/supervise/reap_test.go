@@ -10,6 +10,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"magestack/init/health"
 	"magestack/init/reap"
 )
 
@@ -34,7 +35,10 @@ func TestWithPID1Reaper(t *testing.T) {
 	// without stealing the unit's own status.
 	s.Add(Spec{Name: "parent", Command: sh("busybox setsid busybox sleep 0.1 & exec busybox sleep 1000"),
 		Env:     []string{"PATH=/bin"},
-		Restart: RestartPolicy{Initial: 20 * time.Millisecond, StableAfter: time.Minute, CrashLoopCount: 100}})
+		Restart: RestartPolicy{Initial: 20 * time.Millisecond, StableAfter: time.Minute, CrashLoopCount: 100},
+		// Ready only once an exec probe passes: its status too must
+		// survive the reaper.
+		Health: &health.Check{Exec: []string{busybox, "true"}, Interval: 50 * time.Millisecond, Retries: 2}})
 	s.Start(context.Background(), "parent")
 	for i := 0; i < 3; i++ {
 		var st UnitStatus

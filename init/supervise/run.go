@@ -273,7 +273,11 @@ func (s *Supervisor) runOnce(ctx context.Context, u *unit) (exit ExitInfo, reque
 	healthCh := make(chan health.Status)
 	isHealthy := spec.Health == nil
 	if spec.Health != nil {
-		mon := health.NewMonitor(*spec.Health, p.started)
+		chk := *spec.Health
+		if chk.Starter == nil {
+			chk.Starter = s.starter // exec probes must not lose their status to PID 1's reaper
+		}
+		mon := health.NewMonitor(chk, p.started)
 		go func() {
 			defer s.recoverGo(u, "health monitor")
 			mon.Run(hctx, func(st health.Status) {
