@@ -1,6 +1,7 @@
 package qemutests
 
 import (
+	"context"
 	"regexp"
 	"strings"
 	"testing"
@@ -160,6 +161,25 @@ func TestInitSignals(t *testing.T) {
 			initWantExit0(t, vm)
 		})
 	}
+}
+
+// TestInitCtrlAltDel: PID 1 turns Ctrl-Alt-Del into SIGINT (CAD_OFF) and
+// reboots cleanly on it, instead of the kernel's immediate hard reboot.
+func TestInitCtrlAltDel(t *testing.T) {
+	vm := initStart(t, "")
+	initExpect(t, vm, 4*time.Minute, qemu.ReadyPattern)
+	ctx, cancel := context.WithTimeout(context.Background(), qemu.Scale(30*time.Second))
+	defer cancel()
+	keys := map[string]any{"keys": []map[string]string{
+		{"type": "qcode", "data": "ctrl"}, {"type": "qcode", "data": "alt"}, {"type": "qcode", "data": "delete"},
+	}}
+	if _, err := vm.QMP().Execute(ctx, "send-key", keys); err != nil {
+		t.Fatal(err)
+	}
+	initExpect(t, vm, time.Minute, `magestack: shutdown reboot \(signal SIGINT\)`)
+	initExpect(t, vm, time.Minute, `magestack: reboot now`)
+	initExpect(t, vm, time.Minute, regexp.QuoteMeta(kernelRestart))
+	initWantExit0(t, vm)
 }
 
 func initLastOK(steps []qemu.TimelineStep, name string) bool {
