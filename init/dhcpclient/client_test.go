@@ -336,3 +336,37 @@ func TestReleaseOnStop(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// FuzzLeaseFromACK: whatever a (possibly hostile) server sends, turning it
+// into a lease never panics and never yields a lease that breaks timers.
+func FuzzLeaseFromACK(f *testing.F) {
+	_, dst, _ := net.ParseCIDR("10.98.0.0/16")
+	seed, _ := dhcpv4.New(
+		dhcpv4.WithMessageType(dhcpv4.MessageTypeAck),
+		dhcpv4.WithYourIP(net.IPv4(10, 99, 1, 10)),
+		dhcpv4.WithNetmask(net.CIDRMask(24, 32)),
+		dhcpv4.WithLeaseTime(60),
+		dhcpv4.WithOption(dhcpv4.OptRouter(net.IPv4(10, 99, 1, 1))),
+		dhcpv4.WithOption(dhcpv4.OptDNS(net.IPv4(10, 99, 1, 53))),
+		dhcpv4.WithOption(dhcpv4.OptClasslessStaticRoute(&dhcpv4.Route{Dest: dst, Router: net.IPv4(10, 99, 1, 254)})),
+		dhcpv4.WithOption(dhcpv4.OptRenewTimeValue(10*time.Second)),
+		dhcpv4.WithGeneric(dhcpv4.OptionInterfaceMTU, []byte{5, 220}),
+	)
+	f.Add(seed.ToBytes())
+	f.Fuzz(func(t *testing.T, b []byte) {
+		ack, err := dhcpv4.FromBytes(b)
+		if err != nil {
+			return
+		}
+		l, err := leaseFromACK("eth0", ack, time.Unix(0, 0))
+		if err != nil {
+			return
+		}
+		if !(0 < l.T1 && l.T1 <= l.T2 && l.T2 < l.Duration) {
+			t.Fatalf("timers T1=%v T2=%v lease=%v out of order", l.T1, l.T2, l.Duration)
+		}
+		if !l.Address.IsValid() || !l.Address.Addr().Is4() {
+			t.Fatalf("bad address %v", l.Address)
+		}
+	})
+}
