@@ -345,6 +345,14 @@ func TestSectionsAndHandlers(t *testing.T) {
 	if _, err := c.Boot(ctx); err == nil || !strings.Contains(err.Error(), "no boot timeline") {
 		t.Errorf("boot without timeline: %v", err)
 	}
+	// Units arrive later (PID 1 serves before the roles' supervisor exists).
+	sup := supervise.New(slog.New(slog.NewTextHandler(io.Discard, nil)), supervise.Options{})
+	sup.Add(supervise.Spec{Name: "web1", Command: []string{busybox, "true"}})
+	srv.SetUnits(sup, nil)
+	st, err = c.Status(ctx)
+	if err != nil || len(st.Units) != 1 || st.Units[0].Name != "web1" || st.Units[0].State != supervise.StateStopped {
+		t.Errorf("status after SetUnits: %+v %v", st, err)
+	}
 }
 
 func TestListenSocketFile(t *testing.T) {

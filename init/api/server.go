@@ -101,6 +101,21 @@ func NewServer(opts Options) *Server {
 	return s
 }
 
+// SetUnits gives the server its units once they exist: PID 1 serves the
+// API (boot timeline) before the roles' supervisor is created. serviceSocket
+// may be nil.
+func (s *Server) SetUnits(u Units, serviceSocket func(unit string, pid int) string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.opts.Units, s.opts.ServiceSocket = u, serviceSocket
+}
+
+func (s *Server) backend() (Units, func(string, int) string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.opts.Units, s.opts.ServiceSocket
+}
+
 // Handle registers an extra endpoint (Go ServeMux pattern, e.g.
 // "GET /v1/firewall"). Handlers should answer errors with WriteError.
 func (s *Server) Handle(pattern string, h http.Handler) { s.mux.Handle(pattern, h) }
@@ -253,15 +268,16 @@ type StatusReply struct {
 
 func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) {
 	reply := StatusReply{Time: time.Now().UTC(), Units: []supervise.UnitStatus{}, Sections: map[string]json.RawMessage{}, Errors: map[string]string{}}
-	if s.opts.Units != nil {
-		units := s.opts.Units.Status()
+	unitsAPI, serviceSocket := s.backend()
+	if unitsAPI != nil {
+		units := unitsAPI.Status()
 		// Each unit's own supervisor (role-init) answers for its services;
 		// asked in parallel so one stuck role costs 2 s, not 2 s each.
 		services := make([][]supervise.UnitStatus, len(units))
 		errs := make([]error, len(units))
 		var wg sync.WaitGroup
 		for i, u := range units {
-			if s.opts.ServiceSocket == nil || u.PID == 0 {
+			if serviceSocket == nil || u.PID == 0 {
 				continue
 			}
 			wg.Add(1)
@@ -274,7 +290,7 @@ func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) {
 				}()
 				ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 				defer cancel()
-				sub, err := NewClient(s.opts.ServiceSocket(u.Name, u.PID)).Status(ctx)
+				sub, err := NewClient(serviceSocket(u.Name, u.PID)).Status(ctx)
 				if err != nil {
 					errs[i] = err
 					return
@@ -379,35 +395,36 @@ func (s *Server) handleUnit(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusMethodNotAllowed, fmt.Sprintf("%s needs %s, not %s", action, wantMethod, r.Method))
 		return
 	}
-	if s.opts.Units == nil {
-		writeError(w, http.StatusNotFound, "this server supervises no units")
+	units, serviceSocket := s.backend()
+	if units == nil {
+		writeError(w, http.StatusNotFound, "this server supervises no units (yet)")
 		return
 	}
 	if role, svc, ok := strings.Cut(name, "/"); ok {
-		s.forward(w, r, role, svc, action)
+		s.forward(w, r, units, serviceSocket, role, svc, action)
 		return
 	}
-	if _, err := s.opts.Units.Unit(name); err != nil {
+	if _, err := units.Unit(name); err != nil {
 		writeError(w, http.StatusNotFound, err.Error())
 		return
 	}
 	switch action {
 	case "status":
-		st, _ := s.opts.Units.Unit(name)
+		st, _ := units.Unit(name)
 		writeJSON(w, http.StatusOK, st)
 	case "logs":
-		s.serveLogs(w, r, name)
+		s.serveLogs(w, r, units, name)
 	default:
 		ctx, cancel := context.WithTimeout(r.Context(), s.opts.ActionTimeout)
 		defer cancel()
 		var err error
 		switch action {
 		case "start":
-			err = s.opts.Units.Start(ctx, name)
+			err = units.Start(ctx, name)
 		case "stop":
-			err = s.opts.Units.Stop(ctx, name)
+			err = units.Stop(ctx, name)
 		case "restart":
-			err = s.opts.Units.Restart(ctx, name)
+			err = units.Restart(ctx, name)
 		}
 		s.log.Info("api unit action", "unit", name, "action", action, "err", err)
 		if err != nil {
@@ -424,7 +441,7 @@ func (s *Server) handleUnit(w http.ResponseWriter, r *http.Request) {
 		// Answer with the new process (or why there is none) rather than
 		// the instant before the unit's loop launched it.
 		wctx, wcancel := context.WithTimeout(r.Context(), 5*time.Second)
-		st, _ := s.opts.Units.WaitUnit(wctx, name, func(st supervise.UnitStatus) bool {
+		st, _ := units.WaitUnit(wctx, name, func(st supervise.UnitStatus) bool {
 			return action == "stop" || st.State != supervise.StateStarting || st.Message != ""
 		})
 		wcancel()
@@ -434,7 +451,7 @@ func (s *Server) handleUnit(w http.ResponseWriter, r *http.Request) {
 
 // serveLogs writes recent lines as text and, with follow=1, every later
 // line until the client goes away.
-func (s *Server) serveLogs(w http.ResponseWriter, r *http.Request, name string) {
+func (s *Server) serveLogs(w http.ResponseWriter, r *http.Request, units Units, name string) {
 	q := r.URL.Query()
 	n := 200
 	if v := q.Get("n"); v != "" {
@@ -452,7 +469,7 @@ func (s *Server) serveLogs(w http.ResponseWriter, r *http.Request, name string) 
 			return
 		}
 	}
-	l, err := s.opts.Units.Logs(name)
+	l, err := units.Logs(name)
 	if err != nil {
 		writeError(w, http.StatusNotFound, err.Error())
 		return
@@ -491,12 +508,12 @@ func (s *Server) serveLogs(w http.ResponseWriter, r *http.Request, name string) 
 }
 
 // forward passes a "role/service" request to the role's own API.
-func (s *Server) forward(w http.ResponseWriter, r *http.Request, role, svc, action string) {
-	if s.opts.ServiceSocket == nil {
+func (s *Server) forward(w http.ResponseWriter, r *http.Request, units Units, serviceSocket func(string, int) string, role, svc, action string) {
+	if serviceSocket == nil {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("unit %s/%s: services inside units are not reachable from this API", role, svc))
 		return
 	}
-	st, err := s.opts.Units.Unit(role)
+	st, err := units.Unit(role)
 	if err != nil {
 		writeError(w, http.StatusNotFound, err.Error())
 		return
@@ -505,7 +522,7 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, role, svc, acti
 		writeError(w, http.StatusConflict, fmt.Sprintf("unit %s is %s: its services cannot be reached", role, st.State))
 		return
 	}
-	sock := s.opts.ServiceSocket(role, st.PID)
+	sock := serviceSocket(role, st.PID)
 	proxy := &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.Out.URL.Scheme, pr.Out.URL.Host = "http", "magestack"
