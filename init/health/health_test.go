@@ -52,6 +52,9 @@ func TestProbe(t *testing.T) {
 	}))
 	defer srv.Close()
 
+	tlsSrv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	defer tlsSrv.Close()
+
 	tests := []struct {
 		name   string
 		check  Check
@@ -72,6 +75,8 @@ func TestProbe(t *testing.T) {
 		{"http 500 accepted by range", Check{HTTP: srv.URL + "/fail", StatusMin: 500, StatusMax: 599}, true, "status 500"},
 		{"http redirect not followed", Check{HTTP: srv.URL + "/redirect", StatusMin: 200, StatusMax: 299}, false, "status 302"},
 		{"http timeout", Check{HTTP: srv.URL + "/slow", Timeout: 200 * time.Millisecond}, false, "timed out"},
+		{"https self-signed refused", Check{HTTP: tlsSrv.URL + "/"}, false, "certificate"},
+		{"https self-signed accepted", Check{HTTP: tlsSrv.URL + "/", TLSSkipVerify: true}, true, "status 200"},
 		{"http refused", Check{HTTP: "http://" + closedAddr + "/"}, false, "refused"},
 	}
 	for _, tt := range tests {
