@@ -158,7 +158,7 @@ func New(log *slog.Logger, opts Options, stack *stackfile.Stack, hostIndex int, 
 		Name:      inst.Name,
 		Role:      inst.Role,
 		Stack:     stack.Name,
-		Image:     filepath.Join(opts.ImageRoot, image),
+		Image:     imagePath(opts.ImageRoot, image),
 		StateDir:  filepath.Join(e.dir, "mnt"),
 		LogDir:    filepath.Join(opts.LogRoot, inst.Name),
 		APISocket: opts.ServiceSocket(inst.Name, 0),
@@ -175,6 +175,16 @@ func New(log *slog.Logger, opts Options, stack *stackfile.Stack, hostIndex int, 
 		e.spec.Cgroup = filepath.Join(opts.CgroupRoot, e.cgrel)
 	}
 	return e, nil
+}
+
+// imagePath prefers the packed image (<root>/<image>.squashfs) over the
+// tree (<root>/<image>).
+func imagePath(root, image string) string {
+	sq := filepath.Join(root, image+".squashfs")
+	if fi, err := os.Stat(sq); err == nil && fi.Mode().IsRegular() {
+		return sq
+	}
+	return filepath.Join(root, image)
 }
 
 // HostsFile is /etc/hosts for every role: each instance as <name>.i and

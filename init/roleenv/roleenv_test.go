@@ -26,6 +26,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"magestack/images/busybox"
+	"magestack/images/squash"
 	"magestack/init/api"
 	"magestack/init/cgroup"
 	"magestack/init/logbuf"
@@ -867,4 +868,61 @@ func TestRoleCgroupLimitsAndOOM(t *testing.T) {
 	if body, err := f.httpGet("172.16.0.100:80", "/"); err != nil || !strings.Contains(body, "web instance web1") {
 		t.Errorf("web1 stopped serving after its hog's OOM kill: %q %v", body, err)
 	}
+}
+
+// A role runs from a squashfs image file: role-init mounts it through a
+// self-clearing loop device, writes land in the overlay, and after the stop
+// no loop device holds the image any more.
+func TestSquashfsImage(t *testing.T) {
+	if _, err := exec.LookPath("mksquashfs"); err != nil {
+		t.Skip("mksquashfs not installed (Debian package squashfs-tools) to pack the test image")
+	}
+	if _, err := os.Stat("/dev/loop-control"); err != nil {
+		t.Skipf("no loop devices on this host: %v", err)
+	}
+	f := newFixture(t, nil)
+	img := filepath.Join(f.opts.ImageRoot, "busybox.squashfs")
+	if err := squash.Make(filepath.Join(f.opts.ImageRoot, "busybox"), img); err != nil {
+		t.Fatal(err)
+	}
+	f.add("web1")
+	if got := f.envs["web1"].RoleSpec().Image; got != img {
+		t.Fatalf("role image %s, want the squashfs %s", got, img)
+	}
+	f.startAndWait("web1")
+	if body, err := f.httpGet("172.16.0.100:80", "/"); err != nil || !strings.Contains(body, "web instance web1") {
+		t.Fatalf("GET web1: %q %v", body, err)
+	}
+	out, err := f.inRole("web1", "echo written > /etc/probe && cat /etc/probe && grep -c squashfs /proc/mounts; true")
+	if err != nil || out != "written\n0\n" {
+		t.Errorf("overlay over squashfs inside web1: %q %v", out, err)
+	}
+	if loops := loopsBacking(img); len(loops) != 1 {
+		t.Errorf("want one loop device on the image while web1 runs, got %v", loops)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := f.sup.Stop(ctx, "web1"); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for len(loopsBacking(img)) > 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("loop devices still hold %s after the stop: %v", img, loopsBacking(img))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// loopsBacking lists the loop devices whose backing file is path.
+func loopsBacking(path string) []string {
+	files, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
+	var out []string
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err == nil && strings.TrimSpace(string(b)) == path {
+			out = append(out, strings.Split(f, "/")[3])
+		}
+	}
+	return out
 }

@@ -169,7 +169,7 @@ func TestSpecValidate(t *testing.T) {
 	}{
 		{func(s *Spec) { s.Name = "a/b" }, "instance name"},
 		{func(s *Spec) { s.Image = "rel" }, "image"},
-		{func(s *Spec) { s.Image = filepath.Join(img, "missing") }, "not a directory"},
+		{func(s *Spec) { s.Image = filepath.Join(img, "missing") }, "not a directory or squashfs"},
 		{func(s *Spec) { s.StateDir = "" }, "state_dir"},
 		{func(s *Spec) { s.Volume = "data" }, "volume"},
 		{func(s *Spec) { s.APISocket = "x.sock" }, "api_socket"},

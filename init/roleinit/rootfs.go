@@ -44,7 +44,17 @@ func buildRoot(s *Spec) (string, error) {
 			return "", fmt.Errorf("scratch: %w", err)
 		}
 	}
-	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s", escapeOverlay(s.Image), upper, work)
+	lower := s.Image
+	if isFile(s.Image) {
+		lower = filepath.Join(scratch, "image")
+		if err := os.Mkdir(lower, 0o755); err != nil {
+			return "", fmt.Errorf("scratch: %w", err)
+		}
+		if err := mountSquashfs(s.Image, lower); err != nil {
+			return "", err
+		}
+	}
+	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s", escapeOverlay(lower), upper, work)
 	if err := unix.Mount("overlay", root, "overlay", 0, opts); err != nil {
 		hint := ""
 		if errors.Is(err, unix.ENODEV) {

@@ -27,7 +27,8 @@ type Spec struct {
 	Role  string `json:"role"`
 	Stack string `json:"stack"`
 
-	// Image is the read-only lower layer: a directory tree.
+	// Image is the read-only lower layer: a directory tree, or a squashfs
+	// file mounted through a loop device.
 	Image string `json:"image"`
 	// StateDir is a host directory for this instance; role-init mounts a
 	// tmpfs over it in its own mount namespace to hold the overlay's upper
@@ -81,8 +82,8 @@ func (s *Spec) Validate() error {
 	case s.LogDir != "" && !filepath.IsAbs(s.LogDir):
 		return fmt.Errorf("spec %s: log_dir %q must be an absolute path", s.Name, s.LogDir)
 	}
-	if fi, err := os.Stat(s.Image); err != nil || !fi.IsDir() {
-		return fmt.Errorf("spec %s: image %s: not a directory (%v)", s.Name, s.Image, err)
+	if fi, err := os.Stat(s.Image); err != nil || !(fi.IsDir() || fi.Mode().IsRegular()) {
+		return fmt.Errorf("spec %s: image %s: not a directory or squashfs file (%v)", s.Name, s.Image, err)
 	}
 	if err := s.Payload.Validate(); err != nil {
 		return fmt.Errorf("spec %s: payload: %w", s.Name, err)

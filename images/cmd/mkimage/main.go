@@ -1,6 +1,6 @@
 // Command mkimage builds role image trees.
 //
-//	go run ./images/cmd/mkimage busybox -o build/images/busybox [-busybox /bin/busybox]
+//	go run ./images/cmd/mkimage busybox -o build/images/busybox [-busybox /bin/busybox] [-squashfs build/images/busybox.squashfs]
 package main
 
 import (
@@ -9,6 +9,7 @@ import (
 	"os"
 
 	"magestack/images/busybox"
+	"magestack/images/squash"
 )
 
 func main() {
@@ -28,13 +29,20 @@ func run(args []string) error {
 		fs := flag.NewFlagSet("busybox", flag.ContinueOnError)
 		out := fs.String("o", "", "output directory (must be empty or absent)")
 		bin := fs.String("busybox", busybox.DefaultBinary, "static busybox binary to copy")
+		sq := fs.String("squashfs", "", "also pack the tree into this squashfs file (needs mksquashfs)")
 		if err := fs.Parse(rest); err != nil {
 			return err
 		}
 		if *out == "" {
 			return fmt.Errorf("busybox: -o DIR is required")
 		}
-		return busybox.Build(*out, busybox.Options{Binary: *bin})
+		if err := busybox.Build(*out, busybox.Options{Binary: *bin}); err != nil {
+			return err
+		}
+		if *sq != "" {
+			return squash.Make(*out, *sq)
+		}
+		return nil
 	default:
 		return fmt.Errorf("unknown image %q (known: busybox)", kind)
 	}
