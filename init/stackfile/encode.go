@@ -1,7 +1,9 @@
 package stackfile
 
 import (
+	"bytes"
 	"encoding"
+	"encoding/json"
 	"fmt"
 	"reflect"
 	"slices"
@@ -86,3 +88,63 @@ func encode(v reflect.Value) (*yaml.Node, error) {
 
 // MarshalYAML makes yaml.Marshal of a Stack produce what Marshal does.
 func (s Stack) MarshalYAML() (any, error) { return encode(reflect.ValueOf(s)) }
+
+// MarshalJSONOrdered writes the stack as JSON with the stack file's keys, in the
+// file's order (for `magestack config show -o json`).
+func (s *Stack) MarshalJSONOrdered() ([]byte, error) {
+	n, err := encode(reflect.ValueOf(s).Elem())
+	if err != nil {
+		return nil, err
+	}
+	var b bytes.Buffer
+	if err := nodeJSON(&b, n); err != nil {
+		return nil, err
+	}
+	return b.Bytes(), nil
+}
+
+func nodeJSON(b *bytes.Buffer, n *yaml.Node) error {
+	switch n.Kind {
+	case yaml.MappingNode:
+		b.WriteByte('{')
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			if i > 0 {
+				b.WriteByte(',')
+			}
+			k, _ := json.Marshal(n.Content[i].Value)
+			b.Write(k)
+			b.WriteByte(':')
+			if err := nodeJSON(b, n.Content[i+1]); err != nil {
+				return err
+			}
+		}
+		b.WriteByte('}')
+	case yaml.SequenceNode:
+		b.WriteByte('[')
+		for i, c := range n.Content {
+			if i > 0 {
+				b.WriteByte(',')
+			}
+			if err := nodeJSON(b, c); err != nil {
+				return err
+			}
+		}
+		b.WriteByte(']')
+	case yaml.ScalarNode:
+		switch n.Tag {
+		case "!!int", "!!bool":
+			b.WriteString(n.Value)
+		case "!!null":
+			b.WriteString("null")
+		default:
+			v, err := json.Marshal(n.Value)
+			if err != nil {
+				return err
+			}
+			b.Write(v)
+		}
+	default:
+		return fmt.Errorf("cannot write YAML node kind %d as JSON", n.Kind)
+	}
+	return nil
+}

@@ -1,6 +1,7 @@
 package stackfile
 
 import (
+	"encoding/json"
 	"reflect"
 	"strings"
 	"testing"
@@ -57,6 +58,17 @@ func TestRoundTrip(t *testing.T) {
 	}
 	if strings.Contains(string(out), "invalid") {
 		t.Errorf("zero addresses leaked into the output:\n%s", out)
+	}
+	js, err := s.MarshalJSONOrdered()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fromJSON map[string]any
+	if err := json.Unmarshal(js, &fromJSON); err != nil {
+		t.Fatalf("%v\n%s", err, js)
+	}
+	if !strings.HasPrefix(string(js), `{"stack":"default","hosts":[`) || fromJSON["internal"] != "172.16.0.0/24" {
+		t.Errorf("JSON: %s", js)
 	}
 	var probe map[string]any
 	if err := yaml.Unmarshal(out, &probe); err != nil {

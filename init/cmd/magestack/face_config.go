@@ -4,6 +4,7 @@ package main
 // operator's view of the stack file and of the revisions a host has kept.
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -14,8 +15,6 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
-
-	"gopkg.in/yaml.v3"
 
 	"magestack/init/api"
 	"magestack/init/configsource"
@@ -398,12 +397,17 @@ func configShow(c *configFlags, s *stackfile.Stack, stdout io.Writer) error {
 		_, err = stdout.Write(out)
 		return err
 	}
-	var generic map[string]any
-	if err := yaml.Unmarshal(out, &generic); err != nil {
+	js, err := s.MarshalJSONOrdered()
+	if err != nil {
 		return err
 	}
-	cfgWriteJSON(stdout, generic)
-	return nil
+	var pretty bytes.Buffer
+	if err := json.Indent(&pretty, js, "", "  "); err != nil {
+		return err
+	}
+	pretty.WriteByte('\n')
+	_, err = pretty.WriteTo(stdout)
+	return err
 }
 
 func configFetch(c *configFlags, source string, stdout, stderr io.Writer) int {
