@@ -13,6 +13,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -166,21 +167,21 @@ type ColdplugResult struct {
 }
 
 // Coldplug loads a driver for every device the kernel found before PID 1
-// ran: each /sys/bus/*/devices/*/modalias (and /sys/class/*/*/modalias) is
-// resolved through modules.alias. Loading a bus driver reveals new devices (virtio_pci
-// creates the virtio devices virtio_net then claims), so it repeats up to
-// rounds times, stopping early once a round loads nothing.
+// ran: each /sys/bus/*/devices/*/modalias (and /sys/class/input/*/modalias)
+// is resolved through modules.alias. Loading a bus driver reveals new
+// devices (virtio_pci creates the virtio devices virtio_net then claims;
+// button creates the input device evdev claims), so it repeats up to rounds
+// times, reading only devices not seen before, and stops early once a round
+// loads nothing.
 func (l *Loader) Coldplug(ctx context.Context, sysfs string, rounds int) ColdplugResult {
 	var res ColdplugResult
-	tried := map[string]bool{}
+	sc := &deviceScanner{sysfs: sysfs, seenDev: map[string]bool{}, seenAlias: map[string]bool{}}
 	for round := 1; round <= rounds; round++ {
-		aliases := readModaliases(sysfs)
+		start := time.Now()
+		aliases := sc.newModaliases()
+		scanned := time.Since(start)
 		progress := false
 		for _, a := range aliases {
-			if tried[a] {
-				continue
-			}
-			tried[a] = true
 			if len(l.Index.Resolve(a)) == 0 {
 				res.Unmatched++
 				if l.Log != nil {
@@ -200,7 +201,8 @@ func (l *Loader) Coldplug(ctx context.Context, sysfs string, rounds int) Coldplu
 			}
 		}
 		if l.Log != nil {
-			l.Log.Debug("coldplug round", "round", round, "devices", len(aliases), "loaded_so_far", len(res.Loaded))
+			l.Log.Debug("coldplug round", "round", round, "new_devices", len(aliases), "loaded_so_far", len(res.Loaded),
+				"scan", scanned.Round(time.Millisecond), "took", time.Since(start).Round(time.Millisecond))
 		}
 		if ctx.Err() != nil || !progress {
 			break
@@ -209,24 +211,46 @@ func (l *Loader) Coldplug(ctx context.Context, sysfs string, rounds int) Coldplu
 	return res
 }
 
-// readModaliases lists every distinct device modalias under sysfs: devices
-// on a bus, and class devices that carry one (input devices belong to a
-// class, not a bus, and are how evdev gets loaded).
-func readModaliases(sysfs string) []string {
-	paths, _ := filepath.Glob(filepath.Join(sysfs, "bus", "*", "devices", "*", "modalias"))
-	classPaths, _ := filepath.Glob(filepath.Join(sysfs, "class", "*", "*", "modalias"))
-	paths = append(paths, classPaths...)
-	seen := map[string]bool{}
+// deviceScanner finds device modaliases, each device read once: sysfs reads
+// are slow under emulation and later rounds only need the new devices.
+type deviceScanner struct {
+	sysfs     string
+	seenDev   map[string]bool
+	seenAlias map[string]bool
+}
+
+// newModaliases returns the distinct modaliases of devices not seen before,
+// sorted: on every bus, and input devices (a class, not a bus; no other
+// class carries a modalias).
+func (d *deviceScanner) newModaliases() []string {
+	var dirs []string
+	if buses, err := os.ReadDir(filepath.Join(d.sysfs, "bus")); err == nil {
+		for _, b := range buses {
+			dirs = append(dirs, filepath.Join(d.sysfs, "bus", b.Name(), "devices"))
+		}
+	}
+	dirs = append(dirs, filepath.Join(d.sysfs, "class", "input"))
 	var out []string
-	for _, p := range paths {
-		b, err := os.ReadFile(p)
+	for _, dir := range dirs {
+		devs, err := os.ReadDir(dir)
 		if err != nil {
 			continue
 		}
-		a := strings.TrimSpace(string(b))
-		if a != "" && !seen[a] {
-			seen[a] = true
-			out = append(out, a)
+		for _, dev := range devs {
+			p := filepath.Join(dir, dev.Name(), "modalias")
+			if d.seenDev[p] {
+				continue
+			}
+			b, err := os.ReadFile(p)
+			if err != nil {
+				continue // none (yet): a device being added gets it shortly
+			}
+			d.seenDev[p] = true
+			a := strings.TrimSpace(string(b))
+			if a != "" && !d.seenAlias[a] {
+				d.seenAlias[a] = true
+				out = append(out, a)
+			}
 		}
 	}
 	sort.Strings(out)
