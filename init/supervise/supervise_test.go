@@ -712,3 +712,80 @@ func TestOneShot(t *testing.T) {
 		t.Errorf("broken: %s %q restarts %d", st.State, st.Message, st.Restarts)
 	}
 }
+
+// TestChurn drives 40 units with kills, restarts, stops and starts from
+// several goroutines at once; everything must settle and stop in bounds
+// (run with -race to check the locking).
+func TestChurn(t *testing.T) {
+	needBusybox(t)
+	if testing.Short() {
+		t.Skip("churn takes a few seconds")
+	}
+	s := newSup(t, Options{})
+	var names []string
+	for i := 0; i < 40; i++ {
+		name := fmt.Sprintf("svc%02d", i)
+		var after []string
+		if i > 0 && i%5 != 0 {
+			after = []string{names[i-1]}
+		}
+		names = append(names, name)
+		if err := s.Add(Spec{Name: name, After: after, Command: sh("exec sleep 1000"), StopGrace: 2 * time.Second,
+			Restart: RestartPolicy{Initial: 5 * time.Millisecond, Max: 50 * time.Millisecond, CrashLoopCount: 1000}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.StartAll(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	events, cancelEv := s.Subscribe(16) // deliberately small: must not block supervision
+	defer cancelEv()
+	deadline := time.Now().Add(3 * time.Second)
+	var wg sync.WaitGroup
+	for g := 0; g < 4; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			for i := 0; time.Now().Before(deadline); i++ {
+				name := names[(i*7+g*11)%len(names)]
+				switch (i + g) % 4 {
+				case 0:
+					if st, err := s.Unit(name); err == nil && st.PID != 0 {
+						syscall.Kill(st.PID, syscall.SIGKILL)
+					}
+				case 1:
+					s.Restart(ctx, name)
+				case 2:
+					s.Stop(ctx, name)
+				case 3:
+					s.Start(ctx, name)
+				}
+				s.Status()
+			}
+		}()
+	}
+	wg.Wait()
+	for _, n := range names {
+		s.Start(context.Background(), n)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := s.WaitReady(ctx); err != nil {
+		t.Fatalf("after churn: %v", err)
+	}
+	var pids []int
+	for _, st := range s.Status() {
+		pids = append(pids, st.PID)
+	}
+	if err := s.StopAll(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, pid := range pids {
+		if alive(pid) {
+			t.Errorf("pid %d alive after StopAll", pid)
+		}
+	}
+	_ = events
+}
