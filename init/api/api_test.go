@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -196,6 +197,29 @@ func TestStatusActionsAndErrors(t *testing.T) {
 	}
 	if after := f.pid(t, "web1"); after != before {
 		t.Errorf("a bad request changed web1: pid %d → %d", before, after)
+	}
+
+	// Events stream while things happen.
+	ectx, ecancel := context.WithCancel(ctx)
+	evs := make(chan supervise.Event, 100)
+	edone := make(chan error, 1)
+	go func() { edone <- f.client.Events(ectx, func(ev supervise.Event) { evs <- ev }) }()
+	time.Sleep(200 * time.Millisecond) // subscribed
+	if _, err := f.client.Action(ctx, "restart", "db1"); err != nil {
+		t.Fatal(err)
+	}
+	var kinds []string
+	waitFor(t, "restart events", func() bool {
+		for len(evs) > 0 {
+			if ev := <-evs; ev.Unit == "db1" {
+				kinds = append(kinds, ev.Kind)
+			}
+		}
+		return slices.Contains(kinds, "stopped") && slices.Contains(kinds, "started")
+	})
+	ecancel()
+	if err := <-edone; err != nil {
+		t.Errorf("events ended with %v", err)
 	}
 
 	// Boot timeline passes through.

@@ -14,6 +14,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"magestack/init/supervise"
 )
 
 // Client talks to the API over its unix socket.
@@ -154,6 +156,26 @@ func (c *Client) Logs(ctx context.Context, unit string, n int, follow bool, w io
 			}
 			return fmt.Errorf("logs of %s: %w", unit, err)
 		}
+	}
+}
+
+// Events calls fn for every unit event until ctx ends or the server goes away.
+func (c *Client) Events(ctx context.Context, fn func(supervise.Event)) error {
+	resp, err := c.do(ctx, http.MethodGet, "/v1/events", nil)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	dec := json.NewDecoder(resp.Body)
+	for {
+		var ev supervise.Event
+		if err := dec.Decode(&ev); err != nil {
+			if errors.Is(err, io.EOF) || ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("events: %w", err)
+		}
+		fn(ev)
 	}
 }
 

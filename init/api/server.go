@@ -94,6 +94,7 @@ func NewServer(opts Options) *Server {
 	s := &Server{opts: opts, log: opts.Log, mux: http.NewServeMux(), sections: map[string]StatusFunc{}}
 	s.mux.HandleFunc("GET /v1/status", s.handleStatus)
 	s.mux.HandleFunc("GET /v1/boot", s.handleBoot)
+	s.mux.HandleFunc("GET /v1/events", s.handleEvents)
 	s.mux.HandleFunc("/v1/units/", s.handleUnit)
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("no endpoint %s %s", r.Method, r.URL.Path))
@@ -349,6 +350,43 @@ func (s *Server) handleBoot(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, s.opts.Timeline())
+}
+
+// EventSource is implemented by *supervise.Supervisor.
+type EventSource interface {
+	Subscribe(buffer int) (<-chan supervise.Event, func())
+}
+
+// handleEvents streams the units' events as JSON lines until the client
+// goes away (a monitor's feed).
+func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
+	units, _ := s.backend()
+	src, ok := units.(EventSource)
+	if !ok {
+		writeError(w, http.StatusNotFound, "this server has no unit events")
+		return
+	}
+	events, cancel := src.Subscribe(256)
+	defer cancel()
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	w.WriteHeader(http.StatusOK)
+	rc := http.NewResponseController(w)
+	rc.Flush()
+	enc := json.NewEncoder(w)
+	for {
+		select {
+		case ev, ok := <-events:
+			if !ok {
+				return
+			}
+			if err := enc.Encode(ev); err != nil {
+				return
+			}
+			rc.Flush()
+		case <-r.Context().Done():
+			return
+		}
+	}
 }
 
 // ActionReply is POST /v1/units/{name}/{action}.
