@@ -404,6 +404,20 @@ find / -xdev -name db-secret; find /data -name db-secret; true`, f.opts.StateRoo
 			t.Errorf("role mounts leaked to the host: %v", hits)
 		}
 	})
+	t.Run("proc masked", func(t *testing.T) {
+		// Even root with every capability (nsenter's shell) cannot write
+		// the machine-wide /proc entries or read kernel memory.
+		out, err := f.inRole("web1", `echo h > /proc/sysrq-trigger && echo SYSRQ-WRITABLE
+echo 1 > /proc/sys/kernel/sysrq && echo SYSCTL-WRITABLE
+head -c 16 /proc/kcore | wc -c; true`)
+		if err != nil || strings.Contains(out, "WRITABLE") || !strings.HasSuffix(out, "0\n") {
+			t.Errorf("web1's /proc: %q %v", out, err)
+		}
+		// fw keeps its own network sysctls writable; web's are read-only.
+		if out, _ := f.inRole("web1", "echo 1 > /proc/sys/net/ipv4/ip_forward && echo NET-WRITABLE"); strings.Contains(out, "NET-WRITABLE") {
+			t.Errorf("web1 may write its net sysctls: %q", out)
+		}
+	})
 	t.Run("reduced privileges", func(t *testing.T) {
 		out, err := f.inRole("web1", "pidof httpd")
 		if err != nil {
@@ -641,6 +655,10 @@ func TestAllSevenRoles(t *testing.T) {
 	out, err := f.inRole("web1", "echo | nc db1.i 3306")
 	if err != nil || !strings.Contains(out, "mysql placeholder on db1") {
 		t.Errorf("web1 -> db1.i:3306: %q %v", out, err)
+	}
+	// fw keeps its own network sysctls (it forwards and NATs).
+	if out, err := f.inRole("fw1", "echo 1 > /proc/sys/net/ipv4/ip_forward && cat /proc/sys/net/ipv4/ip_forward"); err != nil || out != "1\n" {
+		t.Errorf("fw1 cannot set its ip_forward: %q %v", out, err)
 	}
 	// Stop: reverse order.
 	if err := f.sup.StopAll(ctx); err != nil {

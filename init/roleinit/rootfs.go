@@ -81,6 +81,9 @@ func buildRoot(s *Spec) (string, error) {
 			}
 		}
 	}
+	if err := maskProc(filepath.Join(root, "proc"), filepath.Join(root, "dev/null"), keepsCap(s.Payload.Caps, "CAP_NET_ADMIN")); err != nil {
+		return "", err
+	}
 	if s.Volume != "" {
 		if err := mountAt(root, mnt{s.Volume, "data", "", unix.MS_BIND | unix.MS_REC, "", 0o755}); err != nil {
 			return "", err
@@ -94,6 +97,76 @@ func buildRoot(s *Spec) (string, error) {
 		return "", err
 	}
 	return root, nil
+}
+
+// The parts of a role's own /proc that still reach the whole machine:
+// procReadOnly stay readable but not writable (sysrq-trigger, written by
+// root with no capability check, would reboot the host), procMasked are
+// hidden (kernel memory and keys, timing side channels).
+var (
+	procReadOnly   = []string{"sys", "sysrq-trigger", "irq", "bus", "fs"}
+	procMaskedFile = []string{"kcore", "keys", "timer_list", "sched_debug", "latency_stats"}
+	procMaskedDir  = []string{"acpi", "scsi", "asound"}
+)
+
+// maskProc applies procReadOnly and the masks to the role's /proc. A role
+// that keeps CAP_NET_ADMIN (fw) keeps /proc/sys/net writable: those
+// sysctls are its own network namespace's.
+func maskProc(proc, devNull string, netWritable bool) error {
+	for _, p := range procReadOnly {
+		if err := bindReadOnly(filepath.Join(proc, p)); err != nil {
+			return err
+		}
+	}
+	if netWritable {
+		net := filepath.Join(proc, "sys/net")
+		if err := unix.Mount(net, net, "", unix.MS_BIND, ""); err != nil {
+			return fmt.Errorf("/proc/sys/net: %w", err)
+		}
+	}
+	for _, p := range procMaskedFile {
+		t := filepath.Join(proc, p)
+		if _, err := os.Stat(t); err != nil {
+			continue
+		}
+		if err := unix.Mount(devNull, t, "", unix.MS_BIND, ""); err != nil {
+			return fmt.Errorf("mask /proc/%s: %w", p, err)
+		}
+	}
+	for _, p := range procMaskedDir {
+		t := filepath.Join(proc, p)
+		if _, err := os.Stat(t); err != nil {
+			continue
+		}
+		if err := unix.Mount("masked", t, "tmpfs", unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "size=0"); err != nil {
+			return fmt.Errorf("mask /proc/%s: %w", p, err)
+		}
+	}
+	return nil
+}
+
+// bindReadOnly makes p a read-only view of itself; missing paths are
+// skipped (not every kernel has every /proc entry).
+func bindReadOnly(p string) error {
+	if _, err := os.Stat(p); err != nil {
+		return nil
+	}
+	if err := unix.Mount(p, p, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+		return fmt.Errorf("read-only %s: %w", p, err)
+	}
+	if err := unix.Mount("", p, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
+		return fmt.Errorf("read-only %s: %w", p, err)
+	}
+	return nil
+}
+
+func keepsCap(caps []string, c string) bool {
+	for _, x := range caps {
+		if x == c {
+			return true
+		}
+	}
+	return false
 }
 
 // escapeOverlay escapes the characters overlayfs treats as separators in
@@ -292,7 +365,7 @@ func isRoleMount(mp string) bool {
 			return true
 		}
 	}
-	return false
+	return strings.HasPrefix(mp, "/proc/") // the masks
 }
 
 // mountPoints lists this namespace's mount points in mount order.
