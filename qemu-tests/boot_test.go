@@ -1,6 +1,7 @@
 package qemutests
 
 import (
+	"context"
 	"fmt"
 	"regexp"
 	"slices"
@@ -64,10 +65,12 @@ func TestBootToStackReadyAndPowerOff(t *testing.T) {
 	}
 	order := stackfile.RoleNames()
 	slices.Reverse(order)
+	ctx, cancel := context.WithTimeout(t.Context(), qemu.Scale(3*time.Minute))
+	defer cancel()
 	for _, role := range order {
 		pat := fmt.Sprintf(stopLinePattern, regexp.QuoteMeta(role))
-		if _, err := vm.Expect(2*time.Minute, pat); err != nil {
-			t.Fatalf("roles must stop in the order %v: %v", order, err)
+		if _, err := vm.ExpectContext(ctx, pat); err != nil {
+			t.Fatalf("after the power button, roles must stop in the order %v: %v", order, err)
 		}
 	}
 	if _, err := vm.Expect(2*time.Minute, powerOffPattern); err != nil {

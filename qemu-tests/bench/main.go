@@ -28,7 +28,7 @@ import (
 var (
 	networkSteps   = []string{"network", "netconf", "net"}
 	networkUpRE    = regexp.MustCompile(`magestack: network up uptime_ms=(\d+)`)
-	rssRE          = regexp.MustCompile(`magestack: pid1 rss_kib=(\d+)`)
+	rssRE          = regexp.MustCompile(`pid1 (?:resident memory )?rss_kib=(\d+)`)
 	networkWaitFor = `magestack: (stack ready uptime_ms=(\d+)|network up|timeline (network|netconf|net) start_ms=\d+ end_ms=\d+ ok)`
 )
 
