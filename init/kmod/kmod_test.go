@@ -1,6 +1,8 @@
 package kmod
 
 import (
+	"bytes"
+	"compress/gzip"
 	"context"
 	"io"
 	"log/slog"
@@ -232,5 +234,19 @@ func TestDefaultDirNamesRunningKernel(t *testing.T) {
 	rel, _ := os.ReadFile("/proc/sys/kernel/osrelease")
 	if want := filepath.Join("/lib/modules", strings.TrimSpace(string(rel))); len(rel) > 0 && dir != want {
 		t.Fatalf("DefaultDir = %s, want %s", dir, want)
+	}
+}
+
+func TestGunzip(t *testing.T) {
+	var z bytes.Buffer
+	w := gzip.NewWriter(&z)
+	w.Write([]byte("\x7fELF module image"))
+	w.Close()
+	got, err := gunzip(&z)
+	if err != nil || string(got) != "\x7fELF module image" {
+		t.Fatalf("gunzip = %q, %v", got, err)
+	}
+	if _, err := gunzip(strings.NewReader("not gzip")); err == nil {
+		t.Fatal("garbage accepted")
 	}
 }

@@ -141,20 +141,37 @@ func insertFile(path, params string) error {
 	if _, serr := f.Seek(0, io.SeekStart); serr != nil {
 		return fmt.Errorf("rewind %s: %w", path, serr)
 	}
-	zr, zerr := gzip.NewReader(f)
+	image, zerr := gunzip(f)
 	if zerr != nil {
 		return fmt.Errorf("gunzip %s: %w", path, zerr)
 	}
-	var buf bytes.Buffer
-	if _, zerr := io.Copy(&buf, zr); zerr != nil {
-		return fmt.Errorf("gunzip %s: %w", path, zerr)
-	}
-	if err := unix.InitModule(buf.Bytes(), params); err != nil && !errors.Is(err, unix.EEXIST) {
+	if err := unix.InitModule(image, params); err != nil {
+		if errors.Is(err, unix.EEXIST) {
+			return err
+		}
 		return fmt.Errorf("init_module %s: %w", path, err)
-	} else if err != nil {
-		return err
 	}
 	return nil
+}
+
+// maxModuleSize bounds a decompressed module (the largest in Debian's tree
+// is a few tens of MiB), so a corrupt file cannot exhaust PID 1's memory.
+const maxModuleSize = 256 << 20
+
+func gunzip(r io.Reader) ([]byte, error) {
+	zr, err := gzip.NewReader(r)
+	if err != nil {
+		return nil, err
+	}
+	var buf bytes.Buffer
+	n, err := io.Copy(&buf, io.LimitReader(zr, maxModuleSize+1))
+	if err != nil {
+		return nil, err
+	}
+	if n > maxModuleSize {
+		return nil, fmt.Errorf("decompressed module larger than %d bytes", maxModuleSize)
+	}
+	return buf.Bytes(), nil
 }
 
 // ColdplugResult says what a coldplug run did.

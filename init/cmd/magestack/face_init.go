@@ -188,11 +188,13 @@ func initMain(args []string) int {
 	done := runner.Run(b.ctx, steps)
 	if d, ok := testDuration(b, "test.poweroff_after"); ok {
 		log.Info("test hook: powering off", "after", d)
-		time.AfterFunc(d, func() { b.shutdownNow(pid1.Poweroff, "test hook magestack.test.poweroff_after") })
+		time.AfterFunc(d, func() {
+			pid1.Go(log, "poweroff hook", func() { b.shutdownNow(pid1.Poweroff, "test hook magestack.test.poweroff_after") })
+		})
 	}
 	if sig, d, ok := testSignal(b); ok {
 		log.Info("test hook: signalling PID 1", "signal", unix.SignalName(sig), "after", d)
-		time.AfterFunc(d, func() { _ = unix.Kill(1, sig) })
+		time.AfterFunc(d, func() { _ = unix.Kill(os.Getpid(), sig) })
 	}
 	pid1.Go(log, "ready line", func() {
 		res := <-done
