@@ -162,8 +162,8 @@ func Default() []Step {
 		Mount{Source: "proc", Target: "/proc", FSType: "proc", Flags: nodev | nosuid | noexec},
 		Mount{Source: "sysfs", Target: "/sys", FSType: "sysfs", Flags: nodev | nosuid | noexec},
 		Mount{Source: "devtmpfs", Target: "/dev", FSType: "devtmpfs", Flags: nosuid, Data: "mode=0755"},
-		Mount{Source: "devpts", Target: "/dev/pts", FSType: "devpts", Flags: nosuid | noexec, Data: "newinstance,ptmxmode=0666,mode=620,gid=5"},
-		Symlink{Target: "pts/ptmx", Link: "/dev/ptmx"},
+		// devtmpfs's /dev/ptmx finds this instance through its "pts" sibling.
+		Mount{Source: "devpts", Target: "/dev/pts", FSType: "devpts", Flags: nosuid | noexec, Data: "ptmxmode=0666,mode=620,gid=5"},
 		Mount{Source: "tmpfs", Target: "/dev/shm", FSType: "tmpfs", Flags: nodev | nosuid, Data: "mode=1777"},
 		Mount{Source: "mqueue", Target: "/dev/mqueue", FSType: "mqueue", Flags: nodev | nosuid | noexec, Optional: true},
 		Symlink{Target: "/proc/self/fd", Link: "/dev/fd"},
