@@ -113,15 +113,18 @@ var (
 // that keeps CAP_NET_ADMIN (fw) keeps /proc/sys/net writable: those
 // sysctls are its own network namespace's.
 func maskProc(proc, devNull string, netWritable bool) error {
-	for _, p := range procReadOnly {
-		if err := bindReadOnly(filepath.Join(proc, p)); err != nil {
-			return err
-		}
-	}
 	if netWritable {
+		// A bind keeps its source's read-only flag, so this writable view
+		// is made first; the recursive read-only bind of /proc/sys then
+		// carries it along as a writable child.
 		net := filepath.Join(proc, "sys/net")
 		if err := unix.Mount(net, net, "", unix.MS_BIND, ""); err != nil {
 			return fmt.Errorf("/proc/sys/net: %w", err)
+		}
+	}
+	for _, p := range procReadOnly {
+		if err := bindReadOnly(filepath.Join(proc, p)); err != nil {
+			return err
 		}
 	}
 	for _, p := range procMaskedFile {
