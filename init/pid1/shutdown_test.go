@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"os"
+	"os/signal"
 	"reflect"
 	"strconv"
 	"strings"
@@ -187,5 +188,33 @@ func TestUserProcessesSkipsKernelThreads(t *testing.T) {
 	}
 	if !found && self > 2 {
 		t.Errorf("own process %d not listed among %d", self, len(pids))
+	}
+}
+
+// TestHandleSignals sends real signals to this process and checks each
+// reaches the callback with busybox init's action.
+func TestHandleSignals(t *testing.T) {
+	got := make(chan string, 4)
+	HandleSignals(quietLog(), func(a Action, reason string) { got <- a.String() + " " + reason })
+	defer signal.Reset(HandledSignals...)
+	for _, tt := range []struct {
+		sig  unix.Signal
+		want string
+	}{
+		{unix.SIGUSR2, "poweroff signal SIGUSR2"},
+		{unix.SIGUSR1, "halt signal SIGUSR1"},
+		{unix.SIGPWR, "poweroff signal SIGPWR"},
+	} {
+		if err := unix.Kill(os.Getpid(), tt.sig); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case g := <-got:
+			if g != tt.want {
+				t.Errorf("%v: got %q, want %q", tt.sig, g, tt.want)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%v never reached the handler", tt.sig)
+		}
 	}
 }
