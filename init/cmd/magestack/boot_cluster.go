@@ -242,4 +242,3 @@ func configurePairLink(pl stackfile.PairLink) error {
 	}
 	return fmt.Errorf("no NIC with the pair link's MAC %s", pl.MAC)
 }
-
