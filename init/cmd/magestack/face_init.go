@@ -282,9 +282,20 @@ func (b *bootEnv) klogStep(ctx context.Context) error {
 }
 
 func (b *bootEnv) kmodStep(ctx context.Context) error {
+	defer b.powerButton.Do(func() {
+		pid1.WatchPowerButton(b.ctx, b.log, "/dev/input", func() {
+			b.shutdownNow(pid1.Poweroff, "power button")
+		})
+	})
 	dir, err := kmod.DefaultDir()
 	if err != nil {
 		return err
+	}
+	if _, err := os.Stat(dir); os.IsNotExist(err) {
+		// A kernel with every driver built in is fine; an image whose
+		// module tree is incomplete is not (kmod.Open reports that).
+		b.log.Warn("no kernel modules for this kernel; builtin drivers only", "dir", dir)
+		return nil
 	}
 	ix, err := kmod.Open(dir)
 	if err != nil {
@@ -315,11 +326,6 @@ func (b *bootEnv) kmodStep(ctx context.Context) error {
 			b.log.Warn("power button support unavailable", "module", m, "err", err)
 		}
 	}
-	b.powerButton.Do(func() {
-		pid1.WatchPowerButton(b.ctx, b.log, "/dev/input", func() {
-			b.shutdownNow(pid1.Poweroff, "power button")
-		})
-	})
 	return errors.Join(errs...)
 }
 
