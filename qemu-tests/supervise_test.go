@@ -61,16 +61,21 @@ func TestSuperviseOnCgroup2(t *testing.T) {
 		t.Fatal(err)
 	}
 	console := vm.Console()
-	for _, name := range []string{"TestCgroupPlacementAndKill", "TestCgroupOOMReported", "TestKillRestartsWithBackoff", "TestStopGraceThenKill"} {
+	for _, name := range []string{"TestCgroupPlacementAndKill", "TestCgroupOOMReported", "TestCgroupOOMOfChildReported", "TestKillRestartsWithBackoff", "TestStopGraceThenKill"} {
 		if !regexp.MustCompile(`--- PASS: ` + name + ` `).MatchString(console) {
 			t.Errorf("%s did not pass in the guest", name)
 		}
 	}
+	var summary []string
 	for _, l := range strings.Split(console, "\n") {
+		if strings.Contains(l, "--- ") || strings.Contains(l, "cgroup usage:") || strings.Contains(l, "oom-killed") {
+			summary = append(summary, strings.TrimSpace(l))
+		}
 		if strings.Contains(l, "--- FAIL") || strings.Contains(l, "--- SKIP: TestCgroup") {
 			t.Errorf("guest: %s", strings.TrimSpace(l))
 		}
 	}
+	t.Logf("guest results:\n%s", strings.Join(summary, "\n"))
 	if m[1] != "0" {
 		t.Errorf("the supervise tests exited %s in the guest", m[1])
 	}

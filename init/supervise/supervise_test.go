@@ -789,3 +789,38 @@ func TestChurn(t *testing.T) {
 	}
 	_ = events
 }
+
+func TestCgroupOOMOfChildReported(t *testing.T) {
+	cg := needCgroup2(t, "memory")
+	if err := os.MkdirAll(cg, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(cg, "memory.max"), []byte("16777216"), 0); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(cg, "memory.swap.max"), []byte("0"), 0)
+	s := newSup(t, Options{})
+	events, cancel := s.Subscribe(100)
+	defer cancel()
+	// The main process survives; a child it runs is OOM-killed.
+	s.Add(Spec{Name: "parent", Cgroup: cg, Env: []string{"PATH=/bin"},
+		Command: sh("busybox sleep 0.5; busybox dd if=/dev/zero of=/dev/null bs=64M count=1; echo dd ended $?; exec busybox sleep 1000")})
+	s.Start(context.Background(), "parent")
+	deadline := time.After(60 * time.Second)
+	for {
+		select {
+		case ev := <-events:
+			if ev.Kind == "oom" {
+				if !strings.Contains(ev.Message, "1 process(es) of the unit OOM-killed") {
+					t.Errorf("oom event %q", ev.Message)
+				}
+				if st := unitStatus(t, s, "parent"); st.State != StateReady || st.Restarts != 0 {
+					t.Errorf("parent %s restarts %d: the main process should have survived", st.State, st.Restarts)
+				}
+				return
+			}
+		case <-deadline:
+			t.Fatal("no oom event within 60s")
+		}
+	}
+}
