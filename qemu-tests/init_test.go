@@ -118,11 +118,18 @@ func TestInitFailingStepDoesNotKillPID1(t *testing.T) {
 	vm := initStart(t, "magestack.test.failstep=hostname:2 magestack.test.panicstep=config")
 
 	initExpect(t, vm, 4*time.Minute, `magestack: timeline hostname start_ms=\d+ end_ms=\d+ error`)
-	initExpect(t, vm, time.Minute, `failstep: attempt 1 of hostname fails on purpose`)
 	// Later steps go on while hostname is retried.
 	initExpect(t, vm, 2*time.Minute, `magestack: timeline network start_ms=\d+ end_ms=\d+ (ok|error)`)
-	initExpect(t, vm, 2*time.Minute, `recovered panic in=config`)
 	initExpect(t, vm, 2*time.Minute, qemu.ReadyPattern)
+	// Error records reach the console through the kernel's echo of
+	// /dev/kmsg, which may lag the direct lines: look for them in the whole
+	// console text rather than in order.
+	console := vm.Console()
+	for _, want := range []string{"attempt 1 of hostname fails on purpose", "recovered panic in=config"} {
+		if !strings.Contains(console, want) {
+			t.Errorf("console lacks %q", want)
+		}
+	}
 
 	steps := qemu.ParseTimeline(vm.Console())
 	t.Logf("boot timeline:\n%s", qemu.FormatTimeline(steps))
