@@ -259,9 +259,11 @@ var Modules = []string{"nf_tables", "nf_conntrack", "nf_nat", "nft_chain_nat", "
 // ModuleLoader loads one kernel module by name (init/kmod's Loader.Load).
 type ModuleLoader func(ctx context.Context, name string) error
 
-// ApplyForStack is PID 1's firewall step: load the modules (when a loader
-// is given), build the ruleset for this host (uplinks found with
-// PublicIfaces) and apply it, with bridge netfilter on so role-to-role
+// ApplyForStack is PID 1's firewall step, and what a config reconcile calls
+// for every new revision: load the modules (when a loader is given), build
+// the ruleset for this host (uplinks found with PublicIfaces) and Sync it
+// (an allow-list-only change is edited in place, anything else replaces the
+// table in one batch), with bridge netfilter on so role-to-role
 // traffic on ms-int passes the forward chain. A module that fails to load
 // is reported and the apply is still tried: built-in code needs none.
 func ApplyForStack(ctx context.Context, stack *stackfile.Stack, hostname string, log *slog.Logger, load ...ModuleLoader) error {
@@ -291,10 +293,11 @@ func ApplyForStack(ctx context.Context, stack *stackfile.Stack, hostname string,
 	}
 	fw := New()
 	defer fw.Close()
-	if err := fw.Apply(ctx, rs); err != nil {
+	res, err := fw.Sync(ctx, rs)
+	if err != nil {
 		return err
 	}
-	log.Info("firewall applied", "table", "inet "+TableName, "public", pub, "rules", countRules(rs), "took", time.Since(start))
+	log.Info("firewall applied", "table", "inet "+TableName, "change", string(res), "public", pub, "rules", countRules(rs), "took", time.Since(start))
 	return nil
 }
 
