@@ -16,6 +16,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"magestack/init/api"
 	"magestack/init/cmdline"
 	"magestack/init/configsource"
 	"magestack/init/configstore"
@@ -27,6 +28,7 @@ import (
 	"magestack/init/reap"
 	"magestack/init/reconcile"
 	"magestack/init/stackfile"
+	"magestack/init/supervise"
 	"magestack/init/timeline"
 )
 
@@ -51,6 +53,12 @@ type bootEnv struct {
 	stack        *stackfile.Stack
 	revision     configsource.Revision
 	network      *netconf.State
+
+	// Set by the later steps (boot_*.go): the control API, PID 1's
+	// supervisor of role instances, and the cluster member.
+	api     *api.Server
+	sup     *supervise.Supervisor
+	cluster *clusterMember
 }
 
 // Stack is the loaded stack file (nil before the config step succeeded).
