@@ -8,6 +8,8 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -298,6 +300,9 @@ func ApplyForStack(ctx context.Context, stack *stackfile.Stack, hostname string,
 		return err
 	}
 	log.Info("firewall applied", "table", "inet "+TableName, "change", string(res), "public", pub, "rules", countRules(rs), "took", time.Since(start))
+	if err := SaveDesired(DesiredPath, rs); err != nil {
+		log.Warn("firewall: cannot record the applied ruleset for `firewall check`", "err", err)
+	}
 	return nil
 }
 
@@ -336,4 +341,34 @@ func hint(err error) string {
 		return " [netlink buffer too small for the batch]"
 	}
 	return ""
+}
+
+// DesiredPath records the ruleset the host last applied, so `magestack
+// firewall check` compares the live table with what the running config
+// asked for (whatever source it came from).
+const DesiredPath = "/run/magestack/firewall/desired.nft"
+
+// SaveDesired writes rs (counters zeroed) to path atomically.
+func SaveDesired(path string, rs *Ruleset) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(Render(ZeroCounters(rs))), 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+// CheckText compares the live table with a rendered ruleset (as
+// SaveDesired writes it); counters are ignored.
+func (f *Firewall) CheckText(ctx context.Context, want string) ([]string, error) {
+	live, err := f.Read(ctx)
+	if errors.Is(err, errNoTable) {
+		return []string{fmt.Sprintf("- table inet %s (missing)", TableName)}, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return lineDiff(strings.Split(want, "\n"), strings.Split(Render(ZeroCounters(live)), "\n")), nil
 }

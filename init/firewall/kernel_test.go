@@ -3,6 +3,7 @@ package firewall
 import (
 	"context"
 	"net/netip"
+	"os"
 	"strings"
 	"testing"
 
@@ -89,6 +90,11 @@ func TestApplyForStackInNamespace(t *testing.T) {
 	run(t, "ip", "-n", ns, "addr", "add", "192.0.2.10/24", "dev", "uplink0")
 	run(t, "ip", "-n", ns, "route", "add", "default", "via", "192.0.2.1")
 	run(t, "ip", "-n", ns, "link", "set", "uplink0p", "up")
+	_, statErr := os.Stat(DesiredPath)
+	if statErr == nil {
+		t.Skipf("%s exists: this machine runs a magestack firewall; not overwriting its record", DesiredPath)
+	}
+	t.Cleanup(func() { os.Remove(DesiredPath) })
 	err := inNetNS(fd, func() error {
 		return ApplyForStack(context.Background(), stackfile.Default(), "dh1", nil)
 	})
@@ -101,5 +107,20 @@ func TestApplyForStackInNamespace(t *testing.T) {
 	}
 	if got := nftList(t, ns); got != Render(want) {
 		t.Fatalf("ApplyForStack left:\n%s\nwant:\n%s", got, Render(want))
+	}
+	// The record `firewall check` compares against.
+	saved, err := os.ReadFile(DesiredPath)
+	if err != nil || string(saved) != Render(want) {
+		t.Fatalf("desired record %s: %v\n%s", DesiredPath, err, saved)
+	}
+	diffs, err := NewInNetNS(fd).CheckText(context.Background(), string(saved))
+	if err != nil || len(diffs) != 0 {
+		t.Fatalf("CheckText: %v %v", diffs, err)
+	}
+	if err := NewInNetNS(fd).UpdateAllow(context.Background(), []netip.Prefix{netip.MustParsePrefix("192.0.2.99/32")}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if diffs, _ := NewInNetNS(fd).CheckText(context.Background(), string(saved)); len(diffs) == 0 {
+		t.Fatal("CheckText missed an allow-list entry added by hand")
 	}
 }

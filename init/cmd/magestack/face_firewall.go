@@ -28,6 +28,7 @@ func firewallFace(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, `usage: magestack firewall show                     live table inet magestack, in nft syntax
        magestack firewall check [-config FILE] [-host NAME] [-public IF,...]
                                                   exit 1 and list differences when the live table drifts
+                                                  from what this host applied (or, with flags, from FILE)
        magestack firewall allow add|remove PREFIX...   edit the public allow-list in place`)
 		return 2
 	}
@@ -55,6 +56,18 @@ func firewallFace(args []string, stdout, stderr io.Writer) int {
 		if err := fs.Parse(args[1:]); err != nil {
 			return 2
 		}
+		var diffs []string
+		var err error
+		if *config == "" && *public == "" && *host == "" {
+			// What the running host applied, from whatever config source.
+			if want, rerr := os.ReadFile(firewall.DesiredPath); rerr == nil {
+				if diffs, err = fw.CheckText(ctx, string(want)); err != nil {
+					fmt.Fprintln(stderr, "magestack firewall check:", err)
+					return 2
+				}
+				return fwReport(stdout, diffs, firewall.DesiredPath)
+			}
+		}
 		stack, err := fwLoadStack(*config)
 		if err != nil {
 			fmt.Fprintln(stderr, "magestack firewall check:", err)
@@ -76,20 +89,11 @@ func firewallFace(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintln(stderr, "magestack firewall check:", err)
 			return 2
 		}
-		diffs, err := fw.Check(ctx, want)
-		if err != nil {
+		if diffs, err = fw.Check(ctx, want); err != nil {
 			fmt.Fprintln(stderr, "magestack firewall check:", err)
 			return 2
 		}
-		if len(diffs) == 0 {
-			fmt.Fprintln(stdout, "firewall: live table matches the stack file")
-			return 0
-		}
-		fmt.Fprintf(stdout, "firewall: live table differs from the stack file (- wanted, + live):\n")
-		for _, d := range diffs {
-			fmt.Fprintln(stdout, "  "+d)
-		}
-		return 1
+		return fwReport(stdout, diffs, "the stack file")
 	case "allow":
 		if len(args) < 3 || (args[1] != "add" && args[1] != "remove") {
 			return usage()
@@ -116,6 +120,19 @@ func firewallFace(args []string, stdout, stderr io.Writer) int {
 		return 0
 	}
 	return usage()
+}
+
+// fwReport prints the check's verdict: exit 0 in sync, 1 on drift.
+func fwReport(w io.Writer, diffs []string, against string) int {
+	if len(diffs) == 0 {
+		fmt.Fprintf(w, "firewall: live table matches %s\n", against)
+		return 0
+	}
+	fmt.Fprintf(w, "firewall: live table differs from %s (- wanted, + live):\n", against)
+	for _, d := range diffs {
+		fmt.Fprintln(w, "  "+d)
+	}
+	return 1
 }
 
 func parsePrefixOrAddr(s string) (netip.Prefix, error) {
