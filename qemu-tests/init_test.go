@@ -189,6 +189,21 @@ func TestInitCtrlAltDel(t *testing.T) {
 	initWantExit0(t, vm)
 }
 
+// TestInitHostnameAndMissingConfig: magestack.host= names the host; a
+// config source that cannot be read does not stop the boot: the host comes
+// up on the built-in default stack and says why.
+func TestInitHostnameAndMissingConfig(t *testing.T) {
+	vm := initStart(t, "magestack.host=qa1 magestack.config=/nonexistent/stack.yaml magestack.test.poweroff_after=2s")
+	initExpect(t, vm, 4*time.Minute, `hostname set name=qa1 from="magestack.host="`)
+	initExpect(t, vm, 2*time.Minute, `stack config loaded stack=\S+ origin=builtin`)
+	initExpect(t, vm, time.Minute, qemu.ReadyPattern)
+	if !strings.Contains(vm.Console(), "/nonexistent/stack.yaml") {
+		t.Error("the console does not say why the configured source was passed over")
+	}
+	initExpect(t, vm, time.Minute, regexp.QuoteMeta(kernelPowerDown))
+	initWantExit0(t, vm)
+}
+
 func initLastOK(steps []qemu.TimelineStep, name string) bool {
 	ok := false
 	for _, s := range steps {

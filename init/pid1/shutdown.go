@@ -129,6 +129,14 @@ func (s *Shutdown) OnShutdown(name string, grace time.Duration, stop func(ctx co
 	s.stoppers = append(s.stoppers, stopper{name, grace, stop})
 }
 
+// Started reports whether a shutdown has begun (boot should not announce
+// readiness any more).
+func (s *Shutdown) Started() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.started
+}
+
 // Do shuts down and performs the action. Only the first call acts; later
 // calls return at once. When the final reboot syscall fails (not PID 1,
 // or the kernel refuses), Do returns its error and the caller keeps running.

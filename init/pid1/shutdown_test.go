@@ -99,6 +99,9 @@ func TestShutdownOrderAndBounds(t *testing.T) {
 	if !unmounted || cmd != unix.LINUX_REBOOT_CMD_POWER_OFF {
 		t.Errorf("unmounted=%v reboot cmd=%#x", unmounted, cmd)
 	}
+	if !s.Started() {
+		t.Error("Started() false after a shutdown")
+	}
 	if err := s.Do(Reboot, "again"); err == nil {
 		t.Error("second shutdown should be refused")
 	}
