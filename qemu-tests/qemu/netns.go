@@ -244,20 +244,55 @@ func (ns *Namespace) WaitCarrier(ifname string, want bool, timeout time.Duration
 	}
 }
 
-// AddTap creates a persistent tap named name on the bridge, up, for a VM
-// started with Options.NetNS = net.NetNS(). It has carrier once QEMU opens it.
+// AddBridge adds another bridge to the namespace (e.g. a pair link next to
+// the public LAN), up, with TX checksum offload off. VMs whose NICs sit on
+// several bridges need them in one namespace: QEMU runs in just one.
+func (n *Net) AddBridge(name string) string {
+	n.t.Helper()
+	n.mustIP("link", "add", name, "type", "bridge", "forward_delay", "0", "stp_state", "0")
+	n.mustIP("link", "set", name, "up")
+	if err := n.DisableTxChecksum(name); err != nil {
+		n.t.Fatal(err)
+	}
+	return name
+}
+
+// AddTap creates a persistent tap named name on br0, up, for a VM started
+// with Options.NetNS = net.NetNS(). It has carrier once QEMU opens it.
 func (n *Net) AddTap(name string) string {
 	n.t.Helper()
+	return n.AddTapTo(BridgeName, name)
+}
+
+// AddTapTo is AddTap on another bridge of the namespace.
+func (n *Net) AddTapTo(bridge, name string) string {
+	n.t.Helper()
 	n.mustIP("tuntap", "add", "dev", name, "mode", "tap")
-	n.mustIP("link", "set", name, "master", BridgeName)
+	n.mustIP("link", "set", name, "master", bridge)
 	n.mustIP("link", "set", name, "up")
 	return name
 }
 
-// AddClient creates a namespace "<net>-<name>" with interface eth0 at cidr,
-// linked by a veth pair to the bridge: a machine on the test network (a
-// public client, a DHCP server, a witness). Its TX checksum offload is off.
+// SetUp sets ifname administratively up or down: a cable cut on the host
+// side (the VM's NIC keeps its own link state; see VM.SetLink for that).
+func (ns *Namespace) SetUp(ifname string, up bool) error {
+	state := "down"
+	if up {
+		state = "up"
+	}
+	return ns.ip("link", "set", ifname, state)
+}
+
+// AddClient creates a namespace "<net>-<name>" with interface eth0 at cidr
+// ("" for none), linked by a veth pair to br0: a machine on the test network
+// (a public client, a DHCP server, a witness). Its TX checksum offload is off.
 func (n *Net) AddClient(name, cidr string) *Namespace {
+	n.t.Helper()
+	return n.AddClientTo(BridgeName, name, cidr)
+}
+
+// AddClientTo is AddClient on another bridge of the namespace.
+func (n *Net) AddClientTo(bridge, name, cidr string) *Namespace {
 	n.t.Helper()
 	n.mu.Lock()
 	n.nveth++
@@ -271,7 +306,7 @@ func (n *Net) AddClient(name, cidr string) *Namespace {
 	n.clients = append(n.clients, c)
 	n.mu.Unlock()
 	n.mustIP("link", "add", host, "type", "veth", "peer", "name", "eth0", "netns", c.Name)
-	n.mustIP("link", "set", host, "master", BridgeName)
+	n.mustIP("link", "set", host, "master", bridge)
 	n.mustIP("link", "set", host, "up")
 	c.mustIP("link", "set", "lo", "up")
 	if cidr != "" {

@@ -118,3 +118,76 @@ func TestNetCleanupRemovesNamespaces(t *testing.T) {
 		}
 	}
 }
+
+// TestNetSecondBridgeIsSeparate: clients on different bridges of one Net do
+// not reach each other; SetUp cuts and restores a link.
+func TestNetSecondBridgeIsSeparate(t *testing.T) {
+	requireRoot(t)
+	n := NewNet(t, "two")
+	pair := n.AddBridge("br-pair")
+	a := n.AddClient("a", "198.51.100.1/24")
+	b := n.AddClientTo(pair, "b", "198.51.100.2/24")
+	c := n.AddClientTo(pair, "c", "198.51.100.3/24")
+	if l, err := n.Link("veth2"); err != nil || l.Master != pair {
+		t.Fatalf("veth2 = %+v, %v; want on %s", l, err, pair)
+	}
+	dial := func(from *Namespace, addr string) error {
+		return from.Do(func() error {
+			conn, err := net.DialTimeout("tcp", addr, 500*time.Millisecond)
+			if err == nil {
+				conn.Close()
+			}
+			return err
+		})
+	}
+	// New links carry traffic only once the kernel's linkwatch has
+	// activated their queues (up to a second after carrier).
+	reach := func(from *Namespace, addr string) error {
+		var err error
+		for deadline := time.Now().Add(Scale(10 * time.Second)); time.Now().Before(deadline); {
+			if err = dial(from, addr); err == nil {
+				return nil
+			}
+		}
+		return err
+	}
+	var ln net.Listener
+	if err := c.Do(func() error {
+		var err error
+		ln, err = net.Listen("tcp", "198.51.100.3:9000")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			conn.Close()
+		}
+	}()
+	if err := reach(b, "198.51.100.3:9000"); err != nil {
+		t.Fatalf("same bridge: %v", err)
+	}
+	if err := dial(a, "198.51.100.3:9000"); err == nil {
+		t.Fatal("a client on br0 reached one on the pair bridge")
+	}
+	if err := n.SetUp("veth3", false); err != nil {
+		t.Fatal(err)
+	}
+	if err := dial(b, "198.51.100.3:9000"); err == nil {
+		t.Fatal("reached c with its bridge port down")
+	}
+	if err := n.SetUp("veth3", true); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.WaitCarrier("veth3", true, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := reach(b, "198.51.100.3:9000"); err != nil {
+		t.Fatalf("after the link came back: %v", err)
+	}
+}
