@@ -85,8 +85,10 @@ func TestGitRepositoryLifecycle(t *testing.T) {
 		t.Fatalf("booted instances %v", f.instances)
 	}
 	f.calls = nil
-	w := r.Watcher(fetcher, source, time.Hour)
-	go w.Run(ctx)
+	w := r.Watcher(ctx, fetcher, source, time.Hour)
+	done := make(chan struct{})
+	go func() { w.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }() // no apply may outlive the test's temp dirs
 	waitFor := func(what string, cond func() bool) {
 		t.Helper()
 		deadline := time.Now().Add(30 * time.Second)
@@ -122,6 +124,7 @@ func TestGitRepositoryLifecycle(t *testing.T) {
 
 	// Reboot with the repository unreachable: the last good revision.
 	cancel()
+	<-done
 	srv.Close()
 	rev, s, origin, err := Initial(context.Background(), nil, configsource.New(configsource.Options{CABundle: ca, Timeout: 5 * time.Second}), source, store)
 	if origin != FromLastGood || rev.ID != good.ID || s.Roles["web"].Count != 2 || err == nil {

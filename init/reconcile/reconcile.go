@@ -68,7 +68,9 @@ type Reconciler struct {
 	apply   Appliers
 	timeout time.Duration
 
-	mu         sync.Mutex
+	applyMu sync.Mutex // serialises applies (held for a whole apply)
+
+	mu         sync.Mutex // guards running, runningRev (held briefly)
 	running    *stackfile.Stack
 	runningRev configsource.Revision
 }
@@ -136,8 +138,9 @@ func fileName(rev configsource.Revision) string {
 // done), is recorded as rejected and returned as an error; the running
 // stack is then unchanged.
 func (r *Reconciler) Apply(ctx context.Context, rev configsource.Revision) (res Result, err error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
+	r.applyMu.Lock()
+	defer r.applyMu.Unlock()
+	running, runningRev := r.Running()
 	res.Revision = rev
 	ctx, cancel := context.WithTimeout(ctx, r.timeout)
 	defer cancel()
@@ -148,16 +151,16 @@ func (r *Reconciler) Apply(ctx context.Context, rev configsource.Revision) (res 
 		r.reject(rev, err)
 		return res, fmt.Errorf("revision %s rejected: %w", short(rev.ID), err)
 	}
-	changes, err := stackfile.Diff(r.running, next)
+	changes, err := stackfile.Diff(running, next)
 	if err != nil {
 		r.reject(rev, err)
 		return res, fmt.Errorf("revision %s rejected: %w", short(rev.ID), err)
 	}
 	res.Changes = changes
-	if rev.ID == r.runningRev.ID && changes.Empty() {
+	if rev.ID == runningRev.ID && changes.Empty() {
 		return res, nil // already running (a poll and a manual apply raced)
 	}
-	prev := r.running
+	prev := running
 	if prev == nil {
 		prev = &stackfile.Stack{}
 	}
@@ -176,7 +179,7 @@ func (r *Reconciler) Apply(ctx context.Context, rev configsource.Revision) (res 
 		}
 		return res, fmt.Errorf("revision %s failed to apply and was rolled back: %w", short(rev.ID), cause)
 	}
-	r.running, r.runningRev = next, rev
+	r.Adopt(next, rev)
 	if r.store != nil {
 		if err := r.store.MarkApplied(rev); err != nil {
 			// The stack runs the new revision; only the record failed.
@@ -423,10 +426,11 @@ func BuiltinRevision() configsource.Revision {
 // Watcher polls source and applies each new revision. Its first report is
 // skipped when the revision is the one already running. Call Poke for
 // `magestack config apply`, Retry to re-apply an unchanged revision.
-func (r *Reconciler) Watcher(f *configsource.Fetcher, source string, interval time.Duration) *configsource.Watcher {
+// Applies stop when ctx ends (shutdown); run the watcher with the same ctx.
+func (r *Reconciler) Watcher(ctx context.Context, f *configsource.Fetcher, source string, interval time.Duration) *configsource.Watcher {
 	_, running := r.Running()
 	return f.NewWatcher(source, interval, running.ID, func(rev configsource.Revision) {
 		// Apply logs and records failures; the watcher just keeps polling.
-		r.Apply(context.Background(), rev)
+		r.Apply(ctx, rev)
 	})
 }

@@ -357,10 +357,11 @@ func TestWatcherAppliesNewRevisions(t *testing.T) {
 	os.WriteFile(src, []byte(base), 0o644)
 	// The running revision came from another source string; the watcher
 	// skips only the identical ID.
-	w := r.Watcher(configsource.New(configsource.Options{}), src, time.Hour)
+	w := r.Watcher(context.Background(), configsource.New(configsource.Options{}), src, time.Hour)
 	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go w.Run(ctx)
+	done := make(chan struct{})
+	go func() { w.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }() // no apply may outlive the test's temp dirs
 	os.WriteFile(src, []byte(edit("count: 1", "count: 2")), 0o644)
 	w.Poke()
 	deadline := time.Now().Add(20 * time.Second)
