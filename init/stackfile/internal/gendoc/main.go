@@ -183,7 +183,8 @@ var spaces = regexp.MustCompile(`\s+`)
 
 func oneLine(s string) string {
 	s = strings.TrimSpace(spaces.ReplaceAllString(s, " "))
-	return strings.ReplaceAll(s, "|", "\\|")
+	// Markdown would take <name> for an HTML tag and hide it.
+	return strings.NewReplacer("|", "\\|", "<", "&lt;", ">", "&gt;").Replace(s)
 }
 
 func paragraph(s string) string {
