@@ -20,7 +20,8 @@ var panicMarker = []byte("Kernel panic")
 // pattern matched.
 var ErrConsoleClosed = errors.New("console closed (QEMU exited)")
 
-// ErrKernelPanic reports that the guest kernel panicked.
+// ErrKernelPanic reports that the guest kernel panicked after the last
+// match (to wait past a deliberate panic, Expect "Kernel panic" first).
 var ErrKernelPanic = errors.New("kernel panic on the console")
 
 // Console collects a VM's serial output and lets tests wait for lines in
@@ -33,13 +34,16 @@ type Console struct {
 	buf    []byte
 	cursor int // Expect scans from here: everything before was consumed
 	closed bool
-	panic  bool
-	done   chan struct{}
+	// lastPanic is the offset of the latest "Kernel panic", -1 for none. A
+	// panic before the cursor was expected by the test (a deliberate crash
+	// followed by a reboot) and no longer fails waits.
+	lastPanic int
+	done      chan struct{}
 }
 
 // NewConsole returns an empty console; feed it with Write and Close.
 func NewConsole() *Console {
-	c := &Console{done: make(chan struct{})}
+	c := &Console{done: make(chan struct{}), lastPanic: -1}
 	c.cond = sync.NewCond(&c.mu)
 	return c
 }
@@ -54,8 +58,8 @@ func (c *Console) Write(p []byte) (int, error) {
 		start = 0
 	}
 	c.buf = append(c.buf, clean...)
-	if !c.panic && bytes.Contains(c.buf[start:], panicMarker) {
-		c.panic = true
+	if i := bytes.LastIndex(c.buf[start:], panicMarker); i >= 0 {
+		c.lastPanic = start + i
 	}
 	c.mu.Unlock()
 	c.cond.Broadcast()
@@ -144,7 +148,7 @@ func (c *Console) Expect(ctx context.Context, pattern string) ([]string, error) 
 			}
 		}
 		switch {
-		case c.panic:
+		case c.lastPanic >= c.cursor:
 			return nil, c.failure(pattern, ErrKernelPanic)
 		case c.closed:
 			return nil, c.failure(pattern, ErrConsoleClosed)
@@ -170,7 +174,7 @@ func (c *Console) ExpectNot(d time.Duration, pattern string) error {
 	deadline := time.Now().Add(d)
 	for {
 		c.mu.Lock()
-		text, closed, panicked := c.buf[from:], c.closed, c.panic
+		text, closed, panicked := c.buf[from:], c.closed, c.lastPanic >= from
 		if loc := re.FindIndex(text); loc != nil {
 			line := lineAround(text, loc[0])
 			c.mu.Unlock()

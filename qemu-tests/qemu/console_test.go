@@ -174,3 +174,24 @@ func TestPumpDrainsAndCloses(t *testing.T) {
 		t.Fatalf("log %q: want raw bytes", log.String())
 	}
 }
+
+func TestExpectPastAnExpectedPanic(t *testing.T) {
+	c := NewConsole()
+	c.Write([]byte("Kernel panic - not syncing: watchdog test\nSeaBIOS\n"))
+	if _, err := c.Expect(context.Background(), `Kernel panic - not syncing: (.*)`); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		time.Sleep(20 * time.Millisecond)
+		c.Write([]byte("nopinit: pid1 uptime_ms=1800\n"))
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := c.Expect(ctx, NopInitPattern); err != nil {
+		t.Fatalf("a panic already matched must not fail later waits: %v", err)
+	}
+	c.Write([]byte("Kernel panic - not syncing: again\n"))
+	if _, err := c.Expect(ctx, `never`); !errors.Is(err, ErrKernelPanic) {
+		t.Fatalf("a new panic after the cursor: %v", err)
+	}
+}
