@@ -53,8 +53,8 @@ type Options struct {
 	// NewNet) so its taps can be opened.
 	NetNS string
 
-	// BootTimeout bounds QEMU's start (QMP socket ready); scaled. Default 30s.
-	BootTimeout time.Duration
+	// StartTimeout bounds QEMU's start (QMP socket ready); scaled. Default 30s.
+	StartTimeout time.Duration
 }
 
 // NIC is one virtio network card: either user-mode networking (with host

@@ -127,7 +127,7 @@ func launch(bin string, args []string, opts Options, dir, sockDir string) (*VM, 
 		close(vm.done)
 	}()
 
-	timeout := opts.BootTimeout
+	timeout := opts.StartTimeout
 	if timeout == 0 {
 		timeout = 30 * time.Second
 	}
