@@ -7,6 +7,7 @@ import (
 	"slices"
 	"time"
 
+	"magestack/init/overlay"
 	"magestack/init/stackfile"
 	"magestack/services"
 )
@@ -114,6 +115,9 @@ func Build(stack *stackfile.Stack, host HostView) (*Ruleset, error) {
 	}
 	if host.APIPort != 0 {
 		input = append(input, rule("vpn -> host api", vpnSrc, Ports{"tcp", []uint16{host.APIPort}}, Verdict{"accept"}))
+	}
+	if peers := overlay.PeerAddrs(stack, host.HostName); len(peers) > 0 && len(stack.Hosts) > 1 {
+		input = append(input, rule("internal network from peer hosts", addrMatch(false, peers), Ports{"udp", []uint16{overlay.Port}}, Verdict{"accept"}))
 	}
 	if len(host.ClusterPorts) > 0 {
 		byProto := portsByProto(host.ClusterPorts)
