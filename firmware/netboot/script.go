@@ -20,7 +20,8 @@ type Identity struct {
 // its stack file comes from, where to report progress, and its address when
 // the stack file fixes one (kernel ip= syntax; else the host uses DHCP).
 func BootArgs(stack *stackfile.Stack, h stackfile.Host, baseURL string, extra string) string {
-	args := []string{"console=ttyS0", "quiet", "panic=-1", "magestack.host=" + h.Name}
+	// BOOTIF (pxelinux's convention, filled in by iPXE) names the boot NIC.
+	args := []string{"console=ttyS0", "quiet", "panic=-1", "BOOTIF=01-${netX/mac:hexhyp}", "magestack.host=" + h.Name}
 	src := stack.Config.Source
 	if src == "" {
 		src = baseURL + "/stack.yaml"

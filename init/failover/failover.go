@@ -440,6 +440,39 @@ func (c *Controller) ForceAlone() error {
 	return c.cfg.Cluster.RecoverAlone()
 }
 
+// Settled reports whether every instance of the stack has a committed
+// owner and this host runs exactly the instances it owns.
+func (c *Controller) Settled() bool {
+	table := c.cfg.Cluster.Table()
+	insts, err := c.cfg.Stack.Instances()
+	if err != nil || len(table) < len(insts) {
+		return false
+	}
+	mine := map[string]bool{}
+	for _, o := range table {
+		if o.Owner == "" {
+			return false
+		}
+		if o.Owner == c.cfg.Self {
+			mine[o.Instance] = true
+		}
+	}
+	if c.cfg.Runtime == nil {
+		return true
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(mine) != len(c.running) {
+		return false
+	}
+	for inst := range mine {
+		if !c.running[inst] {
+			return false
+		}
+	}
+	return true
+}
+
 // Status is the controller's view for `magestack status`.
 type Status struct {
 	Running   []string   `json:"running"`

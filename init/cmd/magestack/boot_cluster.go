@@ -98,10 +98,26 @@ func pairedHost(st *stackfile.Stack, host string) bool {
 
 // clusterMember is what the cluster step started, for status and shutdown.
 type clusterMember struct {
-	node *cluster.Node
-	hb   *heartbeat.Monitor
-	ctl  *failover.Controller
-	wd   *watchdog.Watchdog
+	node   *cluster.Node
+	hb     *heartbeat.Monitor
+	ctl    *failover.Controller
+	wd     *watchdog.Watchdog
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// stop ends the controller (which stops this host's instances), leaves the
+// cluster and disarms the watchdog, for shutdown.
+func (m *clusterMember) stop() {
+	m.cancel()
+	select {
+	case <-m.done:
+	case <-time.After(time.Minute):
+	}
+	m.node.Shutdown()
+	if m.wd != nil {
+		m.wd.Close()
+	}
 }
 
 // startCluster joins the cluster and runs the failover controller, which
@@ -122,7 +138,8 @@ func startCluster(ctx context.Context, log *slog.Logger, st *stackfile.Stack, ho
 	if err != nil {
 		return nil, err
 	}
-	m := &clusterMember{}
+	ctx, cancel := context.WithCancel(ctx)
+	m := &clusterMember{cancel: cancel, done: make(chan struct{})}
 	if m.hb, err = heartbeat.New(heartbeat.Config{ID: host, Paths: conf.Paths, Interval: st.Cluster.Heartbeat.D(),
 		Suspect: st.Cluster.Suspect.D(), Dead: st.Cluster.Dead.D(), Logger: log}); err != nil {
 		return nil, err
@@ -199,7 +216,10 @@ func startCluster(ctx context.Context, log *slog.Logger, st *stackfile.Stack, ho
 		log.Warn("cluster: no hardware watchdog; a hung PID 1 is not reset", "err", err)
 	}
 	go m.hb.Run(ctx)
-	go m.ctl.Run(ctx)
+	go func() {
+		defer close(m.done)
+		m.ctl.Run(ctx)
+	}()
 	rpcAddr := net.JoinHostPort(hostOf(cfg.Bind), strconv.Itoa(failover.RPCPort))
 	if ln, err := net.Listen("tcp", rpcAddr); err != nil {
 		log.Error("cluster: rpc listener", "addr", rpcAddr, "err", err)
@@ -209,6 +229,22 @@ func startCluster(ctx context.Context, log *slog.Logger, st *stackfile.Stack, ho
 		go func() { <-ctx.Done(); srv.Close() }()
 	}
 	return m, nil
+}
+
+// clusterStatus is the cluster section of `magestack status`.
+type clusterStatus struct {
+	State     string                 `json:"state"`
+	Leader    string                 `json:"leader"`
+	Voters    []string               `json:"voters"`
+	Majority  bool                   `json:"in_majority"`
+	Ownership []cluster.Ownership    `json:"ownership"`
+	Peers     []heartbeat.PeerStatus `json:"peers"`
+	Local     failover.Status        `json:"local"`
+}
+
+func (m *clusterMember) status() clusterStatus {
+	return clusterStatus{State: m.node.State(), Leader: m.node.Leader(), Voters: m.node.Voters(),
+		Majority: m.node.InMajority(), Ownership: m.node.Table(), Peers: m.hb.Status(), Local: m.ctl.Status()}
 }
 
 func hostOf(hostport string) string {

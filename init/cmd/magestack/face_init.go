@@ -206,6 +206,9 @@ func initMain(args []string) int {
 	}
 	pid1.Go(log, "ready line", func() {
 		res := <-done
+		if b.shutdown.Started() {
+			return // going down: not ready, whatever the steps did
+		}
 		if len(res.Failed) > 0 {
 			h.Console(fmt.Sprintf("magestack: boot incomplete: steps gave up: %s", strings.Join(res.Failed, " ")))
 			return
@@ -229,6 +232,7 @@ func bootSteps(b *bootEnv) []pid1.Step {
 		{Name: "mounts", Critical: true, Run: b.mountStep, Timeout: 30 * time.Second},
 		{Name: "klog", Run: b.klogStep, Timeout: 10 * time.Second},
 		{Name: "kmod", Critical: true, Run: b.kmodStep, Timeout: 3 * time.Minute},
+		{Name: "disk", Run: b.diskStep, Timeout: 2 * time.Minute, Retry: pid1.Retry{Initial: 2 * time.Second, Max: time.Minute}},
 		{Name: "hostname", Run: b.hostnameStep, Timeout: 10 * time.Second},
 		{Name: "network", Run: b.networkStep, Timeout: 2 * time.Minute, Retry: pid1.Retry{Initial: 2 * time.Second, Max: time.Minute}},
 		{Name: "config", Critical: true, Run: b.configStep, Timeout: time.Minute, Retry: pid1.Retry{Initial: time.Second, Max: time.Minute}},

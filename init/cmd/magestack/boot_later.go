@@ -1,0 +1,327 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/vishvananda/netns"
+
+	"magestack/init/api"
+	"magestack/init/bootreport"
+	"magestack/init/configsource"
+	"magestack/init/configstore"
+	"magestack/init/firewall"
+	"magestack/init/pid1"
+	"magestack/init/reconcile"
+	"magestack/init/roleenv"
+	"magestack/init/stackfile"
+	"magestack/init/supervise"
+	"magestack/init/vpn"
+)
+
+// The steps after the stack config load, in the contract's order: control
+// API, firewall and VPN, role environments (or, on a paired host, the
+// cluster that decides which instances run here), then live reconfiguration.
+func init() {
+	registerBootSteps(orderAPI, "api", func(b *bootEnv) []pid1.Step {
+		return []pid1.Step{{Name: "api", Run: b.apiStep, Timeout: 10 * time.Second, Retry: pid1.Retry{Initial: time.Second, Max: 30 * time.Second}}}
+	})
+	registerBootSteps(orderFirewall, "firewall", func(b *bootEnv) []pid1.Step {
+		return []pid1.Step{
+			{Name: "firewall", Critical: true, Run: b.firewallStep, Timeout: time.Minute, Retry: pid1.Retry{Initial: time.Second, Max: 30 * time.Second}},
+			{Name: "vpn", Run: b.vpnStep, Timeout: time.Minute, Retry: pid1.Retry{Initial: 2 * time.Second, Max: time.Minute}},
+		}
+	})
+	registerBootSteps(orderRoles, "roles", func(b *bootEnv) []pid1.Step {
+		return []pid1.Step{{Name: "roles", Critical: true, Run: b.rolesStep, Timeout: 10 * time.Minute, Retry: pid1.Retry{Initial: 2 * time.Second, Max: time.Minute}}}
+	})
+	registerBootSteps(orderCluster+10, "reconcile", func(b *bootEnv) []pid1.Step {
+		return []pid1.Step{{Name: "reconcile", Run: b.reconcileStep, Timeout: 30 * time.Second}}
+	})
+}
+
+// stateDir is where this host keeps state: the data disk when mounted
+// there, else memory.
+const stateDir = "/var/lib/magestack"
+
+func (b *bootEnv) loadModule(ctx context.Context, name string) error {
+	l := b.Modules()
+	if l == nil {
+		return errors.New("no module loader (kmod step failed)")
+	}
+	_, err := l.Load(ctx, name, "")
+	return err
+}
+
+func (b *bootEnv) apiStep(ctx context.Context) error {
+	ln, err := api.Listen(api.DefaultSocket)
+	if err != nil {
+		return fmt.Errorf("control API: %w", err)
+	}
+	srv := api.NewServer(api.Options{Timeline: b.TimelineSnapshot, Log: b.log})
+	srv.AddStatus("network", func(context.Context) (any, error) {
+		if n := b.Network(); n != nil {
+			return n.Snapshot(), nil
+		}
+		return nil, errors.New("network not up yet")
+	})
+	srv.AddStatus("cluster", func(context.Context) (any, error) {
+		b.mu.Lock()
+		m := b.cluster
+		b.mu.Unlock()
+		if m == nil {
+			return nil, nil
+		}
+		return m.status(), nil
+	})
+	b.mu.Lock()
+	b.api = srv
+	b.mu.Unlock()
+	pid1.Go(b.log, "control API", func() {
+		if err := srv.ServeListener(b.ctx, ln); err != nil {
+			b.log.Error("control API stopped", "err", err)
+		}
+	})
+	return nil
+}
+
+func (b *bootEnv) firewallStep(ctx context.Context) error {
+	return firewall.ApplyForStack(ctx, b.Stack(), b.Hostname(), b.log, b.loadModule)
+}
+
+func (b *bootEnv) vpnStep(ctx context.Context) error {
+	return vpn.UpForStack(ctx, b.Stack(), filepath.Join(stateDir, "vpn"), b.log, b.loadModule)
+}
+
+// roleOptions says where role environments keep their state: volumes on
+// the data disk when there is one.
+func (b *bootEnv) roleOptions() roleenv.Options {
+	opts := roleenv.Options{}
+	if isMountPoint(stateDir) {
+		opts.VolumeRoot = filepath.Join(stateDir, "volumes")
+	}
+	return opts
+}
+
+func isMountPoint(dir string) bool {
+	var a, p os.FileInfo
+	var err error
+	if a, err = os.Stat(dir); err != nil {
+		return false
+	}
+	if p, err = os.Stat(filepath.Dir(dir)); err != nil {
+		return false
+	}
+	return !os.SameFile(a, p) && deviceOf(a) != deviceOf(p)
+}
+
+// rolesStep starts this host's role instances. A single host runs every
+// instance the stack file places on it; a paired host joins the cluster,
+// whose failover controller runs the instances this host owns.
+func (b *bootEnv) rolesStep(ctx context.Context) error {
+	st := b.Stack()
+	host := b.Hostname()
+	b.mu.Lock()
+	sup := b.sup
+	b.mu.Unlock()
+	if sup == nil {
+		sup = supervise.New(b.log, supervise.Options{
+			LogPath: func(u string) string { return filepath.Join(roleenv.DefaultLogRoot, u, u+".log") },
+			Starter: b.reaper,
+		})
+		b.mu.Lock()
+		b.sup = sup
+		srv := b.api
+		b.mu.Unlock()
+		opts := b.roleOptions()
+		if srv != nil {
+			srv.SetUnits(sup, opts.ServiceSocket)
+		}
+		b.shutdown.OnShutdown("roles", roleenv.StopGrace+30*time.Second, func(ctx context.Context) error {
+			b.mu.Lock()
+			m := b.cluster
+			b.mu.Unlock()
+			if m != nil {
+				m.stop()
+			}
+			return sup.StopAll(ctx)
+		})
+	}
+	if _, _, ok := st.HostByName(host); !ok {
+		return fmt.Errorf("roles: this host %q is not in stack %s: set magestack.host= or list its MAC", host, st.Name)
+	}
+	opts := b.roleOptions()
+	if pairedHost(st, host) {
+		return b.clusterRoles(ctx, st, host, sup, opts)
+	}
+	if len(sup.Names()) == 0 {
+		if _, err := roleenv.AddHostRoles(b.log, opts, st, host, sup); err != nil {
+			return err
+		}
+	}
+	if err := sup.StartAll(ctx); err != nil {
+		return fmt.Errorf("roles: %w", err)
+	}
+	if err := sup.WaitReady(ctx, sup.Names()...); err != nil {
+		return fmt.Errorf("roles: not every role became ready: %w", err)
+	}
+	return nil
+}
+
+// clusterRoles joins the cluster and waits until this host runs what it
+// owns (a standby owns nothing and is ready at once).
+func (b *bootEnv) clusterRoles(ctx context.Context, st *stackfile.Stack, host string, sup *supervise.Supervisor, opts roleenv.Options) error {
+	b.mu.Lock()
+	m := b.cluster
+	b.mu.Unlock()
+	if m == nil {
+		_, idx, _ := st.HostByName(host)
+		gw, err := st.HostBridgeAddr(idx)
+		if err != nil {
+			return err
+		}
+		if err := roleenv.EnsureBridge(netns.None(), roleenv.DefaultBridge, netip.PrefixFrom(gw, st.Internal.Bits())); err != nil {
+			return err
+		}
+		dataDir := ""
+		if isMountPoint(stateDir) {
+			dataDir = filepath.Join(stateDir, "cluster")
+		}
+		m, err = startCluster(b.ctx, b.log, st, host, sup, opts, dataDir, b.publicLink)
+		if err != nil {
+			return fmt.Errorf("cluster: %w", err)
+		}
+		b.mu.Lock()
+		b.cluster = m
+		b.mu.Unlock()
+	}
+	for {
+		if m.ctl.Settled() {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("cluster: this host's instances not running yet: %w", ctx.Err())
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// publicLink is the interface that carries the default route (the uplink
+// the VIP goes on).
+func (b *bootEnv) publicLink() string {
+	if ifs, err := firewall.PublicIfaces(); err == nil && len(ifs) > 0 {
+		return ifs[0]
+	}
+	return "eth0"
+}
+
+// reconcileStep follows the config source: each new revision is applied as
+// a difference, and a failing one is rolled back.
+func (b *bootEnv) reconcileStep(ctx context.Context) error {
+	st, rev := b.Stack(), b.Revision()
+	store, err := configstore.Open(configstore.DefaultDir)
+	if err != nil {
+		b.log.Warn("config: no store for revisions; history is not kept", "err", err)
+		store = nil
+	}
+	b.mu.Lock()
+	sup, srv := b.sup, b.api
+	b.mu.Unlock()
+	host := b.Hostname()
+	fw := firewall.New()
+	appliers := reconcile.Appliers{
+		Firewall: func(ctx context.Context, s *stackfile.Stack) error {
+			return firewall.ApplyForStack(ctx, s, host, b.log, b.loadModule)
+		},
+		Allow: func(ctx context.Context, add, remove []netip.Prefix) error {
+			return fw.UpdateAllow(ctx, add, remove)
+		},
+		VPN: func(ctx context.Context, s *stackfile.Stack, _ *stackfile.Changes) error {
+			return vpn.UpForStack(ctx, s, filepath.Join(stateDir, "vpn"), b.log, b.loadModule)
+		},
+	}
+	if sup != nil && !pairedHost(st, host) {
+		appliers.StopInstance = func(ctx context.Context, inst stackfile.Instance) error {
+			if inst.Host != host {
+				return nil
+			}
+			return sup.Remove(ctx, inst.Name)
+		}
+		appliers.StartInstance = func(ctx context.Context, s *stackfile.Stack, inst stackfile.Instance) error {
+			if inst.Host != host {
+				return nil
+			}
+			_, idx, _ := s.HostByName(host)
+			env, err := roleenv.New(b.log, b.roleOptions(), s, idx, inst)
+			if err != nil {
+				return err
+			}
+			if _, err := sup.Unit(inst.Name); errors.Is(err, supervise.ErrUnknownUnit) {
+				if err := sup.Add(env.Unit()); err != nil {
+					return err
+				}
+			}
+			if err := sup.Start(ctx, inst.Name); err != nil {
+				return err
+			}
+			return sup.WaitReady(ctx, inst.Name)
+		}
+	}
+	r := reconcile.New(b.log, store, appliers)
+	if err := r.Booted(st, rev); err != nil {
+		b.log.Warn("config: recording the booted revision", "err", err)
+	}
+	fetcher := configsource.New(configsource.Options{Logger: b.log})
+	source := b.cmdline.Value("magestack.config")
+	live := &reconcile.Live{Reconciler: r, Fetcher: fetcher, Source: source, Store: store}
+	if srv != nil {
+		live.Register(srv)
+	}
+	if polled(source) {
+		w := r.Watcher(b.ctx, fetcher, source, st.Config.Poll.D())
+		pid1.Go(b.log, "config watcher", func() {
+			if err := w.Run(b.ctx); err != nil && b.ctx.Err() == nil {
+				b.log.Error("config watcher stopped", "err", err)
+			}
+		})
+	}
+	if url := b.cmdline.Value("magestack.report"); url != "" {
+		pid1.Go(b.log, "boot report", func() {
+			rctx, cancel := context.WithTimeout(b.ctx, 30*time.Second)
+			defer cancel()
+			// Reported here, the last step: the ready line follows at once.
+			if err := bootreport.Send(rctx, url, bootreport.Report{Host: host, MAC: firstMAC(b), Event: "ready"}); err != nil {
+				b.log.Warn("boot report", "err", err)
+			}
+		})
+	}
+	return nil
+}
+
+// polled reports whether a config source can change under a running host
+// (a URL or a Git repository, not a file inside the initramfs).
+func polled(source string) bool {
+	return strings.HasPrefix(source, "http://") || strings.HasPrefix(source, "https://") || strings.HasPrefix(source, "git+")
+}
+
+func deviceOf(fi os.FileInfo) uint64 {
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		return uint64(st.Dev)
+	}
+	return 0
+}
+
+func firstMAC(b *bootEnv) string {
+	if macs := bootMACs(b.cmdline); len(macs) > 0 {
+		return macs[0]
+	}
+	return ""
+}
