@@ -164,7 +164,7 @@ func (r *Reconciler) Apply(ctx context.Context, rev configsource.Revision) (res 
 	if prev == nil {
 		prev = &stackfile.Stack{}
 	}
-	run := &runner{ctx: ctx, a: &r.apply, old: prev, new: next, res: &res}
+	run := &runner{ctx: ctx, a: &r.apply, old: prev, new: next, res: &res, fresh: running == nil}
 	if err := run.forward(&changes); err != nil {
 		rbErr := run.rollback()
 		cause := err
@@ -226,6 +226,18 @@ type runner struct {
 	old, new *stackfile.Stack
 	res      *Result
 	undo     []action
+	// fresh is true when nothing ran before: there is no old ruleset, VPN
+	// or cluster setting to restore, only started instances to stop.
+	fresh bool
+}
+
+// restore is the undo of a whole-state applier: re-apply the old state,
+// or nothing when there was none.
+func (run *runner) restore(name string, do func(ctx context.Context) error) action {
+	if run.fresh {
+		return action{name + " (nothing to restore)", func(context.Context) error { return nil }}
+	}
+	return action{name, do}
 }
 
 type action struct {
@@ -307,7 +319,7 @@ func (run *runner) forward(c *stackfile.Changes) error {
 			run.skip("firewall")
 		} else if err := run.step("firewall",
 			func(ctx context.Context) error { return a.Firewall(ctx, new) },
-			action{"firewall", func(ctx context.Context) error { return a.Firewall(ctx, old) }}); err != nil {
+			run.restore("firewall", func(ctx context.Context) error { return a.Firewall(ctx, old) })); err != nil {
 			return err
 		}
 	}
@@ -327,7 +339,7 @@ func (run *runner) forward(c *stackfile.Changes) error {
 			back, _ := stackfile.Diff(new, old)
 			if err := run.step("vpn",
 				func(ctx context.Context) error { return a.VPN(ctx, new, c) },
-				action{"vpn", func(ctx context.Context) error { return a.VPN(ctx, old, &back) }}); err != nil {
+				run.restore("vpn", func(ctx context.Context) error { return a.VPN(ctx, old, &back) })); err != nil {
 				return err
 			}
 		}
@@ -339,7 +351,7 @@ func (run *runner) forward(c *stackfile.Changes) error {
 			back, _ := stackfile.Diff(new, old)
 			if err := run.step("cluster",
 				func(ctx context.Context) error { return a.Cluster(ctx, new, c) },
-				action{"cluster", func(ctx context.Context) error { return a.Cluster(ctx, old, &back) }}); err != nil {
+				run.restore("cluster", func(ctx context.Context) error { return a.Cluster(ctx, old, &back) })); err != nil {
 				return err
 			}
 		}

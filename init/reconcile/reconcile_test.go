@@ -405,3 +405,24 @@ func TestBootedRecordsLastGoodOnce(t *testing.T) {
 		t.Errorf("re-apply of the booted revision: %v %v", err, f.calls)
 	}
 }
+
+func TestFailedFirstApplyStopsWhatItStarted(t *testing.T) {
+	f := newFake()
+	f.failOn = "start lb1"
+	r := New(nil, nil, f.appliers())
+	_, err := r.Apply(context.Background(), revOf(base))
+	if err == nil {
+		t.Fatal("no error")
+	}
+	want := "firewall, allow, vpn, start fw1, start mail1, start db1, start web1, start lb1, " +
+		"stop lb1, stop web1, stop db1, stop mail1, stop fw1, allow"
+	if got := strings.Join(f.calls, ", "); got != want {
+		t.Errorf("calls:\n%s\nwant\n%s", got, want)
+	}
+	if len(f.instances) != 0 {
+		t.Errorf("instances left running: %v", f.instances)
+	}
+	if s, _ := r.Running(); s != nil {
+		t.Error("a failed first apply left a running stack")
+	}
+}
