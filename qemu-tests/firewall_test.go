@@ -217,7 +217,9 @@ func fwGet(ns *qemu.Namespace, url string) (string, error) {
 // answered are re-dialed with a long timeout so a slow guest cannot hide
 // one, and a dropped SYN costs the short timeout only.
 func fwScan(t *testing.T, ns *qemu.Namespace, addr string) (open, refused []int) {
-	const workers = 128
+	// A dropped SYN costs the full timeout; 512 in flight keeps a full
+	// scan near a minute. The guest only drops them, which is cheap.
+	const workers = 512
 	timeout := qemu.Scale(400 * time.Millisecond)
 	ports := make(chan int)
 	var mu sync.Mutex
