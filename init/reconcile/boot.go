@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
+	"time"
 
 	"magestack/init/configsource"
 	"magestack/init/configstore"
@@ -65,4 +67,21 @@ func Initial(ctx context.Context, log *slog.Logger, fetcher *configsource.Fetche
 	}
 	rev := BuiltinRevision()
 	return rev, stackfile.Default(), FromBuiltin, errors.Join(problems...)
+}
+
+// PollSettings says where and how a host polls for new revisions once it
+// runs stack s: config.source when the stack names one, else the source it
+// booted from (magestack.config=); every config.poll; accepting only
+// commits signed by config.signedby when that is set. source "" means
+// nothing to poll (a built-in or embedded stack).
+func PollSettings(s *stackfile.Stack, bootSource string, base configsource.Options) (source string, interval time.Duration, fetcher *configsource.Fetcher) {
+	source = bootSource
+	if s.Config.Source != "" {
+		source = s.Config.Source
+	}
+	opts := base
+	if len(s.Config.SignedBy) > 0 {
+		opts.SignedBy = slices.Clone(s.Config.SignedBy)
+	}
+	return source, s.Config.Poll.D(), configsource.New(opts)
 }

@@ -1,6 +1,7 @@
 package reconcile
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -13,6 +14,11 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ProtonMail/go-crypto/openpgp"
+	"github.com/ProtonMail/go-crypto/openpgp/armor"
+	"github.com/go-git/go-git/v5"
+	"github.com/go-git/go-git/v5/plumbing/object"
 
 	"magestack/init/configsource"
 	"magestack/init/configstore"
@@ -425,4 +431,58 @@ func TestFailedFirstApplyStopsWhatItStarted(t *testing.T) {
 	if s, _ := r.Running(); s != nil {
 		t.Error("a failed first apply left a running stack")
 	}
+}
+
+func TestPollSettings(t *testing.T) {
+	s := stackfile.Default()
+	src, every, f := PollSettings(s, "/etc/magestack/stack.yaml", configsource.Options{})
+	if src != "/etc/magestack/stack.yaml" || every != time.Minute || f == nil {
+		t.Errorf("default stack: %q %s", src, every)
+	}
+	s2, err := stackfile.Parse("s.yaml", []byte(base+"config: {source: \"git+https://git.example/s.git#main\", poll: 15s}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	src, every, _ = PollSettings(s2, "/etc/magestack/stack.yaml", configsource.Options{})
+	if src != "git+https://git.example/s.git#main" || every != 15*time.Second {
+		t.Errorf("stack with config.source: %q %s", src, every)
+	}
+}
+
+func TestPollSettingsEnforceSignedBy(t *testing.T) {
+	e, err := openpgp.NewEntity("ops", "", "ops@example.net", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var armored bytes.Buffer
+	w, _ := armor.Encode(&armored, openpgp.PublicKeyType, nil)
+	e.Serialize(w)
+	w.Close()
+	doc := base + "config:\n  signedby:\n    - |\n" + indentLines(armored.String(), "      ")
+	s, err := stackfile.Parse("s.yaml", []byte(doc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	repo, _ := git.PlainInit(dir, false)
+	wt, _ := repo.Worktree()
+	os.WriteFile(filepath.Join(dir, "stack.yaml"), []byte(base), 0o644)
+	wt.Add("stack.yaml")
+	if _, err := wt.Commit("unsigned", &git.CommitOptions{Author: &object.Signature{Name: "t", Email: "t@example.net", When: time.Now()}}); err != nil {
+		t.Fatal(err)
+	}
+	src, _, f := PollSettings(s, "git+file://"+dir+"#master", configsource.Options{})
+	if _, err := f.Fetch(context.Background(), src); !errors.Is(err, configsource.ErrUnsigned) {
+		t.Errorf("unsigned commit with config.signedby set: %v", err)
+	}
+}
+
+func indentLines(s, prefix string) string {
+	var b strings.Builder
+	for _, l := range strings.SplitAfter(s, "\n") {
+		if l != "" {
+			b.WriteString(prefix + l)
+		}
+	}
+	return b.String()
 }
