@@ -55,9 +55,10 @@ var ErrNoRevision = errors.New("no good config revision stored")
 
 // Store is a config store in one directory.
 type Store struct {
-	dir string
-	mu  sync.Mutex
-	now func() time.Time
+	dir         string
+	mu          sync.Mutex
+	now         func() time.Time
+	lockTimeout time.Duration
 }
 
 // Open opens the store in dir ("" for DefaultDir). The directory is created
@@ -67,7 +68,7 @@ func Open(dir string) (*Store, error) {
 	if dir == "" {
 		dir = DefaultDir
 	}
-	return &Store{dir: dir, now: time.Now}, nil
+	return &Store{dir: dir, now: time.Now, lockTimeout: LockTimeout}, nil
 }
 
 // Dir is the store's directory.
@@ -101,13 +102,25 @@ func (s *Store) lock() (func(), error) {
 		s.mu.Unlock()
 		return nil, fmt.Errorf("config store lock: %w", err)
 	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
-		f.Close()
-		s.mu.Unlock()
-		return nil, fmt.Errorf("config store lock: %w", err)
+	// Bounded: PID 1 must not hang behind a stuck CLI holding the lock.
+	deadline := time.Now().Add(s.lockTimeout)
+	for {
+		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, unix.EWOULDBLOCK) || time.Now().After(deadline) {
+			f.Close()
+			s.mu.Unlock()
+			return nil, fmt.Errorf("config store lock %s: %w", f.Name(), err)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 	return func() { f.Close(); s.mu.Unlock() }, nil
 }
+
+// LockTimeout bounds the wait for another process's store lock.
+const LockTimeout = 10 * time.Second
 
 // writeAtomic replaces path with data so that a crash leaves the old or the
 // new content, never a mix.

@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"magestack/init/configsource"
 )
 
@@ -200,5 +202,35 @@ func TestReadingAMissingStoreCreatesNothing(t *testing.T) {
 	}
 	if err := s.MarkApplied(rev("stack: a\n")); err != nil {
 		t.Fatalf("first write: %v", err)
+	}
+}
+
+func TestLockWaitIsBounded(t *testing.T) {
+	dir := t.TempDir()
+	s, _ := Open(dir)
+	if err := s.MarkApplied(rev("stack: a\n")); err != nil {
+		t.Fatal(err)
+	}
+	// Another process holds the lock and never lets go.
+	f, err := os.OpenFile(filepath.Join(dir, "lock"), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	// A separate open file description: flock conflicts like another process.
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
+		t.Fatal(err)
+	}
+	s.lockTimeout = 300 * time.Millisecond
+	start := time.Now()
+	err = s.MarkApplied(rev("stack: b\n"))
+	if err == nil || !strings.Contains(err.Error(), "config store lock") {
+		t.Fatalf("err = %v", err)
+	}
+	if d := time.Since(start); d > 30*time.Second {
+		t.Errorf("gave up only after %s", d) // a hang guard, not a timing check
+	}
+	if lg, _ := s.LastGood(); lg.ID != rev("stack: a\n").ID {
+		t.Error("last good changed without the lock")
 	}
 }
