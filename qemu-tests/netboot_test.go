@@ -121,7 +121,7 @@ func TestNetbootIPXEFullDHCPTwoHostsAndUnknownMAC(t *testing.T) {
 		if _, err := c.vm.Expect(3*time.Minute, `magestack netboot: `+c.host); err != nil {
 			t.Fatalf("%s: iPXE did not run its boot script: %v", c.host, err)
 		}
-		if _, err := c.vm.Expect(2*time.Minute, `hostname[= ]`+c.host); err != nil {
+		if _, err := c.vm.Expect(2*time.Minute, `hostname set name=`+c.host); err != nil {
 			t.Fatalf("%s: host did not take its name from the stack file: %v", c.host, err)
 		}
 		if _, err := c.vm.Expect(6*time.Minute, qemu.ReadyPattern); err != nil {

@@ -18,6 +18,7 @@ import (
 	"magestack/init/configsource"
 	"magestack/init/configstore"
 	"magestack/init/firewall"
+	"magestack/init/klog"
 	"magestack/init/pid1"
 	"magestack/init/reconcile"
 	"magestack/init/roleenv"
@@ -298,7 +299,7 @@ func (b *bootEnv) reconcileStep(ctx context.Context) error {
 			rctx, cancel := context.WithTimeout(b.ctx, 30*time.Second)
 			defer cancel()
 			// Reported here, the last step: the ready line follows at once.
-			if err := bootreport.Send(rctx, url, bootreport.Report{Host: host, MAC: firstMAC(b), Event: "ready"}); err != nil {
+			if err := bootreport.Send(rctx, url, bootreport.Report{Host: host, MAC: firstMAC(b), Event: "ready", UptimeMS: klog.UptimeMS()}); err != nil {
 				b.log.Warn("boot report", "err", err)
 			}
 		})
