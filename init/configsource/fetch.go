@@ -70,12 +70,14 @@ type Options struct {
 	Logger *slog.Logger
 }
 
-// Fetcher fetches revisions. It remembers the last revision per Git source
-// so a poll whose ref has not moved costs one ref listing, not a clone.
+// Fetcher fetches revisions. It remembers the last revision per source so
+// a poll whose Git ref has not moved costs one ref listing, not a clone, and
+// an unchanged HTTP file (same ETag) costs no download.
 type Fetcher struct {
 	opts Options
 	mu   sync.Mutex
 	last map[string]Revision // by source string
+	etag map[string]string   // ETag of the last HTTP answer, by source
 }
 
 // New returns a Fetcher.
@@ -89,7 +91,7 @@ func New(opts Options) *Fetcher {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	return &Fetcher{opts: opts, last: map[string]Revision{}}
+	return &Fetcher{opts: opts, last: map[string]Revision{}, etag: map[string]string{}}
 }
 
 // Fetch fetches source with default options.
@@ -188,11 +190,21 @@ func (f *Fetcher) fetchHTTP(ctx context.Context, src Source) (Revision, error) {
 	if err != nil {
 		return Revision{}, err
 	}
+	f.mu.Lock()
+	prev, seen := f.last[src.Raw]
+	etag := f.etag[src.Raw]
+	f.mu.Unlock()
+	if seen && etag != "" {
+		req.Header.Set("If-None-Match", etag) // a poll of an unchanged file costs no body
+	}
 	resp, err := client.Do(req)
 	if err != nil {
 		return Revision{}, err
 	}
 	defer resp.Body.Close()
+	if resp.StatusCode == http.StatusNotModified && seen {
+		return prev, nil
+	}
 	if resp.StatusCode != http.StatusOK {
 		return Revision{}, fmt.Errorf("HTTP status %s", resp.Status)
 	}
@@ -210,7 +222,11 @@ func (f *Fetcher) fetchHTTP(ctx context.Context, src Source) (Revision, error) {
 	if lm, err := http.ParseTime(resp.Header.Get("Last-Modified")); err == nil {
 		when = lm
 	}
-	return Revision{ID: sum(data), Data: data, Source: src.Raw, Time: when}, nil
+	rev := Revision{ID: sum(data), Data: data, Source: src.Raw, Time: when}
+	f.mu.Lock()
+	f.last[src.Raw], f.etag[src.Raw] = rev, resp.Header.Get("ETag")
+	f.mu.Unlock()
+	return rev, nil
 }
 
 // sshAuth builds the key and host-key check for a git+ssh source.

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"encoding/pem"
 	"errors"
+	"io"
 	"net/http"
 	"net/http/cgi"
 	"net/http/httptest"
@@ -89,6 +90,37 @@ func TestFetchPath(t *testing.T) {
 
 func certPEM(srv *httptest.Server) []byte {
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw})
+}
+
+func TestFetchHTTPConditional(t *testing.T) {
+	content := "stack: a\n"
+	var bodies int
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		etag := `"` + sha([]byte(content))[:16] + `"`
+		w.Header().Set("ETag", etag)
+		if r.Header.Get("If-None-Match") == etag {
+			w.WriteHeader(http.StatusNotModified)
+			return
+		}
+		bodies++
+		io.WriteString(w, content)
+	}))
+	defer srv.Close()
+	f := New(Options{CABundle: certPEM(srv)})
+	ctx := context.Background()
+	a1, err := f.Fetch(ctx, srv.URL+"/s.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a2, err := f.Fetch(ctx, srv.URL+"/s.yaml")
+	if err != nil || a2.ID != a1.ID || string(a2.Data) != content || bodies != 1 {
+		t.Errorf("unchanged poll: %v %s bodies=%d", err, a2.ID, bodies)
+	}
+	content = "stack: b\n"
+	b, err := f.Fetch(ctx, srv.URL+"/s.yaml")
+	if err != nil || b.ID == a1.ID || string(b.Data) != content || bodies != 2 {
+		t.Errorf("changed file: %v %q bodies=%d", err, b.Data, bodies)
+	}
 }
 
 func TestFetchHTTP(t *testing.T) {
