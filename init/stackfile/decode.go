@@ -400,7 +400,11 @@ func (d *decoder) mappingKeys(n *yaml.Node, path string, fn func(key string, k, 
 
 func (d *decoder) decodeStruct(n *yaml.Node, path string, v reflect.Value) {
 	if n.Kind != yaml.MappingNode {
-		d.failAt(n, path, "expected %s, got %s", expected(v.Type()), describe(n))
+		hint := ""
+		if v.Type() == reflect.TypeFor[Role]() && n.Kind == yaml.ScalarNode && n.ShortTag() == "!!int" {
+			hint = fmt.Sprintf(" (write {count: %s})", n.Value)
+		}
+		d.failAt(n, path, "expected %s, got %s%s", expected(v.Type()), describe(n), hint)
 		return
 	}
 	fields := structFields(v.Type())

@@ -48,6 +48,8 @@ func TestParseErrors(t *testing.T) {
 			[]string{`stack.yaml:2:8: hosts: expected a list, got "dh1"`}},
 		{"mapping wanted", one + "roles: [web]\n",
 			[]string{`stack.yaml:4:8: roles: expected a mapping, got a list`}},
+		{"role count written bare", one + "roles:\n  web: 2\n",
+			[]string{`stack.yaml:5:8: roles.web: expected a mapping, got number 2 (write {count: 2})`}},
 		{"string wanted", "stack: {a: 1}\n" + one[9:],
 			[]string{`stack.yaml:1:8: stack: expected a string, got a mapping`}},
 		{"duplicate key", one + "internal: 10.0.0.0/24\ninternal: 10.1.0.0/24\n",
