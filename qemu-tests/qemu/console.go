@@ -113,7 +113,9 @@ func tailLines(s string, n int) string {
 // and returns the match and its submatches; the next Expect starts after
 // it, so a sequence of Expects asserts the order of lines. It fails early
 // with the console tail on a kernel panic, on the end of output, or when
-// ctx ends.
+// ctx ends. The text searched spans many lines: use (?m) for ^ and $ to
+// mean line starts and ends (. never matches a newline, so .* stays within
+// a line).
 func (c *Console) Expect(ctx context.Context, pattern string) ([]string, error) {
 	re, err := regexp.Compile(pattern)
 	if err != nil {
