@@ -35,7 +35,7 @@ func faces() []face {
 		{"boot", "the boot timeline [-o json]", bootMain},
 		{"firewall", "the live nftables policy: show | check | allow add|remove PREFIX...", firewallMain},
 		{"vpn", "management VPN: add-peer NAME prints a client config", vpnMain},
-		{"config", "the stack file: validate | show | diff | fetch | history | status | rollback [-o json]", configMain},
+		{"config", "the stack file: validate | show | diff | fetch | apply | history | status | rollback [-o json]", configMain},
 	}
 }
 
