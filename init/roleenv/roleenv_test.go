@@ -944,3 +944,47 @@ func loopsBacking(path string) []string {
 	}
 	return out
 }
+
+// Killing a role's PID 1 takes the whole role down (the kernel kills its
+// PID namespace); the host supervisor cleans up and starts it again from
+// scratch, and it serves on the same address.
+func TestRoleInitKilledRoleRestarts(t *testing.T) {
+	f := newFixture(t, nil)
+	f.add("web1")
+	f.startAndWait("web1")
+	old := f.pid("web1")
+	httpd := hostPidOf(t, old, "httpd")
+	if err := syscall.Kill(old, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		st, err := f.sup.Unit("web1")
+		if err == nil && st.State == supervise.StateReady && st.PID != old {
+			break
+		}
+		if time.Now().After(deadline) {
+			f.dumpLogs("web1")
+			t.Fatalf("web1 not back after its role-init was killed: %+v", st)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := syscall.Kill(httpd, 0); !errors.Is(err, syscall.ESRCH) {
+		t.Errorf("old httpd %d survived its role-init: %v", httpd, err)
+	}
+	if body, err := f.httpGet("172.16.0.100:80", "/"); err != nil || !strings.Contains(body, "web instance web1") {
+		t.Errorf("GET web1 after restart: %q %v", body, err)
+	}
+	h, _ := netlink.NewHandleAt(f.ns, unix.NETLINK_ROUTE)
+	defer h.Close()
+	links, _ := h.LinkList()
+	n := 0
+	for _, l := range links {
+		if l.Attrs().Name == f.envs["web1"].HostVeth() {
+			n++
+		}
+	}
+	if n != 1 {
+		t.Errorf("%d host veths named %s, want 1", n, f.envs["web1"].HostVeth())
+	}
+}
