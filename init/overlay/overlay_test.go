@@ -125,7 +125,9 @@ func role(t *testing.T, host testNS, veth string, addr netip.Addr, gw string, po
 		if ln != nil {
 			ln.Close()
 		}
-		exec.Command("ip", "netns", "del", r.name).Run()
+		// Deleting the host end removes the pair: the instance is off the
+		// network at once (its namespace lives on until the test's fd closes).
+		run(t, "ip", "-n", host.name, "link", "del", veth)
 	}
 }
 
@@ -206,7 +208,8 @@ func TestTwoHostsOneInternalNetwork(t *testing.T) {
 		t.Fatalf("lb1 (dh1) reached db1 (dh2) across the overlay: %q", got)
 	}
 
-	// db1 moves to dh1: same address, same MAC.
+	// db1 moves to dh1: same address, same MAC. Like a real failover, the
+	// old instance is off the network before the new one starts.
 	stopDB()
 	role(t, h[0], "vdb1", db1, "172.16.0.1", 3306)
 	if got, err := dial(web.fd, "172.16.0.40:3306", 15*time.Second); err != nil || got != "hello from 172.16.0.40" {
