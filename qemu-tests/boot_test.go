@@ -14,10 +14,12 @@ import (
 )
 
 // Console wording this scenario relies on. The ready line is a contract
-// (CONTRACTS.md); the stop line is init/pid1's slog output through klog
-// (`[   1234 ms] stopping unit=web1`): ADJUST HERE if that wording changes.
+// (CONTRACTS.md); the others are init/pid1's and init/supervise's log lines
+// through klog, e.g. `[ 23750 ms] unit stopped unit=monitor1 msg="..."`:
+// ADJUST HERE if that wording changes.
 const (
-	stopLinePattern = `stopping unit=%s\d*\b`
+	shutdownPattern = `magestack: shutdown poweroff \(power button\)`
+	stopLinePattern = `unit stopped unit=%s\d*\b`
 	powerOffPattern = `reboot: Power down`
 )
 
@@ -62,6 +64,9 @@ func TestBootToStackReadyAndPowerOff(t *testing.T) {
 	// then the kernel powers off and QEMU exits 0.
 	if err := vm.SystemPowerdown(); err != nil {
 		t.Fatal(err)
+	}
+	if _, err := vm.Expect(time.Minute, shutdownPattern); err != nil {
+		t.Fatalf("the power button did not start a power off: %v", err)
 	}
 	order := stackfile.RoleNames()
 	slices.Reverse(order)
