@@ -42,6 +42,7 @@ func probe(mode string, args []string) int {
 	fmt.Printf("mount=%v\n", errName(err))
 	_, _, e := unix.Syscall(unix.SYS_KEXEC_LOAD, 0, 0, 0)
 	fmt.Printf("kexec=%v\n", errName(e))
+	fmt.Printf("unshare=%v\n", errName(unix.Unshare(unix.CLONE_NEWUTS)))
 	fmt.Printf("getpid_ok=%v\n", os.Getpid() > 0)
 	tasks, _ := os.ReadDir("/proc/self/task")
 	for _, t := range tasks {
@@ -85,11 +86,11 @@ func runProbe(t *testing.T, mode string, args ...string) string {
 func TestSeccompDeniesMountAndKexec(t *testing.T) {
 	// Without the filter, root in a private mount namespace can mount: the
 	// denial below is the filter's doing.
-	if out := runProbe(t, "none"); !strings.Contains(out, "mount=ok") {
+	if out := runProbe(t, "none"); !strings.Contains(out, "mount=ok") || !strings.Contains(out, "unshare=ok") {
 		t.Fatalf("control run cannot mount:\n%s", out)
 	}
 	out := runProbe(t, "seccomp")
-	for _, want := range []string{"mount=EPERM", "kexec=EPERM", "getpid_ok=true"} {
+	for _, want := range []string{"mount=EPERM", "kexec=EPERM", "unshare=EPERM", "getpid_ok=true"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("want %s:\n%s", want, out)
 		}

@@ -5,7 +5,10 @@ import "golang.org/x/sys/unix"
 // deniedSyscalls are what a hosting workload never needs and what would let
 // it reach past its environment: kernel code and modules, new mounts, the
 // machine's clock, swap, power, BPF and perf, the kernel keyring, file
-// handles that bypass the mount tree, raw I/O ports.
+// handles that bypass the mount tree, raw I/O ports, and new namespaces
+// (unshare, setns: an unprivileged user namespace is where most kernel
+// escalations start; clone3 cannot be filtered by flags, and PID 1 of the
+// host should set user.max_user_namespaces=0 when no role uses one).
 var deniedSyscalls = []uint32{
 	unix.SYS_KEXEC_LOAD, unix.SYS_KEXEC_FILE_LOAD,
 	unix.SYS_INIT_MODULE, unix.SYS_FINIT_MODULE, unix.SYS_DELETE_MODULE,
@@ -21,6 +24,7 @@ var deniedSyscalls = []uint32{
 	unix.SYS_SETTIMEOFDAY, unix.SYS_CLOCK_SETTIME, unix.SYS_CLOCK_ADJTIME,
 	unix.SYS_SYSLOG, unix.SYS_LOOKUP_DCOOKIE, unix.SYS_NFSSERVCTL, unix.SYS_USELIB,
 	unix.SYS_VHANGUP, unix.SYS__SYSCTL, unix.SYS_SYSFS,
+	unix.SYS_UNSHARE, unix.SYS_SETNS,
 }
 
 func seccompProgram() ([]unix.SockFilter, error) {
