@@ -48,6 +48,8 @@ type Entry struct {
 	At     time.Time `json:"at"`   // when it was applied, rejected or rolled back
 	Result Result    `json:"result"`
 	Error  string    `json:"error,omitempty"`
+	// Note qualifies an applied revision, e.g. changes left undone.
+	Note string `json:"note,omitempty"`
 }
 
 // ErrNoRevision is returned when the store holds no good revision yet.
@@ -259,16 +261,22 @@ func (s *Store) prune(keep string) {
 
 // MarkApplied records rev as applied: it becomes the last good revision.
 func (s *Store) MarkApplied(rev configsource.Revision) error {
-	return s.record(rev, Applied, nil, true)
+	return s.record(rev, Applied, nil, true, "")
+}
+
+// MarkAppliedNote is MarkApplied with a note kept in the history (what was
+// left undone, for instance).
+func (s *Store) MarkAppliedNote(rev configsource.Revision, note string) error {
+	return s.record(rev, Applied, nil, true, note)
 }
 
 // MarkRejected records that rev was refused (invalid) or failed to apply
 // and was rolled back; the last good revision is unchanged.
 func (s *Store) MarkRejected(rev configsource.Revision, cause error) error {
-	return s.record(rev, Rejected, cause, false)
+	return s.record(rev, Rejected, cause, false, "")
 }
 
-func (s *Store) record(rev configsource.Revision, res Result, cause error, good bool) error {
+func (s *Store) record(rev configsource.Revision, res Result, cause error, good bool, note string) error {
 	unlock, err := s.lock()
 	if err != nil {
 		return err
@@ -282,7 +290,7 @@ func (s *Store) record(rev configsource.Revision, res Result, cause error, good 
 			return fmt.Errorf("config store: set last good: %w", err)
 		}
 	}
-	e := Entry{ID: rev.ID, Source: rev.Source, Time: rev.Time, At: s.now().UTC(), Result: res}
+	e := Entry{ID: rev.ID, Source: rev.Source, Time: rev.Time, At: s.now().UTC(), Result: res, Note: note}
 	if cause != nil {
 		e.Error = cause.Error()
 	}
@@ -363,7 +371,7 @@ func (s *Store) Rollback(id string, check func(configsource.Revision) error) (co
 			return rev, fmt.Errorf("revision %s cannot be rolled back to: %w", rev.ID, err)
 		}
 	}
-	if err := s.record(rev, RolledBack, nil, true); err != nil {
+	if err := s.record(rev, RolledBack, nil, true, ""); err != nil {
 		return rev, err
 	}
 	return rev, nil

@@ -180,8 +180,15 @@ func (r *Reconciler) Apply(ctx context.Context, rev configsource.Revision) (res 
 		return res, fmt.Errorf("revision %s failed to apply and was rolled back: %w", short(rev.ID), cause)
 	}
 	r.Adopt(next, rev)
+	note := ""
+	if len(res.Skipped) > 0 {
+		// Honest record: the revision is in force, but these changes wait
+		// for their applier.
+		note = "not applied (no applier wired): " + join(res.Skipped)
+		r.log.Warn("config revision applied with changes left undone", "revision", short(rev.ID), "skipped", join(res.Skipped))
+	}
 	if r.store != nil {
-		if err := r.store.MarkApplied(rev); err != nil {
+		if err := r.store.MarkAppliedNote(rev, note); err != nil {
 			// The stack runs the new revision; only the record failed.
 			r.log.Error("config store: cannot record applied revision", "revision", short(rev.ID), "err", err)
 		}

@@ -281,13 +281,18 @@ func TestInvalidRevisionIsRejectedWithoutTouchingAnything(t *testing.T) {
 }
 
 func TestUnwiredAppliersAreReportedAsSkipped(t *testing.T) {
-	r := New(nil, nil, Appliers{})
+	store, _ := configstore.Open(t.TempDir())
+	r := New(nil, store, Appliers{})
 	res, err := r.Apply(context.Background(), revOf(base))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !slices.Contains(res.Skipped, "firewall") || !slices.Contains(res.Skipped, "start web1") || len(res.Applied) != 0 {
 		t.Errorf("result %+v", res)
+	}
+	h, _ := store.History()
+	if len(h) != 1 || !strings.HasPrefix(h[0].Note, "not applied (no applier wired): firewall, allow-list, vpn, cluster, start fw1") {
+		t.Errorf("history does not say what was left undone: %+v", h)
 	}
 }
 

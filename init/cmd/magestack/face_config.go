@@ -190,6 +190,9 @@ func configFace(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		for i := len(h) - 1; i >= 0; i-- {
 			e := h[i]
 			msg := e.Error
+			if msg == "" {
+				msg = e.Note
+			}
 			if j := strings.IndexByte(msg, '\n'); j >= 0 {
 				msg = msg[:j] + fmt.Sprintf(" (+%d more)", strings.Count(msg, "\n"))
 			}
