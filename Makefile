@@ -30,8 +30,10 @@ BUSYBOX_IMAGE := $(BUILD)/images/busybox
 BUSYBOX_IMAGE_STAMP := $(BUILD)/images/busybox.stamp
 # Extra mkinitramfs flags, e.g. INITRAMFS_EXTRA='-file x:/etc/x -module ice'.
 INITRAMFS_EXTRA ?=
-# gzip or none (the kernel also unpacks an uncompressed cpio).
-INITRAMFS_COMPRESS ?= gzip
+# lz4, gzip or none. LZ4 (legacy frames) unpacks about 3x faster than gzip
+# under TCG (measured: 0.4-1.8 s vs 1.3-5.1 s for this image), for a file
+# ~40% bigger (~22 MB vs ~16 MB), and builds in a second.
+INITRAMFS_COMPRESS ?= lz4
 
 # Sources of the binary: every non-test file of its packages (embedded files
 # included), not the build tooling or the QEMU scenarios.

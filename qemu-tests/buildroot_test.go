@@ -56,7 +56,8 @@ $bb poweroff -f
 `
 
 // TestImageModulesAndTools boots build/initramfs.img with a small archive
-// appended (the kernel unpacks concatenated archives in order): busybox and
+// in front of it (the kernel unpacks concatenated archives in order; an LZ4
+// legacy stream has no end marker, so the image must come last): busybox and
 // the check script, started with rdinit=/bin/busybox instead of /init.
 func TestImageModulesAndTools(t *testing.T) {
 	qemu.Require(t)
@@ -66,7 +67,7 @@ func TestImageModulesAndTools(t *testing.T) {
 		t.Fatalf("needs busybox-static at %s: %v", busybox, err)
 	}
 	initrd := filepath.Join(t.TempDir(), "initramfs-check.img")
-	if err := appendOverlay(im.Initramfs, initrd, busybox); err != nil {
+	if err := prependOverlay(im.Initramfs, initrd, busybox); err != nil {
 		t.Fatal(err)
 	}
 	vm := qemu.Start(t, qemu.Options{
@@ -103,22 +104,14 @@ func TestImageModulesAndTools(t *testing.T) {
 	}
 }
 
-// appendOverlay writes base followed by a gzip'd cpio holding busybox and
-// the check script.
-func appendOverlay(base, dst, busybox string) error {
+// prependOverlay writes a gzip'd cpio holding busybox and the check script,
+// followed by base.
+func prependOverlay(base, dst, busybox string) error {
 	out, err := os.Create(dst)
 	if err != nil {
 		return err
 	}
 	defer out.Close()
-	in, err := os.Open(base)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	if _, err := io.Copy(out, in); err != nil {
-		return err
-	}
 	a := initramfs.New()
 	if err := a.File("bin/busybox", busybox); err != nil {
 		return err
@@ -134,6 +127,14 @@ func appendOverlay(base, dst, busybox string) error {
 		return err
 	}
 	if err := zw.Close(); err != nil {
+		return err
+	}
+	in, err := os.Open(base)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	if _, err := io.Copy(out, in); err != nil {
 		return err
 	}
 	return out.Close()

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/pierrec/lz4/v4"
 	"github.com/u-root/u-root/pkg/cpio"
 )
 
@@ -26,9 +27,23 @@ func readImage(t *testing.T, file string) map[string]entry {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	zr, err := gzip.NewReader(f)
-	if err != nil {
-		t.Fatalf("image is not gzip: %v", err)
+	magic := make([]byte, 4)
+	if _, err := io.ReadFull(f, magic); err != nil {
+		t.Fatal(err)
+	}
+	f.Seek(0, io.SeekStart)
+	var zr io.Reader
+	switch {
+	case bytes.Equal(magic[:2], []byte{0x1f, 0x8b}):
+		if zr, err = gzip.NewReader(f); err != nil {
+			t.Fatal(err)
+		}
+	case bytes.Equal(magic, []byte{0x02, 0x21, 0x4c, 0x18}): // LZ4 legacy, what the kernel reads
+		zr = lz4.NewReader(f)
+	case string(magic) == "0707":
+		zr = f
+	default:
+		t.Fatalf("image starts with %x: not gzip, LZ4 legacy or cpio", magic)
 	}
 	raw, err := io.ReadAll(zr)
 	if err != nil {
@@ -162,6 +177,25 @@ func TestImageContent(t *testing.T) {
 	}
 	if img[base+"modules.builtin"].rec.FileSize == 0 {
 		t.Error("modules.builtin missing")
+	}
+}
+
+func TestCompressionFormats(t *testing.T) {
+	if _, err := os.Stat(staticProg); err != nil {
+		t.Skipf("needs %s", staticProg)
+	}
+	want, _ := os.ReadFile(staticProg)
+	for _, c := range []string{"gzip", "lz4", "none"} {
+		t.Run(c, func(t *testing.T) {
+			out := filepath.Join(t.TempDir(), "img")
+			if err := run([]string{"-o", out, "-init", staticProg, "-compress", c}); err != nil {
+				t.Fatal(err)
+			}
+			img := readImage(t, out)
+			if !bytes.Equal(img["init"].data, want) {
+				t.Fatalf("%s: /init does not read back as the input binary", c)
+			}
+		})
 	}
 }
 
