@@ -87,6 +87,10 @@ $(BUILD)/initramfs.img: $(BUILD)/magestack $(BUILD)/mkinitramfs $(KERNEL_VERSION
 		-tree $(BUSYBOX_IMAGE):/usr/share/magestack/images/busybox \
 		$(INITRAMFS_EXTRA)
 
+# Host programs come from Debian packages; say so instead of "no rule".
+$(INITRAMFS_BINS) /bin/busybox:
+	@echo "missing $@: install the build dependencies with buildroot/install-deps.sh" >&2; exit 1
+
 # The default single-host stack, user networking with the website forwarded
 # (no iPXE option ROM on the NIC: the kernel is loaded directly).
 run: image
