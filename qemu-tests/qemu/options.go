@@ -61,7 +61,7 @@ type Options struct {
 // port forwards) or a tap device that already exists.
 type NIC struct {
 	ID  string // netdev id, used by SetLink; default net<i>
-	MAC string // default 52:54:00:12:34:<i+0x56>
+	MAC string // default 52:54:00:12:34:<0x56+i> (the default stack's dh1): set it when VMs share a network
 
 	User    bool     // user-mode (slirp) networking
 	HostFwd []string // with User: "tcp:127.0.0.1:8080-:80"
