@@ -46,7 +46,7 @@ func (s *Server) serveScript(w http.ResponseWriter, r *http.Request) {
 	}
 	script, host, ok := s.scriptFor(mac)
 	if !ok {
-		s.log.Warn("netboot: script refused: unknown MAC", "mac", mac, "from", r.RemoteAddr)
+		s.log.Warn("netboot: script refused: unknown MAC", "mac", mac.String(), "from", r.RemoteAddr)
 		http.Error(w, "unknown host", http.StatusNotFound)
 		return
 	}

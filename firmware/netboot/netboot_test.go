@@ -237,14 +237,20 @@ func TestFullModeBootsKnownHostThroughEveryProtocol(t *testing.T) {
 	if tftpLen != 70000 {
 		t.Errorf("tftp sent %d bytes, want 70000", tftpLen)
 	}
+	// The TFTP step is recorded when the server sees the last ACK, a moment
+	// after the client has its data: poll the live view briefly.
 	var snap []HostProgress
-	inNS(t, srvNS, func() error {
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		snap = nil
 		body, err := get(nsHTTPClient(t, srvNS), "http://10.77.0.1:8080/status", "")
-		if err != nil {
-			return err
+		if err == nil {
+			json.Unmarshal([]byte(body), &snap)
 		}
-		return json.Unmarshal([]byte(body), &snap)
-	})
+		if len(snap) == 1 && len(snap[0].Steps) >= 6 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 	if len(snap) != 1 || snap[0].Host != "dh1" {
 		t.Fatalf("progress = %+v, want one host dh1", snap)
 	}

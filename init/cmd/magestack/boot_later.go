@@ -280,14 +280,13 @@ func (b *bootEnv) reconcileStep(ctx context.Context) error {
 	if err := r.Booted(st, rev); err != nil {
 		b.log.Warn("config: recording the booted revision", "err", err)
 	}
-	fetcher := configsource.New(configsource.Options{Logger: b.log})
-	source := b.cmdline.Value("magestack.config")
+	source, every, fetcher := reconcile.PollSettings(st, b.cmdline.Value("magestack.config"), configsource.Options{Logger: b.log})
 	live := &reconcile.Live{Reconciler: r, Fetcher: fetcher, Source: source, Store: store}
 	if srv != nil {
 		live.Register(srv)
 	}
 	if polled(source) {
-		w := r.Watcher(b.ctx, fetcher, source, st.Config.Poll.D())
+		w := r.Watcher(b.ctx, fetcher, source, every)
 		pid1.Go(b.log, "config watcher", func() {
 			if err := w.Run(b.ctx); err != nil && b.ctx.Err() == nil {
 				b.log.Error("config watcher stopped", "err", err)
