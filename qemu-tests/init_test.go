@@ -25,11 +25,15 @@ const (
 // initBootSteps are PID 1's own boot steps, in order.
 var initBootSteps = []string{"mounts", "klog", "kmod", "hostname", "network", "config"}
 
+// initStart boots the image with PID 1's own steps only
+// (magestack.test.core_only: up to the stack config load), so these
+// scenarios test PID 1's machinery whatever state the roles are in; the
+// whole product's boot is boot_test.go's.
 func initStart(t *testing.T, appendArgs string) *qemu.VM {
 	t.Helper()
 	qemu.Require(t)
 	im := qemu.RequireImage(t)
-	opts := im.Options(appendArgs)
+	opts := im.Options("magestack.test.core_only " + appendArgs)
 	opts.NoReboot = true // a guest reboot ends QEMU, so reboot paths are observable
 	return qemu.Start(t, opts)
 }
