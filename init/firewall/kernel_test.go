@@ -124,3 +124,33 @@ func TestApplyForStackInNamespace(t *testing.T) {
 		t.Fatal("CheckText missed an allow-list entry added by hand")
 	}
 }
+
+// TestBadConfigAppliesNothing: ApplyForStack with a stack the firewall
+// rejects returns the field-naming error and leaves the running table as
+// it was.
+func TestBadConfigAppliesNothing(t *testing.T) {
+	ns, fd := netns(t)
+	run(t, "ip", "-n", ns, "link", "add", "uplink0", "type", "veth", "peer", "name", "uplink0p")
+	run(t, "ip", "-n", ns, "link", "set", "uplink0", "up")
+	run(t, "ip", "-n", ns, "addr", "add", "192.0.2.10/24", "dev", "uplink0")
+	run(t, "ip", "-n", ns, "route", "add", "default", "via", "192.0.2.1")
+	good, err := Build(stackfile.Default(), HostView{PublicIfaces: []string{"uplink0"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fw := NewInNetNS(fd)
+	defer fw.Close()
+	if err := fw.Apply(context.Background(), good); err != nil {
+		t.Fatal(err)
+	}
+	before := nftList(t, ns)
+	bad := stackfile.Default()
+	bad.VPN.Subnet = netip.MustParsePrefix("172.16.0.0/16")
+	err = inNetNS(fd, func() error { return ApplyForStack(context.Background(), bad, "dh1", nil) })
+	if err == nil || !strings.Contains(err.Error(), "vpn.subnet: 172.16.0.0/16 overlaps internal") {
+		t.Fatalf("error %v, want it to name vpn.subnet", err)
+	}
+	if after := nftList(t, ns); after != before {
+		t.Fatalf("a rejected config changed the table:\n%s", after)
+	}
+}

@@ -5,6 +5,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -25,7 +26,7 @@ func firewallMain(args []string) int { return firewallFace(args, os.Stdout, os.S
 
 func firewallFace(args []string, stdout, stderr io.Writer) int {
 	usage := func() int {
-		fmt.Fprintln(stderr, `usage: magestack firewall show                     live table inet magestack, in nft syntax
+		fmt.Fprintln(stderr, `usage: magestack firewall show [-o json]           live table inet magestack, in nft syntax (or JSON with counters)
        magestack firewall check [-config FILE] [-host NAME] [-public IF,...]
                                                   exit 1 and list differences when the live table drifts
                                                   from what this host applied (or, with flags, from FILE)
@@ -40,10 +41,25 @@ func firewallFace(args []string, stdout, stderr io.Writer) int {
 	fw := firewall.New()
 	switch args[0] {
 	case "show":
+		fs := flag.NewFlagSet("firewall show", flag.ContinueOnError)
+		fs.SetOutput(stderr)
+		output := fs.String("o", "text", "output: text (nft syntax) or json (rules with their counters)")
+		if err := fs.Parse(args[1:]); err != nil || (*output != "text" && *output != "json") {
+			return usage()
+		}
 		rs, err := fw.Read(ctx)
 		if err != nil {
 			fmt.Fprintln(stderr, "magestack firewall show:", err)
 			return 1
+		}
+		if *output == "json" {
+			enc := json.NewEncoder(stdout)
+			enc.SetIndent("", "  ")
+			if err := enc.Encode(firewall.ViewOf(rs)); err != nil {
+				fmt.Fprintln(stderr, "magestack firewall show:", err)
+				return 1
+			}
+			return 0
 		}
 		fmt.Fprint(stdout, firewall.Render(rs))
 		return 0

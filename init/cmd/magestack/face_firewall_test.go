@@ -68,6 +68,9 @@ func TestFirewallFaces(t *testing.T) {
 		if code, out, _ := face("show"); code != 0 || out != firewall.Render(rs) {
 			t.Errorf("show: %d\n%s", code, out)
 		}
+		if code, out, _ := face("show", "-o", "json"); code != 0 || !strings.Contains(out, `"rule": "iifname \"eth0\" ip daddr 172.16.0.30 tcp dport { 80, 443 } accept"`) || !strings.Contains(out, `"packets": 0`) {
+			t.Errorf("show -o json: %d\n%s", code, out)
+		}
 		if code, _, errs := face("allow", "add", "192.0.2.7", "198.51.100.0/24"); code != 0 {
 			t.Errorf("allow add: %d %s", code, errs)
 		}
