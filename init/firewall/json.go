@@ -1,7 +1,5 @@
 package firewall
 
-import "net/netip"
-
 // View is the ruleset as plain data for `firewall show -o json`: each rule
 // as its nft text (counter left out) with its counter values apart, so
 // monitoring can read packet counts per rule.
