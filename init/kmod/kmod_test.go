@@ -11,8 +11,10 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"regexp"
 	"strings"
 	"testing"
+	"unicode/utf8"
 )
 
 func TestMatch(t *testing.T) {
@@ -65,7 +67,37 @@ func FuzzMatch(f *testing.F) {
 		if !Match("*", s) {
 			t.Fatalf("* does not match %q", s)
 		}
+		// Without classes or escapes, fnmatch is a simple regexp.
+		if !strings.ContainsAny(p, `[\`) && utf8.ValidString(p) && utf8.ValidString(s) && len(p) < 64 {
+			var re strings.Builder
+			re.WriteString(`(?s)^`)
+			for _, r := range p {
+				switch r {
+				case '*':
+					re.WriteString(`.*`)
+				case '?':
+					re.WriteString(`.`)
+				default:
+					re.WriteString(regexp.QuoteMeta(string(r)))
+				}
+			}
+			re.WriteString(`$`)
+			want := regexp.MustCompile(re.String()).MatchString(s)
+			// '?' is one byte in fnmatch, one rune in a regexp: compare on ASCII.
+			if isASCII(p+s) && Match(p, s) != want {
+				t.Fatalf("Match(%q, %q) = %v, regexp says %v", p, s, !want, want)
+			}
+		}
 	})
+}
+
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 {
+			return false
+		}
+	}
+	return true
 }
 
 func openTestIndex(t *testing.T) *Index {
