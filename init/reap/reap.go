@@ -35,13 +35,18 @@ import (
 type Reaper struct {
 	log   *slog.Logger
 	self  int
-	mu    sync.Mutex // held across cmd.Start and around every reap
-	owned map[int]bool
+	mu      sync.Mutex // held across cmd.Start and around every reap
+	owned   map[int]bool
+	sigchld chan os.Signal
 }
 
-// New returns a reaper for the current process.
+// New returns a reaper for the current process. It subscribes to SIGCHLD
+// at once, so a child that exits before Run's goroutine is scheduled is
+// still noticed.
 func New(log *slog.Logger) *Reaper {
-	return &Reaper{log: log, self: os.Getpid(), owned: map[int]bool{}}
+	r := &Reaper{log: log, self: os.Getpid(), owned: map[int]bool{}, sigchld: make(chan os.Signal, 16)}
+	signal.Notify(r.sigchld, unix.SIGCHLD)
+	return r
 }
 
 // Start starts cmd and returns a channel that receives its wait status once
@@ -83,11 +88,8 @@ func (r *Reaper) Start(cmd *exec.Cmd) (<-chan unix.WaitStatus, error) {
 }
 
 // Run reaps on every SIGCHLD, and every few seconds as a safety net, until
-// ctx ends. Install it before PID 1 starts any child.
+// ctx ends. Create the Reaper before PID 1 starts any child.
 func (r *Reaper) Run(ctx context.Context) {
-	sig := make(chan os.Signal, 16)
-	signal.Notify(sig, unix.SIGCHLD)
-	defer signal.Stop(sig)
 	tick := time.NewTicker(5 * time.Second)
 	defer tick.Stop()
 	for {
@@ -95,7 +97,7 @@ func (r *Reaper) Run(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
-		case <-sig:
+		case <-r.sigchld:
 		case <-tick.C:
 		}
 	}
