@@ -1,0 +1,111 @@
+package services
+
+import (
+	"time"
+
+	"magestack/init/health"
+)
+
+// The real role images (images/recipes, built by images/cmd/mkimages): each
+// image is named after its role and runs Debian's own daemons in the
+// foreground. The configuration files they read are rendered from the
+// stack file on the host when the role starts (services/render appends
+// them, with the stack-dependent services such as one Redis per
+// roles.db.redis entry); what is here holds for every stack.
+
+func execCheck(argv ...string) *health.Check {
+	return &health.Check{Exec: argv, Interval: 3 * time.Second, Timeout: 2 * time.Second, Retries: 3, StartPeriod: 30 * time.Second}
+}
+
+// script is a start wrapper: prepares runtime directories on the role's
+// tmpfs /run and its /data volume, then execs the daemon in the
+// foreground so supervision sees the daemon itself.
+func script(path, body string) File {
+	return File{Path: path, Mode: 0o755, Content: "#!/bin/sh\nset -eu\n" + body}
+}
+
+const libexec = "/usr/libexec/magestack/"
+
+var debianPayloads = map[string]Payload{
+	"lb": {Caps: caps(),
+		Files: []File{script(libexec+"haproxy", `mkdir -p /run/haproxy
+haproxy -c -q -f /etc/haproxy/haproxy.cfg
+exec /usr/sbin/haproxy -W -db -f /etc/haproxy/haproxy.cfg
+`), script(libexec+"varnish", `mkdir -p /run/varnish
+exec /usr/sbin/varnishd -F -a 127.0.0.1:6081 -f /etc/varnish/magestack.vcl -s malloc,64m -n /run/varnish
+`)},
+		Services: []Service{
+			// Varnish runs only when roles.lb.settings.varnish is "true";
+			// the rendered haproxy.cfg then sends requests through it.
+			{Name: "varnish", Command: []string{"/bin/sh", libexec + "varnish"}, When: "varnish",
+				Health: tcpCheck("127.0.0.1:6081")},
+			{Name: "haproxy", Command: []string{"/bin/sh", libexec + "haproxy"}, StopSignal: "SIGUSR1", StopGrace: 10 * time.Second,
+				Health: httpCheck("http://127.0.0.1:8404/stats", "HAProxy")},
+		}},
+	"web": {Caps: caps(),
+		Files: []File{script(libexec+"php-fpm", `mkdir -p /run/php
+exec /usr/sbin/php-fpm8.2 --nodaemonize --fpm-config /etc/php/8.2/fpm/php-fpm.conf
+`), script(libexec+"nginx", `mkdir -p /run/nginx /var/lib/nginx /var/log/nginx
+nginx -t -q -c /etc/nginx/nginx.conf
+exec /usr/sbin/nginx -c /etc/nginx/nginx.conf -g 'daemon off;'
+`)},
+		Services: []Service{
+			{Name: "php-fpm", Command: []string{"/bin/sh", libexec + "php-fpm"}, StopSignal: "SIGQUIT",
+				Health: tcpCheck("127.0.0.1:9000")},
+			// The ping goes nginx -> FastCGI -> PHP-FPM: healthy means the
+			// whole PHP path answers.
+			{Name: "nginx", Command: []string{"/bin/sh", libexec + "nginx"}, After: []string{"php-fpm"}, StopSignal: "SIGQUIT",
+				Health: httpCheck("http://127.0.0.1/magestack-fpm-ping", "pong")},
+		}},
+	"db": {Caps: caps("CAP_IPC_LOCK", "CAP_SYS_RESOURCE"),
+		Files: []File{script(libexec+"mariadb", `mkdir -p /run/mysqld /data/mysql
+chown mysql:mysql /run/mysqld /data/mysql
+if [ ! -d /data/mysql/mysql ]; then
+	mariadb-install-db --user=mysql --datadir=/data/mysql --skip-test-db --auth-root-authentication-method=socket >/dev/null
+fi
+exec /usr/sbin/mariadbd --defaults-file=/etc/mysql/magestack.cnf --user=mysql
+`)},
+		Services: []Service{
+			// Redis and Memcached instances are added by services/render
+			// from roles.db.redis and roles.db.memcached.
+			{Name: "mariadb", Command: []string{"/bin/sh", libexec + "mariadb"}, StopGrace: 30 * time.Second,
+				Health: execCheck("/usr/bin/mysqladmin", "--socket=/run/mysqld/mysqld.sock", "ping")},
+		}},
+	"mail": {Caps: caps(),
+		Files: []File{script(libexec+"postfix", `postfix check
+exec /usr/sbin/postfix start-fg
+`)},
+		Services: []Service{
+			{Name: "postfix", Command: []string{"/bin/sh", libexec + "postfix"},
+				Health: tcpCheck("127.0.0.1:25")},
+		}},
+	"acc": {Caps: caps("CAP_SYS_CHROOT", "CAP_AUDIT_WRITE", "CAP_DAC_READ_SEARCH"),
+		Files: []File{script(libexec+"sshd", `mkdir -p /run/sshd /data/ssh
+chmod 0700 /data/ssh
+# Host keys are made once and kept on the role's volume: clients keep
+# trusting acc across restarts and failovers.
+[ -f /data/ssh/ssh_host_ed25519_key ] || ssh-keygen -q -t ed25519 -N '' -f /data/ssh/ssh_host_ed25519_key
+/usr/sbin/sshd -t -f /etc/ssh/sshd_config
+exec /usr/sbin/sshd -D -e -f /etc/ssh/sshd_config
+`)},
+		Services: []Service{
+			{Name: "sshd", Command: []string{"/bin/sh", libexec + "sshd"},
+				Health: tcpCheck("127.0.0.1:22")},
+		}},
+	"monitor": {Caps: caps(),
+		Files: []File{script(libexec+"nginx", `mkdir -p /run/nginx /var/lib/nginx /var/log/nginx
+nginx -t -q -c /etc/nginx/nginx.conf
+exec /usr/sbin/nginx -c /etc/nginx/nginx.conf -g 'daemon off;'
+`)},
+		Services: []Service{
+			{Name: "portal", Command: []string{"/bin/sh", libexec + "nginx"}, StopSignal: "SIGQUIT",
+				Health: httpCheck("http://127.0.0.1/", "status of stack")},
+		}},
+}
+
+// A role's real image is the image named after the role.
+func init() {
+	for role, p := range debianPayloads {
+		payloads[role] = map[string]Payload{role: p}
+	}
+}

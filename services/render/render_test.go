@@ -1,0 +1,208 @@
+package render
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"magestack/init/stackfile"
+	"magestack/services"
+)
+
+func renderRole(t *testing.T, stack *stackfile.Stack, sec Secrets, name string) services.Payload {
+	t.Helper()
+	insts, err := stack.Instances()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, in := range insts {
+		if in.Name != name {
+			continue
+		}
+		p, err := services.PayloadFor(in.Role, in.Role, stack.Roles[in.Role].Settings)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, err := Payload(p, stack, in, sec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	t.Fatalf("no instance %s", name)
+	return services.Payload{}
+}
+
+// content renders a payload file the way role-init does.
+func content(t *testing.T, p services.Payload, path string) string {
+	t.Helper()
+	for _, f := range p.Files {
+		if f.Path == path {
+			b, err := f.Render(services.Instance{Name: "x", Role: "x", FQDN: "x.i", Stack: "s"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return string(b)
+		}
+	}
+	t.Fatalf("no file %s in payload (files: %d)", path, len(p.Files))
+	return ""
+}
+
+func parse(t *testing.T, y string) *stackfile.Stack {
+	t.Helper()
+	s, err := stackfile.Parse("test.yaml", []byte(y))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+const threeWebs = `stack: shop1
+hosts:
+  - {name: dh1, mac: "52:54:00:00:00:01"}
+internal: 172.16.0.0/24
+roles:
+  web: {count: 3}
+  db:
+    count: 1
+    redis: [{name: sessions}, {name: cache, memory: 256MiB}]
+    memcached: [{name: default}]
+users:
+  - {name: alice, keys: ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAZ96ONPcKrpX4y2r5NoLO8HMGwHKgzoXXOCTDS17YaM alice@laptop"]}
+sites:
+  - {group: shop, name: www, domains: [shop.example, www.shop.example], maintenanceallow: [198.51.100.7/32]}
+`
+
+func TestLBBackendsAreTheWebInstances(t *testing.T) {
+	sec := &FileSecrets{Dir: t.TempDir()}
+	p := renderRole(t, parse(t, threeWebs), sec, "lb1")
+	cfg := content(t, p, "/etc/haproxy/haproxy.cfg")
+	for _, want := range []string{"server web1 172.16.0.100:80", "server web2 172.16.0.101:80", "server web3 172.16.0.102:80", "bind :443 ssl crt /etc/haproxy/certs/site.pem"} {
+		if !strings.Contains(cfg, want) {
+			t.Errorf("haproxy.cfg lacks %q:\n%s", want, cfg)
+		}
+	}
+	pemText := content(t, p, "/etc/haproxy/certs/site.pem")
+	if !strings.Contains(pemText, "BEGIN CERTIFICATE") || !strings.Contains(pemText, "PRIVATE KEY") {
+		t.Fatalf("site.pem: %q", pemText)
+	}
+	// The self-signed certificate is made once.
+	again := renderRole(t, parse(t, threeWebs), sec, "lb1")
+	if content(t, again, "/etc/haproxy/certs/site.pem") != pemText {
+		t.Error("certificate changed between renders")
+	}
+	for _, s := range p.Services {
+		if s.Name == "varnish" {
+			t.Error("varnish runs without settings.varnish")
+		}
+	}
+}
+
+func TestDBAndWebShareGeneratedCredentials(t *testing.T) {
+	dir := t.TempDir()
+	stack := parse(t, threeWebs)
+	db := renderRole(t, stack, &FileSecrets{Dir: dir}, "db1")
+	web := renderRole(t, stack, &FileSecrets{Dir: dir}, "web2")
+	pass, err := os.ReadFile(filepath.Join(dir, "db-app"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pw := strings.TrimSpace(string(pass))
+	if len(pw) < 24 {
+		t.Fatalf("weak password %q", pw)
+	}
+	if sql := content(t, db, "/etc/mysql/magestack-init.sql"); !strings.Contains(sql, "IDENTIFIED BY '"+pw+"'") {
+		t.Errorf("init sql lacks the password:\n%s", sql)
+	}
+	if php := content(t, web, "/etc/magestack/db.php"); !strings.Contains(php, "'"+pw+"'") || !strings.Contains(php, "db1.i") {
+		t.Errorf("db.php:\n%s", php)
+	}
+	// One service per cache instance, each on its own port.
+	var names []string
+	for _, s := range db.Services {
+		names = append(names, s.Name)
+	}
+	if got := strings.Join(names, ","); got != "mariadb,redis-sessions,redis-cache,memcached-default" {
+		t.Fatalf("db services %s", got)
+	}
+	if c := content(t, db, "/etc/redis/cache.conf"); !strings.Contains(c, "port 6380") || !strings.Contains(c, "maxmemory 256mb") {
+		t.Errorf("redis cache.conf:\n%s", c)
+	}
+	if f := fileMode0(db, "/etc/mysql/magestack-init.sql"); f != 0o600 {
+		t.Errorf("init sql mode %o", f)
+	}
+}
+
+func fileMode0(p services.Payload, path string) os.FileMode {
+	for _, f := range p.Files {
+		if f.Path == path {
+			return f.Mode
+		}
+	}
+	return 0
+}
+
+func TestWebSitesLayout(t *testing.T) {
+	web := renderRole(t, parse(t, threeWebs), &FileSecrets{Dir: t.TempDir()}, "web1")
+	cfg := content(t, web, "/etc/nginx/nginx.conf")
+	for _, want := range []string{"root /microcloud/domains/shop/domains/www/http;", "server_name shop.example www.shop.example;",
+		"198.51.100.7/32 1;", "/microcloud/domains/shop/domains/www/maintenance.flag", "include /microcloud/domains/shop/domains/www/conf/nginx/*.conf;"} {
+		if !strings.Contains(cfg, want) {
+			t.Errorf("nginx.conf lacks %q", want)
+		}
+	}
+	def := renderRole(t, stackfile.Default(), &FileSecrets{Dir: t.TempDir()}, "web1")
+	if php := content(t, def, "/microcloud/domains/default/domains/default/http/index.php"); !strings.Contains(php, "INSERT INTO magestack_check") {
+		t.Error("default site has no database check page")
+	}
+}
+
+func TestAccKeysAndMail(t *testing.T) {
+	stack := parse(t, threeWebs)
+	acc := renderRole(t, stack, &FileSecrets{Dir: t.TempDir()}, "acc1")
+	if k := content(t, acc, "/etc/magestack/authorized_keys/root"); !strings.Contains(k, "ssh-ed25519 AAAA") || !strings.Contains(k, " alice") {
+		t.Errorf("authorized keys: %q", k)
+	}
+	mail := renderRole(t, stack, &FileSecrets{Dir: t.TempDir()}, "mail1")
+	if c := content(t, mail, "/etc/postfix/main.cf"); !strings.Contains(c, "mynetworks = 127.0.0.0/8 172.16.0.0/24") {
+		t.Errorf("main.cf:\n%s", c)
+	}
+}
+
+// TestEscapedContentSurvivesRoleInit: text that looks like a template
+// reaches the role unchanged.
+func TestEscapedContentSurvivesRoleInit(t *testing.T) {
+	raw := "a {{.Name}} b {{ nothing }} c }}"
+	f := services.File{Path: "/x", Content: escape(raw)}
+	b, err := f.Render(services.Instance{Name: "web1"})
+	if err != nil || string(b) != raw {
+		t.Fatalf("got %q, %v", b, err)
+	}
+}
+
+func TestBusyboxUnchanged(t *testing.T) {
+	stack := stackfile.Default()
+	p, err := services.PayloadFor("busybox", "web", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	insts, _ := stack.Instances()
+	var web stackfile.Instance
+	for _, in := range insts {
+		if in.Role == "web" {
+			web = in
+		}
+	}
+	out, err := Payload(p, stack, web, &FileSecrets{Dir: t.TempDir()})
+	if err != nil || len(out.Files) != len(p.Files) || len(out.Services) != len(p.Services) {
+		t.Fatalf("busybox payload changed: %v", err)
+	}
+}
+
+func TestSecretNames(t *testing.T) {
+	if _, err := (&FileSecrets{Dir: t.TempDir()}).Secret("../etc/passwd"); err == nil {
+		t.Fatal("path-like secret name accepted")
+	}
+}
