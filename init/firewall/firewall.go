@@ -269,6 +269,14 @@ type ModuleLoader func(ctx context.Context, name string) error
 // traffic on ms-int passes the forward chain. A module that fails to load
 // is reported and the apply is still tried: built-in code needs none.
 func ApplyForStack(ctx context.Context, stack *stackfile.Stack, hostname string, log *slog.Logger, load ...ModuleLoader) error {
+	return ApplyForHost(ctx, stack, HostView{HostName: hostname}, log, load...)
+}
+
+// ApplyForHost is ApplyForStack with the host's own services spelled out:
+// give ClusterPorts (raft, heartbeats) and PairIfaces, or the input
+// chain's default drop keeps the peers out. Empty PublicIfaces are found
+// with PublicIfaces.
+func ApplyForHost(ctx context.Context, stack *stackfile.Stack, host HostView, log *slog.Logger, load ...ModuleLoader) error {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -280,11 +288,15 @@ func ApplyForStack(ctx context.Context, stack *stackfile.Stack, hostname string,
 			}
 		}
 	}
-	pub, err := PublicIfaces()
-	if err != nil {
-		return err
+	if len(host.PublicIfaces) == 0 {
+		pub, err := PublicIfaces()
+		if err != nil {
+			return err
+		}
+		host.PublicIfaces = pub
 	}
-	rs, err := Build(stack, HostView{PublicIfaces: pub, HostName: hostname})
+	pub := host.PublicIfaces
+	rs, err := Build(stack, host)
 	if err != nil {
 		return err
 	}
