@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
+	"runtime"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -77,4 +79,35 @@ func moduleHint(err error, module string) string {
 		return " (load the " + module + " kernel module)"
 	}
 	return ""
+}
+
+// EnableForwarding turns on IPv4 forwarding in ns (netns.None(): the
+// caller's), so public traffic DNATed to lb and the roles' own egress can
+// cross from the uplink to the internal bridge. PID 1 applies the firewall
+// (default drop on forward) before roles, so this opens nothing the policy
+// does not allow. The sysctl belongs to the namespace the file is opened
+// in, hence the thread switch.
+func EnableForwarding(ns netns.NsHandle) error {
+	write := func() error {
+		return os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0)
+	}
+	if !ns.IsOpen() {
+		if err := write(); err != nil {
+			return fmt.Errorf("enable IPv4 forwarding: %w", err)
+		}
+		return nil
+	}
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
+		if err := netns.Set(ns); err != nil {
+			errc <- err
+			return
+		}
+		errc <- write()
+	}()
+	if err := <-errc; err != nil {
+		return fmt.Errorf("enable IPv4 forwarding: %w", err)
+	}
+	return nil
 }

@@ -16,7 +16,7 @@ type Adder interface {
 }
 
 // AddHostRoles prepares this host for roles (internal bridge with the
-// host's address, state, log and volume roots) and adds one unit per role
+// host's address, IPv4 forwarding on, state, log and volume roots) and adds one unit per role
 // instance placed on host, in the stack's start order: every instance
 // waits (After) for all instances of the nearest earlier role on this host,
 // so the supervisor starts fw, mail, db, web, lb, acc, monitor in turn and
@@ -35,6 +35,9 @@ func AddHostRoles(log *slog.Logger, opts Options, stack *stackfile.Stack, host s
 		return nil, fmt.Errorf("roles: %w", err)
 	}
 	if err := EnsureBridge(opts.BridgeNS, opts.Bridge, netip.PrefixFrom(gw, stack.Internal.Bits())); err != nil {
+		return nil, fmt.Errorf("roles: %w", err)
+	}
+	if err := EnableForwarding(opts.BridgeNS); err != nil {
 		return nil, fmt.Errorf("roles: %w", err)
 	}
 	for _, d := range []string{opts.StateRoot, opts.LogRoot, opts.VolumeRoot} {

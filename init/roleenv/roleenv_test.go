@@ -690,6 +690,12 @@ func (r *recordAdder) Add(s supervise.Spec) error { r.specs = append(r.specs, s)
 // nearest earlier role; instances of other hosts are left out.
 func TestAddHostRolesOrder(t *testing.T) {
 	requireHost(t)
+	hostFwd, _ := os.ReadFile("/proc/sys/net/ipv4/ip_forward")
+	t.Cleanup(func() {
+		if now, _ := os.ReadFile("/proc/sys/net/ipv4/ip_forward"); string(now) != string(hostFwd) {
+			t.Errorf("the machine's own ip_forward changed from %q to %q", hostFwd, now)
+		}
+	})
 	stack, err := stackfile.Parse("two-hosts.yaml", []byte(`
 stack: t
 hosts:
@@ -738,6 +744,12 @@ roles:
 	addrs, _ := h.AddrList(br, netlink.FAMILY_V4)
 	if len(addrs) != 1 || addrs[0].IPNet.String() != "172.16.0.1/24" {
 		t.Errorf("bridge addresses %v", addrs)
+	}
+	// Forwarding is on in the bridge's namespace, and only there.
+	var fwd []byte
+	inNS(t, ns, func() { fwd, _ = os.ReadFile("/proc/sys/net/ipv4/ip_forward") })
+	if strings.TrimSpace(string(fwd)) != "1" {
+		t.Errorf("ip_forward in the bridge namespace = %q", fwd)
 	}
 }
 
