@@ -53,6 +53,9 @@ type figure struct {
 	na   string
 }
 
+// notApplicable marks a figure that has no meaning for that column.
+var notApplicable = figure{na: "-"}
+
 func na(format string, args ...any) figure { return figure{na: fmt.Sprintf(format, args...)} }
 
 func (f figure) ok() bool { return f.na == "" }
@@ -123,14 +126,34 @@ func run(w io.Writer, n int, timeout time.Duration) error {
 		}
 	}
 
+	if kernel == "" {
+		kernel = "(none)"
+	}
 	fmt.Fprintf(w, "\nmagestack boot bench: QEMU TCG, kernel %s, %d boots each, median\n", kernel, n)
-	fmt.Fprintf(w, "%-40s %-22s %-22s %-8s %s\n", "figure", "magestack", "nopinit (baseline)", "ratio", "target")
+	fmt.Fprintf(w, "%-40s %-16s %-18s %-8s %s\n", "figure", "magestack", "nopinit baseline", "ratio", "target")
+	// Reasons for missing figures are long: the cells refer to notes
+	// printed under the table.
+	var notes []string
+	cell := func(f figure) string {
+		if f.ok() {
+			return f.String()
+		}
+		if f == notApplicable {
+			return "-"
+		}
+		i := slices.Index(notes, f.na)
+		if i < 0 {
+			notes = append(notes, f.na)
+			i = len(notes) - 1
+		}
+		return fmt.Sprintf("n/a [%d]", i+1)
+	}
 	row := func(name string, a, b figure, target string) {
 		ratio := "-"
 		if a.ok() && b.ok() && b.val > 0 {
 			ratio = fmt.Sprintf("%.2f", a.val/b.val)
 		}
-		fmt.Fprintf(w, "%-40s %-22s %-22s %-8s %s\n", name, a, b, ratio, target)
+		fmt.Fprintf(w, "%-40s %-16s %-18s %-8s %s\n", name, cell(a), cell(b), ratio, target)
 	}
 
 	msNet := medianOf(ms, msErr, func(r bootResult) (float64, error) { return r.netUpMS, r.netUpErr }, "ms")
@@ -151,15 +174,18 @@ func run(w io.Writer, n int, timeout time.Duration) error {
 			return 0, errors.New("no `magestack: stack ready` line")
 		}
 		return r.readyMS, nil
-	}, "ms"), na("no stack"), "-")
+	}, "ms"), notApplicable, "-")
 	row("PID-1 resident memory after ready", medianOf(ms, msErr, func(r bootResult) (float64, error) {
 		if r.rssKiB < 0 {
 			return 0, errors.New("no `magestack: pid1 rss_kib=` line after ready")
 		}
 		return r.rssKiB / 1024, nil
-	}, "MiB"), na("not measured"), "<= 25 MiB")
+	}, "MiB"), notApplicable, "<= 25 MiB")
 	row("binary size", fileSize(im.Binary), fileSize(nopBin), "report")
 	row("initramfs size (compressed)", fileSize(im.Initramfs), fileSize(nopImg), "<= 40 MiB")
+	for i, n := range notes {
+		fmt.Fprintf(w, "[%d] n/a: %s\n", i+1, n)
+	}
 	fmt.Fprintf(w, "console logs: %s\n", work)
 	return nil
 }
@@ -312,8 +338,5 @@ func firstLine(err error) string {
 		return "line not seen: " + ee.Err.Error()
 	}
 	s, _, _ := strings.Cut(err.Error(), "\n")
-	if len(s) > 120 {
-		s = s[:120] + "..."
-	}
 	return s
 }
