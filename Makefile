@@ -45,7 +45,7 @@ IMAGES_SRC := $(shell find images -type f -not -name '*_test.go' -not -path '*/t
 
 QEMU ?= qemu-system-x86_64
 RUN_MEM ?= 2048
-RUN_APPEND ?= console=ttyS0 quiet panic=-1
+RUN_APPEND ?= console=ttyS0 quiet panic=-1 magestack.console=shell
 
 .PHONY: all image kernel initramfs run test test-unit test-qemu bench clean distclean
 
