@@ -10,7 +10,8 @@
 // zombies that are not owned: it peeks with waitid(WNOWAIT) and, when the
 // first zombie is an owned child, falls back to scanning /proc for zombie
 // children of PID 1. Code in PID 1 must not call cmd.Start/Run directly;
-// the supervisor and every helper use Start.
+// the supervisor and every helper use Start. One Reaper per process: two
+// would reap each other's children.
 package reap
 
 import (
@@ -33,8 +34,8 @@ import (
 
 // Reaper reaps orphans and hands owned children's statuses to their starters.
 type Reaper struct {
-	log   *slog.Logger
-	self  int
+	log     *slog.Logger
+	self    int
 	mu      sync.Mutex // held across cmd.Start and around every reap
 	owned   map[int]bool
 	sigchld chan os.Signal

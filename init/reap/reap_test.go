@@ -22,9 +22,15 @@ import (
 func TestOwnedStatusesSurviveReaping(t *testing.T) {
 	r := New(slog.New(slog.NewTextHandler(io.Discard, nil)))
 	ctx, cancel := context.WithCancel(context.Background())
+	// One reaper per process is the rule: wait for this one's goroutines
+	// to end so they cannot reap the next test's children.
+	var bg sync.WaitGroup
+	defer bg.Wait()
 	defer cancel()
-	go r.Run(ctx)
+	bg.Add(2)
+	go func() { defer bg.Done(); r.Run(ctx) }()
 	go func() { // extra pressure: reap passes racing with Start
+		defer bg.Done()
 		for ctx.Err() == nil {
 			r.Reap()
 			time.Sleep(100 * time.Microsecond)
@@ -85,8 +91,10 @@ func TestOrphansAreReaped(t *testing.T) {
 	defer unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
 	r := New(slog.New(slog.NewTextHandler(io.Discard, nil)))
 	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	defer func() { <-done }()
 	defer cancel()
-	go r.Run(ctx)
+	go func() { defer close(done); r.Run(ctx) }()
 
 	pidFile := t.TempDir() + "/orphan.pid"
 	ch, err := r.Start(exec.Command("/bin/sh", "-c", "sleep 0.2 & echo $! > "+pidFile+"; exit 3"))
