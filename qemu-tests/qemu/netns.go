@@ -34,6 +34,7 @@ type Net struct {
 	mu      sync.Mutex
 	nveth   int
 	clients []*Namespace
+	loss    map[string]int // Impair: interface -> percent dropped
 }
 
 // BridgeName is the bridge inside every Net.
@@ -382,4 +383,55 @@ func (ns *Namespace) ethtoolValue(ifname string, cmd, data uint32) (uint32, erro
 		return nil
 	})
 	return out, err
+}
+
+// Impair drops lossPercent (0-100) of the frames the bridges forward from or
+// to ifname, at random: a lossy cable. The host kernel has no netem, so this
+// is an nftables bridge rule (test fixture, nft CLI); 0 removes the
+// impairment. Calls replace the previous setting for ifname.
+func (n *Net) Impair(ifname string, lossPercent int) error {
+	if lossPercent < 0 || lossPercent > 100 {
+		return fmt.Errorf("impair %s: loss %d%% outside 0-100", ifname, lossPercent)
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.loss == nil {
+		n.loss = map[string]int{}
+	}
+	prev, had := n.loss[ifname]
+	if lossPercent == 0 {
+		delete(n.loss, ifname)
+	} else {
+		n.loss[ifname] = lossPercent
+	}
+	var rules strings.Builder
+	for name, pct := range n.loss {
+		// numgen yields 0..99; "< pct" drops pct percent.
+		cond := fmt.Sprintf("numgen random mod 100 < %d ", pct)
+		if pct == 100 {
+			cond = ""
+		}
+		fmt.Fprintf(&rules, "    iifname %q %sdrop\n", name, cond)
+		fmt.Fprintf(&rules, "    oifname %q %sdrop\n", name, cond)
+	}
+	script := "table bridge ms_impair\ndelete table bridge ms_impair\n" +
+		"table bridge ms_impair {\n  chain forward {\n    type filter hook forward priority 0; policy accept;\n" +
+		rules.String() + "  }\n}\n"
+	cmd := exec.Command("nft", "-f", "-")
+	cmd.Stdin = strings.NewReader(script)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	err := startInNetNS(n.Name, cmd)
+	if err == nil {
+		err = cmd.Wait()
+	}
+	if err != nil {
+		if had {
+			n.loss[ifname] = prev
+		} else {
+			delete(n.loss, ifname)
+		}
+		return fmt.Errorf("impair %s: nft: %w: %s", ifname, err, bytes.TrimSpace(out.Bytes()))
+	}
+	return nil
 }

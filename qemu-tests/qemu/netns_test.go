@@ -4,6 +4,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -189,5 +190,127 @@ func TestNetSecondBridgeIsSeparate(t *testing.T) {
 	}
 	if err := reach(b, "198.51.100.3:9000"); err != nil {
 		t.Fatalf("after the link came back: %v", err)
+	}
+}
+
+// TestNetImpair: 100% loss on a client's bridge port cuts it off, 0 heals it,
+// and a bad percentage is refused.
+func TestNetImpair(t *testing.T) {
+	requireRoot(t)
+	if _, err := exec.LookPath("nft"); err != nil {
+		t.Skip("nft (nftables) missing")
+	}
+	n := NewNet(t, "loss")
+	a := n.AddClient("a", "203.0.113.1/24")
+	b := n.AddClient("b", "203.0.113.2/24")
+	var ln net.Listener
+	if err := b.Do(func() error {
+		var err error
+		ln, err = net.Listen("tcp", "203.0.113.2:7000")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	dial := func(timeout time.Duration) error {
+		return a.Do(func() error {
+			c, err := net.DialTimeout("tcp", "203.0.113.2:7000", timeout)
+			if err == nil {
+				c.Close()
+			}
+			return err
+		})
+	}
+	if err := dial(Scale(10 * time.Second)); err != nil {
+		t.Fatalf("before impairment: %v", err)
+	}
+	if err := n.Impair("veth2", 100); err != nil {
+		t.Fatal(err)
+	}
+	if err := dial(time.Second); err == nil {
+		t.Fatal("connected through a port dropping 100%")
+	}
+	if err := n.Impair("veth2", 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := dial(Scale(10 * time.Second)); err != nil {
+		t.Fatalf("after healing: %v", err)
+	}
+	if err := n.Impair("veth2", 101); err == nil {
+		t.Fatal("accepted 101% loss")
+	}
+}
+
+// TestNetImpairPartialLoss: at 50% about half of 400 datagrams arrive (the
+// bounds are 10 standard deviations wide).
+func TestNetImpairPartialLoss(t *testing.T) {
+	requireRoot(t)
+	if _, err := exec.LookPath("nft"); err != nil {
+		t.Skip("nft (nftables) missing")
+	}
+	n := NewNet(t, "half")
+	a := n.AddClient("a", "203.0.113.1/24")
+	b := n.AddClient("b", "203.0.113.2/24")
+	var pc net.PacketConn
+	if err := b.Do(func() error {
+		var err error
+		pc, err = net.ListenPacket("udp", "203.0.113.2:7001")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	count := func(n int) int {
+		got := make(chan int)
+		go func() {
+			buf := make([]byte, 64)
+			c := 0
+			for {
+				pc.SetReadDeadline(time.Now().Add(Scale(time.Second)))
+				if _, _, err := pc.ReadFrom(buf); err != nil {
+					got <- c
+					return
+				}
+				c++
+			}
+		}()
+		if err := a.Do(func() error {
+			c, err := net.Dial("udp", "203.0.113.2:7001")
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			for i := 0; i < n; i++ {
+				c.Write([]byte("x"))
+				time.Sleep(time.Millisecond) // no socket-buffer drops
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return <-got
+	}
+	// Neighbour resolution and linkwatch first: all must arrive unimpaired.
+	for deadline := time.Now().Add(Scale(10 * time.Second)); count(5) < 5; {
+		if time.Now().After(deadline) {
+			t.Fatal("unimpaired link loses datagrams")
+		}
+	}
+	if err := n.Impair("veth2", 50); err != nil {
+		t.Fatal(err)
+	}
+	if got := count(400); got < 100 || got > 300 {
+		t.Fatalf("%d of 400 datagrams arrived through 50%% loss", got)
+	} else {
+		t.Logf("%d of 400 arrived", got)
 	}
 }
