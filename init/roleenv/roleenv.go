@@ -59,6 +59,10 @@ type Options struct {
 	// BridgeNS is the network namespace holding the bridge; zero value
 	// (netns.None()): the caller's.
 	BridgeNS netns.NsHandle
+	// Render, when set, completes a role's payload from the stack before
+	// each environment is described (services/render: configuration files
+	// of the real images). nil: the payload as the image defines it.
+	Render func(p services.Payload, stack *stackfile.Stack, inst stackfile.Instance) (services.Payload, error)
 	// NoSeccomp and the limits switch are for hosts that lack the facility.
 	NoSeccomp bool
 	NoLimits  bool // create cgroups without cpu/memory/pids limits
@@ -135,6 +139,14 @@ func New(log *slog.Logger, opts Options, stack *stackfile.Stack, hostIndex int, 
 	payload, err := services.PayloadFor(image, inst.Role, role.Settings)
 	if err != nil {
 		return nil, fmt.Errorf("role %s: %w", inst.Name, err)
+	}
+	if opts.Render != nil {
+		if payload, err = opts.Render(payload, stack, inst); err != nil {
+			return nil, fmt.Errorf("role %s: render: %w", inst.Name, err)
+		}
+		if err := payload.Validate(); err != nil {
+			return nil, fmt.Errorf("role %s: rendered payload: %w", inst.Name, err)
+		}
 	}
 	hosts, err := HostsFile(stack)
 	if err != nil {

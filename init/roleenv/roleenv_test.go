@@ -33,6 +33,7 @@ import (
 	"magestack/init/roleinit"
 	"magestack/init/stackfile"
 	"magestack/init/supervise"
+	"magestack/services"
 )
 
 // The test binary is also role-init: roles exec /proc/self/exe role-init.
@@ -998,5 +999,32 @@ func TestRoleInitKilledRoleRestarts(t *testing.T) {
 	}
 	if n != 1 {
 		t.Errorf("%d host veths named %s, want 1", n, f.envs["web1"].HostVeth())
+	}
+}
+
+// Options.Render completes the payload; a rendered payload that breaks the
+// rules is refused with the role named.
+func TestRenderHook(t *testing.T) {
+	stack := stackfile.Default()
+	insts, _ := stack.Instances()
+	web := insts[slices.IndexFunc(insts, func(in stackfile.Instance) bool { return in.Name == "web1" })]
+	opts := Options{ImageRoot: t.TempDir(), Render: func(p services.Payload, st *stackfile.Stack, in stackfile.Instance) (services.Payload, error) {
+		p.Files = append(p.Files, services.File{Path: "/etc/rendered", Content: "for {{.Name}} of " + st.Name, Mode: 0o644})
+		return p, nil
+	}}
+	env, err := New(slog.Default(), opts, stack, 0, web)
+	if err != nil {
+		t.Fatal(err)
+	}
+	files := env.RoleSpec().Payload.Files
+	if last := files[len(files)-1]; last.Path != "/etc/rendered" || !strings.Contains(last.Content, "of default") {
+		t.Errorf("rendered file missing: %+v", files)
+	}
+	opts.Render = func(p services.Payload, _ *stackfile.Stack, _ stackfile.Instance) (services.Payload, error) {
+		p.Files = append(p.Files, services.File{Path: "relative"})
+		return p, nil
+	}
+	if _, err := New(slog.Default(), opts, stack, 0, web); err == nil || !strings.Contains(err.Error(), "web1") || !strings.Contains(err.Error(), "relative") {
+		t.Errorf("bad rendered payload: %v", err)
 	}
 }
