@@ -25,7 +25,8 @@ var ErrConsoleClosed = errors.New("console closed (QEMU exited)")
 var ErrKernelPanic = errors.New("kernel panic on the console")
 
 // Console collects a VM's serial output and lets tests wait for lines in
-// order. Carriage returns are dropped so patterns only deal with '\n'.
+// order. Carriage returns and terminal escape sequences are dropped so
+// patterns only deal with text and '\n' (the log file keeps the raw bytes).
 // Matching only looks at complete lines: a pattern such as `uptime_ms=(\d+)`
 // must never match a number the guest is still printing.
 type Console struct {
@@ -48,10 +49,14 @@ func NewConsole() *Console {
 	return c
 }
 
+// terminalEscape matches the ANSI sequences firmware prints (SeaBIOS clears
+// the screen): noise in patterns and in failure tails.
+var terminalEscape = regexp.MustCompile(`\x1b(\[[0-9;?]*[A-Za-z]|[A-Za-z])`)
+
 // Write appends guest output. It never blocks on readers, so a guest is
 // never stalled by a slow test.
 func (c *Console) Write(p []byte) (int, error) {
-	clean := bytes.ReplaceAll(p, []byte{'\r'}, nil)
+	clean := terminalEscape.ReplaceAll(bytes.ReplaceAll(p, []byte{'\r'}, nil), nil)
 	c.mu.Lock()
 	start := len(c.buf) - len(panicMarker)
 	if start < 0 {

@@ -160,7 +160,7 @@ func TestPumpDrainsAndCloses(t *testing.T) {
 	r, w := io.Pipe()
 	var log strings.Builder
 	go c.pump(r, &log)
-	w.Write([]byte("line 1\r\n"))
+	w.Write([]byte("\x1bc\x1b[?7l\x1b[2Jline 1\r\n"))
 	w.Close()
 	select {
 	case <-c.Done():
@@ -168,9 +168,9 @@ func TestPumpDrainsAndCloses(t *testing.T) {
 		t.Fatal("console not closed at EOF")
 	}
 	if c.Text() != "line 1\n" {
-		t.Fatalf("text %q: want carriage returns dropped", c.Text())
+		t.Fatalf("text %q: want carriage returns and escapes dropped", c.Text())
 	}
-	if log.String() != "line 1\r\n" {
+	if log.String() != "\x1bc\x1b[?7l\x1b[2Jline 1\r\n" {
 		t.Fatalf("log %q: want raw bytes", log.String())
 	}
 }
