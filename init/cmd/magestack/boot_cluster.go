@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -252,29 +253,45 @@ func hostOf(hostport string) string {
 	return h
 }
 
-// configurePairLink puts the pair-link address on the NIC with its MAC.
-func configurePairLink(pl stackfile.PairLink) error {
-	hw, err := net.ParseMAC(pl.MAC)
+// linkByMAC names the NIC with mac.
+func linkByMAC(mac string) (string, error) {
+	l, err := linkWithMAC(mac)
 	if err != nil {
-		return fmt.Errorf("pairlink mac %q: %w", pl.MAC, err)
+		return "", err
+	}
+	return l.Attrs().Name, nil
+}
+
+func linkWithMAC(mac string) (netlink.Link, error) {
+	hw, err := net.ParseMAC(mac)
+	if err != nil {
+		return nil, fmt.Errorf("mac %q: %w", mac, err)
 	}
 	links, err := netlink.LinkList()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	for _, l := range links {
-		if l.Attrs().HardwareAddr.String() != hw.String() {
-			continue
+		if l.Attrs().HardwareAddr.String() == hw.String() {
+			return l, nil
 		}
-		if err := netlink.LinkSetUp(l); err != nil {
-			return fmt.Errorf("pair link %s up: %w", l.Attrs().Name, err)
-		}
-		a := pl.Address
-		addr := &netlink.Addr{IPNet: &net.IPNet{IP: net.IP(a.Addr().AsSlice()), Mask: net.CIDRMask(a.Bits(), 32)}}
-		if err := netlink.AddrAdd(l, addr); err != nil && err != unix.EEXIST {
-			return fmt.Errorf("pair link %s address %s: %w", l.Attrs().Name, a, err)
-		}
-		return nil
 	}
-	return fmt.Errorf("no NIC with the pair link's MAC %s", pl.MAC)
+	return nil, fmt.Errorf("no NIC with MAC %s", mac)
+}
+
+// configurePairLink puts the pair-link address on the NIC with its MAC.
+func configurePairLink(pl stackfile.PairLink) error {
+	l, err := linkWithMAC(pl.MAC)
+	if err != nil {
+		return fmt.Errorf("pair link: %w", err)
+	}
+	if err := netlink.LinkSetUp(l); err != nil {
+		return fmt.Errorf("pair link %s up: %w", l.Attrs().Name, err)
+	}
+	a := pl.Address
+	addr := &netlink.Addr{IPNet: &net.IPNet{IP: net.IP(a.Addr().AsSlice()), Mask: net.CIDRMask(a.Bits(), 32)}}
+	if err := netlink.AddrAdd(l, addr); err != nil && !errors.Is(err, unix.EEXIST) {
+		return fmt.Errorf("pair link %s address %s: %w", l.Attrs().Name, a, err)
+	}
+	return nil
 }

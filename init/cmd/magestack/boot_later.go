@@ -15,16 +15,20 @@ import (
 
 	"magestack/init/api"
 	"magestack/init/bootreport"
+	"magestack/init/clusterconf"
 	"magestack/init/configsource"
 	"magestack/init/configstore"
+	"magestack/init/failover"
 	"magestack/init/firewall"
 	"magestack/init/klog"
+	"magestack/init/overlay"
 	"magestack/init/pid1"
 	"magestack/init/reconcile"
 	"magestack/init/roleenv"
 	"magestack/init/stackfile"
 	"magestack/init/supervise"
 	"magestack/init/vpn"
+	"magestack/services"
 )
 
 // The steps after the stack config load, in the contract's order: control
@@ -94,7 +98,29 @@ func (b *bootEnv) apiStep(ctx context.Context) error {
 }
 
 func (b *bootEnv) firewallStep(ctx context.Context) error {
-	return firewall.ApplyForStack(ctx, b.Stack(), b.Hostname(), b.log, b.loadModule)
+	return firewall.ApplyForHost(ctx, b.Stack(), hostView(b.Stack(), b.Hostname()), b.log, b.loadModule)
+}
+
+// hostView tells the firewall about this host's own services: on a paired
+// host the cluster ports, accepted on the pair link and from the stack's
+// other hosts only.
+func hostView(st *stackfile.Stack, host string) firewall.HostView {
+	v := firewall.HostView{HostName: host}
+	h, _, ok := st.HostByName(host)
+	if !ok || h.Pair == "" {
+		return v
+	}
+	v.ClusterPorts = []services.Port{
+		{Proto: "tcp", Port: clusterconf.RaftPort, Name: "raft"},
+		{Proto: "udp", Port: clusterconf.HeartbeatPort, Name: "heartbeat"},
+		{Proto: "tcp", Port: failover.RPCPort, Name: "cluster-rpc"},
+	}
+	if h.PairLink != nil {
+		if name, err := linkByMAC(h.PairLink.MAC); err == nil {
+			v.PairIfaces = []string{name}
+		}
+	}
+	return v
 }
 
 func (b *bootEnv) vpnStep(ctx context.Context) error {
@@ -159,6 +185,7 @@ func (b *bootEnv) rolesStep(ctx context.Context) error {
 		return fmt.Errorf("roles: this host %q is not in stack %s: set magestack.host= or list its MAC", host, st.Name)
 	}
 	opts := b.roleOptions()
+	b.overlayUp(st, host)
 	if pairedHost(st, host) {
 		return b.clusterRoles(ctx, st, host, sup, opts)
 	}
@@ -215,6 +242,29 @@ func (b *bootEnv) clusterRoles(ctx context.Context, st *stackfile.Stack, host st
 	}
 }
 
+// overlayUp spans the internal network over the hosts (VXLAN on ms-int),
+// so an instance reaches another at its fixed address wherever it runs.
+func (b *bootEnv) overlayUp(st *stackfile.Stack, host string) {
+	cfg, ok, err := overlay.ConfigFor(st, host)
+	if err != nil {
+		b.log.Warn("overlay: the internal network stays local to this host", "err", err)
+		return
+	}
+	if !ok {
+		return
+	}
+	_, idx, _ := st.HostByName(host)
+	if gw, err := st.HostBridgeAddr(idx); err == nil {
+		if err := roleenv.EnsureBridge(netns.None(), roleenv.DefaultBridge, netip.PrefixFrom(gw, st.Internal.Bits())); err != nil {
+			b.log.Warn("overlay: bridge", "err", err)
+			return
+		}
+	}
+	if err := overlay.Up(netns.None(), cfg); err != nil {
+		b.log.Warn("overlay: the internal network stays local to this host", "err", err)
+	}
+}
+
 // publicLink is the interface that carries the default route (the uplink
 // the VIP goes on).
 func (b *bootEnv) publicLink() string {
@@ -240,7 +290,7 @@ func (b *bootEnv) reconcileStep(ctx context.Context) error {
 	fw := firewall.New()
 	appliers := reconcile.Appliers{
 		Firewall: func(ctx context.Context, s *stackfile.Stack) error {
-			return firewall.ApplyForStack(ctx, s, host, b.log, b.loadModule)
+			return firewall.ApplyForHost(ctx, s, hostView(s, host), b.log, b.loadModule)
 		},
 		Allow: func(ctx context.Context, add, remove []netip.Prefix) error {
 			return fw.UpdateAllow(ctx, add, remove)
