@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -15,6 +16,8 @@ import (
 	"strings"
 	"testing"
 	"unicode/utf8"
+
+	"golang.org/x/sys/unix"
 )
 
 func TestMatch(t *testing.T) {
@@ -338,5 +341,32 @@ func TestLoadOrderRandomGraphs(t *testing.T) {
 				}
 			}
 		}
+	}
+}
+
+// TestAliasServedByOneOfSeveral: an alias matching several modules succeeds
+// when one loads, even if another refuses the hardware (ENODEV).
+func TestAliasServedByOneOfSeveral(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "modules.dep"), []byte("kernel/crc32c-intel.ko:\nkernel/crc32c_generic.ko:\nkernel/only_intel.ko:\n"), 0o644)
+	os.WriteFile(filepath.Join(dir, "modules.alias"), []byte("alias crypto-crc32c crc32c_intel\nalias crypto-crc32c crc32c_generic\nalias crypto-x only_intel\n"), 0o644)
+	ix, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := NewLoader(ix, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	l.sysModule = ""
+	l.load = func(path, _ string) error {
+		if strings.Contains(path, "intel") {
+			return unix.ENODEV
+		}
+		return nil
+	}
+	loaded, err := l.Load(context.Background(), "crypto-crc32c", "")
+	if err != nil || !reflect.DeepEqual(loaded, []string{"crc32c_generic"}) {
+		t.Fatalf("Load(crypto-crc32c) = %v, %v; want [crc32c_generic], nil", loaded, err)
+	}
+	if _, err := l.Load(context.Background(), "crypto-x", ""); !errors.Is(err, unix.ENODEV) {
+		t.Fatalf("sole module refusing: err = %v, want ENODEV", err)
 	}
 }

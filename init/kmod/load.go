@@ -53,8 +53,11 @@ func (l *Loader) isLoaded(name string) bool {
 
 // Load loads the modules nameOrAlias resolves to, each with its
 // dependencies in order. params applies to the named module only. An alias
-// matching several modules loads all of them (as modprobe does); the
-// returned list names the modules newly inserted.
+// matching several modules loads all of them (as modprobe does) and
+// succeeds when at least one of them is in the kernel afterwards: "crypto-
+// crc32c" names both crc32c_intel, which refuses a CPU without SSE4.2
+// (ENODEV), and crc32c_generic, which then serves. The returned list names
+// the modules newly inserted.
 func (l *Loader) Load(ctx context.Context, nameOrAlias, params string) ([]string, error) {
 	mods := l.Index.Resolve(nameOrAlias)
 	if len(mods) == 0 {
@@ -63,6 +66,7 @@ func (l *Loader) Load(ctx context.Context, nameOrAlias, params string) ([]string
 	var (
 		inserted []string
 		errs     []error
+		present  int
 	)
 	for _, m := range mods {
 		order, err := l.Index.LoadOrder(m)
@@ -70,6 +74,7 @@ func (l *Loader) Load(ctx context.Context, nameOrAlias, params string) ([]string
 			errs = append(errs, err)
 			continue
 		}
+		ok := true
 		for _, dep := range order {
 			if err := ctx.Err(); err != nil {
 				return inserted, err
@@ -78,17 +83,28 @@ func (l *Loader) Load(ctx context.Context, nameOrAlias, params string) ([]string
 			if dep == Normalize(nameOrAlias) {
 				p = params
 			}
-			ok, err := l.insert(dep, p)
+			added, err := l.insert(dep, p)
 			if err != nil {
 				errs = append(errs, fmt.Errorf("load %s (for %s): %w", dep, nameOrAlias, err))
+				ok = false
 				break
 			}
-			if ok {
+			if added {
 				inserted = append(inserted, dep)
 			}
 		}
+		if ok {
+			present++
+		}
 	}
-	return inserted, errors.Join(errs...)
+	err := errors.Join(errs...)
+	if err != nil && len(mods) > 1 && present > 0 {
+		if l.Log != nil {
+			l.Log.Debug("some modules for an alias did not load; another serves it", "alias", nameOrAlias, "err", err)
+		}
+		return inserted, nil
+	}
+	return inserted, err
 }
 
 // insert loads one module unless it is loaded; true if this call loaded it.
