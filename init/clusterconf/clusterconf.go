@@ -49,7 +49,8 @@ func pairAddr(h stackfile.Host) (netip.Addr, bool) {
 }
 
 // For returns the settings of member self (a host name or "witness").
-// Raft runs over the pair link when there is one, else the LAN.
+// Raft runs over the LAN, the one network every member (the witness too)
+// shares; the pair link carries heartbeats and replication.
 func For(s *stackfile.Stack, self string) (Member, error) {
 	var m Member
 	var members []cluster.Member
@@ -58,11 +59,9 @@ func For(s *stackfile.Stack, self string) (Member, error) {
 		if h.Pair == "" {
 			continue
 		}
-		a, ok := pairAddr(h)
+		a, ok := lanAddr(h)
 		if !ok {
-			if a, ok = lanAddr(h); !ok {
-				return m, fmt.Errorf("hosts.%s: a paired host needs a fixed address (address or pairlink.address) for the cluster", h.Name)
-			}
+			return m, fmt.Errorf("hosts.%s: a paired host needs a fixed address for the cluster", h.Name)
 		}
 		addr := net.JoinHostPort(a.String(), strconv.Itoa(RaftPort))
 		raftAddr[h.Name] = addr

@@ -25,7 +25,7 @@ func TestMembersAndPaths(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if m.Self.Bind != "10.99.0.1:7700" || len(m.Self.Members) != 3 || !m.Witness {
+	if m.Self.Bind != "192.0.2.11:7700" || len(m.Self.Members) != 3 || !m.Witness {
 		t.Fatalf("self = %+v", m.Self)
 	}
 	got := map[string]string{}
