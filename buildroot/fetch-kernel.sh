@@ -31,7 +31,7 @@ if [[ -z $pkg ]]; then
 		echo "fetch-kernel: apt cannot resolve $meta; reusing extracted $pkg" >&2
 	else
 		apt-get update -qq
-		pkg=$(resolve)
+		pkg=$(resolve || true)
 	fi
 fi
 [[ -n $pkg ]] || { echo "fetch-kernel: cannot resolve the kernel package $meta depends on" >&2; exit 1; }
