@@ -19,6 +19,16 @@ import (
 // namespace, the bridge's checksum setting and console watching of firmware.
 func TestHarnessPXEBoot(t *testing.T) {
 	Require(t)
+	for _, fw := range []Firmware{BIOS, UEFI} {
+		name := "bios"
+		if fw == UEFI {
+			name = "uefi"
+		}
+		t.Run(name, func(t *testing.T) { testPXEBoot(t, fw) })
+	}
+}
+
+func testPXEBoot(t *testing.T, fw Firmware) {
 	dnsmasq, err := exec.LookPath("dnsmasq")
 	if err != nil {
 		t.Fatalf("%s=1 but dnsmasq is missing (apt-get install dnsmasq-base): %v", EnvQEMU, err)
@@ -38,7 +48,7 @@ func TestHarnessPXEBoot(t *testing.T) {
 	var served []string
 	mux := http.NewServeMux()
 	mux.HandleFunc("/boot.ipxe", func(w http.ResponseWriter, r *http.Request) {
-		fmt.Fprintf(w, "#!ipxe\nkernel http://%s:8080/vmlinuz console=ttyS0 quiet panic=-1\ninitrd http://%s:8080/initramfs.img\nboot\n", server, server)
+		fmt.Fprintf(w, "#!ipxe\nkernel http://%s:8080/vmlinuz initrd=initramfs.img console=ttyS0 quiet panic=-1\ninitrd http://%s:8080/initramfs.img\nboot\n", server, server)
 	})
 	mux.HandleFunc("/vmlinuz", func(w http.ResponseWriter, r *http.Request) { http.ServeFile(w, r, kernel) })
 	mux.HandleFunc("/initramfs.img", func(w http.ResponseWriter, r *http.Request) { http.ServeFile(w, r, initrd) })
@@ -80,8 +90,8 @@ func TestHarnessPXEBoot(t *testing.T) {
 	}
 
 	vm := Start(t, Options{
-		Boot: "n", Memory: 256, NetNS: n.NetNS(),
-		NICs: []NIC{{Tap: tap, MAC: "52:54:00:aa:00:02"}},
+		Boot: "n", Memory: 512, NetNS: n.NetNS(), Firmware: fw,
+		NICs: []NIC{{Tap: tap, MAC: "52:54:00:aa:00:02", BootIndex: 1}},
 	})
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -96,6 +106,10 @@ func TestHarnessPXEBoot(t *testing.T) {
 		t.Fatalf("iPXE did not fetch the script (DHCP over the bridge failed?): %v", err)
 	}
 	if _, err := vm.Expect(3*time.Minute, NopInitPattern); err != nil {
+		t.Fatal(err)
+	}
+	want := map[Firmware]string{BIOS: "bios", UEFI: "uefi"}[fw]
+	if _, err := vm.Expect(time.Minute, `nopinit: firmware=`+want); err != nil {
 		t.Fatal(err)
 	}
 	mu.Lock()

@@ -1,0 +1,241 @@
+package qemutests
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+
+	"magestack/init/nsdo"
+	"magestack/init/stackfile"
+	"magestack/qemu-tests/qemu"
+)
+
+// pairStackYAML is a pair of hosts with a dedicated pair link and a witness
+// on the LAN; the website's VIP is 192.0.2.50.
+const pairStackYAML = `stack: pair
+hosts:
+  - {name: dh1, mac: "52:54:00:aa:01:01", address: 192.0.2.11/24, pair: dh2, pairlink: {mac: "52:54:00:aa:02:01", address: 10.99.0.1/30}}
+  - {name: dh2, mac: "52:54:00:aa:01:02", address: 192.0.2.12/24, pair: dh1, pairlink: {mac: "52:54:00:aa:02:02", address: 10.99.0.2/30}}
+public: {vip: 192.0.2.50/24}
+witness: 192.0.2.5:7700
+`
+
+var pairMAC = map[string]string{"dh1": "52:54:00:aa:01:01", "dh2": "52:54:00:aa:01:02"}
+
+// pairRig is two hosts, a witness and a website prober on a test LAN.
+type pairRig struct {
+	net     *qemu.Net
+	vms     map[string]*qemu.VM
+	prober  *prober
+	witness *lockedBuffer
+}
+
+func startPairRig(t *testing.T) *pairRig {
+	t.Helper()
+	im := qemu.RequireImage(t)
+	if _, err := stackfile.Parse("pair.yaml", []byte(pairStackYAML)); err != nil {
+		t.Fatalf("test stack: %v", err)
+	}
+	n := qemu.NewNet(t, "pair")
+	// The pair link is a second bridge in the same namespace.
+	for _, args := range [][]string{
+		{"ip", "link", "add", "br1", "type", "bridge"}, {"ip", "link", "set", "br1", "up"},
+		{"ip", "tuntap", "add", "dev", "tp-dh1", "mode", "tap"}, {"ip", "link", "set", "tp-dh1", "master", "br1", "up"},
+		{"ip", "tuntap", "add", "dev", "tp-dh2", "mode", "tap"}, {"ip", "link", "set", "tp-dh2", "master", "br1", "up"},
+	} {
+		if out, err := n.Run(args[0], args[1:]...); err != nil {
+			t.Fatalf("%v: %v %s", args, err, out)
+		}
+	}
+	dir := t.TempDir()
+	stackPath := filepath.Join(dir, "stack.yaml")
+	os.WriteFile(stackPath, []byte(pairStackYAML), 0o644)
+
+	w := n.AddClient("witness", "192.0.2.5/24")
+	var wlog lockedBuffer
+	cmd := exec.Command(im.Binary, "witness", "--stack", stackPath, "--data", "")
+	cmd.Stdout, cmd.Stderr = &wlog, &wlog
+	if err := w.Start(cmd); err != nil {
+		t.Fatal(err)
+	}
+	// The witness's machine also serves the stack file to the hosts.
+	var ln net.Listener
+	if err := w.Do(func() (err error) { ln, err = net.Listen("tcp", "192.0.2.5:8000"); return err }); err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.FileServer(http.Dir(dir))}
+	go srv.Serve(ln)
+	t.Cleanup(func() {
+		srv.Close()
+		if t.Failed() {
+			t.Logf("witness output:\n%s", wlog.String())
+		}
+	})
+
+	r := &pairRig{net: n, vms: map[string]*qemu.VM{}, witness: &wlog}
+	for i, host := range []string{"dh1", "dh2"} {
+		tap := n.AddTap("tl-" + host)
+		opts := im.Options(fmt.Sprintf("ip=192.0.2.1%d::192.0.2.1:255.255.255.0:%s:eth0:off magestack.host=%s magestack.config=http://192.0.2.5:8000/stack.yaml",
+			i+1, host, host))
+		opts.Name = host
+		opts.Memory = 1536
+		opts.NetNS = n.NetNS()
+		opts.Watchdog = true
+		opts.NICs = []qemu.NIC{{Tap: tap, MAC: pairMAC[host], ROM: "none"}, {Tap: "tp-" + host, MAC: fmt.Sprintf("52:54:00:aa:02:0%d", i+1), ROM: "none"}}
+		r.vms[host] = qemu.Start(t, opts)
+	}
+	for _, host := range []string{"dh1", "dh2"} {
+		if _, err := r.vms[host].Expect(10*time.Minute, qemu.ReadyPattern); err != nil {
+			t.Fatalf("%s: %v", host, err)
+		}
+	}
+	client := n.AddClient("client", "192.0.2.100/24")
+	r.prober = startProber(t, client, "http://192.0.2.50/", 100*time.Millisecond)
+	return r
+}
+
+// prober requests the website through the VIP every interval and records,
+// per request, whether it was answered and which host's MAC the VIP had.
+type prober struct {
+	mu      sync.Mutex
+	results []probe
+}
+
+type probe struct {
+	at  time.Time
+	ok  bool
+	mac string
+}
+
+func startProber(t *testing.T, ns *qemu.Namespace, url string, every time.Duration) *prober {
+	p := &prober{}
+	h, err := netns.GetFromName(ns.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := &http.Client{Timeout: 500 * time.Millisecond, Transport: &http.Transport{
+		DialContext: nsdo.DialContext(h), DisableKeepAlives: true}}
+	var nl *netlink.Handle
+	if nl, err = netlink.NewHandleAt(h); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			r := probe{at: time.Now()}
+			if resp, err := client.Get(url); err == nil {
+				r.ok = resp.StatusCode == 200
+				resp.Body.Close()
+			}
+			if neighs, err := nl.NeighList(0, netlink.FAMILY_V4); err == nil {
+				for _, n := range neighs {
+					if n.IP.String() == "192.0.2.50" && len(n.HardwareAddr) == 6 {
+						r.mac = n.HardwareAddr.String()
+					}
+				}
+			}
+			p.mu.Lock()
+			p.results = append(p.results, r)
+			p.mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() { cancel(); <-done; nl.Close(); h.Close() })
+	return p
+}
+
+// waitOK waits for an answered request after since, served by host's MAC.
+func (p *prober) waitOK(t *testing.T, since time.Time, mac string, within time.Duration) time.Time {
+	t.Helper()
+	deadline := time.Now().Add(qemu.Scale(within))
+	for time.Now().Before(deadline) {
+		p.mu.Lock()
+		for _, r := range p.results {
+			if r.at.After(since) && r.ok && (mac == "" || r.mac == mac) {
+				p.mu.Unlock()
+				return r.at
+			}
+		}
+		p.mu.Unlock()
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("the website did not answer through the VIP (from %s) within %v", mac, within)
+	return time.Time{}
+}
+
+// macs lists the distinct MACs that answered after since.
+func (p *prober) macs(since time.Time) []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	seen := map[string]bool{}
+	var out []string
+	for _, r := range p.results {
+		if r.at.After(since) && r.ok && !seen[r.mac] {
+			seen[r.mac] = true
+			out = append(out, r.mac)
+		}
+	}
+	return out
+}
+
+// TestFailoverPairLinkCutThenHardwareLoss: cutting only the pair link
+// changes nothing; killing the host that serves the website (hardware
+// loss) moves its roles and the VIP to its peer, and the website answers
+// again from the peer.
+func TestFailoverPairLinkCutThenHardwareLoss(t *testing.T) {
+	qemu.Require(t)
+	r := startPairRig(t)
+	start := time.Now()
+	r.prober.waitOK(t, start, pairMAC["dh1"], 2*time.Minute)
+
+	// Cut only the pair link: heartbeats still flow over the LAN.
+	if err := r.vms["dh1"].SetLink("net1", false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.vms["dh2"].Expect(30*time.Second, `heartbeat: path dead.*peer=dh1 path=pair`); err != nil {
+		t.Errorf("losing the pair link was not reported: %v", err)
+	}
+	for _, h := range []string{"dh1", "dh2"} {
+		if err := r.vms[h].ExpectNot(5*time.Second, `failover: moving instances`); err != nil {
+			t.Errorf("%s: a pair-link cut caused a failover: %v", h, err)
+		}
+	}
+	r.vms["dh1"].SetLink("net1", true)
+
+	// Hardware loss of dh1, which holds lb1 and the VIP.
+	lost := time.Now()
+	r.vms["dh1"].Kill()
+	back := r.prober.waitOK(t, lost, pairMAC["dh2"], 3*time.Minute)
+	t.Logf("website answered again from dh2 %v after dh1 was lost", back.Sub(lost))
+	// The raft leader decides: dh2 itself, or the witness.
+	moved := regexp.MustCompile(`failover: moving instances.*from=dh1 to=dh2`)
+	if !moved.MatchString(r.vms["dh2"].Console()) && !moved.MatchString(r.witness.String()) {
+		t.Error("neither dh2 nor the witness logged the move of dh1's instances")
+	}
+	if got := r.prober.macs(back); len(got) != 1 || got[0] != pairMAC["dh2"] {
+		t.Errorf("after the failover the VIP answered from %v, want only dh2 %s", got, pairMAC["dh2"])
+	}
+	if strings.Contains(r.vms["dh2"].Console(), "Kernel panic") {
+		t.Error("dh2 panicked")
+	}
+}
