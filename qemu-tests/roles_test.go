@@ -155,7 +155,7 @@ func TestRolesMemoryHogOOMKilledOthersKeepServing(t *testing.T) {
 	t.Cleanup(func() { srv.Close() })
 	cfg := fmt.Sprintf("magestack.config=http://10.0.2.2:%d/stack.yaml", l.Addr().(*net.TCPAddr).Port)
 
-	vm, url := bootWithWebForward(t, "memhog", cfg)
+	vm, url := bootWithWebForward(t, "memhog", cfg+" magestack.console=shell")
 	if _, err := vm.Expect(6*time.Minute, qemu.ReadyPattern); err != nil {
 		t.Fatal(err)
 	}
@@ -167,6 +167,28 @@ func TestRolesMemoryHogOOMKilledOthersKeepServing(t *testing.T) {
 		}
 		waitBody(t, url, "website via lb1", time.Minute)
 	}
+	// On the operator console: the limit from the stack file is web1's
+	// memory.max, the kills are counted there, and every role is ready.
+	run := func(cmd string, patterns ...string) {
+		t.Helper()
+		if err := vm.SendConsole(cmd + "; echo @@rc=$?@@\n"); err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range patterns {
+			if _, err := vm.Expect(2*time.Minute, p); err != nil {
+				t.Fatalf("%s: %v", cmd, err)
+			}
+		}
+		if m, err := vm.Expect(2*time.Minute, `@@rc=(\d+)@@`); err != nil || m[1] != "0" {
+			t.Fatalf("%s: exit %v, %v", cmd, m, err)
+		}
+	}
+	run("cat /sys/fs/cgroup/magestack/web1/memory.max", `(?m)^67108864\s*$`)
+	run("grep oom_kill /sys/fs/cgroup/magestack/web1/memory.events", `(?m)^oom_kill [1-9]`)
+	run("cat /sys/fs/cgroup/magestack/web1/cgroup.subtree_control", `memory`)
+	run("magestack status", `(?m)^fw1\s+ready`, `(?m)^mail1\s+ready`, `(?m)^db1\s+ready`,
+		`(?m)^web1\s+ready`, `(?m)^lb1\s+ready`, `(?m)^acc1\s+ready`, `(?m)^monitor1\s+ready`)
+
 	// Only the hog died: no role exited or was OOM-killed besides web1.
 	sc := bufio.NewScanner(strings.NewReader(vm.Console()))
 	for sc.Scan() {
