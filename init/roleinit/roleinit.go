@@ -9,7 +9,9 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -180,41 +182,13 @@ func setupCgroup(dir string) (string, error) {
 	}
 	avail, _ := os.ReadFile(filepath.Join(base, "cgroup.controllers"))
 	for _, c := range []string{"cpu", "memory", "pids"} {
-		if containsWord(string(avail), c) {
+		if slices.Contains(strings.Fields(string(avail)), c) {
 			if err := os.WriteFile(filepath.Join(base, "cgroup.subtree_control"), []byte("+"+c), 0); err != nil {
 				return "", fmt.Errorf("cgroup %s: enable %s for services: %w", dir, c, err)
 			}
 		}
 	}
 	return base, nil
-}
-
-func containsWord(s, w string) bool {
-	for _, f := range splitFields(s) {
-		if f == w {
-			return true
-		}
-	}
-	return false
-}
-
-func splitFields(s string) []string {
-	var out []string
-	start := -1
-	for i, r := range s {
-		if r == ' ' || r == '\n' || r == '\t' {
-			if start >= 0 {
-				out = append(out, s[start:i])
-				start = -1
-			}
-		} else if start < 0 {
-			start = i
-		}
-	}
-	if start >= 0 {
-		out = append(out, s[start:])
-	}
-	return out
 }
 
 // addServices registers the payload's services in order, each in its own
