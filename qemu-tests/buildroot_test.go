@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"magestack/buildroot/initramfs"
+	"magestack/init/firewall"
 	"magestack/qemu-tests/qemu"
 )
 
@@ -36,8 +37,8 @@ for bus in pci virtio; do
 done
 # busybox modprobe ignores softdeps: libcrc32c's "pre: crc32c" is loaded first by hand.
 check modprobe-crc32c $bb modprobe crc32c_generic
-for m in nf_tables nft-chain-2-nat nft-expr-masq nft_ct nft_limit nf_conntrack \
-         bridge veth vxlan 8021q tun wireguard drbd i6300esb ext4 fs-overlay fs-squashfs loop vfat; do
+for m in nft-chain-2-nat nft-expr-masq bridge veth vxlan 8021q tun wireguard drbd i6300esb \
+         ext4 fs-overlay fs-squashfs loop vfat button evdev @FIREWALL_MODULES@; do
 	check modprobe-$m $bb modprobe $m
 done
 check watchdog-device $bb test -c /dev/watchdog
@@ -116,7 +117,9 @@ func prependOverlay(base, dst, busybox string) error {
 	if err := a.File("bin/busybox", busybox); err != nil {
 		return err
 	}
-	if err := a.Bytes("etc/buildroot-check.sh", []byte(imageCheckScript), 0o755); err != nil {
+	// The modules init/firewall loads by name must all be in the image.
+	script := strings.ReplaceAll(imageCheckScript, "@FIREWALL_MODULES@", strings.Join(firewall.Modules, " "))
+	if err := a.Bytes("etc/buildroot-check.sh", []byte(script), 0o755); err != nil {
 		return err
 	}
 	if err := a.Dir("mnt", 0o755); err != nil {
