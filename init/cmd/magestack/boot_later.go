@@ -218,6 +218,9 @@ func (b *bootEnv) clusterRoles(ctx context.Context, st *stackfile.Stack, host st
 		if err := roleenv.EnsureBridge(netns.None(), roleenv.DefaultBridge, netip.PrefixFrom(gw, st.Internal.Bits())); err != nil {
 			return err
 		}
+		if err := roleenv.EnableForwarding(netns.None()); err != nil {
+			return err
+		}
 		dataDir := ""
 		if isMountPoint(stateDir) {
 			dataDir = filepath.Join(stateDir, "cluster")
