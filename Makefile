@@ -38,11 +38,14 @@ INITRAMFS_EXTRA ?=
 # lists, test overlays), put the others in front of initramfs.img.
 INITRAMFS_COMPRESS ?= lz4
 
-# Sources of the binary: every non-test file of its packages (embedded files
-# included), not the build tooling or the QEMU scenarios.
-MAGESTACK_SRC := $(shell find init services images firmware -type f -not -name '*_test.go' -not -path '*/testdata/*' 2>/dev/null) go.mod go.sum
-BUILDROOT_SRC := $(shell find buildroot -name '*.go' -not -name '*_test.go') go.mod go.sum
-IMAGES_SRC := $(shell find images -type f -not -name '*_test.go' -not -path '*/testdata/*' 2>/dev/null)
+# Sources of each program: the non-test Go and embedded files of every
+# package it imports from this module (go list), so a change anywhere the
+# binary depends on rebuilds it and nothing else does. find is the fallback
+# when go list cannot answer.
+gosrc = $(or $(shell CGO_ENABLED=0 $(GO) list -e -deps -f '{{if and .Module .Module.Main}}{{$$d := .Dir}}{{range .GoFiles}}{{$$d}}/{{.}} {{end}}{{range .EmbedFiles}}{{$$d}}/{{.}} {{end}}{{end}}' $(1) 2>/dev/null),$(shell find $(2) -type f -not -name '*_test.go' -not -path '*/testdata/*' 2>/dev/null)) go.mod go.sum
+MAGESTACK_SRC := $(call gosrc,./init/cmd/magestack,init services images firmware)
+BUILDROOT_SRC := $(call gosrc,./buildroot/cmd/mkinitramfs,buildroot)
+IMAGES_SRC := $(call gosrc,./images/cmd/mkimage,images)
 
 QEMU ?= qemu-system-x86_64
 RUN_MEM ?= 2048
