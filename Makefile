@@ -1,6 +1,7 @@
 # magestack build, run and test entry points. See README.md.
 #   make image   build/magestack (static), build/vmlinuz, build/initramfs.img
 #   make run     boot the default single-host stack in QEMU (console here)
+#   make images  role images and their disk, build/images.img
 #   make test    test-unit (go vet + go test) then test-qemu (the VM scenarios)
 #   make bench   the benchmark figures
 # Everything is file-based: with nothing changed, `make image` does nothing.
@@ -46,12 +47,13 @@ gosrc = $(or $(shell CGO_ENABLED=0 $(GO) list -e -deps -f '{{if and .Module .Mod
 MAGESTACK_SRC := $(call gosrc,./init/cmd/magestack,init services images firmware)
 BUILDROOT_SRC := $(call gosrc,./buildroot/cmd/mkinitramfs,buildroot)
 IMAGES_SRC := $(call gosrc,./images/cmd/mkimage,images)
+MKIMAGES_SRC := $(call gosrc,./images/cmd/mkimages,images)
 
 QEMU ?= qemu-system-x86_64
 RUN_MEM ?= 2048
 RUN_APPEND ?= console=ttyS0 quiet panic=-1 magestack.console=shell
 
-.PHONY: all image kernel initramfs run test test-unit test-qemu bench clean distclean
+.PHONY: all image images kernel initramfs run test test-unit test-qemu bench clean distclean
 
 all: image
 
@@ -91,6 +93,17 @@ $(BUILD)/initramfs.img: $(BUILD)/magestack $(BUILD)/mkinitramfs $(KERNEL_VERSION
 		-tree $(BUSYBOX_IMAGE):/usr/share/magestack/images/busybox \
 		$(INITRAMFS_EXTRA)
 
+# Role images: images/recipes built with mmdebstrap into squashfs files
+# (cached by recipe hash outside the clone: an unchanged recipe is not
+# rebuilt), build/images/manifest.json, and the MAGESTACK-IMAGES disk
+# build/images.img the QEMU scenarios attach. Minutes with a cold cache.
+MKIMAGES_FLAGS ?=
+images: $(BUILD)/images.img
+
+$(BUILD)/images.img: $(MKIMAGES_SRC)
+	@mkdir -p $(BUILD)/images
+	$(GORUN) ./images/cmd/mkimages -o $(BUILD)/images -disk $@ $(MKIMAGES_FLAGS)
+
 # Host programs come from Debian packages; say so instead of "no rule".
 $(INITRAMFS_BINS) /bin/busybox:
 	@echo "missing $@: install the build dependencies with buildroot/install-deps.sh" >&2; exit 1
@@ -120,7 +133,7 @@ test-unit: $(BUILD)/vmlinuz
 # failures are repeated at the end so they are not lost in the scroll.
 # QEMU_RUN=<regexp> runs only the matching scenarios.
 QEMU_RUN ?=
-test-qemu: image
+test-qemu: image images
 	@set -o pipefail; MAGESTACK_QEMU=1 MAGESTACK_BUILD=$(BUILD) \
 		$(GO) test -count=1 -timeout 60m -v $(if $(QEMU_RUN),-run '$(QEMU_RUN)') ./qemu-tests/... 2>&1 | tee $(BUILD)/test-qemu.log; \
 	rc=$$?; echo "---- test-qemu summary (full log: build/test-qemu.log) ----"; \
@@ -132,7 +145,7 @@ bench: image
 # clean keeps the downloaded kernel; distclean removes all of build/.
 clean:
 	rm -rf $(BUILD)/magestack $(BUILD)/vmlinuz $(BUILD)/initramfs.img $(BUILD)/mkinitramfs \
-		$(BUSYBOX_IMAGE) $(BUSYBOX_IMAGE_STAMP) $(BUILD)/test-qemu.log
+		$(BUSYBOX_IMAGE) $(BUSYBOX_IMAGE_STAMP) $(BUILD)/test-qemu.log $(BUILD)/images.img
 
 distclean:
 	rm -rf $(BUILD)

@@ -9,12 +9,13 @@ cd "$(dirname "$0")/.."
 # kernel package, curl/unzip/ca-certificates for the Go toolchain.
 # Image: drbd-utils and e2fsprogs are copied into the initramfs (Makefile
 # INITRAMFS_BINS); busybox-static is the test role image; kmod's depmod
-# cross-checks the generated modules.dep.
+# cross-checks the generated modules.dep; mmdebstrap + squashfs-tools build
+# the role images (make images).
 # Tests: QEMU (TCG), iPXE and OVMF for netboot, nftables/iproute2/dnsmasq
 # for fixtures, wireguard-tools for the VPN client side.
 pkgs=(make git ca-certificates curl unzip dpkg apt
       qemu-system-x86 qemu-utils ipxe-qemu ipxe ovmf
-      busybox-static drbd-utils e2fsprogs kmod
+      busybox-static drbd-utils e2fsprogs kmod mmdebstrap squashfs-tools
       nftables iproute2 dnsmasq-base wireguard-tools cpio zstd xz-utils)
 missing=()
 for p in "${pkgs[@]}"; do
