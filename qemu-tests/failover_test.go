@@ -30,6 +30,9 @@ hosts:
   - {name: dh2, mac: "52:54:00:aa:01:02", address: 192.0.2.12/24, pair: dh1, pairlink: {mac: "52:54:00:aa:02:02", address: 10.99.0.2/30}}
 public: {vip: 192.0.2.50/24}
 witness: 192.0.2.5:7700
+# Emulated CPUs on a shared 2-core machine stall for hundreds of ms: detect
+# loss after 3 s here (1 s is the default for real hardware).
+cluster: {suspect: 1s, dead: 3s}
 `
 
 var pairMAC = map[string]string{"dh1": "52:54:00:aa:01:01", "dh2": "52:54:00:aa:01:02"}

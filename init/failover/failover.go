@@ -92,6 +92,8 @@ type Controller struct {
 	lastMove  map[string]time.Time
 	warned    map[string]time.Time
 	failovers []Failover
+	// stopWhy is why the last enforcement stops instances (its loop only).
+	stopWhy string
 	// moving holds instances released by a move in progress, so placement
 	// does not hand them back meanwhile.
 	moving map[string]bool
@@ -125,6 +127,7 @@ func (c *Controller) Run(ctx context.Context) {
 	for {
 		select {
 		case <-ctx.Done():
+			c.stopWhy = "shutting down"
 			stopCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			c.enforce(stopCtx, map[string]bool{})
 			cancel()
@@ -149,7 +152,9 @@ func (c *Controller) Step(ctx context.Context) {
 	table := c.cfg.Cluster.Table()
 	if c.cfg.Runtime != nil {
 		want := map[string]bool{}
+		c.stopWhy = "lost contact with the cluster majority"
 		if c.cfg.Cluster.InMajority() {
+			c.stopWhy = "ownership moved"
 			for _, o := range table {
 				if o.Owner == c.cfg.Self {
 					want[o.Instance] = true
@@ -188,7 +193,7 @@ func (c *Controller) enforce(ctx context.Context, want map[string]bool) {
 	slices.SortFunc(start, func(a, b string) int { return order[a] - order[b] })
 	if c.cfg.Runtime != nil {
 		for _, inst := range stop {
-			c.log.Info("failover: stopping instance", "instance", inst, "why", c.whyStop())
+			c.log.Info("failover: stopping instance", "instance", inst, "why", c.stopWhy)
 			if err := c.cfg.Runtime.Stop(ctx, inst); err != nil {
 				c.log.Error("failover: stop failed", "instance", inst, "err", err)
 				continue
@@ -221,13 +226,6 @@ func (c *Controller) enforce(ctx context.Context, want map[string]bool) {
 	if changed && c.cfg.VIP != nil {
 		c.cfg.VIP(hold)
 	}
-}
-
-func (c *Controller) whyStop() string {
-	if !c.cfg.Cluster.InMajority() {
-		return "lost contact with the cluster majority"
-	}
-	return "ownership moved"
 }
 
 func roleOf(instance string) string {

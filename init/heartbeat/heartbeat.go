@@ -83,10 +83,11 @@ type Monitor struct {
 	dsts  [][]peerAddr
 	start time.Time
 
-	mu    sync.Mutex
-	seen  map[string]map[string]time.Time // peer → path → last heard
-	state map[string]State                // peer → overall, and peer+"/"+path
-	seq   uint64
+	mu       sync.Mutex
+	lastEval time.Time
+	seen     map[string]map[string]time.Time // peer → path → last heard
+	state    map[string]State                // peer → overall, and peer+"/"+path
+	seq      uint64
 }
 
 type peerAddr struct {
@@ -277,6 +278,22 @@ func (m *Monitor) classify(age time.Duration, heard bool) State {
 func (m *Monitor) evaluate(now time.Time) {
 	var changes []Change
 	m.mu.Lock()
+	// When this member itself stalled (a paused VM, a starved CPU), its
+	// peers' silence is its own: shift what it heard by the stall instead
+	// of declaring everyone dead the moment it runs again.
+	if !m.lastEval.IsZero() {
+		if gap := now.Sub(m.lastEval); gap > m.cfg.Suspect/2 {
+			stall := gap - m.cfg.Interval/4
+			for _, paths := range m.seen {
+				for p, t := range paths {
+					paths[p] = t.Add(stall)
+				}
+			}
+			m.start = m.start.Add(stall)
+			m.log.Warn("heartbeat: this member stalled; peers' silence during it is not counted", "stall", stall.Round(time.Millisecond))
+		}
+	}
+	m.lastEval = now
 	peers := map[string]bool{}
 	for _, d := range m.dsts {
 		for _, p := range d {

@@ -169,3 +169,34 @@ func waitFor(t *testing.T, what string, within time.Duration, cond func() bool) 
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// TestOwnStallIsNotPeersDeath: when the observer itself was not running
+// for longer than the dead time, the peer is not declared dead for it.
+func TestOwnStallIsNotPeersDeath(t *testing.T) {
+	m, err := New(Config{ID: "dh2", Paths: []Path{{Name: "lan", Local: "127.0.0.1:0", Peers: map[string]string{"dh1": "127.0.0.1:9"}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	t0 := time.Now()
+	m.start = t0
+	m.seen["dh1"] = map[string]time.Time{"lan": t0}
+	m.evaluate(t0.Add(50 * time.Millisecond))
+	if st := m.Peer("dh1"); st != Alive {
+		t.Fatalf("fresh peer is %s", st)
+	}
+	// This member stalls for 3 s, then runs again before any packet.
+	m.evaluate(t0.Add(3050 * time.Millisecond))
+	if st := m.Peer("dh1"); st == Dead {
+		t.Fatal("the observer's own stall made the peer dead")
+	}
+	// Real silence after the stall still counts.
+	m.evaluate(t0.Add(3100 * time.Millisecond))
+	m.evaluate(t0.Add(3150 * time.Millisecond))
+	for now := t0.Add(3200 * time.Millisecond); now.Before(t0.Add(4300 * time.Millisecond)); now = now.Add(25 * time.Millisecond) {
+		m.evaluate(now)
+	}
+	if st := m.Peer("dh1"); st != Dead {
+		t.Fatalf("a peer silent for a dead time after the stall is %s, want dead", st)
+	}
+}

@@ -43,7 +43,9 @@ func New(link string, addr netip.Prefix, log *slog.Logger) (*Holder, error) {
 	if !addr.Addr().Is4() {
 		return nil, fmt.Errorf("vip %s: only IPv4 addresses are announced with ARP", addr)
 	}
-	nl, err := netlink.NewHandle()
+	// Route netlink only: kernels without XFRM refuse a handle that asks
+	// for every family.
+	nl, err := netlink.NewHandle(unix.NETLINK_ROUTE)
 	if err != nil {
 		return nil, fmt.Errorf("vip: netlink: %w", err)
 	}
