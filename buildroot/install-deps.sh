@@ -12,11 +12,14 @@ cd "$(dirname "$0")/.."
 # cross-checks the generated modules.dep; mmdebstrap + squashfs-tools build
 # the role images (make images).
 # Tests: QEMU (TCG), iPXE and OVMF for netboot, nftables/iproute2/dnsmasq
-# for fixtures, wireguard-tools for the VPN client side.
+# for fixtures, wireguard-tools + wireguard-go for the VPN client side,
+# fdisk/mount/util-linux (sfdisk, losetup, nsenter) for disk and namespace
+# fixtures.
 pkgs=(make git ca-certificates curl unzip dpkg apt
       qemu-system-x86 qemu-utils ipxe-qemu ipxe ovmf
       busybox-static drbd-utils e2fsprogs kmod mmdebstrap squashfs-tools
-      nftables iproute2 dnsmasq-base wireguard-tools cpio zstd xz-utils)
+      nftables iproute2 dnsmasq-base wireguard-tools wireguard-go fdisk mount util-linux
+      cpio zstd xz-utils lz4)
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")
