@@ -235,7 +235,8 @@ func TestFailoverPairLinkCutThenHardwareLoss(t *testing.T) {
 	if !moved.MatchString(r.vms["dh2"].Console()) && !moved.MatchString(r.witness.String()) {
 		t.Error("neither dh2 nor the witness logged the move of dh1's instances")
 	}
-	if got := r.prober.macs(back); len(got) != 1 || got[0] != pairMAC["dh2"] {
+	time.Sleep(qemu.Scale(3 * time.Second))
+	if got := r.prober.macs(back.Add(-time.Nanosecond)); len(got) != 1 || got[0] != pairMAC["dh2"] {
 		t.Errorf("after the failover the VIP answered from %v, want only dh2 %s", got, pairMAC["dh2"])
 	}
 	if strings.Contains(r.vms["dh2"].Console(), "Kernel panic") {
