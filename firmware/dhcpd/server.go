@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/netip"
 	"runtime/debug"
-	"strings"
 	"time"
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
@@ -218,26 +217,24 @@ func (s *Server) answer(req *dhcpv4.DHCPv4, typ dhcpv4.MessageType, addr netip.A
 	if cid := req.Options.Get(dhcpv4.OptionClientIdentifier); cid != nil {
 		mods = append(mods, dhcpv4.WithOption(dhcpv4.OptGeneric(dhcpv4.OptionClientIdentifier, cid)))
 	}
-	mods = append(mods, bootMods(req, server, file)...)
+	mods = append(mods, bootMods(server, file)...)
 	return dhcpv4.NewReplyFromRequest(req, mods...)
 }
 
-// bootMods adds the boot file: in the header and option 67, the TFTP server
-// in siaddr and option 66, and "PXEClient" in option 60 which PXE ROMs look
-// for before trusting boot information.
-func bootMods(req *dhcpv4.DHCPv4, server net.IP, file string) []dhcpv4.Modifier {
+// bootMods adds the boot file: in the header and option 67, and the TFTP
+// server in siaddr and option 66. A full-DHCP answer deliberately carries no
+// "PXEClient" option 60: UEFI's PXE takes such an offer as a BINL one and
+// asks a boot server on port 4011 for the file instead of using it, while
+// a plain offer with a boot file is what every PXE ROM boots from directly.
+func bootMods(server net.IP, file string) []dhcpv4.Modifier {
 	if file == "" {
 		return nil
 	}
-	mods := []dhcpv4.Modifier{
+	return []dhcpv4.Modifier{
 		func(d *dhcpv4.DHCPv4) { d.BootFileName = file },
 		dhcpv4.WithOption(dhcpv4.OptBootFileName(file)),
 		dhcpv4.WithOption(dhcpv4.OptTFTPServerName(server.String())),
 	}
-	if strings.HasPrefix(req.ClassIdentifier(), "PXEClient") {
-		mods = append(mods, dhcpv4.WithOption(dhcpv4.OptClassIdentifier("PXEClient")))
-	}
-	return mods
 }
 
 // pxeDiscoveryControl is vendor option 43 sub-option 6 = 8: skip boot-server
@@ -273,7 +270,7 @@ func (s *Server) replyProxy(req *dhcpv4.DHCPv4) (*dhcpv4.DHCPv4, error) {
 		dhcpv4.WithOption(dhcpv4.OptClassIdentifier("PXEClient")),
 		dhcpv4.WithOption(dhcpv4.OptGeneric(dhcpv4.OptionVendorSpecificInformation, pxeDiscoveryControl)),
 	}
-	mods = append(mods, bootMods(req, server, file)...)
+	mods = append(mods, bootMods(server, file)...)
 	resp, err := dhcpv4.NewReplyFromRequest(req, mods...)
 	if err == nil {
 		s.event(Event{MAC: mac, Kind: kind, Firmware: fw, Bootfile: file})

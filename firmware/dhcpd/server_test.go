@@ -94,6 +94,9 @@ func TestFullModeExchange(t *testing.T) {
 	if offer.BootFileName != "ipxe.efi" || offer.ServerIPAddr.String() != "10.77.0.1" {
 		t.Errorf("boot file %q next-server %v, want ipxe.efi from 10.77.0.1", offer.BootFileName, offer.ServerIPAddr)
 	}
+	if offer.ClassIdentifier() != "" {
+		t.Errorf("full-mode offer carries option 60 %q: UEFI would take it for a BINL offer", offer.ClassIdentifier())
+	}
 	if got := offer.IPAddressLeaseTime(0); got != time.Minute {
 		t.Errorf("lease time option = %v, want 1m", got)
 	}
