@@ -59,7 +59,8 @@ exec /usr/sbin/nginx -c /etc/nginx/nginx.conf -g 'daemon off;'
 		}},
 	"db": {Caps: caps("CAP_IPC_LOCK", "CAP_SYS_RESOURCE"),
 		Files: []File{script(libexec+"mariadb", `mkdir -p /run/mysqld /data/mysql
-chown mysql:mysql /run/mysqld /data/mysql
+# mariadbd reads its init file after dropping to mysql.
+chown mysql:mysql /run/mysqld /data/mysql /etc/mysql/magestack-init.sql
 if [ ! -d /data/mysql/mysql ]; then
 	mariadb-install-db --user=mysql --datadir=/data/mysql --skip-test-db --auth-root-authentication-method=socket >/dev/null
 fi
