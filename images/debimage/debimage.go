@@ -332,4 +332,3 @@ func lock(ctx context.Context, path string) (func(), error) {
 		}
 	}
 }
-
