@@ -138,3 +138,37 @@ func TestFindDisksByLabel(t *testing.T) {
 		t.Fatalf("FindDisks = %v, %v; want only vdb", got, err)
 	}
 }
+
+// TestBuiltImagesDisk opens the images disk `make images` wrote
+// (build/images.img) the way a host does and verifies every image on it.
+func TestBuiltImagesDisk(t *testing.T) {
+	needLoop(t)
+	disk := "../../build/images.img"
+	if _, err := os.Stat(disk); err != nil {
+		t.Skipf("no %s (make images): %v", disk, err)
+	}
+	dev, f, err := AttachLoop(disk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	mnt := filepath.Join(t.TempDir(), "disk")
+	unmount(t, mnt)
+	s, err := Open(context.Background(), nil, Options{Device: dev, MountDir: mnt})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := manifest.Read(mnt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(m.Images) == 0 || len(s.Names()) != len(m.Images) {
+		t.Fatalf("verified %v of %d images", s.Names(), len(m.Images))
+	}
+	for _, im := range m.Images {
+		if s.Path(im.Name) == "" {
+			t.Errorf("image %s not verified", im.Name)
+		}
+	}
+	t.Logf("verified %v", s.Names())
+}
