@@ -31,8 +31,8 @@ var debianPayloads = map[string]Payload{
 		Files: []File{script(libexec+"haproxy", `mkdir -p /run/haproxy
 haproxy -c -q -f /etc/haproxy/haproxy.cfg
 exec /usr/sbin/haproxy -W -db -f /etc/haproxy/haproxy.cfg
-`), script(libexec+"varnish", `mkdir -p /run/varnish
-exec /usr/sbin/varnishd -F -a 127.0.0.1:6081 -f /etc/varnish/magestack.vcl -s malloc,64m -n /run/varnish
+`), script(libexec+"varnish", `mkdir -p /tmp/varnish
+exec /usr/sbin/varnishd -F -a 127.0.0.1:6081 -f /etc/varnish/magestack.vcl -s malloc,64m -n /tmp/varnish
 `)},
 		Services: []Service{
 			// Varnish runs only when roles.lb.settings.varnish is "true";
