@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"magestack/images/manifest"
@@ -42,7 +43,7 @@ func BuildAll(ctx context.Context, rs []recipes.Recipe, extras []Extra, outDir s
 		}
 		results = append(results, res)
 		file := r.Role + ".squashfs"
-		if err := copyFile(res.Path, filepath.Join(outDir, file)); err != nil {
+		if err := syncFile(res.Path, filepath.Join(outDir, file), res.SHA256, res.Size); err != nil {
 			return nil, results, fmt.Errorf("image %s: %w", r.Role, err)
 		}
 		m.Images = append(m.Images, manifest.Image{Name: r.Role, File: file, Size: res.Size, SHA256: res.SHA256,
@@ -74,6 +75,16 @@ func abs(p string) string {
 		return p
 	}
 	return a
+}
+
+// syncFile makes dst a copy of src unless it already holds the digest.
+func syncFile(src, dst, sha string, size int64) error {
+	if fi, err := os.Stat(dst); err == nil && fi.Size() == size {
+		if got, _, err := FileDigest(dst); err == nil && got == sha {
+			return nil
+		}
+	}
+	return copyFile(src, dst)
 }
 
 // copyFile copies src to dst through a temporary name and a rename.
@@ -126,8 +137,11 @@ func MakeDisk(ctx context.Context, dir, out string, epoch int64, opts Options) e
 	}
 	for _, f := range files {
 		dst := filepath.Join(stage, f)
-		if err := copyFile(filepath.Join(dir, f), dst); err != nil {
-			return fmt.Errorf("images disk: %w", err)
+		// mke2fs only reads the files: a hard link spares a copy.
+		if err := os.Link(filepath.Join(dir, f), dst); err != nil {
+			if err := copyFile(filepath.Join(dir, f), dst); err != nil {
+				return fmt.Errorf("images disk: %w", err)
+			}
 		}
 		if err := os.Chtimes(dst, when, when); err != nil {
 			return err
@@ -168,6 +182,24 @@ func MakeDisk(ctx context.Context, dir, out string, epoch int64, opts Options) e
 	env := append(os.Environ(), "E2FSPROGS_FAKE_TIME="+strconv.FormatInt(epoch, 10), "SOURCE_DATE_EPOCH="+strconv.FormatInt(epoch, 10))
 	if err := run(ctx, opts, env, "mke2fs", "-q", "-F", "-t", "ext4", "-O", "^has_journal", "-m", "0",
 		"-L", DiskLabel, "-U", uuid, "-E", "hash_seed="+uuid+",root_owner=0:0", "-d", stage, tmp); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("images disk: %w", err)
+	}
+	// mke2fs -d copies each file's times, and the change time (and the
+	// access time of a file read meanwhile) cannot be set beforehand: pin
+	// them to the epoch so the disk's bytes do not depend on when the
+	// files were written.
+	var script strings.Builder
+	for _, f := range files {
+		for _, field := range []string{"atime", "mtime", "ctime"} {
+			fmt.Fprintf(&script, "set_inode_field /%s %s @%d\n", f, field, epoch)
+		}
+	}
+	scriptFile := filepath.Join(stage, ".ctime")
+	if err := os.WriteFile(scriptFile, []byte(script.String()), 0o600); err != nil {
+		return err
+	}
+	if err := run(ctx, opts, env, "debugfs", "-w", "-f", scriptFile, tmp); err != nil {
 		os.Remove(tmp)
 		return fmt.Errorf("images disk: %w", err)
 	}
