@@ -151,3 +151,44 @@ func digestErrorFor(err error, name string) *DigestError {
 	}
 	return nil
 }
+
+func TestPublish(t *testing.T) {
+	ctx := context.Background()
+	src, builtin, root := t.TempDir(), t.TempDir(), t.TempDir()
+	writeImages(t, src, map[string]string{"web": "web image", "db": "db image"})
+	os.Mkdir(filepath.Join(builtin, "busybox"), 0o755)
+	os.Mkdir(filepath.Join(builtin, "web"), 0o755) // shadowed by the verified web image
+	s := New(nil, "")
+	if _, err := s.Load(ctx, src); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Publish(root, builtin); err != nil {
+		t.Fatal(err)
+	}
+	links := map[string]string{}
+	ents, _ := os.ReadDir(root)
+	for _, e := range ents {
+		links[e.Name()], _ = os.Readlink(filepath.Join(root, e.Name()))
+	}
+	want := map[string]string{
+		"web.squashfs": filepath.Join(src, "web.squashfs"), "db.squashfs": filepath.Join(src, "db.squashfs"),
+		"busybox": filepath.Join(builtin, "busybox"),
+	}
+	if len(links) != len(want) {
+		t.Fatalf("links %v, want %v", links, want)
+	}
+	for k, v := range want {
+		if links[k] != v {
+			t.Errorf("%s -> %q, want %q", k, links[k], v)
+		}
+	}
+	// db's file is swapped in place: after the reload its link is gone.
+	os.WriteFile(filepath.Join(src, "db.squashfs"), []byte("other"), 0o644)
+	s.Load(ctx, src)
+	if err := s.Publish(root, builtin); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(filepath.Join(root, "db.squashfs")); !os.IsNotExist(err) {
+		t.Errorf("unverified db still published: %v", err)
+	}
+}

@@ -307,3 +307,10 @@ func execCheck(argv ...string) *health.Check {
 func tcp(addr string) *health.Check {
 	return &health.Check{TCP: addr, Interval: 2 * time.Second, Timeout: time.Second, Retries: 3, StartPeriod: 10 * time.Second}
 }
+
+// Func adapts Payload to roleenv.Options.Render, with secrets kept by sec.
+func Func(sec Secrets) func(services.Payload, *stackfile.Stack, stackfile.Instance) (services.Payload, error) {
+	return func(p services.Payload, stack *stackfile.Stack, inst stackfile.Instance) (services.Payload, error) {
+		return Payload(p, stack, inst, sec)
+	}
+}

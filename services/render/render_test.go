@@ -206,3 +206,18 @@ func TestSecretNames(t *testing.T) {
 		t.Fatal("path-like secret name accepted")
 	}
 }
+
+// TestFuncFitsRoleenv: the adapter has roleenv.Options.Render's type.
+func TestFuncFitsRoleenv(t *testing.T) {
+	var hook func(services.Payload, *stackfile.Stack, stackfile.Instance) (services.Payload, error) = Func(&FileSecrets{Dir: t.TempDir()})
+	p, _ := services.PayloadFor("mail", "mail", nil)
+	insts, _ := stackfile.Default().Instances()
+	for _, in := range insts {
+		if in.Role == "mail" {
+			out, err := hook(p, stackfile.Default(), in)
+			if err != nil || len(out.Files) <= len(p.Files) {
+				t.Fatalf("rendered %d files (had %d): %v", len(out.Files), len(p.Files), err)
+			}
+		}
+	}
+}
