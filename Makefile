@@ -110,12 +110,17 @@ $(INITRAMFS_BINS) /bin/busybox:
 	@echo "missing $@: install the build dependencies with buildroot/install-deps.sh" >&2; exit 1
 
 # The default single-host stack, user networking with the website forwarded
-# (no iPXE option ROM on the NIC: the kernel is loaded directly).
+# (no iPXE option ROM on the NIC: the kernel is loaded directly). -cpu max
+# gives the guest RDRAND, so the kernel's CRNG is ready at once
+# (CONFIG_RANDOM_TRUST_CPU=y); with QEMU's default qemu64 CPU, getrandom()
+# blocks until jitter entropy is gathered, and the Go package inits that read
+# crypto/rand (hashicorp/raft's) stall PID 1 for ~1.2 s before main under TCG
+# (measured with GODEBUG=inittrace=1 on the kernel command line).
 run: image
 	@echo "magestack: booting the default stack in QEMU (TCG: give it a minute)."
 	@echo "magestack: website on http://127.0.0.1:8080/ and https://127.0.0.1:8443/"
 	@echo "magestack: quit QEMU with Ctrl-A X (Ctrl-A C toggles the QEMU monitor)."
-	$(QEMU) -accel tcg -m $(RUN_MEM) -smp 2 -nographic -serial mon:stdio -no-reboot \
+	$(QEMU) -accel tcg -cpu max -m $(RUN_MEM) -smp 2 -nographic -serial mon:stdio -no-reboot \
 		-kernel $(BUILD)/vmlinuz -initrd $(BUILD)/initramfs.img -append '$(RUN_APPEND)' \
 		-netdev user,id=n0,hostfwd=tcp:127.0.0.1:8080-:80,hostfwd=tcp:127.0.0.1:8443-:443 \
 		-device virtio-net-pci,netdev=n0,mac=52:54:00:12:34:56,romfile= \
