@@ -141,7 +141,7 @@ test-unit: $(BUILD)/vmlinuz
 QEMU_RUN ?=
 test-qemu: image images
 	@set -o pipefail; MAGESTACK_QEMU=1 MAGESTACK_BUILD=$(BUILD) \
-		$(GO) test -count=1 -timeout 60m -v $(if $(QEMU_RUN),-run '$(QEMU_RUN)') ./qemu-tests/... 2>&1 | tee $(BUILD)/test-qemu.log; \
+		$(GO) test -p 1 -count=1 -timeout 80m -v $(if $(QEMU_RUN),-run '$(QEMU_RUN)') ./qemu-tests/... 2>&1 | tee $(BUILD)/test-qemu.log; \
 	rc=$$?; echo "---- test-qemu summary (full log: build/test-qemu.log) ----"; \
 	grep -E '^(--- FAIL|FAIL|ok|panic:)' $(BUILD)/test-qemu.log || true; exit $$rc
 

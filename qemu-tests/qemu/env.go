@@ -19,7 +19,8 @@ const (
 	EnvArtifacts    = "MAGESTACK_ARTIFACTS"     // where failed tests leave console logs
 )
 
-// DebianKernel is the extracted Debian kernel the buildroot starts from;
+// DebianKernel is the extracted Debian kernel the buildroot started from
+// (the current one is named by build/kernel/version);
 // it boots even before `make image` has produced build/vmlinuz.
 const DebianKernel = "kernel/root/boot/vmlinuz-6.1.0-56-amd64"
 
@@ -150,13 +151,13 @@ func KernelPath() (string, error) {
 	if err != nil {
 		return "", err
 	}
-	for _, p := range []string{filepath.Join(dir, "vmlinuz"), filepath.Join(dir, DebianKernel)} {
+	for _, p := range []string{filepath.Join(dir, "vmlinuz"), filepath.Join(dir, debianKernel(dir))} {
 		if _, err := os.Stat(p); err == nil {
 			return p, nil
 		}
 	}
 	return "", fmt.Errorf("no kernel: neither %s nor %s exists (run `make image`)",
-		filepath.Join(dir, "vmlinuz"), filepath.Join(dir, DebianKernel))
+		filepath.Join(dir, "vmlinuz"), filepath.Join(dir, debianKernel(dir)))
 }
 
 // KernelModulesDir returns the module tree of the extracted Debian kernel.
@@ -165,11 +166,27 @@ func KernelModulesDir() (string, error) {
 	if err != nil {
 		return "", err
 	}
-	p := filepath.Join(dir, "kernel/root/lib/modules/6.1.0-56-amd64")
+	p := filepath.Join(dir, "kernel/root/lib/modules", kernelVersion(dir))
 	if _, err := os.Stat(p); err != nil {
 		return "", fmt.Errorf("kernel modules: %w", err)
 	}
 	return p, nil
+}
+
+// kernelVersion is the version buildroot/fetch-kernel.sh recorded in
+// build/kernel/version (Debian moves it with every kernel update).
+func kernelVersion(dir string) string {
+	if b, err := os.ReadFile(filepath.Join(dir, "kernel", "version")); err == nil {
+		if v := strings.TrimSpace(string(b)); v != "" {
+			return v
+		}
+	}
+	return "6.1.0-56-amd64"
+}
+
+// debianKernel is the extracted kernel's path inside the build directory.
+func debianKernel(dir string) string {
+	return filepath.Join("kernel/root/boot", "vmlinuz-"+kernelVersion(dir))
 }
 
 func findQEMU() (string, error) {

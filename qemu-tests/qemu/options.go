@@ -103,6 +103,10 @@ func (o Options) args(dir string) ([]string, error) {
 	a := []string{
 		"-name", o.name(),
 		"-accel", "tcg",
+		// The default qemu64 CPU has no RDRAND: early getrandom() calls
+		// (Go package init reading crypto/rand) then wait ~1 s for the
+		// kernel's entropy. Real servers have it; so does "max".
+		"-cpu", "max",
 		"-m", fmt.Sprint(mem),
 		"-smp", fmt.Sprint(smp),
 		// -nographic with an explicit serial: the monitor would otherwise
