@@ -2,8 +2,11 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -86,6 +89,7 @@ func (b *bootEnv) apiStep(ctx context.Context) error {
 		}
 		return m.status(), nil
 	})
+	srv.Handle("POST /v1/failover", http.HandlerFunc(b.serveFailover))
 	b.mu.Lock()
 	b.api = srv
 	b.mu.Unlock()
@@ -95,6 +99,31 @@ func (b *bootEnv) apiStep(ctx context.Context) error {
 		}
 	})
 	return nil
+}
+
+// serveFailover is `magestack failover`: a planned move (--to) goes to the
+// cluster leader, a forced takeover (--force) runs here.
+func (b *bootEnv) serveFailover(w http.ResponseWriter, r *http.Request) {
+	b.mu.Lock()
+	m := b.cluster
+	b.mu.Unlock()
+	if m == nil {
+		api.WriteError(w, http.StatusConflict, "this host is not in a pair: failover needs a paired host")
+		return
+	}
+	var req failover.Request
+	if err := json.NewDecoder(io.LimitReader(r.Body, 4096)).Decode(&req); err != nil {
+		api.WriteError(w, http.StatusBadRequest, "bad failover request: "+err.Error())
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Minute)
+	defer cancel()
+	rep, err := m.ctl.Submit(ctx, req, m.node.LeaderAddr())
+	if err != nil {
+		api.WriteError(w, http.StatusConflict, err.Error())
+		return
+	}
+	api.WriteJSON(w, http.StatusOK, rep)
 }
 
 func (b *bootEnv) firewallStep(ctx context.Context) error {

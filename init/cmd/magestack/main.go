@@ -25,6 +25,7 @@ func faces() []face {
 		{"init", "PID 1 of a dedicated host (chosen automatically when the pid is 1)", initMain},
 		{"modprobe", "load a kernel module and its dependencies (the kernel's modprobe helper)", modprobeMain},
 		{"role-init", "PID 1 inside a role environment (started by init with a spec file)", roleInitMain},
+		{"failover", "move roles between paired hosts: --to HOST (planned) or --force (no witness, no fence)", failoverMain},
 		{"witness", "the tie-breaker vote for a pair; runs on any third machine", witnessMain},
 		{"netboot", "PXE boot server for a rack of hosts (DHCP, TFTP, HTTP/iPXE); `netboot status`", netbootMain},
 		{"status", "units and their state, health, CPU, memory, last exit [-o json]", statusMain},
