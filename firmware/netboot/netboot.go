@@ -302,7 +302,13 @@ func (s *Server) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("tftp on %s:69: %w", s.serverIP, err)
 	}
-	tftpSrv, err := tftpd.New(s.opts.BootDir, s.log, func(remote net.IP, file string, err error) {
+	bootFiles := map[string]string{}
+	for _, f := range []string{"undionly.kpxe", "ipxe.efi", "snponly.efi"} {
+		if p := filepath.Join(s.opts.BootDir, f); regularFile(p) == nil {
+			bootFiles[f] = p
+		}
+	}
+	tftpSrv, err := tftpd.New(bootFiles, s.log, func(remote net.IP, file string, err error) {
 		if err != nil || remote == nil {
 			return
 		}

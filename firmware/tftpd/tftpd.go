@@ -1,6 +1,9 @@
 // Package tftpd serves boot files (undionly.kpxe, ipxe.efi) read-only over
-// TFTP, confined to one directory: paths that climb out of it, absolute
-// paths and symlinks leading elsewhere are refused.
+// TFTP. Only the files it was given by name are served, whatever a request
+// asks for: names that climb directories, absolute paths, anything else is
+// refused without touching the file system. (Debian's /usr/lib/ipxe holds
+// symlinks into /boot, so confining requests to a directory would refuse
+// the very files to serve.)
 package tftpd
 
 import (
@@ -18,25 +21,37 @@ import (
 	"github.com/pin/tftp/v3"
 )
 
-// Server is a read-only TFTP server over one directory.
+// Server is a read-only TFTP server of a fixed set of files.
 type Server struct {
-	root *os.Root
-	srv  *tftp.Server
+	files map[string]string // served name → path on this machine
+	srv   *tftp.Server
 	log  *slog.Logger
 	// OnTransfer is told of every completed or failed transfer.
 	onTransfer func(remote net.IP, file string, err error)
 }
 
-// New opens dir as the server's root.
-func New(dir string, log *slog.Logger, onTransfer func(remote net.IP, file string, err error)) (*Server, error) {
-	root, err := os.OpenRoot(dir)
-	if err != nil {
-		return nil, fmt.Errorf("tftp root %s: %w", dir, err)
+// New serves files: each served name (e.g. "ipxe.efi") maps to a file on
+// this machine, which must exist and be regular now.
+func New(files map[string]string, log *slog.Logger, onTransfer func(remote net.IP, file string, err error)) (*Server, error) {
+	served := map[string]string{}
+	for name, p := range files {
+		clean, err := CleanName(name)
+		if err != nil {
+			return nil, fmt.Errorf("tftp: %w", err)
+		}
+		st, err := os.Stat(p)
+		if err != nil {
+			return nil, fmt.Errorf("tftp: %s: %w", name, err)
+		}
+		if !st.Mode().IsRegular() {
+			return nil, fmt.Errorf("tftp: %s: %s is not a regular file", name, p)
+		}
+		served[clean] = p
 	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &Server{root: root, log: log, onTransfer: onTransfer}
+	s := &Server{files: served, log: log, onTransfer: onTransfer}
 	s.srv = tftp.NewServer(s.read, nil)
 	s.srv.SetTimeout(2 * time.Second)
 	s.srv.SetRetries(5)
@@ -78,9 +93,16 @@ func (s *Server) read(name string, rf io.ReaderFrom) error {
 		s.report(remote, name, err)
 		return err
 	}
-	f, err := s.root.Open(clean)
-	if err != nil {
+	path, ok := s.files[clean]
+	if !ok {
+		err := fmt.Errorf("%s: file not found", clean)
 		s.log.Warn("tftp: refused", "from", remote, "file", name, "err", err)
+		s.report(remote, name, err)
+		return err
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		s.log.Warn("tftp: cannot open a served file", "file", clean, "path", path, "err", err)
 		s.report(remote, name, err)
 		return fmt.Errorf("%s: %w", clean, errors.Unwrap(err))
 	}
@@ -127,7 +149,6 @@ func (s *Server) Serve(ctx context.Context, conn net.PacketConn) error {
 	}()
 	err := s.srv.Serve(conn)
 	close(done)
-	s.root.Close()
 	if ctx.Err() != nil {
 		return nil
 	}

@@ -42,7 +42,7 @@ func TestServesFilesAndRefusesEscapes(t *testing.T) {
 	os.WriteFile(filepath.Join(top, "secret"), []byte("no"), 0o644)
 	os.Symlink("../secret", filepath.Join(dir, "link"))
 
-	s, err := New(dir, nil, nil)
+	s, err := New(map[string]string{"undionly.kpxe": filepath.Join(dir, "undionly.kpxe")}, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -70,7 +70,7 @@ func TestServesFilesAndRefusesEscapes(t *testing.T) {
 	if !bytes.Equal(got.Bytes(), payload) {
 		t.Fatalf("got %d bytes, want %d", got.Len(), len(payload))
 	}
-	for _, name := range []string{"../secret", "/../secret", "link", "missing"} {
+	for _, name := range []string{"../secret", "/../secret", "link", "missing", "../boot/undionly.kpxe"} {
 		if wt, err := c.Receive(name, "octet"); err == nil {
 			var b bytes.Buffer
 			if _, err := wt.WriteTo(&b); err == nil {
@@ -78,8 +78,8 @@ func TestServesFilesAndRefusesEscapes(t *testing.T) {
 			}
 		}
 	}
-	// The server still serves after refusals.
-	if _, err := c.Receive("undionly.kpxe", "octet"); err != nil {
+	// The server still serves after refusals, with or without a leading slash.
+	if _, err := c.Receive("/undionly.kpxe", "octet"); err != nil {
 		t.Fatalf("server stopped serving after refusals: %v", err)
 	}
 }
@@ -97,4 +97,13 @@ func FuzzCleanName(f *testing.F) {
 			t.Fatalf("CleanName(%q) = %q escapes", s, clean)
 		}
 	})
+}
+
+func TestNewRefusesMissingFiles(t *testing.T) {
+	if _, err := New(map[string]string{"ipxe.efi": "/nonexistent/ipxe.efi"}, nil, nil); err == nil {
+		t.Fatal("a missing file was accepted")
+	}
+	if _, err := New(map[string]string{"ipxe.efi": t.TempDir()}, nil, nil); err == nil {
+		t.Fatal("a directory was accepted")
+	}
 }
