@@ -25,7 +25,7 @@ import (
 type Server struct {
 	files map[string]string // served name → path on this machine
 	srv   *tftp.Server
-	log  *slog.Logger
+	log   *slog.Logger
 	// OnTransfer is told of every completed or failed transfer.
 	onTransfer func(remote net.IP, file string, err error)
 }
