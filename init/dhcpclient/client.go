@@ -19,7 +19,7 @@ import (
 	"github.com/insomniacslk/dhcp/dhcpv4/nclient4"
 	"github.com/insomniacslk/dhcp/iana"
 
-	"magestack/init/netconf/netnsdo"
+	"magestack/init/nsdo"
 )
 
 // EventKind names a lease transition.
@@ -116,7 +116,7 @@ func New(cfg Config) (*Client, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	c := &Client{cfg: cfg, log: log.With("interface", cfg.Interface)}
-	err := netnsdo.Run(cfg.Netns, func() error {
+	err := nsdo.DoPath(cfg.Netns, func() error {
 		ifc, err := net.InterfaceByName(cfg.Interface)
 		if err != nil {
 			return err
@@ -334,7 +334,7 @@ func (c *Client) message(t dhcpv4.MessageType, mods ...dhcpv4.Modifier) *dhcpv4.
 // the exchange: the caller must Close it.
 func (c *Client) rawClient(opts ...nclient4.ClientOpt) (*nclient4.Client, error) {
 	var conn net.PacketConn
-	err := netnsdo.Run(c.cfg.Netns, func() error {
+	err := nsdo.DoPath(c.cfg.Netns, func() error {
 		var err error
 		conn, err = nclient4.NewRawUDPConn(c.cfg.Interface, nclient4.ClientPort)
 		return err
@@ -401,7 +401,7 @@ func (c *Client) dora(ctx context.Context) (*Lease, error) {
 // needed once the address is configured).
 func (c *Client) renew(ctx context.Context, lease *Lease) (*Lease, error) {
 	var conn net.PacketConn
-	err := netnsdo.Run(c.cfg.Netns, func() error {
+	err := nsdo.DoPath(c.cfg.Netns, func() error {
 		var err error
 		conn, err = net.ListenUDP("udp4", &net.UDPAddr{IP: lease.Address.Addr().AsSlice(), Port: nclient4.ClientPort})
 		return err
@@ -461,7 +461,7 @@ func (c *Client) extend(ctx context.Context, cl *nclient4.Client, lease *Lease, 
 // release tells the server we are done with the address (best effort).
 func (c *Client) release(lease *Lease) {
 	var conn net.PacketConn
-	err := netnsdo.Run(c.cfg.Netns, func() error {
+	err := nsdo.DoPath(c.cfg.Netns, func() error {
 		var err error
 		conn, err = net.ListenUDP("udp4", &net.UDPAddr{IP: lease.Address.Addr().AsSlice(), Port: nclient4.ClientPort})
 		return err

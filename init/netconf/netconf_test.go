@@ -19,7 +19,7 @@ import (
 
 	"magestack/init/dhcpclient"
 	"magestack/init/dhcpclient/dhcptest"
-	"magestack/init/netconf/netnsdo"
+	"magestack/init/nsdo"
 )
 
 type testWriter struct{ t *testing.T }
@@ -322,11 +322,11 @@ func TestUpStatic(t *testing.T) {
 func udpRoundTrip(t *testing.T, p *dhcptest.Pair, addr string) {
 	t.Helper()
 	var l, c net.PacketConn
-	if err := netnsdo.Run(p.Client, func() (err error) { l, err = net.ListenPacket("udp4", addr); return }); err != nil {
+	if err := nsdo.DoPath(p.Client, func() (err error) { l, err = net.ListenPacket("udp4", addr); return }); err != nil {
 		t.Fatal(err)
 	}
 	defer l.Close()
-	if err := netnsdo.Run(p.Server, func() (err error) { c, err = net.ListenPacket("udp4", ":0"); return }); err != nil {
+	if err := nsdo.DoPath(p.Server, func() (err error) { c, err = net.ListenPacket("udp4", ":0"); return }); err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()

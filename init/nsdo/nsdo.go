@@ -53,3 +53,20 @@ func DialContext(ns netns.NsHandle) func(ctx context.Context, network, addr stri
 		return conn, err
 	}
 }
+
+// DoPath is Do for the namespace at path (/run/netns/x, /proc/<pid>/ns/net);
+// an empty path runs fn in the caller's namespace.
+func DoPath(path string, fn func() error) error {
+	if path == "" {
+		return fn()
+	}
+	ns, err := netns.GetFromPath(path)
+	if err != nil {
+		return fmt.Errorf("open network namespace %s: %w", path, err)
+	}
+	defer ns.Close()
+	if err := Do(ns, fn); err != nil {
+		return fmt.Errorf("in network namespace %s: %w", path, err)
+	}
+	return nil
+}

@@ -20,7 +20,7 @@ import (
 	"github.com/insomniacslk/dhcp/dhcpv4"
 	"github.com/insomniacslk/dhcp/dhcpv4/server4"
 
-	"magestack/init/netconf/netnsdo"
+	"magestack/init/nsdo"
 )
 
 // Pair is two namespaces joined by a veth: ServerIf in Server, ClientIf in Client.
@@ -135,7 +135,7 @@ type Server struct {
 func Start(t testing.TB, ns, ifname string, cfg Config) *Server {
 	t.Helper()
 	s := &Server{cfg: cfg, leases: map[string]netip.Addr{}, next: cfg.PoolFrom, done: make(chan struct{})}
-	err := netnsdo.Run(ns, func() error {
+	err := nsdo.DoPath(ns, func() error {
 		var err error
 		s.srv, err = server4.NewServer(ifname, &net.UDPAddr{Port: dhcpv4.ServerPort}, s.handle)
 		return err
