@@ -41,7 +41,7 @@ type pairRig struct {
 	net     *qemu.Net
 	vms     map[string]*qemu.VM
 	prober  *prober
-	witness *lockedBuffer
+	witness *qemu.LockedBuffer
 }
 
 func startPairRig(t *testing.T) *pairRig {
@@ -66,7 +66,7 @@ func startPairRig(t *testing.T) *pairRig {
 	os.WriteFile(stackPath, []byte(pairStackYAML), 0o644)
 
 	w := n.AddClient("witness", "192.0.2.5/24")
-	var wlog lockedBuffer
+	var wlog qemu.LockedBuffer
 	cmd := exec.Command(im.Binary, "witness", "--stack", stackPath, "--data", "")
 	cmd.Stdout, cmd.Stderr = &wlog, &wlog
 	if err := w.Start(cmd); err != nil {

@@ -29,7 +29,7 @@ roles:
 type pxeRack struct {
 	net    *qemu.Net
 	server *qemu.Namespace
-	out    *lockedBuffer
+	out    *qemu.LockedBuffer
 	image  qemu.Image
 }
 
@@ -43,7 +43,7 @@ func startPXERack(t *testing.T, name string, mode string) *pxeRack {
 	if err := os.WriteFile(stackPath, []byte(netbootStack), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	out := &lockedBuffer{}
+	out := &qemu.LockedBuffer{}
 	cmd := exec.Command(im.Binary, "netboot", "--interface", "eth0", "--stack", stackPath,
 		"--image", filepath.Dir(im.Kernel), "--mode", mode, "--range", "10.77.0.100-10.77.0.149")
 	cmd.Stdout, cmd.Stderr = out, out
@@ -171,7 +171,7 @@ func TestNetbootProxyDHCPBesideDnsmasq(t *testing.T) {
 	dnsmasq := exec.Command("dnsmasq", "--no-daemon", "--conf-file=/dev/null", "--port=0", "--interface=eth0",
 		"--bind-interfaces", "--dhcp-range=10.77.0.150,10.77.0.199,255.255.255.0,10m", "--dhcp-leasefile=/dev/null",
 		"--log-dhcp")
-	var dlog lockedBuffer
+	var dlog qemu.LockedBuffer
 	dnsmasq.Stdout, dnsmasq.Stderr = &dlog, &dlog
 	if err := site.Start(dnsmasq); err != nil {
 		t.Fatal(err)

@@ -36,7 +36,7 @@ type VM struct {
 	qmp     *QMP
 	stdin   *os.File
 	serials []serialPort // ttyS1.. (Options.Serials)
-	stderr  lockedBuffer
+	stderr  LockedBuffer
 
 	done     chan struct{}
 	exitCode int
@@ -493,18 +493,19 @@ func (vm *VM) exitDescription() string {
 	}
 }
 
-type lockedBuffer struct {
+// LockedBuffer collects a background command's output while a test reads it.
+type LockedBuffer struct {
 	mu  sync.Mutex
 	buf bytes.Buffer
 }
 
-func (b *lockedBuffer) Write(p []byte) (int, error) {
+func (b *LockedBuffer) Write(p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.Write(p)
 }
 
-func (b *lockedBuffer) String() string {
+func (b *LockedBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
