@@ -2,7 +2,9 @@
 // network-up of the product image against a do-nothing static PID 1
 // (qemu-tests/testdata/nopinit) on the same kernel and QEMU flags under TCG,
 // each booted N times (median), plus wall times, PID-1 memory and sizes.
-// A figure whose feature is missing prints "n/a: <reason>" instead.
+// A figure whose feature is missing prints "n/a: <reason>" instead. The
+// supervision, role start, firewall and netboot figures follow, each side
+// by side with its reference tool; `bench NAME` runs one group.
 package main
 
 import (
@@ -19,6 +21,10 @@ import (
 	"strings"
 	"time"
 
+	"magestack/firmware/netboot/netbootbench"
+	"magestack/init/firewall/firewallbench"
+	"magestack/init/roleenv/rolebench"
+	"magestack/init/supervise/supervisebench"
 	"magestack/qemu-tests/qemu"
 )
 
@@ -40,8 +46,48 @@ func main() {
 		fmt.Fprintln(os.Stderr, "bench: -n must be at least 1")
 		os.Exit(2)
 	}
-	if err := run(os.Stdout, *runs, *timeout); err != nil {
-		fmt.Fprintln(os.Stderr, "bench:", err)
+	only := flag.Arg(0)
+	failed := false
+	for _, b := range []struct {
+		name string
+		run  func() error
+	}{
+		{"boot", func() error { return run(os.Stdout, *runs, *timeout) }},
+		{"supervise", func() error {
+			fmt.Println("\nsupervision: crash → running again, against s6-supervise and runit (runsv)")
+			return supervisebench.Run(os.Stdout)
+		}},
+		{"roles", func() error {
+			fmt.Println("\nrole start (namespaces, mounts, cgroup, first service exec'd), on this host")
+			build, err := qemu.BuildDir()
+			if err != nil {
+				return err
+			}
+			return rolebench.Run(context.Background(), os.Stdout, filepath.Join(build, "magestack"), 20)
+		}},
+		{"firewall", func() error {
+			fmt.Println("\nfirewall: one-batch apply against nft -f, allow-list edits, DNAT throughput")
+			return firewallbench.Run(os.Stdout)
+		}},
+		{"netboot", func() error {
+			build, err := qemu.BuildDir()
+			if err != nil {
+				return err
+			}
+			fmt.Println()
+			return netbootbench.Run(os.Stdout, netbootbench.Options{Binary: filepath.Join(build, "magestack"),
+				ImageDir: build, BootDir: "/usr/lib/ipxe"})
+		}},
+	} {
+		if only != "" && only != b.name {
+			continue
+		}
+		if err := b.run(); err != nil {
+			fmt.Fprintf(os.Stderr, "bench %s: %v\n", b.name, err)
+			failed = true
+		}
+	}
+	if failed {
 		os.Exit(1)
 	}
 }
