@@ -19,7 +19,8 @@ pkgs=(make git ca-certificates curl unzip dpkg apt
       qemu-system-x86 qemu-utils ipxe-qemu ipxe ovmf
       busybox-static drbd-utils e2fsprogs kmod mmdebstrap squashfs-tools
       nftables iproute2 dnsmasq-base wireguard-tools wireguard-go fdisk mount util-linux
-      cpio zstd xz-utils lz4)
+      cpio zstd xz-utils lz4
+      s6 runit)
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")
