@@ -106,6 +106,11 @@ func (e *DigestError) Error() string {
 // refused (the joined error names each) and their previous verified image,
 // if any, stays. Load returns the names that verified.
 func (s *Store) Load(ctx context.Context, dir string) ([]string, error) {
+	// Paths handed out must not depend on the working directory.
+	dir, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, fmt.Errorf("images %s: %w", dir, err)
+	}
 	m, err := manifest.Read(dir)
 	if err != nil {
 		return nil, err

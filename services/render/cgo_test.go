@@ -1,0 +1,5 @@
+//go:build cgo
+
+package render
+
+const cgoEnabled = true
