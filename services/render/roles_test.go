@@ -33,12 +33,18 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// TestRealRolesServeTheSite runs db1, web1 and lb1 as real role
+// realRoles are the roles with a Debian image (fw keeps busybox).
+var realRoles = []string{"mail", "db", "web", "lb", "acc", "monitor"}
+
+// TestRealRolesServeTheSite runs every role with a Debian image as a real role
 // environments (namespaces, pivot_root into the verified squashfs image
 // with an overlay, reduced capabilities, seccomp, veths on a bridge in a
 // private network namespace) from the Debian images, with their
 // configuration rendered through roleenv's Render hook, and asks lb1 for
-// the default site's database check over HTTP and HTTPS.
+// the default site's database check over HTTP and HTTPS. Every role being
+// ready means its services' own health checks pass (mysqladmin ping,
+// redis-cli ping, the PHP-FPM ping through nginx, HAProxy's stats, SMTP,
+// SSH, the status page).
 func TestRealRolesServeTheSite(t *testing.T) {
 	dir := imagesDir(t)
 	if cgoEnabled {
@@ -50,7 +56,7 @@ func TestRealRolesServeTheSite(t *testing.T) {
 	if _, err := store.Load(ctx, dir); err != nil {
 		t.Fatal(err)
 	}
-	for _, r := range []string{"db", "web", "lb"} {
+	for _, r := range realRoles {
 		if store.Path(r) == "" {
 			t.Skipf("no verified %s image in %s (make images)", r, dir)
 		}
@@ -62,7 +68,7 @@ func TestRealRolesServeTheSite(t *testing.T) {
 	}
 
 	stack := stackfile.Default()
-	for _, r := range []string{"db", "web", "lb"} {
+	for _, r := range realRoles {
 		role := stack.Roles[r]
 		role.Image = r
 		stack.Roles[r] = role
@@ -87,7 +93,8 @@ func TestRealRolesServeTheSite(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	names := []string{"db1", "web1", "lb1"}
+	// Start order as PID 1 uses it: each after the one before.
+	names := []string{"mail1", "db1", "web1", "lb1", "acc1", "monitor1"}
 	for i, name := range names {
 		in := insts[slices.IndexFunc(insts, func(in stackfile.Instance) bool { return in.Name == name })]
 		env, err := roleenv.New(slog.Default(), opts, stack, 0, in)
@@ -152,6 +159,34 @@ func TestRealRolesServeTheSite(t *testing.T) {
 		bodies = append(bodies, body)
 	}
 	t.Logf("through lb1: %q", bodies)
+	// The monitor's page lists the stack; SMTP and SSH answer with their banners.
+	mon := insts[slices.IndexFunc(insts, func(in stackfile.Instance) bool { return in.Name == "monitor1" })].Addr.String()
+	mc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{Proxy: nil, DialContext: dialIn(ns)}}
+	if resp, err := mc.Get("http://" + mon + "/"); err != nil {
+		t.Errorf("monitor1: %v", err)
+	} else {
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if !strings.Contains(string(b), "web1.i") {
+			t.Errorf("monitor1 page: %s", b)
+		}
+	}
+	for name, want := range map[string]string{"mail1:25": "220 mail1.i ESMTP", "acc1:22": "SSH-2.0-OpenSSH"} {
+		host, port, _ := strings.Cut(name, ":")
+		addr := insts[slices.IndexFunc(insts, func(in stackfile.Instance) bool { return in.Name == host })].Addr.String()
+		conn, err := dialIn(ns)(ctx, "tcp", net.JoinHostPort(addr, port))
+		if err != nil {
+			t.Errorf("%s: %v", name, err)
+			continue
+		}
+		conn.SetDeadline(time.Now().Add(10 * time.Second))
+		buf := make([]byte, 128)
+		n, _ := conn.Read(buf)
+		conn.Close()
+		if !strings.HasPrefix(string(buf[:n]), want) {
+			t.Errorf("%s banner %q, want %q", name, buf[:n], want)
+		}
+	}
 	if len(bodies) == 2 && !strings.Contains(bodies[0], "on web1") {
 		t.Errorf("page not served by web1: %q", bodies[0])
 	}
