@@ -332,3 +332,27 @@ func lock(ctx context.Context, path string) (func(), error) {
 		}
 	}
 }
+
+// Prune removes cached images whose recipe hash is not in keep (images of
+// changed recipes or an older builder), returning what it removed. The
+// package cache stays.
+func Prune(cacheDir string, keep []string) ([]string, error) {
+	ents, err := os.ReadDir(cacheDir)
+	if err != nil {
+		return nil, fmt.Errorf("prune %s: %w", cacheDir, err)
+	}
+	var removed []string
+	for _, e := range ents {
+		key := strings.TrimSuffix(e.Name(), ".lock")
+		if len(key) != 64 || strings.Trim(key, "0123456789abcdef") != "" || slices.Contains(keep, key) {
+			continue
+		}
+		if err := os.RemoveAll(filepath.Join(cacheDir, e.Name())); err != nil {
+			return removed, fmt.Errorf("prune: %w", err)
+		}
+		if e.IsDir() {
+			removed = append(removed, key)
+		}
+	}
+	return removed, nil
+}

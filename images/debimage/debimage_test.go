@@ -167,3 +167,21 @@ func TestMakeDiskReproducible(t *testing.T) {
 		t.Fatalf("disk images differ: %v", digests)
 	}
 }
+
+func TestPrune(t *testing.T) {
+	cache := t.TempDir()
+	keep := strings.Repeat("a", 64)
+	old := strings.Repeat("b", 64)
+	for _, d := range []string{keep, old, "debs"} {
+		os.MkdirAll(filepath.Join(cache, d), 0o755)
+	}
+	os.WriteFile(filepath.Join(cache, old+".lock"), nil, 0o644)
+	removed, err := Prune(cache, []string{keep})
+	if err != nil || len(removed) != 1 || removed[0] != old {
+		t.Fatalf("removed %v, %v", removed, err)
+	}
+	ents, _ := os.ReadDir(cache)
+	if len(ents) != 2 {
+		t.Fatalf("left %d entries, want the kept image and debs", len(ents))
+	}
+}

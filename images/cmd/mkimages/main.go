@@ -2,7 +2,7 @@
 // squashfs files, a manifest of their digests and the MAGESTACK-IMAGES disk.
 //
 //	go run ./images/cmd/mkimages -o build/images -disk build/images.img \
-//	    [-with busybox=build/images/busybox.squashfs] [-only web,db] [-rebuild]
+//	    [-with busybox=build/images/busybox.squashfs] [-only web,db] [-rebuild] [-prune]
 //
 // Images are cached by recipe hash in $MAGESTACK_IMAGE_CACHE (default
 // /var/cache/magestack/images): an unchanged recipe is not rebuilt.
@@ -51,6 +51,7 @@ func run(ctx context.Context, args []string) error {
 	cache := fs.String("cache", debimage.CacheDirFromEnv(), "image cache directory (outside the clone)")
 	only := fs.String("only", "", "comma-separated roles to build (default: all)")
 	rebuild := fs.Bool("rebuild", false, "ignore cached images")
+	prune := fs.Bool("prune", false, "remove cached images of recipes that are no longer current")
 	verbose := fs.Bool("v", false, "show mmdebstrap and mksquashfs output")
 	var with extras
 	fs.Var(&with, "with", "add a prebuilt image NAME=PATH (repeatable)")
@@ -100,6 +101,17 @@ func run(ctx context.Context, args []string) error {
 			return err
 		}
 		fmt.Printf("%-10s %10d (%s)\n", "disk", fi.Size(), *disk)
+	}
+	if *prune {
+		var keep []string
+		for _, r := range recipes.All() {
+			keep = append(keep, r.Hash(debimage.BuilderVersion))
+		}
+		removed, err := debimage.Prune(*cache, keep)
+		if err != nil {
+			return err
+		}
+		fmt.Printf("pruned %d stale cached images\n", len(removed))
 	}
 	fmt.Printf("total %.1f s\n", time.Since(t0).Seconds())
 	return nil
