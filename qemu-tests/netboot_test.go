@@ -33,7 +33,7 @@ type pxeRack struct {
 	image  qemu.Image
 }
 
-func startPXERack(t *testing.T, name string, mode string) *pxeRack {
+func startPXERack(t *testing.T, name string, mode string, extra ...string) *pxeRack {
 	t.Helper()
 	im := qemu.RequireImage(t)
 	net := qemu.NewNet(t, name)
@@ -44,8 +44,9 @@ func startPXERack(t *testing.T, name string, mode string) *pxeRack {
 		t.Fatal(err)
 	}
 	out := &qemu.LockedBuffer{}
-	cmd := exec.Command(im.Binary, "netboot", "--interface", "eth0", "--stack", stackPath,
-		"--image", filepath.Dir(im.Kernel), "--mode", mode, "--range", "10.77.0.100-10.77.0.149")
+	args := append([]string{"netboot", "--interface", "eth0", "--stack", stackPath, "--image", filepath.Dir(im.Kernel),
+		"--mode", mode, "--range", "10.77.0.100-10.77.0.149"}, extra...)
+	cmd := exec.Command(im.Binary, args...)
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := srv.Start(cmd); err != nil {
 		t.Fatal(err)
@@ -192,4 +193,32 @@ func TestNetbootProxyDHCPBesideDnsmasq(t *testing.T) {
 			t.Errorf("proxy mode handed out address %s to %v", addr, h["mac"])
 		}
 	}
+}
+
+// TestNetbootDiscovery: with --discover, a machine the stack file does not
+// know boots into discovery, reports its hardware to the boot server and
+// runs nothing else.
+func TestNetbootDiscovery(t *testing.T) {
+	qemu.Require(t)
+	r := startPXERack(t, "disc", "full", "--discover")
+	vm := r.pxeVM(t, "stranger", "52:54:00:aa:00:77", qemu.BIOS, "")
+	if _, err := vm.Expect(6*time.Minute, `magestack: discovery reported`); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(vm.Console(), "unit started") {
+		t.Error("a discovery boot started roles")
+	}
+	for _, h := range r.status(t) {
+		if h["mac"] != "52:54:00:aa:00:77" {
+			continue
+		}
+		hw, _ := h["hardware"].(map[string]any)
+		nics, _ := hw["nics"].([]any)
+		if len(nics) == 0 || hw["memory_bytes"] == nil || hw["cpus"] == nil {
+			t.Fatalf("discovered hardware incomplete: %v", hw)
+		}
+		t.Logf("discovered: %v", hw)
+		return
+	}
+	t.Fatalf("netboot status has no discovered machine: %v", r.status(t))
 }

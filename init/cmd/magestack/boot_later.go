@@ -39,18 +39,30 @@ import (
 // cluster that decides which instances run here), then live reconfiguration.
 func init() {
 	registerBootSteps(orderAPI, "api", func(b *bootEnv) []pid1.Step {
+		if b.discovering() {
+			return nil
+		}
 		return []pid1.Step{{Name: "api", Run: b.apiStep, Timeout: 10 * time.Second, Retry: pid1.Retry{Initial: time.Second, Max: 30 * time.Second}}}
 	})
 	registerBootSteps(orderFirewall, "firewall", func(b *bootEnv) []pid1.Step {
+		if b.discovering() {
+			return nil
+		}
 		return []pid1.Step{
 			{Name: "firewall", Critical: true, Run: b.firewallStep, Timeout: time.Minute, Retry: pid1.Retry{Initial: time.Second, Max: 30 * time.Second}},
 			{Name: "vpn", Run: b.vpnStep, Timeout: time.Minute, Retry: pid1.Retry{Initial: 2 * time.Second, Max: time.Minute}},
 		}
 	})
 	registerBootSteps(orderRoles, "roles", func(b *bootEnv) []pid1.Step {
+		if b.discovering() {
+			return nil
+		}
 		return []pid1.Step{{Name: "roles", Critical: true, Run: b.rolesStep, Timeout: 10 * time.Minute, Retry: pid1.Retry{Initial: 2 * time.Second, Max: time.Minute}}}
 	})
 	registerBootSteps(orderCluster+10, "reconcile", func(b *bootEnv) []pid1.Step {
+		if b.discovering() {
+			return nil
+		}
 		return []pid1.Step{{Name: "reconcile", Run: b.reconcileStep, Timeout: 30 * time.Second}}
 	})
 }
