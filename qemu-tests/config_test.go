@@ -81,6 +81,12 @@ func (r *cfgGitRepo) commit(content string) string {
 // serve runs git http-backend behind an HTTP listener inside ns.
 func (r *cfgGitRepo) serve(ns *qemu.Namespace) {
 	r.t.Helper()
+	r.serveStoppable(ns)
+}
+
+// serveStoppable is serve, returning a function that stops the server.
+func (r *cfgGitRepo) serveStoppable(ns *qemu.Namespace) func() {
+	r.t.Helper()
 	exe := filepath.Join(r.git("", "--exec-path"), "git-http-backend")
 	if _, err := os.Stat(exe); err != nil {
 		r.t.Fatalf("git-http-backend is missing: %v", err)
@@ -96,6 +102,7 @@ func (r *cfgGitRepo) serve(ns *qemu.Namespace) {
 		Env: []string{"GIT_PROJECT_ROOT=" + r.root, "GIT_HTTP_EXPORT_ALL=1"}}}
 	go srv.Serve(ln)
 	r.t.Cleanup(func() { srv.Close() })
+	return func() { srv.Close() }
 }
 
 // cfgStack is the default stack renamed, with the VM as its one host.
@@ -105,7 +112,7 @@ func cfgStack(name string) string {
 	return strings.Replace(s, `mac: "52:54:00:12:34:56"`, `mac: "`+cfgMAC+`"`, 1)
 }
 
-func cfgBoot(t *testing.T, n *qemu.Net, tap, name string) *qemu.VM {
+func cfgBoot(t *testing.T, n *qemu.Net, tap, name string, drives ...qemu.Drive) *qemu.VM {
 	t.Helper()
 	im := qemu.RequireImage(t)
 	source := fmt.Sprintf("git+http://%s:%d/git/stacks.git#main:stacks/shop1.yaml", cfgServer, cfgGitPort)
@@ -113,6 +120,7 @@ func cfgBoot(t *testing.T, n *qemu.Net, tap, name string) *qemu.VM {
 	opts.Name = name
 	opts.NetNS = n.NetNS()
 	opts.NICs = []qemu.NIC{{Tap: tap, MAC: cfgMAC, ROM: "none"}}
+	opts.Drives = drives
 	vm := qemu.Start(t, opts)
 	t.Cleanup(func() {
 		var lines []string

@@ -150,11 +150,20 @@ func Prepare(disk string, size int64, log *slog.Logger) (string, error) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	log.Info("datadisk: formatting", "device", part, "label", Label)
-	out, err := exec.Command("mke2fs", "-q", "-F", "-t", "ext4", "-L", Label, part).CombinedOutput()
+	out, err := exec.Command(mke2fs(), "-q", "-F", "-t", "ext4", "-L", Label, part).CombinedOutput()
 	if err != nil {
 		return "", fmt.Errorf("mke2fs %s: %v: %s", part, err, out)
 	}
 	return part, nil
+}
+
+// mke2fs finds the formatter: PID 1 runs without PATH, and the initramfs
+// carries it at its Debian path.
+func mke2fs() string {
+	if p, err := exec.LookPath("mke2fs"); err == nil {
+		return p
+	}
+	return "/usr/sbin/mke2fs"
 }
 
 // partitionDev names the first partition of a disk (vda → vda1,
