@@ -68,7 +68,7 @@ func TestWebsiteEndToEnd(t *testing.T) {
 	if opts.Memory < 3072 {
 		opts.Memory = 3072
 	}
-	opts.Drives = append(opts.Drives, qemu.Drive{File: disk, Format: "raw", ReadOnly: true, Serial: "magestack-images"})
+	opts.Drives = append(opts.Drives, qemu.Drive{File: disk, Format: "raw", ReadOnly: true})
 	port := freeLoopbackPort(t)
 	if len(opts.NICs) != 1 || !opts.NICs[0].User {
 		t.Fatalf("image options: want one user-mode NIC, got %+v", opts.NICs)
