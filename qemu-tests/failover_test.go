@@ -249,4 +249,13 @@ func TestFailoverPairLinkCutPlannedMoveHardwareLoss(t *testing.T) {
 	if got := r.prober.macs(back.Add(-time.Nanosecond)); len(got) != 1 || got[0] != pairMAC["dh1"] {
 		t.Errorf("after the failover the VIP answered from %v, want only dh1 %s", got, pairMAC["dh1"])
 	}
+	// The operator's view: owners, epochs and standby, the lost peer dead.
+	if err := r.vms["dh1"].SendConsole("magestack status; echo @@rc=$?@@\n"); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{`cluster: this host`, `(?m)^lb1\s+dh1\s+\d+\s+dh2`, `(?m)^dh2\s+dead`, `@@rc=0@@`} {
+		if _, err := r.vms["dh1"].Expect(time.Minute, p); err != nil {
+			t.Errorf("magestack status on dh1: %v", err)
+		}
+	}
 }

@@ -4,11 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"sort"
 	"strconv"
+	"strings"
 	"sync"
+	"text/tabwriter"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -99,6 +103,7 @@ func pairedHost(st *stackfile.Stack, host string) bool {
 
 // clusterMember is what the cluster step started, for status and shutdown.
 type clusterMember struct {
+	stack  *stackfile.Stack
 	node   *cluster.Node
 	hb     *heartbeat.Monitor
 	ctl    *failover.Controller
@@ -140,7 +145,7 @@ func startCluster(ctx context.Context, log *slog.Logger, st *stackfile.Stack, ho
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(ctx)
-	m := &clusterMember{cancel: cancel, done: make(chan struct{})}
+	m := &clusterMember{stack: st, cancel: cancel, done: make(chan struct{})}
 	if m.hb, err = heartbeat.New(heartbeat.Config{ID: host, Paths: conf.Paths, Interval: st.Cluster.Heartbeat.D(),
 		Suspect: st.Cluster.Suspect.D(), Dead: st.Cluster.Dead.D(), Logger: log}); err != nil {
 		return nil, err
@@ -238,14 +243,58 @@ type clusterStatus struct {
 	Leader    string                 `json:"leader"`
 	Voters    []string               `json:"voters"`
 	Majority  bool                   `json:"in_majority"`
-	Ownership []cluster.Ownership    `json:"ownership"`
+	Ownership []ownershipRow         `json:"ownership"`
 	Peers     []heartbeat.PeerStatus `json:"peers"`
 	Local     failover.Status        `json:"local"`
 }
 
+// ownershipRow is one instance's owner and the host that would take it.
+type ownershipRow struct {
+	cluster.Ownership
+	Standby string `json:"standby"`
+}
+
 func (m *clusterMember) status() clusterStatus {
+	var rows []ownershipRow
+	for _, o := range m.node.Table() {
+		row := ownershipRow{Ownership: o}
+		if h, _, ok := m.stack.HostByName(o.Owner); ok {
+			row.Standby = h.Pair
+		}
+		rows = append(rows, row)
+	}
 	return clusterStatus{State: m.node.State(), Leader: m.node.Leader(), Voters: m.node.Voters(),
-		Majority: m.node.InMajority(), Ownership: m.node.Table(), Peers: m.hb.Status(), Local: m.ctl.Status()}
+		Majority: m.node.InMajority(), Ownership: rows, Peers: m.hb.Status(), Local: m.ctl.Status()}
+}
+
+// writeCluster prints the cluster section of `magestack status`.
+func writeCluster(w io.Writer, c clusterStatus) {
+	fmt.Fprintf(w, "\ncluster: this host %s, leader %s, voters %s, in majority: %v\n",
+		strings.ToLower(c.State), orDash(c.Leader), strings.Join(c.Voters, " "), c.Majority)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "INSTANCE\tOWNER\tEPOCH\tSTANDBY\tSINCE\tREASON")
+	for _, o := range c.Ownership {
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\n", o.Instance, orDash(o.Owner), o.Epoch, orDash(o.Standby),
+			o.Since.Format("15:04:05"), orDash(o.Reason))
+	}
+	tw.Flush()
+	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "PEER\tSTATE\tPATHS")
+	for _, p := range c.Peers {
+		var paths []string
+		for name, ps := range p.Paths {
+			paths = append(paths, name+"="+string(ps.State))
+		}
+		sort.Strings(paths)
+		fmt.Fprintf(tw, "%s\t%s\t%s\n", p.Peer, p.State, strings.Join(paths, " "))
+	}
+	tw.Flush()
+	for _, f := range c.Local.Failovers {
+		fmt.Fprintf(w, "failover %s → %s:\n", f.From, f.To)
+		for _, e := range f.Timeline {
+			fmt.Fprintf(w, "  %s  %s\n", e.At.Format("15:04:05.000"), e.What)
+		}
+	}
 }
 
 func hostOf(hostport string) string {

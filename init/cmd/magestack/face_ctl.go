@@ -172,6 +172,12 @@ func writeStatusTable(w io.Writer, st *api.StatusReply) {
 			fmt.Fprintln(w, n)
 		}
 	}
+	if raw, ok := st.Sections["cluster"]; ok && string(raw) != "null" {
+		var c clusterStatus
+		if err := json.Unmarshal(raw, &c); err == nil {
+			writeCluster(w, c)
+		}
+	}
 	if len(st.Sections) > 0 {
 		var names []string
 		for k := range st.Sections {
