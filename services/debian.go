@@ -13,8 +13,23 @@ import (
 // them, with the stack-dependent services such as one Redis per
 // roles.db.redis entry); what is here holds for every stack.
 
+// realStart is how long a real daemon's failed probes are ignored after it
+// starts: MariaDB's first initialisation or Postfix under an emulated CPU
+// (QEMU TCG) take tens of seconds, and a restart then would never let them
+// finish. A daemon is ready at its first passing probe, so this never
+// delays a healthy start.
+const realStart = 3 * time.Minute
+
 func execCheck(argv ...string) *health.Check {
-	return &health.Check{Exec: argv, Interval: 3 * time.Second, Timeout: 2 * time.Second, Retries: 3, StartPeriod: 30 * time.Second}
+	return &health.Check{Exec: argv, Interval: 3 * time.Second, Timeout: 5 * time.Second, Retries: 3, StartPeriod: realStart}
+}
+
+func realHTTP(url, body string) *health.Check {
+	return &health.Check{HTTP: url, BodyContains: body, Interval: 2 * time.Second, Timeout: 3 * time.Second, Retries: 3, StartPeriod: realStart}
+}
+
+func realTCP(addr string) *health.Check {
+	return &health.Check{TCP: addr, Interval: 2 * time.Second, Timeout: 2 * time.Second, Retries: 3, StartPeriod: realStart}
 }
 
 // script is a start wrapper: prepares runtime directories on the role's
@@ -38,9 +53,9 @@ exec /usr/sbin/varnishd -F -a 127.0.0.1:6081 -f /etc/varnish/magestack.vcl -s ma
 			// Varnish runs only when roles.lb.settings.varnish is "true";
 			// the rendered haproxy.cfg then sends requests through it.
 			{Name: "varnish", Command: []string{"/bin/sh", libexec + "varnish"}, When: "varnish",
-				Health: tcpCheck("127.0.0.1:6081")},
+				Health: realTCP("127.0.0.1:6081")},
 			{Name: "haproxy", Command: []string{"/bin/sh", libexec + "haproxy"}, StopSignal: "SIGUSR1", StopGrace: 10 * time.Second,
-				Health: httpCheck("http://127.0.0.1:8404/stats", "HAProxy")},
+				Health: realHTTP("http://127.0.0.1:8404/stats", "HAProxy")},
 		}},
 	"web": {Caps: caps(),
 		Files: []File{script(libexec+"php-fpm", `mkdir -p /run/php
@@ -51,11 +66,11 @@ exec /usr/sbin/nginx -c /etc/nginx/nginx.conf -g 'daemon off;'
 `)},
 		Services: []Service{
 			{Name: "php-fpm", Command: []string{"/bin/sh", libexec + "php-fpm"}, StopSignal: "SIGQUIT",
-				Health: tcpCheck("127.0.0.1:9000")},
+				Health: realTCP("127.0.0.1:9000")},
 			// The ping goes nginx -> FastCGI -> PHP-FPM: healthy means the
 			// whole PHP path answers.
 			{Name: "nginx", Command: []string{"/bin/sh", libexec + "nginx"}, After: []string{"php-fpm"}, StopSignal: "SIGQUIT",
-				Health: httpCheck("http://127.0.0.1/magestack-fpm-ping", "pong")},
+				Health: realHTTP("http://127.0.0.1/magestack-fpm-ping", "pong")},
 		}},
 	"db": {Caps: caps("CAP_IPC_LOCK", "CAP_SYS_RESOURCE"),
 		Files: []File{script(libexec+"mariadb", `mkdir -p /run/mysqld /data/mysql
@@ -78,7 +93,7 @@ exec /usr/sbin/postfix start-fg
 `)},
 		Services: []Service{
 			{Name: "postfix", Command: []string{"/bin/sh", libexec + "postfix"},
-				Health: tcpCheck("127.0.0.1:25")},
+				Health: realTCP("127.0.0.1:25")},
 		}},
 	"acc": {Caps: caps("CAP_SYS_CHROOT", "CAP_AUDIT_WRITE", "CAP_DAC_READ_SEARCH"),
 		Files: []File{script(libexec+"sshd", `mkdir -p /run/sshd /data/ssh
@@ -91,7 +106,7 @@ exec /usr/sbin/sshd -D -e -f /etc/ssh/sshd_config
 `)},
 		Services: []Service{
 			{Name: "sshd", Command: []string{"/bin/sh", libexec + "sshd"},
-				Health: tcpCheck("127.0.0.1:22")},
+				Health: realTCP("127.0.0.1:22")},
 		}},
 	"monitor": {Caps: caps(),
 		Files: []File{script(libexec+"nginx", `mkdir -p /run/nginx /var/lib/nginx /var/log/nginx
@@ -100,7 +115,7 @@ exec /usr/sbin/nginx -c /etc/nginx/nginx.conf -g 'daemon off;'
 `)},
 		Services: []Service{
 			{Name: "portal", Command: []string{"/bin/sh", libexec + "nginx"}, StopSignal: "SIGQUIT",
-				Health: httpCheck("http://127.0.0.1/", "status of stack")},
+				Health: realHTTP("http://127.0.0.1/", "status of stack")},
 		}},
 }
 

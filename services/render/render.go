@@ -301,11 +301,11 @@ func firstErr(errs ...error) error {
 func fileMode(m uint32) os.FileMode { return os.FileMode(m) }
 
 func execCheck(argv ...string) *health.Check {
-	return &health.Check{Exec: argv, Interval: 3 * time.Second, Timeout: 2 * time.Second, Retries: 3, StartPeriod: 20 * time.Second}
+	return &health.Check{Exec: argv, Interval: 3 * time.Second, Timeout: 5 * time.Second, Retries: 3, StartPeriod: 3 * time.Minute}
 }
 
 func tcp(addr string) *health.Check {
-	return &health.Check{TCP: addr, Interval: 2 * time.Second, Timeout: time.Second, Retries: 3, StartPeriod: 10 * time.Second}
+	return &health.Check{TCP: addr, Interval: 2 * time.Second, Timeout: 2 * time.Second, Retries: 3, StartPeriod: 3 * time.Minute}
 }
 
 // Func adapts Payload to roleenv.Options.Render, with secrets kept by sec.
