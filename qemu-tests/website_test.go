@@ -82,14 +82,17 @@ func TestWebsiteEndToEnd(t *testing.T) {
 			t.Fatalf("%s never became ready: %v", in, err)
 		}
 	}
-	if _, err := vm.Expect(4*time.Minute, qemu.ReadyPattern); err != nil {
+	ready, err := vm.Expect(4*time.Minute, qemu.ReadyPattern)
+	if err != nil {
 		t.Fatal(err)
 	}
+	t.Logf("stack ready at guest uptime %s ms", ready[1])
 	// The plain page first (nginx + PHP-FPM via HAProxy), then the database
 	// round trip; two checks write two distinct rows.
 	waitBody(t, base, "magestack default site on web1", 2*time.Minute)
 	first := waitBody(t, base+"?check=1", "db check ok", time.Minute)
 	second := waitBody(t, base+"?check=1", "db check ok", time.Minute)
+	t.Logf("through the public address: %q", second)
 	if first == second {
 		t.Errorf("two checks returned the same row: %q", first)
 	}
