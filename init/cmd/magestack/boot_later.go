@@ -23,6 +23,7 @@ import (
 	"magestack/init/configstore"
 	"magestack/init/failover"
 	"magestack/init/firewall"
+	"magestack/init/imagestore"
 	"magestack/init/klog"
 	"magestack/init/overlay"
 	"magestack/init/pid1"
@@ -32,6 +33,7 @@ import (
 	"magestack/init/supervise"
 	"magestack/init/vpn"
 	"magestack/services"
+	"magestack/services/render"
 )
 
 // The steps after the stack config load, in the contract's order: control
@@ -52,6 +54,12 @@ func init() {
 			{Name: "firewall", Critical: true, Run: b.firewallStep, Timeout: time.Minute, Retry: pid1.Retry{Initial: time.Second, Max: 30 * time.Second}},
 			{Name: "vpn", Run: b.vpnStep, Timeout: time.Minute, Retry: pid1.Retry{Initial: 2 * time.Second, Max: time.Minute}},
 		}
+	})
+	registerBootSteps(orderRoles-5, "images", func(b *bootEnv) []pid1.Step {
+		if b.discovering() {
+			return nil
+		}
+		return []pid1.Step{{Name: "images", Run: b.imagesStep, Timeout: 5 * time.Minute, Retry: pid1.Retry{Initial: 5 * time.Second, Max: time.Minute}}}
 	})
 	registerBootSteps(orderRoles, "roles", func(b *bootEnv) []pid1.Step {
 		if b.discovering() {
@@ -168,13 +176,53 @@ func (b *bootEnv) vpnStep(ctx context.Context) error {
 	return vpn.UpForStack(ctx, b.Stack(), filepath.Join(stateDir, "vpn"), b.log, b.loadModule)
 }
 
-// roleOptions says where role environments keep their state: volumes on
-// the data disk when there is one.
+// publishedImages is where verified role images are linked for roleenv.
+const publishedImages = "/run/magestack/images"
+
+// imagesStep verifies the role images on the MAGESTACK-IMAGES disk and
+// publishes them, the built-in images staying as the fallback. Without such
+// a disk the roles run on the built-in images.
+func (b *bootEnv) imagesStep(ctx context.Context) error {
+	for _, m := range []string{"loop", "squashfs", "ext4"} {
+		if err := b.loadModule(ctx, m); err != nil {
+			b.log.Warn("images: module", "module", m, "err", err)
+		}
+	}
+	store, err := imagestore.Open(ctx, b.log, imagestore.Options{})
+	if store == nil {
+		b.log.Info("images: no MAGESTACK-IMAGES disk; roles use the built-in images", "why", err)
+		return nil
+	}
+	if err != nil {
+		// Refused images are named; the others are usable.
+		b.log.Error("images: some images refused", "err", err)
+	}
+	if err := store.Publish(publishedImages, roleenv.DefaultImageRoot); err != nil {
+		return fmt.Errorf("images: %w", err)
+	}
+	b.mu.Lock()
+	b.imageRoot = publishedImages
+	b.mu.Unlock()
+	b.log.Info("images: verified and published", "images", strings.Join(store.Names(), ","))
+	return nil
+}
+
+// roleOptions says where role environments keep their state (volumes and
+// generated secrets on the data disk when there is one), which images they
+// run and how their configuration is rendered from the stack file.
 func (b *bootEnv) roleOptions() roleenv.Options {
 	opts := roleenv.Options{}
+	secrets := "/run/magestack/secrets"
 	if isMountPoint(stateDir) {
 		opts.VolumeRoot = filepath.Join(stateDir, "volumes")
+		secrets = filepath.Join(stateDir, "secrets")
 	}
+	opts.Render = render.Func(&render.FileSecrets{Dir: secrets})
+	b.mu.Lock()
+	if b.imageRoot != "" {
+		opts.ImageRoot = b.imageRoot
+	}
+	b.mu.Unlock()
 	return opts
 }
 

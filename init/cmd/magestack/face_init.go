@@ -59,6 +59,9 @@ type bootEnv struct {
 	api     *api.Server
 	sup     *supervise.Supervisor
 	cluster *clusterMember
+	// imageRoot is where verified role images were published ("" until
+	// the images step found a MAGESTACK-IMAGES disk: built-in images only).
+	imageRoot string
 }
 
 // Stack is the loaded stack file (nil before the config step succeeded).
