@@ -1,10 +1,13 @@
 package qemutests
 
 import (
+	"github.com/vishvananda/netns"
+
 	"bufio"
 	"errors"
 	"fmt"
 	"io"
+	"magestack/init/nsdo"
 	"net"
 	"net/http"
 	"os"
@@ -98,7 +101,13 @@ func TestFirewallPublicScanAndVPN(t *testing.T) {
 	}
 
 	t.Run("website answers", func(t *testing.T) {
-		body, err := fwGet(pub, "http://"+fwHostAddr+"/")
+		var body string
+		var err error
+		for deadline := time.Now().Add(qemu.Scale(30 * time.Second)); time.Now().Before(deadline); time.Sleep(time.Second) {
+			if body, err = fwGet(pub, "http://"+fwHostAddr+"/"); err == nil && strings.Contains(body, "website via lb1") {
+				break
+			}
+		}
 		if err != nil || !strings.Contains(body, "website via lb1") {
 			t.Fatalf("GET / from the public client: %q %v", body, err)
 		}
@@ -197,19 +206,22 @@ func fwDial(ns *qemu.Namespace, addr string, timeout time.Duration) (string, err
 }
 
 func fwGet(ns *qemu.Namespace, url string) (string, error) {
-	var body string
-	err := ns.Do(func() error {
-		c := &http.Client{Timeout: qemu.Scale(20 * time.Second), Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true}}
-		resp, err := c.Get(url)
-		if err != nil {
-			return err
-		}
-		defer resp.Body.Close()
-		b, err := io.ReadAll(resp.Body)
-		body = string(b)
-		return err
-	})
-	return body, err
+	// net/http dials on its own goroutines, which do not inherit a
+	// namespace: the dial itself is moved into ns (init/nsdo).
+	h, err := netns.GetFromName(ns.Name)
+	if err != nil {
+		return "", err
+	}
+	defer h.Close()
+	c := &http.Client{Timeout: qemu.Scale(20 * time.Second), Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true,
+		DialContext: nsdo.DialContext(h)}}
+	resp, err := c.Get(url)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return string(b), err
 }
 
 // fwScan dials every TCP port of addr from ns. open: the handshake
