@@ -1,13 +1,10 @@
 package qemutests
 
 import (
-	"github.com/vishvananda/netns"
-
 	"bufio"
 	"errors"
 	"fmt"
 	"io"
-	"magestack/init/nsdo"
 	"net"
 	"net/http"
 	"os"
@@ -20,9 +17,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netns"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"magestack/buildroot/modules"
+	"magestack/init/nsdo"
 	"magestack/init/stackfile"
 	"magestack/qemu-tests/qemu"
 )
