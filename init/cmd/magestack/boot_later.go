@@ -271,7 +271,17 @@ func (b *bootEnv) rolesStep(ctx context.Context) error {
 		})
 	}
 	if _, _, ok := st.HostByName(host); !ok {
-		return fmt.Errorf("roles: this host %q is not in stack %s: set magestack.host= or list its MAC", host, st.Name)
+		if len(st.Hosts) != 1 {
+			return fmt.Errorf("roles: this host %q is not in stack %s: set magestack.host= or list its MAC", host, st.Name)
+		}
+		// A one-host stack (the built-in default among them) is this
+		// machine's whatever its MAC: adopt the name rather than run nothing.
+		b.log.Warn("roles: this machine is not named in the stack file; taking its only host's place",
+			"was", host, "host", st.Hosts[0].Name)
+		if err := b.setHostname(st.Hosts[0].Name, "the stack's only host"); err != nil {
+			return err
+		}
+		host = st.Hosts[0].Name
 	}
 	opts := b.roleOptions()
 	b.overlayUp(st, host)
