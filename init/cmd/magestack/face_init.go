@@ -520,6 +520,11 @@ func (b *bootEnv) configStep(ctx context.Context) error {
 		if h := hostForMACs(st, bootMACs(b.cmdline)); h != "" {
 			return b.setHostname(h, "stack file host by MAC")
 		}
+		if len(st.Hosts) == 1 {
+			// A one-host stack (the built-in default among them) is this
+			// machine's, whatever its MAC.
+			return b.setHostname(st.Hosts[0].Name, "the stack's only host")
+		}
 	}
 	return nil
 }
