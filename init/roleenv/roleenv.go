@@ -312,8 +312,21 @@ func (e *Env) afterStart(pid int) error {
 		PeerName:      RoleInterface,
 		PeerNamespace: netlink.NsPid(pid),
 	}
-	if err := h.LinkAdd(veth); err != nil {
-		return fmt.Errorf("role %s: create veth %s: %w%s", e.inst.Name, veth.Name, err, moduleHint(err, "veth"))
+	// The previous run's veth dies with its namespace, which the kernel
+	// tears down asynchronously: a restart can find the old host end still
+	// there. It belongs to no live role, so it goes (bounded retries).
+	for attempt := 0; ; attempt++ {
+		err := h.LinkAdd(veth)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, unix.EEXIST) || attempt >= 20 {
+			return fmt.Errorf("role %s: create veth %s: %w%s", e.inst.Name, veth.Name, err, moduleHint(err, "veth"))
+		}
+		if old, lerr := h.LinkByName(veth.Name); lerr == nil {
+			h.LinkDel(old)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 	if err := h.LinkSetUp(veth); err != nil {
 		return fmt.Errorf("role %s: veth %s up: %w", e.inst.Name, veth.Name, err)
