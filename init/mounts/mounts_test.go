@@ -138,25 +138,25 @@ func TestCgroupControllersSkipsMissing(t *testing.T) {
 	if err := unix.Mkfifo(ctl, 0o644); err != nil {
 		t.Skipf("mkfifo: %v", err)
 	}
-	got := make(chan string)
+	// Opened read-write, the FIFO always has a writer: reads never hit EOF
+	// between the code's writes and its writes never find no reader.
+	f, err := os.OpenFile(ctl, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	got := make(chan string, 1)
 	go func() {
-		f, _ := os.Open(ctl)
 		var all []byte
 		buf := make([]byte, 64)
-		for {
+		for strings.Count(string(all), "+") < 2 {
 			n, err := f.Read(buf)
-			all = append(all, buf[:n]...)
 			if err != nil {
-				// Writers reopen the FIFO per write; EOF between them is
-				// fine, so keep reading until the expected writes came in.
-				if strings.Count(string(all), "+") >= 2 {
-					got <- string(all)
-					return
-				}
-				f.Close()
-				f, _ = os.Open(ctl)
+				break
 			}
+			all = append(all, buf[:n]...)
 		}
+		got <- string(all)
 	}()
 	if err := (CgroupControllers{Path: "/cg", Controllers: []string{"cpu", "memory", "pids", "io"}}).Apply(root); err != nil {
 		t.Fatal(err)
