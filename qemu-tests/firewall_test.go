@@ -299,21 +299,7 @@ var fwGuestModules = []string{"nf_tables", "nf_conntrack", "nf_nat", "nft_chain_
 func TestFirewallVPNKernelGuest(t *testing.T) {
 	qemu.Require(t)
 	dir := t.TempDir()
-	root, err := qemu.RepoRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	bin := filepath.Join(dir, "vpn.test")
-	gobin, err := exec.LookPath("go")
-	if err != nil {
-		gobin = "/usr/local/go/bin/go"
-	}
-	cmd := exec.Command(gobin, "test", "-c", "-o", bin, "./init/vpn")
-	cmd.Dir = root
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go test -c ./init/vpn: %v\n%s", err, out)
-	}
+	bin := guestTestBinary(t, dir, "./init/vpn")
 	modDir, err := qemu.KernelModulesDir()
 	if err != nil {
 		t.Fatal(err)

@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -214,21 +213,7 @@ func TestRolesMemoryHogOOMKilledOthersKeepServing(t *testing.T) {
 func TestRolesOnCgroup2(t *testing.T) {
 	qemu.Require(t)
 	dir := t.TempDir()
-	root, err := qemu.RepoRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	bin := filepath.Join(dir, "roleenv.test")
-	gobin, err := exec.LookPath("go")
-	if err != nil {
-		gobin = "/usr/local/go/bin/go"
-	}
-	cmd := exec.Command(gobin, "test", "-c", "-o", bin, "./init/roleenv")
-	cmd.Dir = root
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go test -c ./init/roleenv: %v\n%s", err, out)
-	}
+	bin := guestTestBinary(t, dir, "./init/roleenv")
 	if _, err := os.Stat("/bin/busybox"); err != nil {
 		t.Fatalf("the guest needs a static busybox (Debian busybox-static): %v", err)
 	}

@@ -2,7 +2,6 @@ package qemutests
 
 import (
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -22,26 +21,12 @@ import (
 func TestSuperviseOnCgroup2(t *testing.T) {
 	qemu.Require(t)
 	dir := t.TempDir()
-	root, err := qemu.RepoRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	bin := filepath.Join(dir, "supervise.test")
-	gobin, err := exec.LookPath("go")
-	if err != nil {
-		gobin = "/usr/local/go/bin/go"
-	}
-	cmd := exec.Command(gobin, "test", "-c", "-o", bin, "./init/supervise")
-	cmd.Dir = root
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go test -c ./init/supervise: %v\n%s", err, out)
-	}
+	bin := guestTestBinary(t, dir, "./init/supervise")
 	if _, err := os.Stat("/bin/busybox"); err != nil {
 		t.Fatalf("the guest needs a static busybox (Debian busybox-static): %v", err)
 	}
 	img := filepath.Join(dir, "initramfs.img")
-	err = qemu.WriteInitramfs(img, []qemu.File{
+	err := qemu.WriteInitramfs(img, []qemu.File{
 		{Path: "init", Src: bin},
 		{Path: "bin/busybox", Src: "/bin/busybox"},
 		{Path: "bin/sh", Symlink: "busybox"},

@@ -11,6 +11,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"magestack/init/bootreport"
 )
 
 // maxReport bounds what a host may POST to /report.
@@ -99,19 +101,9 @@ func (s *Server) serveStack(w http.ResponseWriter, r *http.Request) {
 	w.Write(s.stackYAML)
 }
 
-// Report is what a booting host posts: a step ("ready") or its hardware
-// (discovery boots).
-type Report struct {
-	Host     string         `json:"host"`
-	MAC      string         `json:"mac"`
-	Event    string         `json:"event"`
-	UptimeMS int64          `json:"uptime_ms,omitempty"`
-	Hardware map[string]any `json:"hardware,omitempty"`
-	Error    string         `json:"error,omitempty"`
-}
-
 func (s *Server) serveReport(w http.ResponseWriter, r *http.Request) {
-	var rep Report
+	// The host side (init/bootreport) defines the report.
+	var rep bootreport.Report
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxReport))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&rep); err != nil {

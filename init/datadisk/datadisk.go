@@ -24,8 +24,9 @@ import (
 // Label is the filesystem label of the data disk.
 const Label = "MAGESTACK-DATA"
 
-// ext4 superblock: at byte 1024; magic at +56, volume name at +120.
-func ext4Label(r io.ReaderAt) (string, bool) {
+// Ext4Label reads the label of an ext4 filesystem (superblock at byte 1024:
+// magic at +56, volume name at +120); false when r holds no ext4.
+func Ext4Label(r io.ReaderAt) (string, bool) {
 	sb := make([]byte, 136)
 	if _, err := r.ReadAt(sb, 1024); err != nil {
 		return "", false
@@ -101,7 +102,7 @@ func Find(disks []Disk) (dev string, prepare bool, err error) {
 		if err != nil {
 			continue
 		}
-		label, isExt := ext4Label(f)
+		label, isExt := Ext4Label(f)
 		if isExt && label == Label {
 			f.Close()
 			return d.Dev, false, nil

@@ -81,6 +81,7 @@ type Monitor struct {
 	log   *slog.Logger
 	conns []*net.UDPConn
 	dsts  [][]peerAddr
+	srcs  []from // per path, resolved once: receive runs per packet
 	start time.Time
 
 	mu       sync.Mutex
@@ -94,6 +95,9 @@ type peerAddr struct {
 	id   string
 	addr *net.UDPAddr
 }
+
+// from is where a path's heartbeats must come from: peer ID → its IP.
+type from map[string]net.IP
 
 // New binds every path's socket now, in the caller's network namespace.
 func New(cfg Config) (*Monitor, error) {
@@ -129,6 +133,7 @@ func New(cfg Config) (*Monitor, error) {
 		}
 		m.conns = append(m.conns, conn)
 		var dsts []peerAddr
+		srcs := from{}
 		for id, a := range p.Peers {
 			ua, err := net.ResolveUDPAddr("udp", a)
 			if err != nil {
@@ -136,9 +141,11 @@ func New(cfg Config) (*Monitor, error) {
 				return nil, fmt.Errorf("heartbeat path %s: peer %s address %q: %w", p.Name, id, a, err)
 			}
 			dsts = append(dsts, peerAddr{id, ua})
+			srcs[id] = ua.IP
 			m.state[id] = Unknown
 		}
 		m.dsts = append(m.dsts, dsts)
+		m.srcs = append(m.srcs, srcs)
 	}
 	return m, nil
 }
@@ -235,7 +242,7 @@ func (m *Monitor) receive(ctx context.Context, i int) {
 	path := m.cfg.Paths[i]
 	buf := make([]byte, 600)
 	for {
-		n, from, err := conn.ReadFromUDP(buf)
+		n, src, err := conn.ReadFromUDP(buf)
 		if err != nil {
 			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
 				return
@@ -247,11 +254,7 @@ func (m *Monitor) receive(ctx context.Context, i int) {
 			continue
 		}
 		// Only listed peers count, and only from their address on this path.
-		want, ok := path.Peers[id]
-		if !ok {
-			continue
-		}
-		if wa, err := net.ResolveUDPAddr("udp", want); err != nil || !wa.IP.Equal(from.IP) {
+		if want, ok := m.srcs[i][id]; !ok || !want.Equal(src.IP) {
 			continue
 		}
 		m.mu.Lock()

@@ -1,11 +1,8 @@
 package imagestore
 
 import (
-	"bytes"
-	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -14,19 +11,9 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
-)
 
-// ext4 superblock: at byte 1024; magic at +56, volume name at +120.
-func ext4Label(r io.ReaderAt) (string, bool) {
-	sb := make([]byte, 136)
-	if _, err := r.ReadAt(sb, 1024); err != nil {
-		return "", false
-	}
-	if binary.LittleEndian.Uint16(sb[56:]) != 0xef53 {
-		return "", false
-	}
-	return string(bytes.TrimRight(sb[120:136], "\x00")), true
-}
+	"magestack/init/datadisk"
+)
 
 // FindDisks returns the block devices (whole disks, partitions and loop
 // devices, sorted) whose ext4 filesystem carries label. Devices that cannot
@@ -51,7 +38,7 @@ func FindDisks(sysRoot, devRoot, label string) ([]string, error) {
 		if err != nil {
 			continue
 		}
-		l, ok := ext4Label(f)
+		l, ok := datadisk.Ext4Label(f)
 		f.Close()
 		if ok && l == label {
 			out = append(out, dev)
