@@ -19,7 +19,6 @@ import (
 	"github.com/vishvananda/netns"
 
 	"magestack/init/imagestore"
-	"magestack/init/nsdo"
 	"magestack/init/roleenv"
 	"magestack/init/roleinit"
 	"magestack/init/stackfile"
@@ -222,9 +221,27 @@ func privateNS(t *testing.T) netns.NsHandle {
 	return ns
 }
 
-// dialIn dials from inside ns (the socket stays there).
+// dialIn dials from a thread inside ns: the socket stays there.
 func dialIn(ns netns.NsHandle) func(ctx context.Context, network, addr string) (net.Conn, error) {
-	return nsdo.DialContext(ns)
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		type result struct {
+			c   net.Conn
+			err error
+		}
+		ch := make(chan result, 1)
+		go func() {
+			runtime.LockOSThread() // never unlocked: the thread dies with the goroutine
+			if err := netns.Set(ns); err != nil {
+				ch <- result{nil, err}
+				return
+			}
+			var d net.Dialer
+			c, err := d.DialContext(ctx, network, addr)
+			ch <- result{c, err}
+		}()
+		r := <-ch
+		return r.c, r.err
+	}
 }
 
 // banner reads what a server says first on a new connection.
