@@ -44,10 +44,29 @@ type pairRig struct {
 	witness *qemu.LockedBuffer
 }
 
+// pairRigOptions varies the pair rig; the zero value is the default rig
+// (pairStackYAML with a witness).
+type pairRigOptions struct {
+	Stack     string // stack YAML; default pairStackYAML
+	NoWitness bool   // 192.0.2.5 only serves the stack file
+	// Setup runs on the rig network before the hosts boot.
+	Setup func(n *qemu.Net)
+	// QEMUArgs adds arguments to a host's QEMU command line.
+	QEMUArgs func(host string) []string
+}
+
 func startPairRig(t *testing.T) *pairRig {
 	t.Helper()
+	return startPairRigWith(t, pairRigOptions{})
+}
+
+func startPairRigWith(t *testing.T, o pairRigOptions) *pairRig {
+	t.Helper()
 	im := qemu.RequireImage(t)
-	if _, err := stackfile.Parse("pair.yaml", []byte(pairStackYAML)); err != nil {
+	if o.Stack == "" {
+		o.Stack = pairStackYAML
+	}
+	if _, err := stackfile.Parse("pair.yaml", []byte(o.Stack)); err != nil {
 		t.Fatalf("test stack: %v", err)
 	}
 	n := qemu.NewNet(t, "pair")
@@ -63,14 +82,19 @@ func startPairRig(t *testing.T) *pairRig {
 	}
 	dir := t.TempDir()
 	stackPath := filepath.Join(dir, "stack.yaml")
-	os.WriteFile(stackPath, []byte(pairStackYAML), 0o644)
+	os.WriteFile(stackPath, []byte(o.Stack), 0o644)
 
 	w := n.AddClient("witness", "192.0.2.5/24")
 	var wlog qemu.LockedBuffer
-	cmd := exec.Command(im.Binary, "witness", "--stack", stackPath, "--data", "")
-	cmd.Stdout, cmd.Stderr = &wlog, &wlog
-	if err := w.Start(cmd); err != nil {
-		t.Fatal(err)
+	if !o.NoWitness {
+		cmd := exec.Command(im.Binary, "witness", "--stack", stackPath, "--data", "")
+		cmd.Stdout, cmd.Stderr = &wlog, &wlog
+		if err := w.Start(cmd); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if o.Setup != nil {
+		o.Setup(n)
 	}
 	// The witness's machine also serves the stack file to the hosts.
 	var ln net.Listener
@@ -96,6 +120,9 @@ func startPairRig(t *testing.T) *pairRig {
 		opts.NetNS = n.NetNS()
 		opts.Watchdog = true
 		opts.NICs = []qemu.NIC{{Tap: tap, MAC: pairMAC[host], ROM: "none"}, {Tap: "tp-" + host, MAC: fmt.Sprintf("52:54:00:aa:02:0%d", i+1), ROM: "none"}}
+		if o.QEMUArgs != nil {
+			opts.ExtraArgs = append(opts.ExtraArgs, o.QEMUArgs(host)...)
+		}
 		r.vms[host] = qemu.Start(t, opts)
 	}
 	for _, host := range []string{"dh1", "dh2"} {
