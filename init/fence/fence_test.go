@@ -4,51 +4,124 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"net"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 )
 
-// TestQMPFencesARealQEMU starts a real (empty) QEMU machine and fences it.
+// TestQMPFencesARealQEMU starts a real (empty) QEMU machine with its
+// monitor on a unix socket or on TCP (the stack file's host:port form) and
+// fences it: power off, then confirmed off once the monitor is gone.
 func TestQMPFencesARealQEMU(t *testing.T) {
 	bin, err := exec.LookPath("qemu-system-x86_64")
 	if err != nil {
 		t.Skip("qemu-system-x86_64 not installed")
 	}
-	sock := filepath.Join(t.TempDir(), "qmp.sock")
-	cmd := exec.Command(bin, "-machine", "none", "-nodefaults", "-display", "none", "-S", "-qmp", "unix:"+sock+",server=on,wait=off")
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
+	for _, tc := range []struct{ name, listen, address string }{
+		{"unix socket", "unix:%s,server=on,wait=off", "unix:%s"},
+		{"socket path", "unix:%s,server=on,wait=off", "%s"},
+		{"tcp", "tcp:%s,server=on,wait=off", "%s"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			where := filepath.Join(t.TempDir(), "qmp.sock")
+			if strings.HasPrefix(tc.listen, "tcp") {
+				where = freeLoopbackPort(t)
+			}
+			cmd := exec.Command(bin, "-machine", "none", "-nodefaults", "-display", "none", "-S", "-qmp", fmt.Sprintf(tc.listen, where))
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			exited := make(chan error, 1)
+			go func() { exited <- cmd.Wait() }()
+			t.Cleanup(func() { cmd.Process.Kill() })
+			d, err := New("qmp", fmt.Sprintf(tc.address, where), "", "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx := context.Background()
+			var off bool
+			for i := 0; i < 100; i++ { // until QEMU listens
+				if off, err = d.PoweredOff(ctx); err == nil {
+					break
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+			if err != nil || off {
+				t.Fatalf("running machine: off=%v err=%v", off, err)
+			}
+			if err := Fence(ctx, d, 10*time.Second); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case <-exited:
+			case <-time.After(5 * time.Second):
+				t.Fatal("QEMU still runs after a confirmed fence")
+			}
+		})
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() { cmd.Process.Kill() })
-	for i := 0; i < 100; i++ {
-		if _, err := os.Stat(sock); err == nil {
-			break
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	d, err := New("qmp", "unix:"+sock, "", "")
+}
+
+// freeLoopbackPort returns a loopback host:port nothing listens on.
+func freeLoopbackPort(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx := context.Background()
-	if off, err := d.PoweredOff(ctx); err != nil || off {
-		t.Fatalf("running machine: off=%v err=%v", off, err)
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// TestQMPNeverReachedIsNotOff: a monitor address that refuses connections
+// from the start (a typo in the stack file, or QEMU gone before anyone
+// asked) must not count as a confirmed power off.
+func TestQMPNeverReachedIsNotOff(t *testing.T) {
+	for _, addr := range []string{freeLoopbackPort(t), filepath.Join(t.TempDir(), "missing.sock")} {
+		d, err := New("qmp", addr, "", "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = Fence(context.Background(), d, time.Second)
+		if err == nil {
+			t.Fatalf("%s: a monitor never reached counted as a confirmed fence", addr)
+		}
+		if !errors.Is(err, ErrUnconfirmed) && !strings.Contains(err.Error(), "power off") {
+			t.Errorf("%s: unexpected error %v", addr, err)
+		}
 	}
-	if err := Fence(ctx, d, 10*time.Second); err != nil {
-		t.Fatal(err)
+}
+
+func TestNewQMPAddresses(t *testing.T) {
+	for _, tc := range []struct{ in, network, addr string }{
+		{"unix:/run/qmp.sock", "unix", "/run/qmp.sock"},
+		{"/run/qmp.sock", "unix", "/run/qmp.sock"},
+		{"tcp:192.0.2.1:4441", "tcp", "192.0.2.1:4441"},
+		{"192.0.2.1:4441", "tcp", "192.0.2.1:4441"},
+		{"[2001:db8::1]:4441", "tcp", "[2001:db8::1]:4441"},
+		{"hv1.example:4441", "tcp", "hv1.example:4441"},
+	} {
+		q, err := NewQMP(tc.in)
+		if err != nil {
+			t.Errorf("NewQMP(%q): %v", tc.in, err)
+			continue
+		}
+		if q.network != tc.network || q.addr != tc.addr {
+			t.Errorf("NewQMP(%q) = %s %s, want %s %s", tc.in, q.network, q.addr, tc.network, tc.addr)
+		}
 	}
-	select {
-	case <-exited:
-	case <-time.After(5 * time.Second):
-		t.Fatal("QEMU still runs after a confirmed fence")
+	for _, bad := range []string{"", "unix:", "tcp:", "192.0.2.1", "tcp:192.0.2.1", "udp:192.0.2.1:4441", ":4441"} {
+		if _, err := NewQMP(bad); err == nil {
+			t.Errorf("NewQMP(%q) accepted", bad)
+		} else if !strings.Contains(err.Error(), "qmp address") {
+			t.Errorf("NewQMP(%q): %v does not name the address", bad, err)
+		}
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -15,17 +16,33 @@ import (
 // QMP fences a QEMU host through its QMP monitor ("unix:/path" or
 // "tcp:host:port"): quit ends the virtual machine at once. Off is
 // confirmed when the monitor reports the guest shut down, or when the
-// monitor's endpoint actively refuses connections (the QEMU process is
-// gone); a timeout proves nothing.
+// monitor, having answered this device before, now actively refuses
+// connections (the QEMU process is gone). A monitor never reached proves
+// nothing: a refused connection there may as well be a wrong address, and
+// a timeout is never proof.
 type QMP struct {
 	network, addr string
+	reached atomic.Bool // the monitor answered this device once
 }
 
-// NewQMP parses the monitor address.
+// NewQMP parses the monitor address: unix:/path or /path for a socket,
+// tcp:host:port or host:port over the network (the stack file's form).
 func NewQMP(address string) (*QMP, error) {
 	network, addr, ok := strings.Cut(address, ":")
-	if !ok || (network != "unix" && network != "tcp") || addr == "" {
-		return nil, fmt.Errorf("qmp address %q: want unix:/path or tcp:host:port", address)
+	switch {
+	case strings.HasPrefix(address, "/"):
+		network, addr = "unix", address
+	case ok && (network == "unix" || network == "tcp"):
+	default:
+		network, addr = "tcp", address
+	}
+	if network == "tcp" {
+		if host, port, err := net.SplitHostPort(addr); err != nil || host == "" || port == "" {
+			return nil, fmt.Errorf("qmp address %q: want host:port, tcp:host:port, /path or unix:/path", address)
+		}
+	}
+	if addr == "" {
+		return nil, fmt.Errorf("qmp address %q: want host:port, tcp:host:port, /path or unix:/path", address)
 	}
 	return &QMP{network: network, addr: addr}, nil
 }
@@ -53,6 +70,7 @@ func (q *QMP) dial(ctx context.Context) (*qmpConn, error) {
 		c.Close()
 		return nil, fmt.Errorf("qmp greeting: %w", err)
 	}
+	q.reached.Store(true)
 	if _, err := qc.cmd("qmp_capabilities"); err != nil {
 		c.Close()
 		return nil, err
@@ -108,7 +126,10 @@ func (q *QMP) PoweredOff(ctx context.Context) (bool, error) {
 	qc, err := q.dial(ctx)
 	if err != nil {
 		if errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ENOENT) {
-			return true, nil
+			if q.reached.Load() {
+				return true, nil
+			}
+			return false, fmt.Errorf("%s refuses connections and never answered: cannot confirm the machine is off (wrong address, or QEMU gone before the fence): %w", q, err)
 		}
 		return false, err
 	}
