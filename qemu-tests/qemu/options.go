@@ -66,6 +66,10 @@ type NIC struct {
 	User    bool     // user-mode (slirp) networking
 	HostFwd []string // with User: "tcp:127.0.0.1:8080-:80"
 	Tap     string   // tap device name (in the VM's NetNS)
+	// UDP and UDPPeer make a socket netdev: each frame is one UDP datagram
+	// sent from UDP (QEMU binds it) to UDPPeer, in the VM's NetNS. Net.AddCable
+	// sets both (Cable.NIC).
+	UDP, UDPPeer string
 
 	Model string // default virtio-net-pci
 	// ROM is the option ROM used for PXE: "" keeps QEMU's default (iPXE
@@ -216,9 +220,16 @@ func (n NIC) id(i int) string {
 func (n NIC) args(i int) ([]string, error) {
 	id := n.id(i)
 	var netdev string
+	udp := n.UDP != "" || n.UDPPeer != ""
 	switch {
 	case n.User && n.Tap != "":
 		return nil, fmt.Errorf("options: NIC %s: both user networking and tap %q", id, n.Tap)
+	case udp && (n.User || n.Tap != ""):
+		return nil, fmt.Errorf("options: NIC %s: a UDP socket netdev cannot also be user networking or tap %q", id, n.Tap)
+	case udp && (n.UDP == "" || n.UDPPeer == ""):
+		return nil, fmt.Errorf("options: NIC %s: a UDP socket netdev needs both UDP (%q) and UDPPeer (%q)", id, n.UDP, n.UDPPeer)
+	case udp:
+		netdev = fmt.Sprintf("socket,id=%s,udp=%s,localaddr=%s", id, n.UDPPeer, n.UDP)
 	case n.User:
 		netdev = "user,id=" + id
 		for _, f := range n.HostFwd {
@@ -227,7 +238,7 @@ func (n NIC) args(i int) ([]string, error) {
 	case n.Tap != "":
 		netdev = fmt.Sprintf("tap,id=%s,ifname=%s,script=no,downscript=no", id, n.Tap)
 	default:
-		return nil, fmt.Errorf("options: NIC %s: neither User nor Tap set", id)
+		return nil, fmt.Errorf("options: NIC %s: neither User, Tap nor UDP set", id)
 	}
 	model := n.Model
 	if model == "" {

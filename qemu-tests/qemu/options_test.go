@@ -74,7 +74,17 @@ func TestArgs(t *testing.T) {
 		{name: "too many serial ports", opts: Options{Kernel: "/k", Serials: 4}, wantErr: "ttyS1..ttyS3"},
 		{name: "nothing to boot", opts: Options{}, wantErr: "nothing to boot"},
 		{name: "initrd without kernel", opts: Options{Boot: "n", Initrd: "/i"}, wantErr: "Initrd needs Kernel"},
-		{name: "nic without backend", opts: Options{Kernel: "/k", NICs: []NIC{{}}}, wantErr: "neither User nor Tap"},
+		{name: "nic without backend", opts: Options{Kernel: "/k", NICs: []NIC{{}}}, wantErr: "neither User, Tap nor UDP"},
+		{
+			name: "udp socket nic (a Cable)",
+			opts: Options{Kernel: "/k", NICs: []NIC{{UDP: "127.0.0.1:4000", UDPPeer: "127.0.0.1:5000", MAC: "52:54:00:00:00:09"}}},
+			want: map[string][]string{
+				"-netdev": {"socket,id=net0,udp=127.0.0.1:5000,localaddr=127.0.0.1:4000"},
+				"-device": {"virtio-net-pci,netdev=net0,mac=52:54:00:00:00:09"},
+			},
+		},
+		{name: "udp nic without peer", opts: Options{Kernel: "/k", NICs: []NIC{{UDP: "127.0.0.1:4000"}}}, wantErr: "needs both UDP"},
+		{name: "udp nic and tap", opts: Options{Kernel: "/k", NICs: []NIC{{UDP: "a:1", UDPPeer: "b:2", Tap: "t"}}}, wantErr: "cannot also be"},
 		{name: "nic with two backends", opts: Options{Kernel: "/k", NICs: []NIC{{User: true, Tap: "t"}}}, wantErr: "both"},
 		{name: "bad firmware", opts: Options{Kernel: "/k", Firmware: "coreboot"}, wantErr: "unknown firmware"},
 		{name: "drive without file", opts: Options{Kernel: "/k", Drives: []Drive{{}}}, wantErr: "drive 0"},
