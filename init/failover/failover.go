@@ -97,6 +97,10 @@ type Controller struct {
 	// moving holds instances released by a move in progress, so placement
 	// does not hand them back meanwhile.
 	moving map[string]bool
+	// peerSeen is set once this host's heartbeats have heard its pair peer
+	// (its loop only): a peer never heard since this host started may be
+	// booting, not lost, and is never fenced (corosync's wait_for_all).
+	peerSeen bool
 }
 
 // New checks cfg.
@@ -150,6 +154,9 @@ func (c *Controller) safeStep(ctx context.Context) {
 // Step is one pass of the loop (exported for tests that drive time).
 func (c *Controller) Step(ctx context.Context) {
 	table := c.cfg.Cluster.Table()
+	if p := c.pairOf(c.cfg.Self); p != "" && c.alive(p) {
+		c.peerSeen = true
+	}
 	if c.cfg.Runtime != nil {
 		want := map[string]bool{}
 		c.stopWhy = "lost contact with the cluster majority"
@@ -380,6 +387,10 @@ func (c *Controller) move(ctx context.Context, from, to string, list []cluster.O
 func (c *Controller) fenceAndGoAlone(ctx context.Context) {
 	peer := c.pairOf(c.cfg.Self)
 	if peer == "" || c.alive(peer) {
+		return
+	}
+	if !c.peerSeen {
+		c.warnOnce(peer, "failover: peer not heard since this host started; not fencing a peer that may be booting: run `magestack failover --force` to take over if it is really off", "peer", peer)
 		return
 	}
 	if c.cfg.Fence == nil {
