@@ -2,6 +2,7 @@ package netboot
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -12,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"magestack/images/manifest"
 	"magestack/init/bootreport"
 )
 
@@ -26,6 +28,7 @@ func (s *Server) routes() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /boot/{file}", s.serveScript)
 	mux.HandleFunc("GET /image/{file}", s.serveImage)
+	mux.HandleFunc("GET /images/{file}", s.serveRoleImage)
 	mux.HandleFunc("GET /stack.yaml", s.serveStack)
 	mux.HandleFunc("POST /report", s.serveReport)
 	mux.HandleFunc("GET /status", s.serveStatus)
@@ -93,6 +96,90 @@ func (s *Server) serveImage(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Cache-Control", "public, max-age=60")
 	w.Header().Set("Content-Type", "application/octet-stream")
 	http.ServeContent(w, r, name, st.ModTime(), f)
+}
+
+// checkRoleImages reads the role images' manifest and checks that every
+// file it lists is there at its size (digests are the hosts' to verify:
+// hashing every image at each start would take long).
+func (s *Server) checkRoleImages() error {
+	if s.opts.RoleImageDir == "" {
+		return errors.New("no role image directory given")
+	}
+	m, err := manifest.Read(s.opts.RoleImageDir)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, im := range m.Images {
+		st, err := os.Stat(filepath.Join(s.opts.RoleImageDir, im.File))
+		switch {
+		case err != nil:
+			errs = append(errs, fmt.Errorf("image %s: %w", im.Name, err))
+		case st.Size() != im.Size:
+			errs = append(errs, fmt.Errorf("image %s: %s is %d bytes, the manifest says %d", im.Name, im.File, st.Size(), im.Size))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// serveRoleImage answers /images/manifest.json and /images/<file> for the
+// files the manifest lists (nothing else: no request path reaches the file
+// system). The manifest is read per request, so rebuilt images are served
+// without a restart; an image's ETag is its digest, so a host resuming a
+// download (Range + If-Range) of a file that changed meanwhile gets it whole.
+func (s *Server) serveRoleImage(w http.ResponseWriter, r *http.Request) {
+	if s.imagesURL == "" {
+		http.Error(w, "this boot server serves no role images (--images)", http.StatusNotFound)
+		return
+	}
+	name := r.PathValue("file")
+	m, err := manifest.Read(s.opts.RoleImageDir)
+	if err != nil {
+		s.log.Error("netboot: role image manifest unreadable", "err", err)
+		http.Error(w, "role image manifest unreadable on the boot server", http.StatusInternalServerError)
+		return
+	}
+	if name == manifest.FileName {
+		b, err := m.Marshal()
+		if err != nil {
+			http.Error(w, "role image manifest invalid on the boot server", http.StatusInternalServerError)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Cache-Control", "no-store")
+		w.Write(b)
+		return
+	}
+	var im manifest.Image
+	for _, c := range m.Images {
+		if c.File == name {
+			im = c
+		}
+	}
+	if im.File == "" {
+		http.NotFound(w, r)
+		return
+	}
+	f, err := os.Open(filepath.Join(s.opts.RoleImageDir, im.File))
+	if err != nil {
+		s.log.Error("netboot: role image missing", "image", im.Name, "err", err)
+		http.Error(w, "role image missing on the boot server", http.StatusInternalServerError)
+		return
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil || st.Size() != im.Size {
+		s.log.Error("netboot: role image does not match its manifest", "image", im.Name, "file", im.File, "want_bytes", im.Size)
+		http.Error(w, "role image "+im.Name+" does not match its manifest on the boot server", http.StatusInternalServerError)
+		return
+	}
+	s.log.Info("netboot: role image requested", "image", im.Name, "file", im.File, "from", r.RemoteAddr, "range", r.Header.Get("Range"))
+	if mac := clientMAC(r, s); mac != "" {
+		s.progress.Step(mac, "", "images", fmt.Sprintf("%s %d bytes", im.File, im.Size))
+	}
+	w.Header().Set("ETag", `"sha256:`+im.SHA256+`"`)
+	w.Header().Set("Content-Type", "application/octet-stream")
+	http.ServeContent(w, r, im.File, st.ModTime(), f)
 }
 
 func (s *Server) serveStack(w http.ResponseWriter, r *http.Request) {

@@ -31,11 +31,18 @@ import (
 
 // Options configure the boot server.
 type Options struct {
-	Interface string     // the provisioning network interface
-	StackFile string     // the stack file hosts are looked up in
-	ImageDir  string     // holds vmlinuz and initramfs.img
-	BootDir   string     // holds undionly.kpxe and ipxe.efi (Debian's ipxe package)
-	Mode      dhcpd.Mode // full or proxy
+	Interface string // the provisioning network interface
+	StackFile string // the stack file hosts are looked up in
+	ImageDir  string // holds vmlinuz and initramfs.img
+	// RoleImageDir holds the role images and their manifest.json (`make
+	// images`: build/images), served under /images/ and named on every
+	// host's command line (imagestore.CmdlineKey). Without a readable
+	// manifest there, role images are not served, or New fails when
+	// RequireRoleImages is set.
+	RoleImageDir      string
+	RequireRoleImages bool
+	BootDir           string     // holds undionly.kpxe and ipxe.efi (Debian's ipxe package)
+	Mode              dhcpd.Mode // full or proxy
 	// Address overrides the server address (default: the interface's first
 	// IPv4 address).
 	Address netip.Addr
@@ -63,6 +70,7 @@ type Server struct {
 	serverIP  netip.Addr
 	subnet    netip.Prefix
 	baseURL   string
+	imagesURL string // "" when role images are not served
 	progress  *Progress
 	dhcp      *dhcpd.Server
 
@@ -113,6 +121,14 @@ func New(opts Options) (*Server, error) {
 		return nil, err
 	}
 	s.baseURL = "http://" + net.JoinHostPort(s.serverIP.String(), strconv.Itoa(opts.HTTPPort))
+	if err := s.checkRoleImages(); err != nil {
+		if opts.RequireRoleImages {
+			return nil, fmt.Errorf("--images: %w (run `make images` first)", err)
+		}
+		s.log.Warn("netboot: role images not served: hosts need their MAGESTACK-IMAGES disk or cache", "err", err)
+	} else if opts.RoleImageDir != "" {
+		s.imagesURL = s.baseURL + "/images"
+	}
 
 	cfg := dhcpd.Config{Mode: opts.Mode, ServerIP: s.serverIP, Subnet: s.subnet, Router: opts.Router,
 		Boot: s.decide, OnEvent: s.onDHCP, Logger: opts.Logger}
@@ -210,7 +226,7 @@ func (s *Server) decide(mac net.HardwareAddr, fw dhcpd.Firmware) (string, bool) 
 func (s *Server) scriptFor(mac net.HardwareAddr) (script, host string, ok bool) {
 	h, _, known := lookupMAC(s.stack, mac)
 	if known {
-		args := BootArgs(s.stack, h, s.baseURL, s.opts.ExtraCmdline)
+		args := BootArgs(s.stack, h, s.baseURL, s.imagesURL, s.opts.ExtraCmdline)
 		return Script(h.Name+" ("+mac.String()+")", s.baseURL, args), h.Name, true
 	}
 	if !s.opts.Discover {
@@ -279,6 +295,9 @@ func (s *Server) Progress() *Progress { return s.progress }
 
 // BaseURL is where the HTTP side is reachable.
 func (s *Server) BaseURL() string { return s.baseURL }
+
+// ImagesURL is where role images are served ("" when they are not).
+func (s *Server) ImagesURL() string { return s.imagesURL }
 
 // Run serves DHCP, TFTP and HTTP until ctx ends or one of them fails.
 func (s *Server) Run(ctx context.Context) error {

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"strings"
 
+	"magestack/init/imagestore"
 	"magestack/init/stackfile"
 )
 
@@ -17,9 +18,10 @@ type Identity struct {
 }
 
 // BootArgs builds the kernel command line a host boots with: its name, where
-// its stack file comes from, where to report progress, and its address when
-// the stack file fixes one (kernel ip= syntax; else the host uses DHCP).
-func BootArgs(stack *stackfile.Stack, h stackfile.Host, baseURL string, extra string) string {
+// its stack file comes from, where to report progress, where its role
+// images are served (imagesURL, "" for none), and its address when the
+// stack file fixes one (kernel ip= syntax; else the host uses DHCP).
+func BootArgs(stack *stackfile.Stack, h stackfile.Host, baseURL, imagesURL string, extra string) string {
 	// BOOTIF (pxelinux's convention, filled in by iPXE) names the boot NIC.
 	args := []string{"console=ttyS0", "quiet", "panic=-1", "BOOTIF=01-${netX/mac:hexhyp}", "magestack.host=" + h.Name}
 	src := stack.Config.Source
@@ -27,6 +29,9 @@ func BootArgs(stack *stackfile.Stack, h stackfile.Host, baseURL string, extra st
 		src = baseURL + "/stack.yaml"
 	}
 	args = append(args, "magestack.config="+src, "magestack.report="+baseURL+"/report")
+	if imagesURL != "" {
+		args = append(args, imagestore.CmdlineKey+"="+imagesURL)
+	}
 	if h.Address.IsValid() {
 		mask := net.IP(net.CIDRMask(h.Address.Bits(), 32)).String()
 		gw := ""

@@ -33,6 +33,7 @@ func netbootMain(args []string) int {
 	fs.StringVar(&opts.Interface, "interface", "", "provisioning network interface (required)")
 	fs.StringVar(&opts.StackFile, "stack", "", "stack file hosts are looked up in by MAC (required)")
 	fs.StringVar(&opts.ImageDir, "image", "build", "directory holding vmlinuz and initramfs.img")
+	fs.StringVar(&opts.RoleImageDir, "images", "build/images", "directory holding the role images and their manifest.json (make images), served to hosts under /images/; without a manifest there (and the flag left at its default) role images are not served")
 	fs.StringVar(&opts.BootDir, "bootfiles", "/usr/lib/ipxe", "directory holding undionly.kpxe and ipxe.efi")
 	fs.IntVar(&opts.HTTPPort, "http-port", 8080, "HTTP port for scripts and images")
 	fs.BoolVar(&opts.Discover, "discover", false, "boot unknown machines into discovery (reports their hardware); default: ignore them")
@@ -53,6 +54,7 @@ func netbootMain(args []string) int {
 		return fail("--interface and --stack are required")
 	}
 	opts.Mode = dhcpd.Mode(*mode)
+	fs.Visit(func(f *flag.Flag) { opts.RequireRoleImages = opts.RequireRoleImages || f.Name == "images" })
 	var err error
 	if *addr != "" {
 		if opts.Address, err = netip.ParseAddr(*addr); err != nil {
@@ -82,6 +84,9 @@ func netbootMain(args []string) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	fmt.Printf("magestack netboot: %s mode on %s, scripts and images at %s (Ctrl-C stops)\n", opts.Mode, opts.Interface, srv.BaseURL())
+	if u := srv.ImagesURL(); u != "" {
+		fmt.Printf("magestack netboot: role images and their manifest at %s\n", u)
+	}
 	if err := srv.Run(ctx); err != nil {
 		return fail("%v", err)
 	}
