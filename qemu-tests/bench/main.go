@@ -4,7 +4,8 @@
 // each booted N times (median), plus wall times, PID-1 memory and sizes.
 // A figure whose feature is missing prints "n/a: <reason>" instead. The
 // supervision, role start, firewall and netboot figures follow, each side
-// by side with its reference tool; `bench NAME` runs one group.
+// by side with its reference tool, then the failover figures against
+// keepalived (failover*.go); `bench NAME` runs one group.
 package main
 
 import (
@@ -41,9 +42,15 @@ var (
 func main() {
 	runs := flag.Int("n", 3, "boots per image (the median is reported)")
 	timeout := flag.Duration("timeout", 5*time.Minute, "bound on one boot (scaled by MAGESTACK_TIMEOUT_SCALE)")
+	fo := failoverOptions{timeout: 10 * time.Minute}
+	flag.IntVar(&fo.kills, "failover-kills", 1, "hardware losses per failover variant (each magestack one reboots a host: minutes under TCG)")
+	flag.DurationVar(&fo.lossy, "failover-lossy", time.Minute, "lossy-network run per failover variant (0 skips it)")
+	flag.IntVar(&fo.lossPct, "failover-loss", 20, "percent of frames dropped on each host's port in the lossy run")
+	flag.BoolVar(&fo.magestack, "failover-qemu", true, "boot the magestack pair in QEMU (false: keepalived only)")
+	flag.StringVar(&fo.dead3s, "failover-dead3s", "auto", "also run magestack with dead 3s: auto (when 1s shows false failovers), yes, no")
 	flag.Parse()
-	if *runs < 1 {
-		fmt.Fprintln(os.Stderr, "bench: -n must be at least 1")
+	if *runs < 1 || fo.kills < 1 {
+		fmt.Fprintln(os.Stderr, "bench: -n and -failover-kills must be at least 1")
 		os.Exit(2)
 	}
 	only := flag.Arg(0)
@@ -78,6 +85,7 @@ func main() {
 			return netbootbench.Run(os.Stdout, netbootbench.Options{Binary: filepath.Join(build, "magestack"),
 				ImageDir: build, BootDir: "/usr/lib/ipxe"})
 		}},
+		{"failover", func() error { return runFailover(context.Background(), os.Stdout, fo) }},
 	} {
 		if only != "" && only != b.name {
 			continue
