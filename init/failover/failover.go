@@ -97,6 +97,8 @@ type Controller struct {
 	// moving holds instances released by a move in progress, so placement
 	// does not hand them back meanwhile.
 	moving map[string]bool
+	// split is the leader's view of whether each pair still hears itself.
+	split splitState
 	// peerSeen is set once this host's heartbeats have heard its pair peer
 	// (its loop only): a peer never heard since this host started may be
 	// booting, not lost, and is never fenced (corosync's wait_for_all).
@@ -128,6 +130,7 @@ func New(cfg Config) (*Controller, error) {
 func (c *Controller) Run(ctx context.Context) {
 	t := time.NewTicker(c.cfg.Tick)
 	defer t.Stop()
+	go c.pollPairViews(ctx)
 	for {
 		select {
 		case <-ctx.Done():
@@ -326,6 +329,7 @@ func (c *Controller) lead(ctx context.Context, table []cluster.Ownership) {
 		}
 		c.move(ctx, host, peer, list, c.deadSince[host])
 	}
+	c.resolveSplits(ctx, byHost, now)
 }
 
 func (c *Controller) warnOnce(key, msg string, args ...any) {

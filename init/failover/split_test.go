@@ -1,0 +1,209 @@
+package failover
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"sync"
+	"testing"
+	"time"
+
+	"magestack/init/cluster"
+	"magestack/init/heartbeat"
+	"magestack/init/stackfile"
+)
+
+// leaderTable is a Cluster whose member always leads: an ownership table
+// with the FSM's compare-and-swap on epochs.
+type leaderTable struct {
+	mu sync.Mutex
+	t  map[string]cluster.Ownership
+}
+
+func (l *leaderTable) IsLeader() bool   { return true }
+func (l *leaderTable) InMajority() bool { return true }
+func (l *leaderTable) RecoverAlone() error {
+	return errors.New("not in this test")
+}
+func (l *leaderTable) Voters() []string { return []string{"dh1", "dh2", "witness"} }
+func (l *leaderTable) Table() []cluster.Ownership {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []cluster.Ownership
+	for _, o := range l.t {
+		out = append(out, o)
+	}
+	return out
+}
+func (l *leaderTable) Assign(_ context.Context, inst, owner string, expect uint64, reason string) (cluster.Ownership, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	cur := l.t[inst]
+	if cur.Epoch != expect {
+		return cluster.Ownership{}, &cluster.ErrStale{Instance: inst, Expect: expect, Current: cur.Epoch}
+	}
+	o := cluster.Ownership{Instance: inst, Owner: owner, Epoch: cur.Epoch + 1, Reason: reason}
+	l.t[inst] = o
+	return o, nil
+}
+
+func (l *leaderTable) owners() map[string]int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := map[string]int{}
+	for _, o := range l.t {
+		out[o.Owner]++
+	}
+	return out
+}
+
+// witnessLeader is the witness leading a pair whose instances are placed
+// (lb1 on dh1): its own heartbeats hear both hosts; views are what the
+// hosts answer about each other.
+func witnessLeader(t *testing.T, views map[string]PairView, viewAge time.Duration) (*Controller, *leaderTable) {
+	t.Helper()
+	stack, err := stackfile.Parse("pair.yaml", []byte(pairStack))
+	if err != nil {
+		t.Fatal(err)
+	}
+	lt := &leaderTable{t: map[string]cluster.Ownership{}}
+	insts, _ := stack.Instances()
+	for _, in := range insts {
+		lt.t[in.Name] = cluster.Ownership{Instance: in.Name, Owner: in.Host, Epoch: 1}
+	}
+	c, err := New(Config{Self: "witness", Stack: stack, Cluster: lt, HoldDown: time.Hour, Lease: time.Millisecond,
+		Peer: func(string) heartbeat.State { return heartbeat.Alive }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.split.views = map[string]seenView{}
+	for h, v := range views {
+		c.split.views[h] = seenView{PairView: v, at: time.Now().Add(-viewAge)}
+	}
+	return c, lt
+}
+
+func TestPairSplitSeenByWitnessLeader(t *testing.T) {
+	dead := func(h, p string) PairView { return PairView{Host: h, Peer: p, State: heartbeat.Dead} }
+	alive := func(h, p string) PairView { return PairView{Host: h, Peer: p, State: heartbeat.Alive} }
+	tests := []struct {
+		name    string
+		views   map[string]PairView
+		age     time.Duration
+		want    map[string]int // owner → instances after one step
+		failovs int
+	}{
+		{"both hosts hear each other", map[string]PairView{"dh1": alive("dh1", "dh2"), "dh2": alive("dh2", "dh1")}, 0,
+			map[string]int{"dh1": 5, "dh2": 3}, 0},
+		{"both cut off from each other: the lb holder takes everything", map[string]PairView{"dh1": dead("dh1", "dh2"), "dh2": dead("dh2", "dh1")}, 0,
+			map[string]int{"dh1": 8}, 1},
+		{"only dh2 says so: still dh1, the lb holder", map[string]PairView{"dh2": dead("dh2", "dh1")}, 0,
+			map[string]int{"dh1": 8}, 1},
+		{"stale views do not count", map[string]PairView{"dh1": dead("dh1", "dh2"), "dh2": dead("dh2", "dh1")}, 5 * pairViewEvery,
+			map[string]int{"dh1": 5, "dh2": 3}, 0},
+		{"suspect is not dead", map[string]PairView{"dh1": {Host: "dh1", Peer: "dh2", State: heartbeat.Suspect}}, 0,
+			map[string]int{"dh1": 5, "dh2": 3}, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, lt := witnessLeader(t, tt.views, tt.age)
+			c.Step(context.Background())
+			got := lt.owners()
+			if len(got) != len(tt.want) {
+				t.Fatalf("owners after the step: %v, want %v", got, tt.want)
+			}
+			for h, n := range tt.want {
+				if got[h] != n {
+					t.Errorf("owners after the step: %v, want %v", got, tt.want)
+				}
+			}
+			if f := c.Status().Failovers; len(f) != tt.failovs {
+				t.Errorf("failovers recorded: %+v, want %d", f, tt.failovs)
+			}
+			// A second step changes nothing more: the loser owns nothing.
+			c.Step(context.Background())
+			if f := c.Status().Failovers; len(f) != tt.failovs {
+				t.Errorf("after a second step: %d failovers, want %d", len(f), tt.failovs)
+			}
+		})
+	}
+}
+
+// TestPairSplitNotWhenLeaderSeesAHostDead: a host dead to the leader too is
+// the ordinary takeover, towards the living host, whatever the lb rule says.
+func TestPairSplitNotWhenLeaderSeesAHostDead(t *testing.T) {
+	c, lt := witnessLeader(t, map[string]PairView{"dh2": {Host: "dh2", Peer: "dh1", State: heartbeat.Dead}}, 0)
+	c.cfg.Peer = func(id string) heartbeat.State {
+		if id == "dh1" {
+			return heartbeat.Dead
+		}
+		return heartbeat.Alive
+	}
+	c.Step(context.Background())
+	if got := lt.owners(); got["dh2"] != 8 {
+		t.Errorf("owners: %v, want everything on dh2 (dh1 is dead to the leader)", got)
+	}
+}
+
+func TestSplitWinner(t *testing.T) {
+	own := func(insts ...string) []cluster.Ownership {
+		var out []cluster.Ownership
+		for _, i := range insts {
+			out = append(out, cluster.Ownership{Instance: i})
+		}
+		return out
+	}
+	tests := []struct {
+		name   string
+		byHost map[string][]cluster.Ownership
+		want   string
+	}{
+		{"lb holder", map[string][]cluster.Ownership{"a": own("web1", "db1"), "b": own("lb1")}, "b"},
+		{"more instances", map[string][]cluster.Ownership{"a": own("web1"), "b": own("db1", "mail1")}, "b"},
+		{"tie: first by name", map[string][]cluster.Ownership{"a": own("web1"), "b": own("db1")}, "a"},
+		{"nothing anywhere", map[string][]cluster.Ownership{}, "a"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			w, l := splitWinner("a", "b", tt.byHost)
+			if w != tt.want || l == w {
+				t.Errorf("winner %s loser %s, want winner %s", w, l, tt.want)
+			}
+		})
+	}
+}
+
+// TestPairViewOverRPC: a host answers GET /v1/pair with its heartbeats'
+// verdict on its pair peer.
+func TestPairViewOverRPC(t *testing.T) {
+	stack, err := stackfile.Parse("pair.yaml", []byte(pairStack))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := New(Config{Self: "dh1", Stack: stack, Cluster: &leaderTable{t: map[string]cluster.Ownership{}},
+		Peer: func(id string) heartbeat.State {
+			if id == "dh2" {
+				return heartbeat.Dead
+			}
+			return heartbeat.Alive
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(c.RPCHandler())
+	defer srv.Close()
+	resp, err := http.Get(srv.URL + "/v1/pair")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var v PairView
+	if err := json.NewDecoder(resp.Body).Decode(&v); err != nil {
+		t.Fatal(err)
+	}
+	if v != (PairView{Host: "dh1", Peer: "dh2", State: heartbeat.Dead}) {
+		t.Errorf("GET /v1/pair = %+v", v)
+	}
+}
