@@ -543,3 +543,10 @@ func sleepCtx(ctx context.Context, d time.Duration) error {
 		return nil
 	}
 }
+
+// HasCache reports whether dir holds a cache's manifest (images fetched on
+// an earlier boot).
+func HasCache(dir string) bool {
+	_, err := os.Stat(filepath.Join(dir, manifest.FileName))
+	return err == nil
+}

@@ -110,6 +110,9 @@ func (b *bootEnv) apiStep(ctx context.Context) error {
 		return m.status(), nil
 	})
 	srv.Handle("POST /v1/failover", http.HandlerFunc(b.serveFailover))
+	srv.Handle("GET /v1/maintenance", http.HandlerFunc(b.serveMaintenanceStatus))
+	srv.Handle("POST /v1/maintenance", http.HandlerFunc(b.serveMaintenanceSet))
+	srv.Handle("POST /v1/reload/{unit...}", http.HandlerFunc(b.serveReload))
 	b.mu.Lock()
 	b.api = srv
 	b.mu.Unlock()
@@ -181,7 +184,10 @@ const publishedImages = "/run/magestack/images"
 
 // imagesStep verifies the role images on the MAGESTACK-IMAGES disk and
 // publishes them, the built-in images staying as the fallback. Without such
-// a disk the roles run on the built-in images.
+// a disk, the images this host runs come from the image server
+// (magestack.images=) through the cache on the persistent disk, or from
+// that cache alone when the server is gone; with neither, the roles run on
+// the built-in images.
 func (b *bootEnv) imagesStep(ctx context.Context) error {
 	for _, m := range []string{"loop", "squashfs", "ext4"} {
 		if err := b.loadModule(ctx, m); err != nil {
@@ -189,9 +195,27 @@ func (b *bootEnv) imagesStep(ctx context.Context) error {
 		}
 	}
 	store, err := imagestore.Open(ctx, b.log, imagestore.Options{})
+	var missing []string
 	if store == nil {
-		b.log.Info("images: no MAGESTACK-IMAGES disk; roles use the built-in images", "why", err)
-		return nil
+		url := b.cmdline.Value(imagestore.CmdlineKey)
+		if url == "" && !imagestore.HasCache(imagestore.DefaultCacheDir) {
+			b.log.Info("images: no MAGESTACK-IMAGES disk; roles use the built-in images", "why", err)
+			return nil
+		}
+		if !isMountPoint(stateDir) {
+			b.log.Warn("images: no data disk: the image cache is in memory and lost at reboot")
+		}
+		names, nerr := imagestore.Needed(b.Stack(), b.Hostname())
+		if nerr != nil {
+			return fmt.Errorf("images: %w", nerr)
+		}
+		var res imagestore.FetchResult
+		store, res, err = imagestore.Fetch(ctx, b.log, imagestore.FetchOptions{
+			URL: url, CacheDir: imagestore.DefaultCacheDir, Names: names, RetryFor: 2 * time.Minute})
+		if store == nil {
+			return fmt.Errorf("images: %w", err)
+		}
+		missing = res.Missing
 	}
 	if err != nil {
 		// Refused images are named; the others are usable.
@@ -204,6 +228,9 @@ func (b *bootEnv) imagesStep(ctx context.Context) error {
 	b.imageRoot = publishedImages
 	b.mu.Unlock()
 	b.log.Info("images: verified and published", "images", strings.Join(store.Names(), ","))
+	if len(missing) > 0 {
+		return fmt.Errorf("images: still missing %s: %w", strings.Join(missing, ","), err)
+	}
 	return nil
 }
 
@@ -217,7 +244,7 @@ func (b *bootEnv) roleOptions() roleenv.Options {
 		opts.VolumeRoot = filepath.Join(stateDir, "volumes")
 		secrets = filepath.Join(stateDir, "secrets")
 	}
-	opts.Render = render.Func(&render.FileSecrets{Dir: secrets})
+	opts.Render = render.FuncWith(render.Options{Secrets: &render.FileSecrets{Dir: secrets}, Maintenance: b.maintenanceOn})
 	b.mu.Lock()
 	if b.imageRoot != "" {
 		opts.ImageRoot = b.imageRoot
