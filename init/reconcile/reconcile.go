@@ -70,9 +70,10 @@ type Reconciler struct {
 
 	applyMu sync.Mutex // serialises applies (held for a whole apply)
 
-	mu         sync.Mutex // guards running, runningRev (held briefly)
+	mu         sync.Mutex // guards running, runningRev, overlay (held briefly)
 	running    *stackfile.Stack
 	runningRev configsource.Revision
+	overlay    func(*stackfile.Stack) *stackfile.Stack // SetOverlay
 }
 
 // DefaultTimeout bounds one revision's apply, rollback included.
@@ -150,6 +151,9 @@ func (r *Reconciler) Apply(ctx context.Context, rev configsource.Revision) (res 
 		r.log.Error("config revision rejected; the running stack is unchanged", "revision", short(rev.ID), "err", err)
 		r.reject(rev, err)
 		return res, fmt.Errorf("revision %s rejected: %w", short(rev.ID), err)
+	}
+	if ov := r.overlayFunc(); ov != nil {
+		next = ov(next)
 	}
 	changes, err := stackfile.Diff(running, next)
 	if err != nil {
