@@ -455,7 +455,9 @@ func (b *bootEnv) reconcileStep(ctx context.Context) error {
 			return sup.WaitReady(ctx, inst.Name)
 		}
 	}
-	r := reconcile.New(b.log, store, appliers)
+	lbs := b.newLBSync(sup, st, host) // lb follows web instances (face_scale.go)
+	r := reconcile.New(b.log, store, lbs.wrap(appliers))
+	b.wireScale(r, srv, lbs)
 	if err := r.Booted(st, rev); err != nil {
 		b.log.Warn("config: recording the booted revision", "err", err)
 	}

@@ -37,6 +37,7 @@ func faces() []face {
 		{"firewall", "the live nftables policy: show | check | allow add|remove PREFIX...", firewallMain},
 		{"vpn", "management VPN: add-peer NAME prints a client config", vpnMain},
 		{"config", "the stack file: validate | show | diff | fetch | apply | history | status | rollback [-o json]", configMain},
+		{"scale", "run N instances of a role now (local override until the stack file changes it): web=N", scaleMain},
 	}
 }
 
