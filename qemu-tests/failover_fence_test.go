@@ -1,0 +1,133 @@
+package qemutests
+
+import (
+	"fmt"
+	"regexp"
+	"testing"
+	"time"
+
+	"magestack/qemu-tests/qemu"
+)
+
+// noWitnessStackYAML is the pair of pairStackYAML without a witness: raft
+// has two voters, so losing either host leaves no majority. %s is each
+// host's extra fields (its fence device, or nothing).
+const noWitnessStackYAML = `stack: pair
+hosts:
+  - {name: dh1, mac: "52:54:00:aa:01:01", address: 192.0.2.11/24, pair: dh2, pairlink: {mac: "52:54:00:aa:02:01", address: 10.99.0.1/30}%s}
+  - {name: dh2, mac: "52:54:00:aa:01:02", address: 192.0.2.12/24, pair: dh1, pairlink: {mac: "52:54:00:aa:02:02", address: 10.99.0.2/30}%s}
+public: {vip: 192.0.2.50/24}
+cluster: {suspect: 1s, dead: 3s}
+`
+
+// fenceMonitorIP is the rig bridge's own address, where each host's QEMU
+// listens for QMP: the hosts' "BMC network".
+const fenceMonitorIP = "192.0.2.1"
+
+var fenceMonitorPort = map[string]int{"dh1": 4441, "dh2": 4442}
+
+func fenceMonitor(host string) string {
+	return fmt.Sprintf("%s:%d", fenceMonitorIP, fenceMonitorPort[host])
+}
+
+// TestFailoverNoWitnessQMPFence: a pair without a witness whose hosts fence
+// each other through QEMU's QMP monitor. dh1 (holding lb and the VIP) is
+// cut off from every network but keeps running: dh2 must power it off
+// through its monitor, see it off, and only then take over; the website
+// answers from dh2.
+func TestFailoverNoWitnessQMPFence(t *testing.T) {
+	qemu.Require(t)
+	stack := fmt.Sprintf(noWitnessStackYAML,
+		fmt.Sprintf(`, fence: {type: qmp, address: "%s"}`, fenceMonitor("dh1")),
+		fmt.Sprintf(`, fence: {type: qmp, address: "%s"}`, fenceMonitor("dh2")))
+	r := startPairRigWith(t, pairRigOptions{
+		Stack:     stack,
+		NoWitness: true,
+		Setup: func(n *qemu.Net) {
+			if out, err := n.Run("ip", "addr", "add", fenceMonitorIP+"/24", "dev", qemu.BridgeName); err != nil {
+				t.Fatalf("bridge address for the QMP monitors: %v %s", err, out)
+			}
+		},
+		QEMUArgs: func(host string) []string {
+			return []string{"-qmp", "tcp:" + fenceMonitor(host) + ",server=on,wait=off"}
+		},
+	})
+	start := time.Now()
+	r.prober.waitOK(t, start, pairMAC["dh1"], 2*time.Minute)
+
+	// dh1 loses both paths to dh2 (and the LAN's clients) but runs on: the
+	// case where taking over without a fence would make two owners.
+	cut := time.Now()
+	for _, nic := range []string{"net0", "net1"} {
+		if err := r.vms["dh1"].SetLink(nic, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := r.vms["dh2"].Expect(2*time.Minute, `failover: fencing peer before taking over.*peer=dh1`); err != nil {
+		t.Fatalf("dh2 did not fence dh1: %v", err)
+	}
+	if _, err := r.vms["dh2"].Expect(time.Minute, `failover: peer confirmed off; continuing as the only voter.*peer=dh1`); err != nil {
+		t.Fatalf("dh2 did not see dh1 off: %v", err)
+	}
+	// The fence really powered dh1 off: its QEMU is gone.
+	if _, err := r.vms["dh1"].Wait(30 * time.Second); err != nil {
+		t.Fatalf("dh2 reported dh1 off but dh1's QEMU runs on: %v", err)
+	}
+	back := r.prober.waitOK(t, cut, pairMAC["dh2"], 3*time.Minute)
+	t.Logf("website answered from dh2 %v after dh1 was cut off", back.Sub(cut))
+	if !regexp.MustCompile(`failover: moving instances.*from=dh1 to=dh2`).MatchString(r.vms["dh2"].Console()) {
+		t.Error("dh2 did not log the move of dh1's instances")
+	}
+	time.Sleep(qemu.Scale(3 * time.Second))
+	if got := r.prober.macs(back.Add(-time.Nanosecond)); len(got) != 1 || got[0] != pairMAC["dh2"] {
+		t.Errorf("after the takeover the VIP answered from %v, want only dh2 %s", got, pairMAC["dh2"])
+	}
+	if err := r.vms["dh2"].SendConsole("magestack status; echo @@rc=$?@@\n"); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{`cluster: this host leader, leader \S+, voters dh2, in majority: true`, `(?m)^lb1\s+dh2\s+\d+`, `@@rc=0@@`} {
+		if _, err := r.vms["dh2"].Expect(time.Minute, p); err != nil {
+			t.Errorf("magestack status on dh2: %v", err)
+		}
+	}
+}
+
+// TestFailoverNoWitnessNoFenceForce: a pair with neither witness nor fence
+// devices. Losing dh1 must not make dh2 take over on its own (it cannot
+// know dh1 is off); the console says so and names the manual path. The
+// operator's `magestack failover --force` on dh2 then takes over, after
+// saying what it risks.
+func TestFailoverNoWitnessNoFenceForce(t *testing.T) {
+	qemu.Require(t)
+	r := startPairRigWith(t, pairRigOptions{Stack: fmt.Sprintf(noWitnessStackYAML, "", ""), NoWitness: true})
+	start := time.Now()
+	r.prober.waitOK(t, start, pairMAC["dh1"], 2*time.Minute)
+
+	lost := time.Now()
+	r.vms["dh1"].Kill()
+	if _, err := r.vms["dh2"].Expect(2*time.Minute, "failover: peer is dead, no witness and no fence device: run `magestack failover --force`"); err != nil {
+		t.Fatalf("dh2's console does not say why it does not take over: %v", err)
+	}
+	if err := r.vms["dh2"].ExpectNot(30*time.Second, `failover: moving instances|failover: starting instance`); err != nil {
+		t.Errorf("dh2 took over without a fence or an operator: %v", err)
+	}
+	if got := r.prober.macs(lost); len(got) != 0 {
+		t.Errorf("the website answered (from %v) after dh1 was lost, before anyone took over", got)
+	}
+
+	forced := time.Now()
+	if err := r.vms["dh2"].SendConsole("magestack failover --force; echo @@rc=$?@@\n"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.vms["dh2"].Expect(time.Minute, `If the peer is in fact running, both serve the same roles`); err != nil {
+		t.Errorf("failover --force did not say what it risks: %v", err)
+	}
+	if m, err := r.vms["dh2"].Expect(3*time.Minute, `@@rc=(\d+)@@`); err != nil || m[1] != "0" {
+		t.Fatalf("magestack failover --force: %v %v", m, err)
+	}
+	back := r.prober.waitOK(t, forced, pairMAC["dh2"], 3*time.Minute)
+	t.Logf("website answered from dh2 %v after failover --force (%v after dh1 was lost)", back.Sub(forced), back.Sub(lost))
+	if !regexp.MustCompile(`failover: moving instances.*from=dh1 to=dh2`).MatchString(r.vms["dh2"].Console()) {
+		t.Error("dh2 did not log the move of dh1's instances")
+	}
+}
