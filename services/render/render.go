@@ -94,6 +94,7 @@ type data struct {
 	Keys        []string
 	Instances   []stackfile.Instance
 	Settings    map[string]string
+	Site        site // the site a per-site file is rendered for
 }
 
 type site struct {
@@ -121,6 +122,22 @@ func escape(s string) string { return strings.ReplaceAll(s, "{{", `{{"{{"}}`) }
 // from stack added (and, for db, one service per Redis and Memcached
 // instance). Roles running other images (busybox) are returned unchanged.
 func Payload(p services.Payload, stack *stackfile.Stack, inst stackfile.Instance, sec Secrets) (services.Payload, error) {
+	return PayloadWith(p, stack, inst, Options{Secrets: sec})
+}
+
+// Options of PayloadWith.
+type Options struct {
+	// Secrets keeps generated credentials. Required.
+	Secrets Secrets
+	// Maintenance reports whether a site is in maintenance mode (the
+	// operator's switch, kept by PID 1): a web instance starting then gets
+	// the site's maintenance flag at once. nil: none is.
+	Maintenance func(stackfile.Site) bool
+}
+
+// PayloadWith is Payload with the operator's state taken into account.
+func PayloadWith(p services.Payload, stack *stackfile.Stack, inst stackfile.Instance, o Options) (services.Payload, error) {
+	sec := o.Secrets
 	if p.Image != inst.Role {
 		return p, nil
 	}
@@ -175,7 +192,17 @@ func Payload(p services.Payload, stack *stackfile.Stack, inst stackfile.Instance
 		if err != nil {
 			return p, err
 		}
-		for _, s := range d.Sites {
+		for i, s := range d.Sites {
+			sd := *d
+			sd.Site = s
+			f, err := file(fmt.Sprintf("%s/%d.html", defaultMaintenanceDir, i), "maintenance.html.tmpl", 0o644, &sd)
+			if err != nil {
+				return p, err
+			}
+			files = append(files, f)
+			if o.Maintenance != nil && o.Maintenance(s.Site) {
+				files = append(files, services.File{Path: MaintenanceFlag(s.Site), Mode: 0o644, Content: "on\n"})
+			}
 			if s.Default {
 				if err := add(s.Root+"/index.php", "index.php.tmpl", 0o644); err != nil {
 					return p, err
@@ -323,6 +350,18 @@ func execCheck(argv ...string) *health.Check {
 
 func tcp(addr string) *health.Check {
 	return &health.Check{TCP: addr, Interval: 2 * time.Second, Timeout: 2 * time.Second, Retries: 3, StartPeriod: 3 * time.Minute}
+}
+
+// defaultMaintenanceDir holds the rendered maintenance page of each site
+// (by its index in the stack file), served when the site has none of its
+// own in maintenance/index.html.
+const defaultMaintenanceDir = "/etc/magestack/maintenance"
+
+// FuncWith adapts PayloadWith to roleenv.Options.Render.
+func FuncWith(o Options) func(services.Payload, *stackfile.Stack, stackfile.Instance) (services.Payload, error) {
+	return func(p services.Payload, stack *stackfile.Stack, inst stackfile.Instance) (services.Payload, error) {
+		return PayloadWith(p, stack, inst, o)
+	}
 }
 
 // Func adapts Payload to roleenv.Options.Render, with secrets kept by sec.

@@ -38,6 +38,8 @@ func faces() []face {
 		{"vpn", "management VPN: add-peer NAME prints a client config", vpnMain},
 		{"config", "the stack file: validate | show | diff | fetch | apply | history | status | rollback [-o json]", configMain},
 		{"scale", "run N instances of a role now (local override until the stack file changes it): web=N", scaleMain},
+		{"maintenance", "a site's maintenance mode: on | off | status [SITE] [-o json]", maintenanceMain},
+		{"reload", "reload a service's config in place, config test first: <instance>[/<service>]", reloadMain},
 	}
 }
 

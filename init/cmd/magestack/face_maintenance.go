@@ -1,0 +1,288 @@
+package main
+
+// `magestack maintenance on|off|status [SITE]`: a site's maintenance mode.
+// On, every web instance of the site answers with the maintenance page
+// (503; the site's own maintenance/index.html, else magestack's rendered
+// page) except to the client prefixes in the site's maintenanceallow list.
+// PID 1 records the switch on its state disk, so web instances started
+// later (a restart, web scaled up) come up in the same mode.
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"magestack/init/api"
+	"magestack/init/stackfile"
+	"magestack/services/render"
+)
+
+func maintenanceMain(args []string) int { return maintenanceFace(args, os.Stdout, os.Stderr) }
+
+// MaintenanceRequest is POST /v1/maintenance.
+type MaintenanceRequest struct {
+	Site string `json:"site"` // group/name, name or domain; "" on a one-site stack
+	On   bool   `json:"on"`
+}
+
+// MaintenanceSite is one site's mode.
+type MaintenanceSite struct {
+	Site    string   `json:"site"`
+	Domains []string `json:"domains"`
+	Allow   []string `json:"allow,omitempty"`
+	// On is the operator's switch as PID 1 keeps it.
+	On bool `json:"on"`
+	// Instances is what each running web instance here really serves:
+	// true when its flag file is present.
+	Instances map[string]bool   `json:"instances"`
+	Errors    map[string]string `json:"errors,omitempty"`
+}
+
+func maintenanceFace(args []string, stdout, stderr io.Writer) int {
+	c := newCtlFlags("maintenance", "[on|off|status] [SITE] [-o json] [--socket PATH]", stderr, true)
+	pos, err := c.parse(args)
+	if err != nil {
+		return usageError(c, stderr, err)
+	}
+	verb, site := "status", ""
+	if len(pos) > 0 {
+		verb = pos[0]
+	}
+	if len(pos) > 1 {
+		site = pos[1]
+	}
+	if len(pos) > 2 || (verb != "on" && verb != "off" && verb != "status") {
+		return usageError(c, stderr, fmt.Errorf("want on, off or status and at most one SITE (group/name, name or domain), got %q", pos))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	cl := api.NewClient(*c.socket)
+	var sites []MaintenanceSite
+	if verb == "status" {
+		path := "/v1/maintenance"
+		if site != "" {
+			path += "?site=" + site
+		}
+		err = cl.Do(ctx, http.MethodGet, path, nil, &sites)
+	} else {
+		var one MaintenanceSite
+		err = cl.Do(ctx, http.MethodPost, "/v1/maintenance", MaintenanceRequest{Site: site, On: verb == "on"}, &one)
+		sites = []MaintenanceSite{one}
+	}
+	if err != nil {
+		return apiError(stderr, "maintenance", err)
+	}
+	if c.json() {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		enc.Encode(sites)
+		return 0
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "SITE\tMAINTENANCE\tINSTANCES\tALLOWED\tDOMAINS")
+	rc := 0
+	for _, s := range sites {
+		var inst []string
+		for _, n := range sortedKeys(s.Instances) {
+			inst = append(inst, n+"="+onOff(s.Instances[n]))
+		}
+		for _, n := range sortedKeys(s.Errors) {
+			inst = append(inst, n+"=?")
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", s.Site, onOff(s.On), dash(strings.Join(inst, ",")), dash(strings.Join(s.Allow, ",")), strings.Join(s.Domains, ","))
+	}
+	tw.Flush()
+	for _, s := range sites {
+		for _, n := range sortedKeys(s.Errors) {
+			fmt.Fprintf(stderr, "magestack maintenance: %s on %s: %s\n", s.Site, n, s.Errors[n])
+			rc = 1
+		}
+	}
+	return rc
+}
+
+func onOff(b bool) string {
+	if b {
+		return "on"
+	}
+	return "off"
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	var out []string
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// maintenanceStateDir keeps one file per site in maintenance mode.
+var maintenanceStateDir = filepath.Join(stateDir, "maintenance")
+
+func maintenanceStatePath(s stackfile.Site) string {
+	return filepath.Join(maintenanceStateDir, s.Group, s.Name)
+}
+
+// maintenanceOn is the recorded switch; render asks it when a web
+// instance starts.
+func (b *bootEnv) maintenanceOn(s stackfile.Site) bool {
+	_, err := os.Stat(maintenanceStatePath(s))
+	return err == nil
+}
+
+func setMaintenanceState(s stackfile.Site, on bool) error {
+	p := maintenanceStatePath(s)
+	if !on {
+		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("maintenance state %s: %w", p, err)
+		}
+		return nil
+	}
+	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+		return fmt.Errorf("maintenance state: %w", err)
+	}
+	if err := os.WriteFile(p, []byte(time.Now().UTC().Format(time.RFC3339)+"\n"), 0o600); err != nil {
+		return fmt.Errorf("maintenance state: %w", err)
+	}
+	return nil
+}
+
+// webTargets are the web instances of the stack this host runs now.
+func (b *bootEnv) webTargets() ([]roleTarget, error) {
+	insts, err := b.Stack().Instances()
+	if err != nil {
+		return nil, err
+	}
+	var out []roleTarget
+	for _, in := range insts {
+		if in.Role != "web" {
+			continue
+		}
+		if t, _, err := b.runningInstance(in.Name); err == nil {
+			out = append(out, t)
+		}
+	}
+	return out, nil
+}
+
+// flagInRole sets, clears or (set nil) reads the site's flag file inside
+// one web instance, with the role's own rights.
+func (b *bootEnv) flagInRole(ctx context.Context, t roleTarget, s stackfile.Site, set *bool) (bool, error) {
+	flag := render.MaintenanceFlag(s)
+	script := `test -f "$1"`
+	if set != nil && *set {
+		script = `mkdir -p "$(dirname "$1")" && echo on > "$1" && test -f "$1"`
+	} else if set != nil {
+		script = `rm -f "$1" && ! test -e "$1"`
+	}
+	res, err := b.execIn(ctx, t, []string{"/bin/sh", "-c", script, "sh", flag})
+	if err != nil {
+		return false, err
+	}
+	if set == nil {
+		return res.ExitCode == 0, nil
+	}
+	if res.ExitCode != 0 {
+		return !*set, fmt.Errorf("%s %s: exit %d: %s", map[bool]string{true: "creating", false: "removing"}[*set], flag, res.ExitCode, strings.TrimSpace(res.Output))
+	}
+	return *set, nil
+}
+
+func (b *bootEnv) maintenanceView(ctx context.Context, s stackfile.Site, targets []roleTarget) MaintenanceSite {
+	v := MaintenanceSite{Site: render.SiteID(s), Domains: s.Domains, On: b.maintenanceOn(s), Instances: map[string]bool{}, Errors: map[string]string{}}
+	for _, a := range s.MaintenanceAllow {
+		v.Allow = append(v.Allow, a.String())
+	}
+	for _, t := range targets {
+		on, err := b.flagInRole(ctx, t, s, nil)
+		if err != nil {
+			v.Errors[t.inst.Name] = err.Error()
+			continue
+		}
+		v.Instances[t.inst.Name] = on
+	}
+	return v
+}
+
+func (b *bootEnv) serveMaintenanceStatus(w http.ResponseWriter, r *http.Request) {
+	st := b.Stack()
+	sites := render.Sites(st)
+	if q := r.URL.Query().Get("site"); q != "" {
+		s, err := render.FindSite(st, q)
+		if err != nil {
+			api.WriteError(w, http.StatusNotFound, err.Error())
+			return
+		}
+		sites = []stackfile.Site{s}
+	}
+	targets, err := b.webTargets()
+	if err != nil {
+		api.WriteError(w, http.StatusInternalServerError, err.Error())
+		return
+	}
+	out := []MaintenanceSite{}
+	for _, s := range sites {
+		out = append(out, b.maintenanceView(r.Context(), s, targets))
+	}
+	api.WriteJSON(w, http.StatusOK, out)
+}
+
+func (b *bootEnv) serveMaintenanceSet(w http.ResponseWriter, r *http.Request) {
+	var req MaintenanceRequest
+	dec := json.NewDecoder(io.LimitReader(r.Body, 4096))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		api.WriteError(w, http.StatusBadRequest, "bad maintenance request: "+err.Error())
+		return
+	}
+	st := b.Stack()
+	s, err := render.FindSite(st, req.Site)
+	if err != nil {
+		api.WriteError(w, http.StatusNotFound, "maintenance: "+err.Error())
+		return
+	}
+	// Recorded first: an instance starting meanwhile renders the new mode.
+	if err := setMaintenanceState(s, req.On); err != nil {
+		api.WriteError(w, http.StatusInternalServerError, err.Error())
+		return
+	}
+	targets, err := b.webTargets()
+	if err != nil {
+		api.WriteError(w, http.StatusInternalServerError, err.Error())
+		return
+	}
+	if len(targets) == 0 {
+		b.log.Warn("maintenance: no web instance runs on this host; the mode applies when one starts", "site", render.SiteID(s))
+	}
+	var failed []string
+	for _, t := range targets {
+		on := req.On
+		if _, err := b.flagInRole(r.Context(), t, s, &on); err != nil {
+			failed = append(failed, t.inst.Name+": "+err.Error())
+		}
+	}
+	b.log.Info("maintenance mode", "site", render.SiteID(s), "on", req.On, "instances", len(targets), "failed", len(failed))
+	if len(failed) > 0 {
+		api.WriteError(w, http.StatusInternalServerError, fmt.Sprintf("maintenance %s %s: recorded, but not applied in: %s", onOff(req.On), render.SiteID(s), strings.Join(failed, "; ")))
+		return
+	}
+	api.WriteJSON(w, http.StatusOK, b.maintenanceView(r.Context(), s, targets))
+}
