@@ -68,7 +68,9 @@ func (r failoverRun) fromProber(probes []vipprobe.Probe, macs []vipprobe.MACChan
 		return
 	}
 	r.at(stepAnswering, first.End)
-	if last, ok := vipprobe.LastAnswer(probes, r.lost); ok {
+	// The old holder may still answer in the loss's first instant: the
+	// outage runs from the last answer of any host to the new holder's.
+	if last, ok := vipprobe.LastAnswer(probes, first.End); ok {
 		r.after[stepGap] = first.End.Sub(last.End)
 	} else {
 		r.missing(stepGap, "no answer before the loss")
@@ -82,7 +84,11 @@ type lossResult struct {
 	failovers           int // takeovers started (magestack: moves; keepalived: backup → master)
 	vipMoves            int // times the client's ARP entry for the VIP changed hands
 	failedReq, totalReq int
-	note                string
+	// stepDowns (magestack) counts a host releasing the VIP because it
+	// lost contact with the raft majority: no takeover, but an outage.
+	stepDowns    int
+	hasStepDowns bool
+	note         string
 }
 
 // variant is one column of the table.
@@ -212,6 +218,9 @@ func (r failoverRun) summary() string {
 
 func (l lossResult) summary() string {
 	s := fmt.Sprintf("%d failovers, VIP changed hands %d times, %d/%d requests failed", l.failovers, l.vipMoves, l.failedReq, l.totalReq)
+	if l.hasStepDowns {
+		s += fmt.Sprintf(", VIP released %d times (majority lost)", l.stepDowns)
+	}
 	if l.note != "" {
 		s += " (" + l.note + ")"
 	}
@@ -293,6 +302,12 @@ func printFailoverTable(w io.Writer, cols []variant) {
 	}
 	row("false failovers, lossy network", lossy(func(l lossResult) float64 { return float64(l.failovers) }), "0")
 	row("VIP changed hands, lossy network", lossy(func(l lossResult) float64 { return float64(l.vipMoves) }), "0")
+	row("VIP released (majority lost), lossy", func(v variant) figure {
+		if v.loss != nil && !v.loss.hasStepDowns {
+			return notApplicable
+		}
+		return lossy(func(l lossResult) float64 { return float64(l.stepDowns) })(v)
+	}, "0")
 	row("client requests failed, lossy (%)", lossy(func(l lossResult) float64 {
 		if l.totalReq == 0 {
 			return 0
@@ -321,4 +336,22 @@ func ratioName(m, k string) string {
 		m = "ms"
 	}
 	return m + "/k" + k
+}
+
+// writeProbeLog keeps the client's view of one run next to the daemons'
+// logs: each request and MAC change, in ms from the loss.
+func writeProbeLog(path string, lost time.Time, probes []vipprobe.Probe, macs []vipprobe.MACChange) {
+	var b strings.Builder
+	ms := func(t time.Time) float64 { return float64(t.Sub(lost).Microseconds()) / 1000 }
+	for _, c := range macs {
+		fmt.Fprintf(&b, "%10.1f mac %s\n", ms(c.At), c.MAC)
+	}
+	for _, p := range probes {
+		res := "ok " + p.Body
+		if !p.OK {
+			res = "failed " + p.Err
+		}
+		fmt.Fprintf(&b, "%10.1f request until %.1f mac %s %s\n", ms(p.Start), ms(p.End), p.MAC, res)
+	}
+	_ = os.WriteFile(path, []byte(b.String()), 0o644)
 }

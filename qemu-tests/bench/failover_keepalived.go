@@ -168,6 +168,8 @@ func runKeepalivedKill(ctx context.Context, name, advert, dir string) (failoverR
 	r.closeP()
 	r.closeP = nil
 	run := klTimeline(lost, r.logs["h2"].Lines(), r.prober.Probes(), r.prober.MACChanges())
+	writeProbeLog(filepath.Join(dir, name+"-client.log"), lost, r.prober.Probes(), r.prober.MACChanges())
+	os.WriteFile(filepath.Join(dir, name+"-h2.log"), []byte(r.logs["h2"].String()), 0o644)
 	if werr != nil {
 		run.missing(stepAnswering, firstLine(werr))
 	}

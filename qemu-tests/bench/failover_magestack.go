@@ -43,20 +43,22 @@ var (
 
 const msVIP = "192.0.2.50"
 
-// magestack's console lines for the timeline.
+// magestack's lines for the timeline: on a console `msg key=value`, from
+// the witness (slog's text handler) `msg="msg" key=value`.
 func peerDeadRE(peer string) *regexp.Regexp {
-	return regexp.MustCompile(`heartbeat: peer dead peer=` + regexp.QuoteMeta(peer) + `\b`)
+	return regexp.MustCompile(`heartbeat: peer dead"? peer=` + regexp.QuoteMeta(peer) + `\b`)
 }
 
 func movingRE(from string) *regexp.Regexp {
-	return regexp.MustCompile(`failover: moving instances from=` + regexp.QuoteMeta(from) + `\b`)
+	return regexp.MustCompile(`failover: moving instances"? from=` + regexp.QuoteMeta(from) + `\b`)
 }
 
 var (
 	anyMovingRE   = regexp.MustCompile(`failover: moving instances`)
 	startingRE    = regexp.MustCompile(`failover: starting instance`)
 	vipHoldingRE  = regexp.MustCompile(`vip: holding`)
-	anyPeerDeadRE = regexp.MustCompile(`heartbeat: peer dead peer=dh`)
+	anyPeerDeadRE = regexp.MustCompile(`heartbeat: peer dead"? peer=dh`)
+	vipReleasedRE = regexp.MustCompile(`vip: released`)
 )
 
 // msRig is the booted pair.
@@ -257,6 +259,7 @@ func (r *msRig) kill(ctx context.Context) (failoverRun, string, error) {
 	time.Sleep(2 * time.Second) // late console lines
 	r.stopCon[lostHost]()
 	run := msTimeline(lost, lostHost, surv, r.cons[surv].Lines(), r.witness.Lines(), r.prober.Probes(), r.prober.MACChanges())
+	writeProbeLog(filepath.Join(r.dir, fmt.Sprintf("client-loss-%d.log", r.boots)), lost, r.prober.Probes(), r.prober.MACChanges())
 	if werr != nil {
 		run.missing(stepAnswering, firstLine(werr))
 		run.missing(stepGap, firstLine(werr))
@@ -327,6 +330,7 @@ func (r *msRig) lossy(ctx context.Context, d time.Duration, pct int) (lossResult
 	res.failovers = r.count(from, late, anyMovingRE)
 	res.vipMoves = vipprobe.Moves(r.prober.MACChanges(), from, late)
 	res.failedReq, res.totalReq = vipprobe.Failed(r.prober.Probes(), from, to)
+	res.stepDowns, res.hasStepDowns = r.count(from, late, vipReleasedRE), true
 	if n := r.count(from, late, anyPeerDeadRE); n > 0 {
 		res.note += fmt.Sprintf("; %d `peer dead` verdicts", n)
 	}
@@ -354,8 +358,9 @@ func runMagestackVariant(ctx context.Context, w io.Writer, work, dead string, o 
 	fmt.Fprintf(w, "magestack dead %s: pair ready, website through the VIP from %s after %v\n", dead, r.holder(), time.Since(booted).Round(time.Second))
 	time.Sleep(5 * time.Second)
 	idle := r.count(time.Time{}, time.Now(), anyMovingRE)
-	if idle > 0 {
-		v.note = fmt.Sprintf("%d false failover(s) while booting and idle, no host lost", idle)
+	released := r.count(time.Time{}, time.Now(), vipReleasedRE)
+	if idle > 0 || released > 0 {
+		v.note = fmt.Sprintf("%d false failover(s) and %d VIP release(s) (majority lost) while booting and idle, no host lost", idle, released)
 		fmt.Fprintf(w, "magestack dead %s: %s\n", dead, v.note)
 	}
 	if o.lossy > 0 {
