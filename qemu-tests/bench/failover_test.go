@@ -41,7 +41,10 @@ func TestLineLogFollowReadsGrowingText(t *testing.T) {
 	l := newLineLog()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	go func() { l.follow(ctx, func() string { mu.Lock(); defer mu.Unlock(); return text }, time.Millisecond); close(done) }()
+	go func() {
+		l.follow(ctx, func() string { mu.Lock(); defer mu.Unlock(); return text }, time.Millisecond)
+		close(done)
+	}()
 	mu.Lock()
 	text += "b\nc"
 	mu.Unlock()
