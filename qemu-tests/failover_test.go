@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -42,6 +43,7 @@ type pairRig struct {
 	vms     map[string]*qemu.VM
 	prober  *prober
 	witness *qemu.LockedBuffer
+	cables  map[string]*qemu.Cable // LAN cables of pairRigOptions.Cabled hosts
 }
 
 // pairRigOptions varies the pair rig; the zero value is the default rig
@@ -53,6 +55,9 @@ type pairRigOptions struct {
 	Setup func(n *qemu.Net)
 	// QEMUArgs adds arguments to a host's QEMU command line.
 	QEMUArgs func(host string) []string
+	// Cabled hosts have their LAN NIC on a qemu.Cable (tap tl-<host> on
+	// br0 still), whose loss and delay the test can set.
+	Cabled []string
 }
 
 func startPairRig(t *testing.T) *pairRig {
@@ -110,16 +115,23 @@ func startPairRigWith(t *testing.T, o pairRigOptions) *pairRig {
 		}
 	})
 
-	r := &pairRig{net: n, vms: map[string]*qemu.VM{}, witness: &wlog}
+	r := &pairRig{net: n, vms: map[string]*qemu.VM{}, witness: &wlog, cables: map[string]*qemu.Cable{}}
 	for i, host := range []string{"dh1", "dh2"} {
-		tap := n.AddTap("tl-" + host)
+		var lan qemu.NIC
+		if slices.Contains(o.Cabled, host) {
+			r.cables[host] = n.AddCable("tl-" + host)
+			lan = r.cables[host].NIC(pairMAC[host])
+		} else {
+			lan = qemu.NIC{Tap: n.AddTap("tl-" + host), MAC: pairMAC[host]}
+		}
+		lan.ROM = "none"
 		opts := im.Options(fmt.Sprintf("ip=192.0.2.1%d::192.0.2.1:255.255.255.0:%s:eth0:off magestack.host=%s magestack.config=http://192.0.2.5:8000/stack.yaml magestack.console=shell",
 			i+1, host, host))
 		opts.Name = host
 		opts.Memory = 1536
 		opts.NetNS = n.NetNS()
 		opts.Watchdog = true
-		opts.NICs = []qemu.NIC{{Tap: tap, MAC: pairMAC[host], ROM: "none"}, {Tap: "tp-" + host, MAC: fmt.Sprintf("52:54:00:aa:02:0%d", i+1), ROM: "none"}}
+		opts.NICs = []qemu.NIC{lan, {Tap: "tp-" + host, MAC: fmt.Sprintf("52:54:00:aa:02:0%d", i+1), ROM: "none"}}
 		if o.QEMUArgs != nil {
 			opts.ExtraArgs = append(opts.ExtraArgs, o.QEMUArgs(host)...)
 		}
