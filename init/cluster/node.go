@@ -37,8 +37,10 @@ type Timing struct {
 	Lease time.Duration
 }
 
-// DefaultTiming fits a 1 s dead time.
-var DefaultTiming = Timing{Heartbeat: 400 * time.Millisecond, Lease: 600 * time.Millisecond}
+// DefaultTiming fits a 1 s dead time: raft's follower timeout is short
+// enough that an election (one or two timeouts, randomised up to twice
+// each) fits in the lease, and the lease stays below the dead time.
+var DefaultTiming = Timing{Heartbeat: 200 * time.Millisecond, Lease: 800 * time.Millisecond}
 
 // Config configures a Node.
 type Config struct {
@@ -96,7 +98,10 @@ func Start(cfg Config) (*Node, error) {
 	rc.LocalID = raft.ServerID(cfg.ID)
 	rc.HeartbeatTimeout = cfg.Timing.Heartbeat
 	rc.ElectionTimeout = cfg.Timing.Heartbeat
-	rc.LeaderLeaseTimeout = cfg.Timing.Heartbeat / 2
+	// A leader that stalls (a starved CPU) for longer than this steps down
+	// and an election follows; as long as raft allows (at most the follower
+	// timeout), since a stepped-down leader stops nothing by itself.
+	rc.LeaderLeaseTimeout = cfg.Timing.Heartbeat
 	rc.CommitTimeout = 10 * time.Millisecond
 	rc.SnapshotThreshold = 1024
 	rc.Logger = hclog.New(&hclog.LoggerOptions{Name: "raft", Level: hclog.Warn, Output: slogWriter{cfg.Logger}})
@@ -178,13 +183,16 @@ func (n *Node) LeaderAddr() string {
 
 // InMajority reports whether this node heard from a majority within its
 // lease: a leader keeps leadership only while a quorum answers (raft steps
-// it down after LeaderLeaseTimeout), a follower must have heard from the
-// leader recently.
+// it down after LeaderLeaseTimeout), a follower or a candidate must have
+// heard from a leader (or granted a vote) within the lease. A candidate
+// counts like a follower: an election after the leader's loss must not
+// stop the roles of hosts that still run under a lease nobody else can
+// take over before it ends.
 func (n *Node) InMajority() bool {
 	switch n.r.Load().State() {
 	case raft.Leader:
 		return true
-	case raft.Follower:
+	case raft.Follower, raft.Candidate:
 		last := n.r.Load().LastContact()
 		return !last.IsZero() && time.Since(last) < n.cfg.Timing.Lease
 	}

@@ -163,3 +163,77 @@ func TestClusterKeepsStateAcrossRestart(t *testing.T) {
 		})
 	}
 }
+
+// TestLeaderLossKeepsSurvivorsInMajority: when the leader is lost, the two
+// survivors elect a new one without either leaving its majority (a follower
+// that turns candidate keeps the lease it holds), so hosts do not stop their
+// roles because the witness or the other host went away.
+func TestLeaderLossKeepsSurvivorsInMajority(t *testing.T) {
+	// Generous lease: the property is that the election fits in it, on a
+	// loaded machine too.
+	timing := Timing{Heartbeat: 300 * time.Millisecond, Lease: 3 * time.Second}
+	ids := []string{"dh1", "dh2", "witness"}
+	addrs := freeAddrs(t, len(ids))
+	var members []Member
+	for i, id := range ids {
+		members = append(members, Member{ID: id, Addr: addrs[i], Voter: true})
+	}
+	nodes := map[string]*Node{}
+	for i, id := range ids {
+		n, err := Start(Config{ID: id, Bind: addrs[i], Members: members, Timing: timing})
+		if err != nil {
+			t.Fatal(err)
+		}
+		nodes[id] = n
+		t.Cleanup(func() { n.Shutdown() })
+	}
+	for round := 0; round < 2; round++ {
+		leader := waitLeader(t, nodes, 20*time.Second)
+		waitFor(t, "every member in majority", 10*time.Second, func() bool {
+			for _, n := range nodes {
+				if !n.InMajority() {
+					return false
+				}
+			}
+			return true
+		})
+		lost := leader.cfg.ID
+		leader.Shutdown()
+		delete(nodes, lost)
+		start := time.Now()
+		var next *Node
+		for next == nil {
+			for id, n := range nodes {
+				if !n.InMajority() {
+					t.Fatalf("round %d: %s left its majority %v after leader %s was lost (state %s)", round, id, time.Since(start), lost, n.State())
+				}
+				if n.IsLeader() {
+					next = n
+				}
+			}
+			if time.Since(start) > 20*time.Second {
+				t.Fatalf("round %d: no new leader within 20s", round)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		t.Logf("round %d: leader %s lost, %s leads after %v", round, lost, next.cfg.ID, time.Since(start))
+		// Bring the lost member back (in memory: it rejoins empty) for the
+		// next round.
+		i := slicesIndex(ids, lost)
+		n, err := Start(Config{ID: lost, Bind: addrs[i], Members: members, Timing: timing})
+		if err != nil {
+			t.Fatal(err)
+		}
+		nodes[lost] = n
+		t.Cleanup(func() { n.Shutdown() })
+	}
+}
+
+func slicesIndex(s []string, v string) int {
+	for i, x := range s {
+		if x == v {
+			return i
+		}
+	}
+	return -1
+}

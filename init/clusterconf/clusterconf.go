@@ -84,7 +84,10 @@ func For(s *stackfile.Stack, self string) (Member, error) {
 	}
 	timing := cluster.DefaultTiming
 	if d := s.Cluster.Dead.D(); d > 0 {
-		timing = cluster.Timing{Heartbeat: d * 2 / 5, Lease: d * 3 / 5}
+		// Raft's follower timeout is a fifth of the dead time so that an
+		// election after a leader's loss (one or two timeouts) ends within
+		// the lease: hosts keep their roles while the survivors elect.
+		timing = cluster.Timing{Heartbeat: d / 5, Lease: d * 4 / 5}
 	}
 	m.Timing = timing
 	m.Self = cluster.Config{ID: self, Bind: bind, Members: members, Timing: timing}

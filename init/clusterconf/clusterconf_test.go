@@ -47,6 +47,12 @@ func TestMembersAndPaths(t *testing.T) {
 	if m.Timing.Lease >= s.Cluster.Dead.D() {
 		t.Errorf("lease %v must stay below the dead time %v", m.Timing.Lease, s.Cluster.Dead.D())
 	}
+	// An election after a leader's loss takes up to two randomised
+	// follower timeouts (each up to twice the timeout): it must fit in the
+	// lease or every host stops its roles while the survivors elect.
+	if 4*m.Timing.Heartbeat > m.Timing.Lease {
+		t.Errorf("raft timeout %v: an election (up to %v) does not fit in the lease %v", m.Timing.Heartbeat, 4*m.Timing.Heartbeat, m.Timing.Lease)
+	}
 	w, err := For(s, WitnessID)
 	if err != nil || len(w.Paths) != 1 || w.Paths[0].Local != "192.0.2.5:7701" || len(w.Paths[0].Peers) != 2 {
 		t.Fatalf("witness = %+v, %v", w, err)
