@@ -97,6 +97,9 @@ type Controller struct {
 	// moving holds instances released by a move in progress, so placement
 	// does not hand them back meanwhile.
 	moving map[string]bool
+	// started is when this controller began: a host not up by then gets a
+	// hold-down to boot before its instances are first placed on its pair.
+	started time.Time
 	// split is the leader's view of whether each pair still hears itself.
 	split splitState
 	// peerSeen is set once this host's heartbeats have heard its pair peer
@@ -123,7 +126,7 @@ func New(cfg Config) (*Controller, error) {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	return &Controller{cfg: cfg, log: cfg.Logger, running: map[string]bool{}, deadSince: map[string]time.Time{},
-		lastMove: map[string]time.Time{}, warned: map[string]time.Time{}, moving: map[string]bool{}}, nil
+		lastMove: map[string]time.Time{}, warned: map[string]time.Time{}, moving: map[string]bool{}, started: time.Now()}, nil
 }
 
 // Run loops until ctx ends, then stops every local instance.
@@ -293,6 +296,15 @@ func (c *Controller) lead(ctx context.Context, table []cluster.Ownership) {
 		}
 		target := in.Host
 		if !c.alive(target) {
+			// A host whose instances were never placed may still be booting
+			// (the hosts of a pair seldom come up in the same second): it
+			// gets one hold-down from this controller's start before its
+			// pair takes them, for they would stay there (no failback).
+			if o.Epoch == 0 && now.Sub(c.started) < c.cfg.HoldDown {
+				c.warnOnce(target, "failover: waiting for a host to come up before placing its instances", "host", target,
+					"then_on_pair_after", c.started.Add(c.cfg.HoldDown).Sub(now).Round(time.Second))
+				continue
+			}
 			if p := c.pairOf(target); p != "" && c.alive(p) {
 				target = p
 			} else {
