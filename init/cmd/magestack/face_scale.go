@@ -230,7 +230,10 @@ func (s *scaleAPI) restore(prev []scaleoverride.Override) {
 // wireScale connects `magestack scale` and the overrides to the running
 // reconciler, and starts keeping lb's backends in step.
 func (b *bootEnv) wireScale(r *reconcile.Reconciler, srv *api.Server, lbs *lbSync) {
-	store := scaleStore()
+	b.wireScaleStore(r, srv, lbs, scaleStore())
+}
+
+func (b *bootEnv) wireScaleStore(r *reconcile.Reconciler, srv *api.Server, lbs *lbSync, store *scaleoverride.Store) {
 	r.SetOverlay(b.scaleOverlay(store))
 	if srv != nil {
 		(&scaleAPI{b: b, r: r, store: store}).register(srv)
@@ -258,6 +261,9 @@ type lbSync struct {
 	lastErr  string
 	// runningStack is the reconciler's running stack (set by wireScale).
 	runningStack func() *stackfile.Stack
+	// socket is where an lb's admin socket is seen from here, given its
+	// role-init's pid: through its mount namespace (tests point elsewhere).
+	socket func(pid int) string
 }
 
 // lbSyncEvery is the repair pass's period.
@@ -269,7 +275,8 @@ func (b *bootEnv) newLBSync(sup *supervise.Supervisor, st *stackfile.Stack, host
 	if sup == nil || pairedHost(st, host) {
 		return nil
 	}
-	l := &lbSync{log: b.log, sup: sup, host: host, admitted: map[string]netip.Addr{}}
+	l := &lbSync{log: b.log, sup: sup, host: host, admitted: map[string]netip.Addr{},
+		socket: func(pid int) string { return fmt.Sprintf("/proc/%d/root%s", pid, render.AdminSocket) }}
 	// The roles step waited for every instance to be ready.
 	if insts, err := st.Instances(); err == nil {
 		for _, in := range insts {
@@ -327,7 +334,7 @@ func (l *lbSync) lbClients(st *stackfile.Stack) []*lbsync.Client {
 		if err != nil || u.PID == 0 || (u.State != supervise.StateReady && u.State != supervise.StateRunning) {
 			continue
 		}
-		out = append(out, lbsync.UnixClient(in.Name, fmt.Sprintf("/proc/%d/root%s", u.PID, render.AdminSocket)))
+		out = append(out, lbsync.UnixClient(in.Name, l.socket(u.PID)))
 	}
 	return out
 }
