@@ -63,9 +63,11 @@ func (f *recorder) appliers() reconcile.Appliers {
 		return nil
 	}
 	return reconcile.Appliers{
-		StartInstance: func(ctx context.Context, s *stackfile.Stack, in stackfile.Instance) error { return call("start " + in.Name) },
-		StopInstance:  func(ctx context.Context, in stackfile.Instance) error { return call("stop " + in.Name) },
-		Firewall:      func(ctx context.Context, s *stackfile.Stack) error { return call("firewall") },
+		StartInstance: func(ctx context.Context, s *stackfile.Stack, in stackfile.Instance) error {
+			return call("start " + in.Name)
+		},
+		StopInstance: func(ctx context.Context, in stackfile.Instance) error { return call("stop " + in.Name) },
+		Firewall:     func(ctx context.Context, s *stackfile.Stack) error { return call("firewall") },
 	}
 }
 
