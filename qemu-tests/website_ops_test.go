@@ -164,7 +164,7 @@ func TestWebsiteOperations(t *testing.T) {
 	con.run("echo console up", `^console up$`)
 
 	// The site owner's content, in web1's site directory.
-	con.run(`P=$(head -n1 /sys/fs/cgroup/magestack/web1/init/cgroup.procs); D=/proc/$P/root` + opsSiteBase + `; mkdir -p $D/http $D/conf/nginx && echo ok`, `^ok$`)
+	con.run(`P=$(head -n1 /sys/fs/cgroup/magestack/web1/init/cgroup.procs); D=/proc/$P/root`+opsSiteBase+`; mkdir -p $D/http $D/conf/nginx && echo ok`, `^ok$`)
 	con.write("$D/http/index.php", opsIndex)
 	site := "http://" + opsHost + "/"
 	waitStatus(t, pub, site, 200, "live site on web1", 2*time.Minute)
