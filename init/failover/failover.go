@@ -16,8 +16,10 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"maps"
 	"runtime/debug"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -205,6 +207,15 @@ func (c *Controller) enforce(ctx context.Context, want map[string]bool) {
 	slices.SortFunc(stop, func(a, b string) int { return order[b] - order[a] })
 	slices.SortFunc(start, func(a, b string) int { return order[a] - order[b] })
 	if c.cfg.Runtime != nil {
+		if len(stop) > 0 {
+			c.log.Warn("failover: stepping down", "why", c.stopWhy, "instances", strings.Join(stop, " "))
+		}
+		// The website's address goes before the lb answering on it: a host
+		// stepping down stops drawing traffic at once, not after its
+		// instances have stopped one by one.
+		if !anyLB(want) {
+			c.setVIP(false)
+		}
 		for _, inst := range stop {
 			c.log.Info("failover: stopping instance", "instance", inst, "why", c.stopWhy)
 			if err := c.cfg.Runtime.Stop(ctx, inst); err != nil {
@@ -224,15 +235,33 @@ func (c *Controller) enforce(ctx context.Context, want map[string]bool) {
 			c.mu.Lock()
 			c.running[inst] = true
 			c.mu.Unlock()
+			// The address follows the lb as soon as it is ready, not after
+			// the instances started after it.
+			if roleOf(inst) == "lb" {
+				c.setVIP(true)
+			}
 		}
 	}
 	c.mu.Lock()
-	hold := false
-	for inst := range c.running {
-		if roleOf(inst) == "lb" {
-			hold = true
+	running := maps.Clone(c.running)
+	c.mu.Unlock()
+	c.setVIP(anyLB(running))
+}
+
+// anyLB reports whether set holds an lb instance (the VIP's holder).
+func anyLB(set map[string]bool) bool {
+	for inst, on := range set {
+		if on && roleOf(inst) == "lb" {
+			return true
 		}
 	}
+	return false
+}
+
+// setVIP tells the VIP holder whether this host holds the address, on a
+// change only.
+func (c *Controller) setVIP(hold bool) {
+	c.mu.Lock()
 	changed := hold != c.holdVIP
 	c.holdVIP = hold
 	c.mu.Unlock()
