@@ -121,7 +121,7 @@ func TestImagesOverHTTPCachedForReboot(t *testing.T) {
 			t.Fatalf("first boot: %s: %v", step.what, err)
 		}
 	}
-	requested := regexp.MustCompile(`role image requested image=(\S+)`).FindAllStringSubmatch(out.String(), -1)
+	requested := regexp.MustCompile(`role image requested"? image=(\S+)`).FindAllStringSubmatch(out.String(), -1)
 	if len(requested) == 0 {
 		t.Fatalf("the server never served an image")
 	}

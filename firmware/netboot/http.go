@@ -175,7 +175,13 @@ func (s *Server) serveRoleImage(w http.ResponseWriter, r *http.Request) {
 	}
 	s.log.Info("netboot: role image requested", "image", im.Name, "file", im.File, "from", r.RemoteAddr, "range", r.Header.Get("Range"))
 	if mac := clientMAC(r, s); mac != "" {
-		s.progress.Step(mac, "", "images", fmt.Sprintf("%s %d bytes", im.File, im.Size))
+		host := ""
+		if hw, err := net.ParseMAC(mac); err == nil {
+			if h, _, ok := lookupMAC(s.stack, hw); ok {
+				host = h.Name
+			}
+		}
+		s.progress.Step(mac, host, "images", fmt.Sprintf("%s %d bytes", im.File, im.Size))
 	}
 	w.Header().Set("ETag", `"sha256:`+im.SHA256+`"`)
 	w.Header().Set("Content-Type", "application/octet-stream")
