@@ -41,8 +41,11 @@ type FetchOptions struct {
 	// of the images in use (manifest.json) and partial downloads
 	// (<sha256>.partial) so an interrupted download resumes. Required.
 	CacheDir string
-	// Names are the images wanted; nil wants every image of the manifest.
+	// Names are the images wanted: nothing else is fetched, and with none
+	// the server is not even asked.
 	Names []string
+	// All wants every image of the manifest instead of Names.
+	All bool
 	// Client defaults to one with bounded dial and header timeouts.
 	Client *http.Client
 	// Attempts per request (manifest, each image), default 3.
@@ -122,6 +125,9 @@ func Fetch(ctx context.Context, log *slog.Logger, opts FetchOptions) (*Store, Fe
 		return nil, FetchResult{}, errors.New("images: fetch needs a cache directory")
 	}
 	opts.defaults()
+	if len(opts.Names) == 0 && !opts.All {
+		return New(log, opts.CacheDir), FetchResult{Sources: map[string]Source{}}, nil
+	}
 	deadline := time.Now().Add(opts.RetryFor)
 	pause := opts.Backoff
 	for {
@@ -160,7 +166,7 @@ func (s *Store) fetchPass(ctx context.Context, opts FetchOptions) (FetchResult, 
 		}
 	}
 	names := opts.Names
-	if names == nil {
+	if opts.All {
 		from := cached
 		if server != nil {
 			from = server

@@ -425,3 +425,18 @@ func TestFetchBadManifestNamesIt(t *testing.T) {
 		t.Fatalf("a manifest the server sent invalid was asked %d times", n)
 	}
 }
+
+func TestFetchNothingWantedAsksNothing(t *testing.T) {
+	srv := newImageServer(t)
+	srv.publish(map[string]string{"web": "web"})
+	st, _, err := Fetch(context.Background(), nil, srv.opts(t.TempDir()))
+	if err != nil || len(st.Names()) != 0 || len(srv.log()) != 0 {
+		t.Fatalf("err %v, images %v, requests %q: a host needing no image must not fetch", err, st.Names(), srv.log())
+	}
+	opts := srv.opts(t.TempDir())
+	opts.All = true
+	st, _, err = Fetch(context.Background(), nil, opts)
+	if err != nil || strings.Join(st.Names(), ",") != "web" {
+		t.Fatalf("All: err %v, images %v", err, st.Names())
+	}
+}
