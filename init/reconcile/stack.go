@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 
+	"magestack/init/configsource"
 	"magestack/init/stackfile"
 )
 
@@ -23,11 +24,13 @@ func (r *Reconciler) overlayFunc() func(*stackfile.Stack) *stackfile.Stack {
 	return r.overlay
 }
 
-// ApplyStack moves the running stack to next, a variant of the running
-// revision made on this host (a scale override), with the same order,
-// appliers and rollback as Apply. The running revision stays the same and
-// nothing is recorded in the store: the stack file did not change.
-func (r *Reconciler) ApplyStack(ctx context.Context, next *stackfile.Stack) (res Result, err error) {
+// ApplyStack moves the running stack to derive(running revision), a
+// variant of it made on this host (a scale override), with the same order,
+// appliers and rollback as Apply. derive runs under the apply lock, so no
+// revision lands between reading the running one and applying the variant.
+// The running revision stays the same and nothing is recorded in the
+// store: the stack file did not change.
+func (r *Reconciler) ApplyStack(ctx context.Context, derive func(rev configsource.Revision) (*stackfile.Stack, error)) (res Result, err error) {
 	r.applyMu.Lock()
 	defer r.applyMu.Unlock()
 	running, rev := r.Running()
@@ -37,6 +40,10 @@ func (r *Reconciler) ApplyStack(ctx context.Context, next *stackfile.Stack) (res
 	res.Revision = rev
 	ctx, cancel := context.WithTimeout(ctx, r.timeout)
 	defer cancel()
+	next, err := derive(rev)
+	if err != nil {
+		return res, err
+	}
 	changes, err := stackfile.Diff(running, next)
 	if err != nil {
 		return res, err

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"magestack/init/configsource"
 	"magestack/init/stackfile"
 )
 
@@ -22,7 +23,7 @@ func withWeb(s *stackfile.Stack, n int) *stackfile.Stack {
 func TestApplyStackScalesAndRollsBack(t *testing.T) {
 	r, f, _ := booted(t)
 	running, rev := r.Running()
-	res, err := r.ApplyStack(context.Background(), withWeb(running, 3))
+	res, err := r.ApplyStack(context.Background(), fixed(withWeb(running, 3)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -40,7 +41,7 @@ func TestApplyStackScalesAndRollsBack(t *testing.T) {
 	// A failing start rolls back to three instances.
 	f.calls, f.failOn = nil, "stop web3"
 	before := f.state()
-	if _, err := r.ApplyStack(context.Background(), withWeb(now, 1)); err == nil || !strings.Contains(err.Error(), "rolled back") {
+	if _, err := r.ApplyStack(context.Background(), fixed(withWeb(now, 1))); err == nil || !strings.Contains(err.Error(), "rolled back") {
 		t.Fatalf("failing scale down: err = %v", err)
 	}
 	if f.state() != before {
@@ -51,11 +52,15 @@ func TestApplyStackScalesAndRollsBack(t *testing.T) {
 	}
 }
 
+func fixed(s *stackfile.Stack) func(configsource.Revision) (*stackfile.Stack, error) {
+	return func(configsource.Revision) (*stackfile.Stack, error) { return s, nil }
+}
+
 // The overlay keeps a local count through a revision that does not touch it.
 func TestOverlayKeepsLocalCount(t *testing.T) {
 	r, f, _ := booted(t)
 	running, _ := r.Running()
-	if _, err := r.ApplyStack(context.Background(), withWeb(running, 2)); err != nil {
+	if _, err := r.ApplyStack(context.Background(), fixed(withWeb(running, 2))); err != nil {
 		t.Fatal(err)
 	}
 	r.SetOverlay(func(s *stackfile.Stack) *stackfile.Stack { return withWeb(s, 2) })

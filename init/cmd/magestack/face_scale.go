@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"magestack/init/api"
+	"magestack/init/configsource"
 	"magestack/init/pid1"
 	"magestack/init/reconcile"
 	"magestack/init/scaleoverride"
@@ -181,38 +182,49 @@ func (s *scaleAPI) serveScale(w http.ResponseWriter, r *http.Request) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	file, _, err := s.stackFile()
-	if err != nil {
-		api.WriteError(w, http.StatusConflict, err.Error())
-		return
-	}
-	prev, err := s.store.List()
-	if err != nil {
-		api.WriteError(w, http.StatusInternalServerError, err.Error())
-		return
-	}
-	base := file.Roles[req.Role].Count
-	if req.Count == base {
-		err = s.store.Delete(req.Role) // back to what the stack file says
-	} else {
-		err = s.store.Set(scaleoverride.Override{Role: req.Role, Count: req.Count, Base: base, Set: time.Now().UTC()})
-	}
-	if err != nil {
-		api.WriteError(w, http.StatusInternalServerError, err.Error())
-		return
-	}
-	list, _ := s.store.List()
-	eff, _, _, err := scaleoverride.Apply(file, list)
-	if err != nil {
-		s.restore(prev)
-		api.WriteError(w, http.StatusUnprocessableEntity, fmt.Sprintf("%s=%d: %v", req.Role, req.Count, err))
-		return
-	}
+	var prev []scaleoverride.Override
+	stored := false
+	var refused error // the request cannot be met on this stack
+	// Derived under the reconciler's lock: no revision lands in between.
 	// A client that gives up must not roll the stack back half-way.
-	res, err := s.r.ApplyStack(context.WithoutCancel(r.Context()), eff)
+	res, err := s.r.ApplyStack(context.WithoutCancel(r.Context()), func(rev configsource.Revision) (*stackfile.Stack, error) {
+		file, err := stackfile.Parse("stack.yaml", rev.Data)
+		if err != nil {
+			return nil, fmt.Errorf("running revision %s: %w", rev.ID, err)
+		}
+		if prev, err = s.store.List(); err != nil {
+			return nil, err
+		}
+		base := file.Roles[req.Role].Count
+		if req.Count == base {
+			err = s.store.Delete(req.Role) // back to what the stack file says
+		} else {
+			err = s.store.Set(scaleoverride.Override{Role: req.Role, Count: req.Count, Base: base, Set: time.Now().UTC()})
+		}
+		if err != nil {
+			return nil, err
+		}
+		stored = true
+		list, err := s.store.List()
+		if err != nil {
+			return nil, err
+		}
+		eff, _, _, err := scaleoverride.Apply(file, list)
+		if err != nil {
+			refused = err
+			return nil, err
+		}
+		return eff, nil
+	})
+	if err != nil && stored {
+		s.restore(prev)
+	}
+	if refused != nil {
+		api.WriteError(w, http.StatusUnprocessableEntity, fmt.Sprintf("%s=%d: %v", req.Role, req.Count, refused))
+		return
+	}
 	rep := ScaleReply{Applied: res.Applied, RolledBack: res.RolledBack}
 	if err != nil {
-		s.restore(prev)
 		rep.Error = fmt.Sprintf("%s=%d: %v", req.Role, req.Count, err)
 	}
 	if roles, rerr := s.roles(); rerr == nil && len(roles) > 0 {
