@@ -16,6 +16,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -45,6 +46,8 @@ type Options struct {
 	// CgroupRoot is where cgroup2 is mounted on the host; default
 	// /sys/fs/cgroup.
 	CgroupRoot string
+	// Stdin is the command's input; nil: none (/dev/null).
+	Stdin io.Reader
 }
 
 // Result is how the command ended.
@@ -116,7 +119,7 @@ func Run(ctx context.Context, rolePID int, argv []string, opts Options) (Result,
 	}
 
 	out := &limitedBuffer{max: opts.MaxOutput}
-	cmd := &exec.Cmd{Path: argv[0], Args: argv, Env: opts.Env, Stdout: out, Stderr: out,
+	cmd := &exec.Cmd{Path: argv[0], Args: argv, Env: opts.Env, Stdin: opts.Stdin, Stdout: out, Stderr: out,
 		SysProcAttr: &syscall.SysProcAttr{Setsid: true}}
 	if cgFD >= 0 {
 		cmd.SysProcAttr.UseCgroupFD, cmd.SysProcAttr.CgroupFD = true, cgFD

@@ -454,6 +454,7 @@ func (b *bootEnv) reconcileStep(ctx context.Context) error {
 			}
 			return sup.WaitReady(ctx, inst.Name)
 		}
+		appliers.UpdateInstance = b.updateByReload(host, appliers.StopInstance, appliers.StartInstance)
 	}
 	lbs := b.newLBSync(sup, st, host) // lb follows web instances (face_scale.go)
 	r := reconcile.New(b.log, store, lbs.wrap(appliers))

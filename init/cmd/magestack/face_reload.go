@@ -121,6 +121,18 @@ func (b *bootEnv) execIn(ctx context.Context, t roleTarget, argv []string) (role
 	return roleexec.Run(ctx, t.pid, argv, roleexec.Options{Start: b.reaper.Start})
 }
 
+// opError is a refusal with the HTTP status that fits it.
+type opError struct {
+	code int
+	msg  string
+}
+
+func (e *opError) Error() string { return e.msg }
+
+func opErrorf(code int, format string, args ...any) *opError {
+	return &opError{code: code, msg: fmt.Sprintf(format, args...)}
+}
+
 func (b *bootEnv) serveReload(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("unit")
 	instName, svc, _ := strings.Cut(name, "/")
@@ -135,14 +147,29 @@ func (b *bootEnv) serveReload(w http.ResponseWriter, r *http.Request) {
 		api.WriteError(w, code, "reload "+name+": "+err.Error())
 		return
 	}
+	reply, oerr := b.reloadServices(r.Context(), t, svc)
+	if oerr != nil {
+		api.WriteError(w, oerr.code, oerr.msg)
+		return
+	}
+	api.WriteJSON(w, http.StatusOK, reply)
+}
+
+// reloadServices checks and then reloads svc of the running instance t
+// ("": every service of its role that reloads in place).
+func (b *bootEnv) reloadServices(ctx context.Context, t roleTarget, svc string) (ReloadReply, *opError) {
+	instName := t.inst.Name
+	name := instName
+	if svc != "" {
+		name += "/" + svc
+	}
 	// The role's own supervisor knows its services and their main pids
 	// (as the role sees them).
-	sctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
+	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	rs, err := api.NewClient(api.ProcRootSocket(instName, t.pid)).Status(sctx)
 	cancel()
 	if err != nil {
-		api.WriteError(w, http.StatusBadGateway, fmt.Sprintf("reload %s: asking %s's supervisor: %v", name, instName, err))
-		return
+		return ReloadReply{}, opErrorf(http.StatusBadGateway, "reload %s: asking %s's supervisor: %v", name, instName, err)
 	}
 	running := map[string]supervise.UnitStatus{}
 	for _, u := range rs.Units {
@@ -151,12 +178,10 @@ func (b *bootEnv) serveReload(w http.ResponseWriter, r *http.Request) {
 	var targets []string
 	if svc != "" {
 		if _, ok := running[svc]; !ok {
-			api.WriteError(w, http.StatusNotFound, fmt.Sprintf("reload %s: %s has no service %q", name, instName, svc))
-			return
+			return ReloadReply{}, opErrorf(http.StatusNotFound, "reload %s: %s has no service %q", name, instName, svc)
 		}
 		if _, err := render.ReloadFor(t.inst.Role, svc); err != nil {
-			api.WriteError(w, http.StatusBadRequest, "reload "+name+": "+err.Error())
-			return
+			return ReloadReply{}, opErrorf(http.StatusBadRequest, "reload %s: %v", name, err)
 		}
 		targets = []string{svc}
 	} else {
@@ -166,8 +191,7 @@ func (b *bootEnv) serveReload(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 		if len(targets) == 0 {
-			api.WriteError(w, http.StatusBadRequest, fmt.Sprintf("reload %s: role %s has no service that reloads in place (restart it instead)", name, t.inst.Role))
-			return
+			return ReloadReply{}, opErrorf(http.StatusBadRequest, "reload %s: role %s has no service that reloads in place (restart it instead)", name, t.inst.Role)
 		}
 	}
 	reply := ReloadReply{Unit: instName}
@@ -176,19 +200,16 @@ func (b *bootEnv) serveReload(w http.ResponseWriter, r *http.Request) {
 		spec, _ := render.ReloadFor(t.inst.Role, s)
 		us := running[s]
 		if us.PID == 0 || (us.State != supervise.StateReady && us.State != supervise.StateRunning) {
-			api.WriteError(w, http.StatusConflict, fmt.Sprintf("reload %s/%s: the service is %s, not running: nothing to reload (start it: magestack start %s/%s)", instName, s, us.State, instName, s))
-			return
+			return ReloadReply{}, opErrorf(http.StatusConflict, "reload %s/%s: the service is %s, not running: nothing to reload (start it: magestack start %s/%s)", instName, s, us.State, instName, s)
 		}
-		res, err := b.execIn(r.Context(), t, spec.Check)
+		res, err := b.execIn(ctx, t, spec.Check)
 		if err != nil {
-			api.WriteError(w, http.StatusInternalServerError, fmt.Sprintf("reload %s/%s: running its config test: %v", instName, s, err))
-			return
+			return ReloadReply{}, opErrorf(http.StatusInternalServerError, "reload %s/%s: running its config test: %v", instName, s, err)
 		}
 		if res.ExitCode != 0 {
 			b.log.Warn("reload refused: config test failed", "unit", instName+"/"+s, "check", strings.Join(spec.Check, " "), "output", res.Output)
-			api.WriteError(w, http.StatusUnprocessableEntity, fmt.Sprintf("reload %s/%s refused: config test `%s` failed (exit %d); %s keeps running its previous configuration:\n%s",
-				instName, s, strings.Join(spec.Check, " "), res.ExitCode, s, strings.TrimSpace(res.Output)))
-			return
+			return ReloadReply{}, opErrorf(http.StatusUnprocessableEntity, "reload %s/%s refused: config test `%s` failed (exit %d); %s keeps running its previous configuration:\n%s",
+				instName, s, strings.Join(spec.Check, " "), res.ExitCode, s, strings.TrimSpace(res.Output))
 		}
 		reply.Services = append(reply.Services, ReloadedService{Service: s, Check: spec.Check, CheckOutput: strings.TrimSpace(res.Output), PID: us.PID})
 	}
@@ -198,22 +219,20 @@ func (b *bootEnv) serveReload(w http.ResponseWriter, r *http.Request) {
 		argv := spec.Command
 		if spec.Signal != "" {
 			if _, err := services.Signal(spec.Signal); err != nil {
-				api.WriteError(w, http.StatusInternalServerError, fmt.Sprintf("reload %s/%s: %v", instName, rsv.Service, err))
-				return
+				return ReloadReply{}, opErrorf(http.StatusInternalServerError, "reload %s/%s: %v", instName, rsv.Service, err)
 			}
 			// kill inside the role: the pid is the role's view of it.
 			argv = []string{"/bin/sh", "-c", `kill -s "$1" "$2"`, "sh", strings.TrimPrefix(spec.Signal, "SIG"), strconv.Itoa(rsv.PID)}
 		}
-		res, err := b.execIn(r.Context(), t, argv)
+		res, err := b.execIn(ctx, t, argv)
 		if err == nil && res.ExitCode != 0 {
 			err = fmt.Errorf("`%s` exited %d: %s", strings.Join(argv, " "), res.ExitCode, strings.TrimSpace(res.Output))
 		}
 		if err != nil {
-			api.WriteError(w, http.StatusInternalServerError, fmt.Sprintf("reload %s/%s: config test passed but the reload failed: %v", instName, rsv.Service, err))
-			return
+			return ReloadReply{}, opErrorf(http.StatusInternalServerError, "reload %s/%s: config test passed but the reload failed: %v", instName, rsv.Service, err)
 		}
 		rsv.Reloaded, rsv.Output = true, strings.TrimSpace(res.Output)
 		b.log.Info("service reloaded", "unit", instName+"/"+rsv.Service, "pid", rsv.PID)
 	}
-	api.WriteJSON(w, http.StatusOK, reply)
+	return reply, nil
 }
