@@ -135,7 +135,14 @@ func TestWebsiteOperations(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, stack) })}
+	var stackMu sync.Mutex
+	served := stack
+	serve := func(s string) { stackMu.Lock(); served = s; stackMu.Unlock() }
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		stackMu.Lock()
+		defer stackMu.Unlock()
+		io.WriteString(w, served)
+	})}
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
 
@@ -254,6 +261,29 @@ func TestWebsiteOperations(t *testing.T) {
 		if fails := stop(); len(fails) > 0 {
 			t.Errorf("%d requests failed while the change was refused and reloaded; first: %s", len(fails), fails[0])
 		}
+	})
+
+	t.Run("stack file change applied by reload", func(t *testing.T) {
+		con.t = t
+		con.run("magestack maintenance on", `^shop/www\s+on\s+web1=on`)
+		waitStatus(t, pub, site, 503, "Down for maintenance", time.Minute)
+		roleInit := con.value(`head -n1 /sys/fs/cgroup/magestack/web1/init/cgroup.procs`)
+		master := con.value(`cat /sys/fs/cgroup/magestack/web1/nginx/cgroup.procs | sort -n | head -n1`)
+		// The public client joins the allow-list in the stack file.
+		changed := strings.Replace(stack, "maintenanceallow: ["+opsStaff+"/32]", "maintenanceallow: ["+opsStaff+"/32, "+opsPublic+"/32]", 1)
+		if changed == stack {
+			t.Fatal("test stack has no allow-list to change")
+		}
+		serve(changed)
+		con.run("magestack config apply", `^revision `)
+		waitStatus(t, pub, site, 200, "live site on web1", time.Minute)
+		if got := con.value(`head -n1 /sys/fs/cgroup/magestack/web1/init/cgroup.procs`); got != roleInit {
+			t.Errorf("web1 was re-created (role-init %s, was %s): the change should have been a reload", got, roleInit)
+		}
+		if got := con.value(`cat /sys/fs/cgroup/magestack/web1/nginx/cgroup.procs | sort -n | head -n1`); got != master {
+			t.Errorf("web1's nginx master changed (%s, was %s): restarted, not reloaded", got, master)
+		}
+		con.run("magestack maintenance off", `^shop/www\s+off\s+web1=off`)
 	})
 
 	t.Run("killed services come back", func(t *testing.T) {
