@@ -53,6 +53,10 @@ type Config struct {
 	Timing   Timing
 	Logger   *slog.Logger
 	OnChange func(Ownership)
+	// Route, when set, names the address to dial a member at instead of
+	// its Members address ("" for that one): the two hosts of a pair talk
+	// over their pair link while it is up, off the public LAN.
+	Route func(id string) string
 }
 
 // Node is this machine's member of the cluster.
@@ -110,7 +114,7 @@ func Start(cfg Config) (*Node, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cluster: member %s address %q: %w", cfg.ID, cfg.Members[self].Addr, err)
 	}
-	n.transport, err = raft.NewTCPTransportWithLogger(cfg.Bind, advertise, 3, 2*time.Second, rc.Logger)
+	n.transport, err = newTransport(cfg, advertise, rc.Logger)
 	if err != nil {
 		return nil, fmt.Errorf("cluster: listen on %s: %w", cfg.Bind, err)
 	}

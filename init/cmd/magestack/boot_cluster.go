@@ -146,13 +146,35 @@ func startCluster(ctx context.Context, log *slog.Logger, st *stackfile.Stack, ho
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	m := &clusterMember{stack: st, cancel: cancel, done: make(chan struct{})}
+	// Raft between the two hosts of a pair rides the pair link while its
+	// heartbeats say it is up (the witness is reached over the LAN): a lossy
+	// LAN then costs the pair neither its majority nor its roles.
+	pairRaft := pairRaftAddr(st, h)
+	rerouteOnPairChange := func(c heartbeat.Change) {
+		if pairRaft != "" && c.Peer == h.Pair && c.Path == "pair" && (c.From == heartbeat.Alive || c.To == heartbeat.Alive) {
+			m.node.Reroute()
+		}
+	}
 	if m.hb, err = heartbeat.New(heartbeat.Config{ID: host, Paths: conf.Paths, Interval: st.Cluster.Heartbeat.D(),
-		Suspect: st.Cluster.Suspect.D(), Dead: st.Cluster.Dead.D(), Logger: log}); err != nil {
+		Suspect: st.Cluster.Suspect.D(), Dead: st.Cluster.Dead.D(), Logger: log, OnChange: rerouteOnPairChange}); err != nil {
 		return nil, err
 	}
 	cfg := conf.Self
 	cfg.DataDir = dataDir
 	cfg.Logger = log
+	lanBind := cfg.Bind
+	if pairRaft != "" {
+		// Listen on the pair link too; the firewall admits the cluster
+		// ports there and, on the LAN, from the stack's hosts only.
+		_, port, _ := net.SplitHostPort(cfg.Bind)
+		cfg.Bind = net.JoinHostPort("0.0.0.0", port)
+		cfg.Route = func(id string) string {
+			if id == h.Pair && pathAlive(m.hb, h.Pair, "pair") {
+				return pairRaft
+			}
+			return ""
+		}
+	}
 	if m.node, err = cluster.Start(cfg); err != nil {
 		m.hb.Close()
 		return nil, err
@@ -226,7 +248,7 @@ func startCluster(ctx context.Context, log *slog.Logger, st *stackfile.Stack, ho
 		defer close(m.done)
 		m.ctl.Run(ctx)
 	}()
-	rpcAddr := net.JoinHostPort(hostOf(cfg.Bind), strconv.Itoa(failover.RPCPort))
+	rpcAddr := net.JoinHostPort(hostOf(lanBind), strconv.Itoa(failover.RPCPort))
 	if ln, err := net.Listen("tcp", rpcAddr); err != nil {
 		log.Error("cluster: rpc listener", "addr", rpcAddr, "err", err)
 	} else {
@@ -271,6 +293,14 @@ func (m *clusterMember) status() clusterStatus {
 func writeCluster(w io.Writer, c clusterStatus) {
 	fmt.Fprintf(w, "\ncluster: this host %s, leader %s, voters %s, in majority: %v\n",
 		strings.ToLower(c.State), orDash(c.Leader), strings.Join(c.Voters, " "), c.Majority)
+	switch {
+	case len(c.Local.Running) == 0:
+		fmt.Fprintln(w, "this host runs no instance: standby")
+	case c.Local.HoldsVIP:
+		fmt.Fprintf(w, "this host runs %s and holds the website's address\n", strings.Join(c.Local.Running, " "))
+	default:
+		fmt.Fprintf(w, "this host runs %s\n", strings.Join(c.Local.Running, " "))
+	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "INSTANCE\tOWNER\tEPOCH\tSTANDBY\tSINCE\tREASON")
 	for _, o := range c.Ownership {
@@ -295,6 +325,29 @@ func writeCluster(w io.Writer, c clusterStatus) {
 			fmt.Fprintf(w, "  %s  %s\n", e.At.Format("15:04:05.000"), e.What)
 		}
 	}
+}
+
+// pairRaftAddr is h's pair peer's raft address on the pair link, "" when
+// either host has no pair-link address.
+func pairRaftAddr(st *stackfile.Stack, h *stackfile.Host) string {
+	if h.Pair == "" || h.PairLink == nil || !h.PairLink.Address.IsValid() {
+		return ""
+	}
+	ph, _, ok := st.HostByName(h.Pair)
+	if !ok || ph.PairLink == nil || !ph.PairLink.Address.IsValid() {
+		return ""
+	}
+	return net.JoinHostPort(ph.PairLink.Address.Addr().String(), strconv.Itoa(clusterconf.RaftPort))
+}
+
+// pathAlive reports whether the heartbeats call peer's path alive.
+func pathAlive(hb *heartbeat.Monitor, peer, path string) bool {
+	for _, p := range hb.Status() {
+		if p.Peer == peer {
+			return p.Paths[path].State == heartbeat.Alive
+		}
+	}
+	return false
 }
 
 func hostOf(hostport string) string {

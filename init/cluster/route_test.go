@@ -1,0 +1,86 @@
+package cluster
+
+import (
+	"context"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/raft"
+)
+
+// TestRouteDialsMembersWhereRouteSays: dh2's configured address leads
+// nowhere (its "LAN" is cut), but the others route to where it listens (its
+// "pair link"): dh2 takes part in the cluster and gets the table. When the
+// route is withdrawn and the connections dropped (Reroute), dh2 is cut off.
+// dh2 is a non-voter so that it never leads (a leader dials the others, whose
+// routes stay).
+func TestRouteDialsMembersWhereRouteSays(t *testing.T) {
+	addrs := freeAddrs(t, 4)
+	real2, dead := addrs[1], addrs[3] // nothing listens on dead
+	members := []Member{{ID: "dh1", Addr: addrs[0], Voter: true}, {ID: "dh2", Addr: dead},
+		{ID: "witness", Addr: addrs[2], Voter: true}}
+	var routed atomic.Bool
+	routed.Store(true)
+	route := func(id string) string {
+		if id == "dh2" && routed.Load() {
+			return real2
+		}
+		return ""
+	}
+	nodes := map[string]*Node{}
+	for _, m := range members {
+		bind := m.Addr
+		if m.ID == "dh2" {
+			bind = real2
+		}
+		n, err := Start(Config{ID: m.ID, Bind: bind, Members: members, Route: route})
+		if err != nil {
+			t.Fatal(err)
+		}
+		nodes[m.ID] = n
+		t.Cleanup(func() { n.Shutdown() })
+	}
+	leader := waitLeader(t, nodes, 10*time.Second)
+	if _, err := leader.Assign(context.Background(), "web1", "dh1", 0, "placement"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "dh2 gets the table over its routed address", 5*time.Second, func() bool {
+		o, ok := nodes["dh2"].Get("web1")
+		return ok && o.Owner == "dh1"
+	})
+
+	// Withdraw the route: dh2 is now reachable only at its dead address.
+	routed.Store(false)
+	for _, n := range nodes {
+		n.Reroute()
+	}
+	leader = waitLeader(t, map[string]*Node{"dh1": nodes["dh1"], "witness": nodes["witness"]}, 10*time.Second)
+	if _, err := leader.Assign(context.Background(), "web1", "witness", 1, "moved"); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second)
+	if o, _ := nodes["dh2"].Get("web1"); o.Owner != "dh1" {
+		t.Errorf("dh2 got %+v with its route withdrawn: raft still dials the old route", o)
+	}
+	waitFor(t, "dh2 notices it lost the majority", 5*time.Second, func() bool { return !nodes["dh2"].InMajority() })
+}
+
+func TestRouteProviderFallsBackToMembers(t *testing.T) {
+	p := routeProvider{route: func(id string) string {
+		if id == "a" {
+			return "10.0.0.1:7700"
+		}
+		return ""
+	}, addrs: map[string]string{"a": "192.0.2.1:7700", "b": "192.0.2.2:7700"}}
+	for id, want := range map[string]string{"a": "10.0.0.1:7700", "b": "192.0.2.2:7700"} {
+		if got, err := p.ServerAddr(raftID(id)); err != nil || string(got) != want {
+			t.Errorf("ServerAddr(%s) = %q, %v; want %q", id, got, err, want)
+		}
+	}
+	if _, err := p.ServerAddr(raftID("c")); err == nil {
+		t.Error("an unknown member got an address")
+	}
+}
+
+func raftID(s string) raft.ServerID { return raft.ServerID(s) }
