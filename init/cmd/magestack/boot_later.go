@@ -428,6 +428,7 @@ func (b *bootEnv) reconcileStep(ctx context.Context) error {
 			return vpn.UpForStack(ctx, s, filepath.Join(stateDir, "vpn"), b.log, b.loadModule)
 		},
 	}
+	var final reconcile.Appliers
 	if sup != nil && !pairedHost(st, host) {
 		appliers.StopInstance = func(ctx context.Context, inst stackfile.Instance) error {
 			if inst.Host != host {
@@ -454,10 +455,15 @@ func (b *bootEnv) reconcileStep(ctx context.Context) error {
 			}
 			return sup.WaitReady(ctx, inst.Name)
 		}
-		appliers.UpdateInstance = b.updateByReload(host, appliers.StopInstance, appliers.StartInstance)
+		// A change a reload cannot apply re-creates the instance through
+		// the final appliers (lb following web instances included).
+		appliers.UpdateInstance = b.updateByReload(host,
+			func(ctx context.Context, inst stackfile.Instance) error { return final.StopInstance(ctx, inst) },
+			func(ctx context.Context, s *stackfile.Stack, inst stackfile.Instance) error { return final.StartInstance(ctx, s, inst) })
 	}
 	lbs := b.newLBSync(sup, st, host) // lb follows web instances (face_scale.go)
-	r := reconcile.New(b.log, store, lbs.wrap(appliers))
+	final = lbs.wrap(appliers)
+	r := reconcile.New(b.log, store, final)
 	b.wireScale(r, srv, lbs)
 	if err := r.Booted(st, rev); err != nil {
 		b.log.Warn("config: recording the booted revision", "err", err)
