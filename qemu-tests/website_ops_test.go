@@ -157,12 +157,14 @@ func TestWebsiteOperations(t *testing.T) {
 	opts.NICs = []qemu.NIC{{Tap: tap, MAC: opsMAC, ROM: "none"}}
 	opts.Drives = append(opts.Drives, qemu.Drive{File: disk, Format: "raw", ReadOnly: true})
 	vm := qemu.Start(t, opts)
+	// Generous: under TCG on a loaded machine, image checks and MariaDB's
+	// first start take minutes.
 	for _, in := range []string{"db1", "web1", "lb1"} {
-		if _, err := vm.Expect(8*time.Minute, unitEvent("ready", in)); err != nil {
+		if _, err := vm.Expect(20*time.Minute, unitEvent("ready", in)); err != nil {
 			t.Fatalf("%s never became ready: %v", in, err)
 		}
 	}
-	ready, err := vm.Expect(6*time.Minute, qemu.ReadyPattern)
+	ready, err := vm.Expect(15*time.Minute, qemu.ReadyPattern)
 	if err != nil {
 		t.Fatal(err)
 	}
