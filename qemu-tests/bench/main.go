@@ -86,6 +86,8 @@ func main() {
 				ImageDir: build, BootDir: "/usr/lib/ipxe"})
 		}},
 		{"failover", func() error { return runFailover(context.Background(), os.Stdout, fo) }},
+		{"website", func() error { return websiteBench(os.Stdout, *runs) }},
+		{"images", func() error { return imagesBench(os.Stdout) }},
 	} {
 		if only != "" && only != b.name {
 			continue
