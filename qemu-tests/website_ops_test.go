@@ -72,14 +72,15 @@ roles:
 }
 
 // opsIndex is the site's page, deployed by the test as a site owner would:
-// ?db=1 asks MariaDB on db1.i through the rendered credentials.
+// ?db=1 asks MariaDB on db1.i through the rendered credentials. Spaces,
+// not tabs: it is typed on the console, where a tab completes.
 const opsIndex = `<?php
 header('Content-Type: text/plain');
 echo "live site on ", gethostname(), "\n";
 if (isset($_GET['db'])) {
-	$c = require '/etc/magestack/db.php';
-	$db = new mysqli($c['host'], $c['user'], $c['password'], $c['name']);
-	echo "db answer ", $db->query('SELECT 6*7')->fetch_row()[0], "\n";
+    $c = require '/etc/magestack/db.php';
+    $db = new mysqli($c['host'], $c['user'], $c['password'], $c['name']);
+    echo "db answer ", $db->query('SELECT 6*7')->fetch_row()[0], "\n";
 }
 `
 
@@ -217,7 +218,7 @@ func TestWebsiteOperations(t *testing.T) {
 		var out string
 		var err error
 		for deadline := time.Now().Add(qemu.Scale(time.Minute)); time.Now().Before(deadline); time.Sleep(2 * time.Second) {
-			if out, err = sshRun(staff, accSSH, signer, "hostname; id -un", 20*time.Second); err == nil {
+			if out, err = sshRun(staff, accSSH, signer, "cat /etc/hostname; id -un", 20*time.Second); err == nil {
 				break
 			}
 		}
