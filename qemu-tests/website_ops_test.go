@@ -296,9 +296,17 @@ func TestWebsiteOperations(t *testing.T) {
 			{"db1", "mariadb", "?db=1"}, {"mail1", "postfix", ""}, {"acc1", "sshd", ""}, {"monitor1", "portal", ""},
 		} {
 			name := u.inst + "/" + u.svc
-			state, _, restarts := con.unitState(name)
-			if state != "ready" {
-				t.Fatalf("%s is %s before the kill", name, state)
+			// The role's supervisor may be slow to answer status on a
+			// loaded machine (its line is then missing): ask again.
+			var state string
+			restarts := -1
+			for deadline := time.Now().Add(qemu.Scale(2 * time.Minute)); ; time.Sleep(3 * time.Second) {
+				if state, _, restarts = con.unitState(name); state == "ready" {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("%s is %s before the kill", name, state)
+				}
 			}
 			con.run(fmt.Sprintf("kill -9 $(cat /sys/fs/cgroup/magestack/%s/%s/cgroup.procs) && echo killed", u.inst, u.svc), `^killed$`)
 			deadline := time.Now().Add(qemu.Scale(5 * time.Minute))
