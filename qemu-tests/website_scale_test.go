@@ -37,7 +37,8 @@ var answeredBy = regexp.MustCompile(`magestack default site on (\S+)`)
 func startSiteLoad(url string, clients int) *siteLoad {
 	l := &siteLoad{url: url, seen: map[string]int{}, total: map[string]int{}, stop: make(chan struct{})}
 	for range clients {
-		c := &http.Client{Timeout: qemu.Scale(30 * time.Second)}
+		// Longer than HAProxy's own timeouts: a failure is what the site answers.
+		c := &http.Client{Timeout: qemu.Scale(90 * time.Second)}
 		l.wg.Add(1)
 		go func() {
 			defer l.wg.Done()
@@ -171,10 +172,10 @@ func TestWebsiteScale(t *testing.T) {
 	vm := qemu.Start(t, opts)
 	base := fmt.Sprintf("http://127.0.0.1:%d/", port)
 
-	if _, err := vm.Expect(10*time.Minute, qemu.ReadyPattern); err != nil {
+	if _, err := vm.Expect(25*time.Minute, qemu.ReadyPattern); err != nil {
 		t.Fatal(err)
 	}
-	waitBody(t, base, "magestack default site on web1", 3*time.Minute)
+	waitBody(t, base, "magestack default site on web1", 5*time.Minute)
 
 	run := func(cmd, wantRC string, timeout time.Duration, patterns ...string) {
 		t.Helper()
@@ -204,16 +205,16 @@ func TestWebsiteScale(t *testing.T) {
 	t.Logf("before scaling: a window answered by %v", first)
 
 	start := time.Now()
-	run("magestack scale web=3", "0", 10*time.Minute, `start web2`, `start web3`, `web: 3 instances \(stack file: 1; override: 3`)
+	run("magestack scale web=3", "0", 20*time.Minute, `start web2`, `start web3`, `web: 3 instances \(stack file: 1; override: 3`)
 	t.Logf("scale web=3 returned after %s", time.Since(start).Round(time.Second))
-	up := load.waitAnsweredBy(t, "web1,web2,web3", 2*time.Minute)
+	up := load.waitAnsweredBy(t, "web1,web2,web3", 4*time.Minute)
 	t.Logf("1 -> 3: all three answer %s after the command began; a window: %v", time.Since(start).Round(time.Second), up)
 	run("magestack scale", "0", time.Minute, `(?m)^web\s+3\s+1\s+3 `)
 
 	start = time.Now()
-	run("magestack scale web=1", "0", 10*time.Minute, `stop web3`, `stop web2`, `web: 1 instances \(stack file: 1; override: none\)`)
+	run("magestack scale web=1", "0", 20*time.Minute, `stop web3`, `stop web2`, `web: 1 instances \(stack file: 1; override: none\)`)
 	t.Logf("scale web=1 returned after %s", time.Since(start).Round(time.Second))
-	down := load.waitAnsweredBy(t, "web1", 2*time.Minute)
+	down := load.waitAnsweredBy(t, "web1", 4*time.Minute)
 	t.Logf("3 -> 1: only web1 answers %s after the command began; a window: %v", time.Since(start).Round(time.Second), down)
 
 	load.end()
