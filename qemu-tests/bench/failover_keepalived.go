@@ -96,8 +96,14 @@ func startKeepalivedRig(ctx context.Context, name, advert, dir string) (*klRig, 
 			return fail(err)
 		}
 		log := newLineLog()
+		// Pid files per rig: keepalived refuses to start while an earlier
+		// rig's files name a process that is not yet reaped.
+		run := filepath.Join(dir, name+"-run")
+		if err := os.MkdirAll(run, 0o755); err != nil {
+			return fail(err)
+		}
 		cmd := exec.Command(bin, "--dont-fork", "--log-console", "--log-detail", "--no-syslog", "--vrrp", "--dont-respawn",
-			"-f", conf, "-p", filepath.Join(dir, h.name+".pid"), "-r", filepath.Join(dir, h.name+"-vrrp.pid"))
+			"-f", conf, "-p", filepath.Join(run, h.name+".pid"), "-r", filepath.Join(run, h.name+"-vrrp.pid"))
 		cmd.Stdout, cmd.Stderr = log, log
 		if err := l.start(ns, cmd); err != nil {
 			return fail(err)
@@ -124,7 +130,11 @@ func startKeepalivedRig(ctx context.Context, name, advert, dir string) (*klRig, 
 	wait, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
 	if _, err := p.WaitAnswer(wait, time.Now(), func(p vipprobe.Probe) bool { return p.Body == "h1" }); err != nil {
-		return fail(fmt.Errorf("keepalived pair never served from h1: %w\nh1 log:\n%s", err, r.logs["h1"]))
+		for h, l := range r.logs {
+			os.WriteFile(filepath.Join(dir, name+"-"+h+".log"), []byte(l.String()), 0o644)
+		}
+		writeProbeLog(filepath.Join(dir, name+"-client.log"), time.Now(), p.Probes(), p.MACChanges())
+		return fail(fmt.Errorf("keepalived pair never served from h1 (logs: %s): %w", filepath.Join(dir, name+"-*.log"), err))
 	}
 	return r, nil
 }
