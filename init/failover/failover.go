@@ -82,6 +82,10 @@ type Failover struct {
 	Timeline []Event `json:"timeline"`
 }
 
+// releasingFrom starts the reason of a move's release; the host named
+// after it is the one the instance was taken from.
+const releasingFrom = "releasing from "
+
 // Controller runs the loop.
 type Controller struct {
 	cfg Config
@@ -99,6 +103,9 @@ type Controller struct {
 	// moving holds instances released by a move in progress, so placement
 	// does not hand them back meanwhile.
 	moving map[string]bool
+	// unownedSince is when the leader first saw each released instance
+	// without an owner (its loop only).
+	unownedSince map[string]time.Time
 	// started is when this controller began: a host not up by then gets a
 	// hold-down to boot before its instances are first placed on its pair.
 	started time.Time
@@ -128,7 +135,7 @@ func New(cfg Config) (*Controller, error) {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	return &Controller{cfg: cfg, log: cfg.Logger, running: map[string]bool{}, deadSince: map[string]time.Time{},
-		lastMove: map[string]time.Time{}, warned: map[string]time.Time{}, moving: map[string]bool{}, started: time.Now()}, nil
+		lastMove: map[string]time.Time{}, warned: map[string]time.Time{}, moving: map[string]bool{}, started: time.Now(), unownedSince: map[string]time.Time{}}, nil
 }
 
 // Run loops until ctx ends, then stops every local instance.
@@ -315,6 +322,7 @@ func (c *Controller) lead(ctx context.Context, table []cluster.Ownership) {
 	for _, in := range insts {
 		o, ok := owned[in.Name]
 		if ok && o.Owner != "" {
+			delete(c.unownedSince, in.Name)
 			continue
 		}
 		c.mu.Lock()
@@ -324,6 +332,27 @@ func (c *Controller) lead(ctx context.Context, table []cluster.Ownership) {
 			continue
 		}
 		target := in.Host
+		if ok && o.Epoch > 0 {
+			// Released by a move that did not finish (its leader lost the
+			// majority between release and assignment). The last owner may
+			// run it until its lease ends, which is at most a lease after
+			// this leader first saw it released; then the move is finished
+			// instead of sending the instance home (no failback).
+			first, seen := c.unownedSince[in.Name]
+			if !seen {
+				first = now
+				c.unownedSince[in.Name] = now
+			}
+			if now.Sub(first) < c.cfg.Lease {
+				continue
+			}
+			if from, ok := strings.CutPrefix(o.Reason, releasingFrom); ok {
+				target = from
+				if p := c.pairOf(from); p != "" && c.alive(p) {
+					target = p
+				}
+			}
+		}
 		if !c.alive(target) {
 			// A host whose instances were never placed may still be booting
 			// (the hosts of a pair seldom come up in the same second): it
@@ -398,7 +427,7 @@ func (c *Controller) move(ctx context.Context, from, to string, list []cluster.O
 	}()
 	var released []cluster.Ownership
 	for _, o := range list {
-		r, err := c.cfg.Cluster.Assign(ctx, o.Instance, "", o.Epoch, fmt.Sprintf("releasing from %s", from))
+		r, err := c.cfg.Cluster.Assign(ctx, o.Instance, "", o.Epoch, releasingFrom+from)
 		if err != nil {
 			c.log.Error("failover: release failed", "instance", o.Instance, "err", err)
 			continue
