@@ -233,7 +233,7 @@ func runKeepalivedLossy(ctx context.Context, name, advert, dir string, d time.Du
 		r.lab.sw.Impair(r.ports[h.name], 0)
 	}
 	time.Sleep(500 * time.Millisecond)
-	res := lossResult{d: d, lossPct: lossPct}
+	res := lossResult{d: d, lossPct: lossPct, note: fmt.Sprintf("%d%% drop each way on both hosts' switch ports (nftables bridge rule via qemu.Net.Impair; no delay: the host has no netem)", lossPct)}
 	// Every time the backup takes the master state, it claims the VIP
 	// while the live master still holds it.
 	res.failovers = countBetween(r.logs["h2"].Lines(), from, to, klMasterRE)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/netip"
 	"os"
@@ -43,6 +44,9 @@ var (
 
 const msVIP = "192.0.2.50"
 
+// msLossDelay is the lossy run's delay on the LAN, the issue's netem figure.
+const msLossDelay = 50 * time.Millisecond
+
 // magestack's lines for the timeline: on a console `msg key=value`, from
 // the witness (slog's text handler) `msg="msg" key=value`.
 func peerDeadRE(peer string) *regexp.Regexp {
@@ -61,9 +65,13 @@ var (
 	vipReleasedRE = regexp.MustCompile(`vip: released`)
 )
 
-// msRig is the booted pair.
+// msRig is the booted pair, on the harness's test network: the hosts' LAN
+// NICs are plugged into qemu.Cables (loss and delay, like netem), the pair
+// link is a plain bridge.
 type msRig struct {
-	lab     *lab
+	tb      *benchTB
+	net     *qemu.Net
+	cables  map[string]*qemu.Cable
 	im      qemu.Image
 	dir     string
 	dead    string
@@ -84,24 +92,9 @@ func startMagestackRig(ctx context.Context, dead, dir string, timeout time.Durat
 	if err := im.Check(); err != nil {
 		return nil, err
 	}
-	l, err := newLab("ms" + dead)
-	if err != nil {
-		return nil, err
-	}
-	r := &msRig{lab: l, im: im, dir: dir, dead: dead, vms: map[string]*qemu.VM{}, cons: map[string]*lineLog{},
-		stopCon: map[string]context.CancelFunc{}, witness: newLineLog()}
+	r := &msRig{tb: &benchTB{name: "magestack pair dead " + dead}, cables: map[string]*qemu.Cable{}, im: im, dir: dir, dead: dead,
+		vms: map[string]*qemu.VM{}, cons: map[string]*lineLog{}, stopCon: map[string]context.CancelFunc{}, witness: newLineLog()}
 	fail := func(err error) (*msRig, error) { r.close(); return nil, err }
-	if err := l.addBridge("br1"); err != nil {
-		return fail(err)
-	}
-	for _, h := range msHosts {
-		if err := l.addTap("br0", "tl-"+h); err != nil {
-			return fail(err)
-		}
-		if err := l.addTap("br1", "tp-"+h); err != nil {
-			return fail(err)
-		}
-	}
 	stackDir := filepath.Join(dir, "stack")
 	if err := os.MkdirAll(stackDir, 0o755); err != nil {
 		return fail(err)
@@ -110,23 +103,38 @@ func startMagestackRig(ctx context.Context, dead, dir string, timeout time.Durat
 	if err := os.WriteFile(stackPath, []byte(pairStack(dead)), 0o644); err != nil {
 		return fail(err)
 	}
-	wns, _, err := l.addMachine("br0", "witness", "192.0.2.5/24", "")
+	wlog, err := os.Create(filepath.Join(dir, "witness.log"))
 	if err != nil {
 		return fail(err)
 	}
-	wlog, err := os.Create(filepath.Join(dir, "witness.log"))
+	var wns, cns *qemu.Namespace
+	err = r.tb.do(func() {
+		r.net = qemu.NewNet(r.tb, "fo"+dead)
+		r.net.AddBridge("br1")
+		for _, h := range msHosts {
+			r.cables[h] = r.net.AddCable("tl-" + h)
+			r.net.AddTapTo("br1", "tp-"+h)
+		}
+		wns = r.net.AddClient("witness", "192.0.2.5/24")
+		cns = r.net.AddClient("client", "192.0.2.100/24")
+	})
 	if err != nil {
 		return fail(err)
 	}
 	cmd := exec.Command(im.Binary, "witness", "--stack", stackPath, "--data", "")
 	cmd.Stdout = io.MultiWriter(r.witness, wlog)
 	cmd.Stderr = cmd.Stdout
-	if err := l.start(wns, cmd); err != nil {
+	if err := wns.Start(cmd); err != nil {
 		return fail(err)
 	}
-	if err := l.serve(wns, "192.0.2.5:8000", http.FileServer(http.Dir(stackDir))); err != nil {
+	// The witness's machine also serves the stack file to the hosts.
+	var ln net.Listener
+	if err := wns.Do(func() (err error) { ln, err = net.Listen("tcp", "192.0.2.5:8000"); return err }); err != nil {
 		return fail(err)
 	}
+	srv := &http.Server{Handler: http.FileServer(http.Dir(stackDir)), ReadHeaderTimeout: 10 * time.Second}
+	go srv.Serve(ln)
+	r.tb.Cleanup(func() { srv.Close() })
 	for _, h := range msHosts {
 		if err := r.boot(h); err != nil {
 			return fail(err)
@@ -137,11 +145,7 @@ func startMagestackRig(ctx context.Context, dead, dir string, timeout time.Durat
 			return fail(err)
 		}
 	}
-	cns, _, err := l.addMachine("br0", "client", "192.0.2.100/24", "")
-	if err != nil {
-		return fail(err)
-	}
-	nh, err := nsHandle(cns)
+	nh, err := nsHandle(cns.Name)
 	if err != nil {
 		return fail(err)
 	}
@@ -172,9 +176,11 @@ func (r *msRig) boot(h string) error {
 		msAddr[h], h, h))
 	opts.Name = h
 	opts.Memory = 1536
-	opts.NetNS = r.lab.sw.Name
+	opts.NetNS = r.net.NetNS()
 	opts.Watchdog = true
-	opts.NICs = []qemu.NIC{{Tap: "tl-" + h, MAC: msLANMAC[h], ROM: "none"}, {Tap: "tp-" + h, MAC: msPairMAC[h], ROM: "none"}}
+	lan := r.cables[h].NIC(msLANMAC[h])
+	lan.ROM = "none"
+	opts.NICs = []qemu.NIC{lan, {Tap: "tp-" + h, MAC: msPairMAC[h], ROM: "none"}}
 	vm, err := qemu.Launch(opts, dir)
 	if err != nil {
 		return err
@@ -205,7 +211,7 @@ func (r *msRig) close() {
 		vm.Kill()
 		r.stopCon[h]()
 	}
-	r.lab.close()
+	r.tb.close()
 }
 
 // holder is the host whose MAC the client has for the VIP.
@@ -306,13 +312,13 @@ func msTimeline(lost time.Time, lostHost, surv string, survLines, witness []stam
 	return run
 }
 
-// lossy impairs both hosts' LAN ports for d and counts failovers.
+// lossy impairs both hosts' LAN cables for d and counts failovers.
 func (r *msRig) lossy(ctx context.Context, d time.Duration, pct int) (lossResult, error) {
 	res := lossResult{d: d, lossPct: pct,
-		note: "drop-only (qemu.Net.Impair: nftables bridge rule; no netem delay on this host) on both hosts' LAN taps; the pair link stays clean"}
+		note: fmt.Sprintf("%d%% loss and %v delay each way on both hosts' LAN cables (qemu.Cable, netem-like); the pair link stays clean", pct, msLossDelay)}
 	from := time.Now()
 	for _, h := range msHosts {
-		if err := r.lab.sw.Impair("tl-"+h, pct); err != nil {
+		if err := r.cables[h].Impair(qemu.Impairment{Loss: float64(pct) / 100, Delay: msLossDelay}); err != nil {
 			return res, err
 		}
 	}
@@ -322,7 +328,7 @@ func (r *msRig) lossy(ctx context.Context, d time.Duration, pct int) (lossResult
 	}
 	to := time.Now()
 	for _, h := range msHosts {
-		r.lab.sw.Impair("tl-"+h, 0)
+		r.cables[h].Impair(qemu.Impairment{})
 	}
 	// A decision made from the loss's last moments lands after it ends.
 	time.Sleep(5 * time.Second)

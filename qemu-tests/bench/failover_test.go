@@ -237,3 +237,24 @@ func TestFailoverTable(t *testing.T) {
 		t.Error("falseFailovers misjudges idle notes or lossy counts")
 	}
 }
+
+func TestBenchTBTurnsFatalIntoErrorAndCleansUpInReverse(t *testing.T) {
+	b := &benchTB{name: "rig"}
+	var order []int
+	err := b.do(func() {
+		b.Cleanup(func() { order = append(order, 1) })
+		b.Cleanup(func() { order = append(order, 2) })
+		b.Fatalf("netns %s: %v", "x", "exists")
+		order = append(order, 99) // never reached
+	})
+	if err == nil || err.Error() != "rig: netns x: exists" {
+		t.Fatalf("do = %v", err)
+	}
+	if err := b.do(func() { var m map[string]int; m["x"] = 1 }); err == nil || !strings.Contains(err.Error(), "harness call failed") {
+		t.Fatalf("a panic in the harness: %v", err)
+	}
+	b.close()
+	if len(order) != 2 || order[0] != 2 || order[1] != 1 {
+		t.Fatalf("cleanups ran %v, want [2 1]", order)
+	}
+}
