@@ -293,6 +293,14 @@ func (m *clusterMember) status() clusterStatus {
 func writeCluster(w io.Writer, c clusterStatus) {
 	fmt.Fprintf(w, "\ncluster: this host %s, leader %s, voters %s, in majority: %v\n",
 		strings.ToLower(c.State), orDash(c.Leader), strings.Join(c.Voters, " "), c.Majority)
+	switch {
+	case len(c.Local.Running) == 0:
+		fmt.Fprintln(w, "this host runs no instance: standby")
+	case c.Local.HoldsVIP:
+		fmt.Fprintf(w, "this host runs %s and holds the website's address\n", strings.Join(c.Local.Running, " "))
+	default:
+		fmt.Fprintf(w, "this host runs %s\n", strings.Join(c.Local.Running, " "))
+	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "INSTANCE\tOWNER\tEPOCH\tSTANDBY\tSINCE\tREASON")
 	for _, o := range c.Ownership {
