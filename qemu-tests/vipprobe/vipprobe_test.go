@@ -1,8 +1,20 @@
 package vipprobe
 
 import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
 	"testing"
 	"time"
+
+	"github.com/vishvananda/netns"
+
+	"magestack/init/nsdo"
 )
 
 var t0 = time.Date(2026, 11, 25, 0, 0, 0, 0, time.UTC)
@@ -69,5 +81,77 @@ func TestMACHistory(t *testing.T) {
 		if got := Moves(ch, tt.from, tt.to); got != tt.want {
 			t.Errorf("Moves(%v, %v) = %d, want %d", tt.from.Sub(t0), tt.to.Sub(t0), got, tt.want)
 		}
+	}
+}
+
+// TestProberInNamespaces probes a real server across a veth pair between
+// two namespaces: answers carry the server's MAC; once it is gone, requests
+// fail and are recorded as failed.
+func TestProberInNamespaces(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to create network namespaces")
+	}
+	if _, err := exec.LookPath("ip"); err != nil {
+		t.Skip("the ip command (iproute2) is missing")
+	}
+	cli, srv := fmt.Sprintf("vpt-c-%d", os.Getpid()), fmt.Sprintf("vpt-s-%d", os.Getpid())
+	for _, args := range [][]string{
+		{"netns", "add", cli}, {"netns", "add", srv},
+		{"-n", srv, "link", "add", "eth0", "address", "52:54:00:cc:00:01", "type", "veth", "peer", "name", "eth0", "netns", cli},
+		{"-n", srv, "addr", "add", "10.231.0.1/24", "dev", "eth0"}, {"-n", srv, "link", "set", "eth0", "up"},
+		{"-n", cli, "addr", "add", "10.231.0.2/24", "dev", "eth0"}, {"-n", cli, "link", "set", "eth0", "up"},
+	} {
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %v: %v %s", args, err, out)
+		}
+		if args[0] == "netns" {
+			ns := args[2]
+			t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
+		}
+	}
+	sh, err := netns.GetFromName(srv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sh.Close()
+	var ln net.Listener
+	if err := nsdo.Do(sh, func() (err error) { ln, err = net.Listen("tcp", "10.231.0.1:80"); return err }); err != nil {
+		t.Fatal(err)
+	}
+	server := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "srv\n") })}
+	go server.Serve(ln)
+	ch, err := netns.GetFromName(cli)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ch.Close()
+	p, err := Start(Config{NS: ch, URL: "http://10.231.0.1/", VIP: netip.MustParseAddr("10.231.0.1"), Every: 20 * time.Millisecond, Timeout: 300 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Stop()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	got, err := p.WaitAnswer(ctx, time.Time{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Body != "srv" {
+		t.Errorf("body %q, want srv", got.Body)
+	}
+	// The MAC is read from the neighbour table after the answer: the entry
+	// exists by then.
+	deadline := time.Now().Add(10 * time.Second)
+	for p.MAC() == "" && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if p.MAC() != "52:54:00:cc:00:01" {
+		t.Errorf("VIP MAC %q, want the server's 52:54:00:cc:00:01", p.MAC())
+	}
+	server.Close()
+	gone := time.Now()
+	time.Sleep(500 * time.Millisecond)
+	if failed, total := Failed(p.Probes(), gone.Add(50*time.Millisecond), time.Now()); total == 0 || failed != total {
+		t.Errorf("after the server closed: %d/%d requests failed, want all of at least one", failed, total)
 	}
 }
