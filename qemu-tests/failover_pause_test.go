@@ -1,0 +1,326 @@
+package qemutests
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"magestack/qemu-tests/qemu"
+)
+
+// TestFailoverWitnessDownPauseReturn runs on one pair rig, in order:
+//  1. the witness crashes and comes back: service does not change;
+//  2. the active host (dh1, holding lb and the VIP) is paused for longer
+//     than the dead time: dh2 takes over, and once dh1 runs again it does
+//     not serve (it steps down, or the watchdog resets it);
+//  3. dh1 rejoins as standby (no failback), and `magestack failover --to
+//     dh1` moves the roles back on purpose.
+func TestFailoverWitnessDownPauseReturn(t *testing.T) {
+	qemu.Require(t)
+	r := startPairRig(t)
+	dh1, dh2 := r.vms["dh1"], r.vms["dh2"]
+	mac1, mac2 := pairMAC["dh1"], pairMAC["dh2"]
+	r.prober.waitOK(t, time.Now().Add(-time.Hour), mac1, 2*time.Minute)
+
+	top := t
+	var restarted *qemu.LockedBuffer // the witness's output after its restart
+	ok := t.Run("witness down", func(t *testing.T) {
+		out := consoleRun(t, dh1, "magestack status")
+		t.Logf("before the witness goes: %s", firstMatch(out, `cluster: this host .*`))
+		marks := consoleMarks(r)
+		down := time.Now()
+		w := killWitness(t)
+		for _, h := range []string{"dh1", "dh2"} {
+			if _, err := r.vms[h].Expect(time.Minute, `heartbeat: peer dead peer=witness`); err != nil {
+				t.Errorf("%s did not notice the witness going: %v", h, err)
+			}
+		}
+		// A while without the witness: past raft's election and lease
+		// times and the hosts' dead time.
+		time.Sleep(qemu.Scale(20 * time.Second))
+		restarted = restartWitness(top, w)
+		for _, h := range []string{"dh1", "dh2"} {
+			if _, err := r.vms[h].Expect(2*time.Minute, `heartbeat: peer alive peer=witness`); err != nil {
+				t.Errorf("%s did not see the witness back: %v", h, err)
+			}
+		}
+		time.Sleep(qemu.Scale(5 * time.Second))
+		end := time.Now()
+		for h, mark := range marks {
+			since := r.vms[h].Console()[mark:]
+			for _, bad := range []string{`failover: moving instances.*`, `failover: stopping instance.*`, `failover: starting instance.*`, `vip: released.*`} {
+				if m := regexp.MustCompile(bad).FindString(since); m != "" {
+					t.Errorf("%s: the witness going away changed the service: %q", h, m)
+				}
+			}
+		}
+		if m := regexp.MustCompile(`failover: moving instances.*`).FindString(r.witness.String() + restarted.String()); m != "" {
+			t.Errorf("witness: %q", m)
+		}
+		answered, macs, gap := r.prober.window(down, end)
+		t.Logf("witness down %v: %d requests answered, longest gap between answers %v", end.Sub(down).Round(time.Millisecond), answered, gap)
+		if answered == 0 || len(macs) != 1 || macs[0] != mac1 {
+			t.Errorf("while the witness was down the website answered %d times from %v; want answers from dh1 %s only", answered, macs, mac1)
+		}
+		if gap > qemu.Scale(10*time.Second) {
+			t.Errorf("the website stopped answering for %v while the witness was down", gap)
+		}
+	})
+	if !ok {
+		t.FailNow()
+	}
+
+	var resumed time.Time
+	ok = t.Run("active paused", func(t *testing.T) {
+		mark := len(dh1.Console())
+		paused := time.Now()
+		last1 := r.prober.lastOK(paused, mac1)
+		if err := dh1.Stop(); err != nil {
+			t.Fatal(err)
+		}
+		took := r.prober.waitOK(t, paused, mac2, 3*time.Minute)
+		t.Logf("dh1 paused: website answered from dh2 %v after the pause (gap since dh1's last answer %v)",
+			took.Sub(paused).Round(time.Millisecond), took.Sub(last1).Round(time.Millisecond))
+		if _, err := dh2.Expect(time.Minute, `failover: moving instances.*from=dh1 to=dh2|failover: starting instance`); err != nil {
+			t.Errorf("dh2: %v", err)
+		}
+		// Stay paused well past the dead time (3 s) and the takeover.
+		if d := time.Until(paused.Add(15 * time.Second)); d > 0 {
+			time.Sleep(d)
+		}
+		resumed = time.Now()
+		if err := dh1.Cont(); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("dh1 resumed after %v paused", resumed.Sub(paused).Round(time.Millisecond))
+		// dh1 must stop serving: release the VIP (stepping down), or be
+		// reset by its watchdog.
+		m, err := dh1.Expect(2*time.Minute, `vip: released.*|Linux version \S+`)
+		if err != nil {
+			t.Fatalf("dh1 neither stepped down nor was reset after resuming: %v", err)
+		}
+		stepped := time.Now()
+		if strings.HasPrefix(m[0], "Linux version") {
+			t.Logf("dh1 was reset (watchdog) %v after resuming", stepped.Sub(resumed).Round(time.Millisecond))
+			if _, err := dh1.Expect(10*time.Minute, qemu.ReadyPattern); err != nil {
+				t.Fatalf("dh1 after its reset: %v", err)
+			}
+		} else {
+			since := dh1.Console()[mark:]
+			t.Logf("dh1 stepped down %v after resuming (host clock; console lines: %q)", stepped.Sub(resumed).Round(time.Millisecond),
+				regexp.MustCompile(`failover: (stepping down|stopping instance).*`).FindAllString(since, -1))
+			if !regexp.MustCompile(`failover: stopping instance instance=lb1`).MatchString(since) {
+				t.Errorf("dh1 released the VIP without logging that it stopped lb1")
+			}
+		}
+		// Let the neighbours' caches and any late announcement show.
+		time.Sleep(qemu.Scale(10 * time.Second))
+		if got := r.prober.macs(resumed); len(got) != 1 || got[0] != mac2 {
+			t.Errorf("after dh1 resumed the VIP answered from %v; want dh2 %s only", got, mac2)
+		}
+		answered, _, gap := r.prober.window(resumed, time.Now())
+		t.Logf("after the resume: %d answers, longest gap %v", answered, gap)
+	})
+	if !ok {
+		t.FailNow()
+	}
+
+	t.Run("returns as standby, planned move back", func(t *testing.T) {
+		if _, err := dh2.Expect(2*time.Minute, `heartbeat: peer alive peer=dh1`); err != nil {
+			t.Fatalf("dh2 never heard dh1 again: %v", err)
+		}
+		mark := len(dh1.Console())
+		time.Sleep(qemu.Scale(15 * time.Second))
+		if m := regexp.MustCompile(`failover: starting instance.*|vip: holding.*`).FindString(dh1.Console()[mark:]); m != "" {
+			t.Errorf("dh1 took roles back by itself (failback): %q", m)
+		}
+		if got := r.prober.macs(resumed); len(got) != 1 || got[0] != mac2 {
+			t.Errorf("before the planned move the VIP answered from %v; want dh2 %s only", got, mac2)
+		}
+		out := consoleRun(t, dh1, "magestack status")
+		for _, p := range []string{`cluster: this host (follower|leader), .*in majority: true`, `this host runs no instance: standby`,
+			`(?m)^lb1\s+dh2\s+\d+\s+dh1\s`, `(?m)^web1\s+dh2\s+\d+\s+dh1\s`} {
+			if !regexp.MustCompile(p).MatchString(out) {
+				t.Errorf("magestack status on dh1 after its return lacks %q:\n%s", p, out)
+			}
+		}
+
+		planned := time.Now()
+		out = consoleRunWithin(t, dh1, "magestack failover --to dh1", 3*time.Minute)
+		t.Logf("magestack failover --to dh1:\n%s", out)
+		back := r.prober.waitOK(t, planned, mac1, 2*time.Minute)
+		last2 := r.prober.lastOK(back, mac2)
+		t.Logf("planned move back: website answered from dh1 %v after the command; gap since dh2's last answer %v",
+			back.Sub(planned).Round(time.Millisecond), back.Sub(last2).Round(time.Millisecond))
+		time.Sleep(qemu.Scale(3 * time.Second))
+		if got := r.prober.macs(back.Add(-time.Nanosecond)); len(got) != 1 || got[0] != mac1 {
+			t.Errorf("after the planned move the VIP answered from %v; want only dh1 %s", got, mac1)
+		}
+		out = consoleRun(t, dh1, "magestack status")
+		for _, p := range []string{`(?m)^lb1\s+dh1\s+\d+\s+dh2\s`, `this host runs .*lb1.* and holds the website's address`} {
+			if !regexp.MustCompile(p).MatchString(out) {
+				t.Errorf("magestack status on dh1 after the planned move lacks %q:\n%s", p, out)
+			}
+		}
+	})
+}
+
+// consoleMarks is where each host's console output ends now.
+func consoleMarks(r *pairRig) map[string]int {
+	out := map[string]int{}
+	for h, vm := range r.vms {
+		out[h] = len(vm.Console())
+	}
+	return out
+}
+
+func firstMatch(s, pattern string) string { return regexp.MustCompile(pattern).FindString(s) }
+
+var consoleSeq atomic.Int64
+
+// consoleRun runs cmd in the guest's console shell and returns its output;
+// a non-zero exit fails the test.
+func consoleRun(t *testing.T, vm *qemu.VM, cmd string) string {
+	t.Helper()
+	return consoleRunWithin(t, vm, cmd, time.Minute)
+}
+
+func consoleRunWithin(t *testing.T, vm *qemu.VM, cmd string, within time.Duration) string {
+	t.Helper()
+	n := consoleSeq.Add(1)
+	// $((n)) keeps the typed line (echoed by the tty) from matching.
+	if err := vm.SendConsole(fmt.Sprintf("echo @@b$((%d))@@; %s; echo @@rc$((%d))=$?@@\n", n, cmd, n)); err != nil {
+		t.Fatal(err)
+	}
+	m, err := vm.Expect(within, fmt.Sprintf(`(?s)@@b%d@@(.*?)@@rc%d=(\d+)@@`, n, n))
+	if err != nil {
+		t.Fatalf("%s: %v", cmd, err)
+	}
+	if m[2] != "0" {
+		t.Fatalf("%s: exit %s:\n%s", cmd, m[2], m[1])
+	}
+	return m[1]
+}
+
+// witnessProc is a running `magestack witness` found among this test's
+// children (startPairRig keeps no handle on it).
+type witnessProc struct {
+	pid  int
+	args []string
+}
+
+// killWitness crashes the rig's witness (SIGKILL: no clean leave).
+func killWitness(t *testing.T) witnessProc {
+	t.Helper()
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		stat, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		// ppid is the second field after the parenthesised command.
+		f := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
+		if len(f) < 2 || f[0] == "Z" || f[1] != strconv.Itoa(os.Getpid()) {
+			continue
+		}
+		raw, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		args := strings.Split(strings.TrimSuffix(string(raw), "\x00"), "\x00")
+		if len(args) < 2 || args[1] != "witness" {
+			continue
+		}
+		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+			t.Fatalf("killing the witness (pid %d): %v", pid, err)
+		}
+		return witnessProc{pid: pid, args: args}
+	}
+	t.Fatal("no running witness among this test's children")
+	return witnessProc{}
+}
+
+// restartWitness starts the witness again with the same arguments in its
+// namespace, until t ends; it returns the witness's output.
+func restartWitness(t *testing.T, w witnessProc) *qemu.LockedBuffer {
+	t.Helper()
+	name := witnessNetNS(t)
+	out := &qemu.LockedBuffer{}
+	cmd := exec.Command("ip", append([]string{"netns", "exec", name}, w.args...)...)
+	cmd.Stdout, cmd.Stderr = out, out
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("restarting the witness: %v", err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+		if t.Failed() {
+			t.Logf("restarted witness output:\n%s", out.String())
+		}
+	})
+	return out
+}
+
+// witnessNetNS finds the rig's witness namespace (named "<net>-witness").
+func witnessNetNS(t *testing.T) string {
+	t.Helper()
+	entries, err := os.ReadDir("/run/netns")
+	if err != nil {
+		t.Fatal(err)
+	}
+	suffix := fmt.Sprintf("-%d-", os.Getpid())
+	for _, e := range entries {
+		if strings.Contains(e.Name(), suffix) && strings.HasSuffix(e.Name(), "-witness") && strings.HasPrefix(e.Name(), "ms-pair-") {
+			return e.Name()
+		}
+	}
+	t.Fatal("no witness namespace")
+	return ""
+}
+
+// lastOK is the last answered request from mac before t (t itself if none).
+func (p *prober) lastOK(before time.Time, mac string) time.Time {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	last := before
+	for _, r := range p.results {
+		if r.at.Before(before) && r.ok && r.mac == mac {
+			last = r.at
+		}
+	}
+	return last
+}
+
+// window counts answered requests in [from, to], lists the MACs that
+// answered and the longest time without an answer.
+func (p *prober) window(from, to time.Time) (answered int, macs []string, gap time.Duration) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	seen := map[string]bool{}
+	prev := from
+	for _, r := range p.results {
+		if r.at.Before(from) || r.at.After(to) || !r.ok {
+			continue
+		}
+		answered++
+		if !seen[r.mac] {
+			seen[r.mac] = true
+			macs = append(macs, r.mac)
+		}
+		gap = max(gap, r.at.Sub(prev))
+		prev = r.at
+	}
+	gap = max(gap, to.Sub(prev))
+	return answered, macs, gap
+}
