@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"magestack/init/clusterconf"
 	"magestack/init/stackfile"
 	"magestack/qemu-tests/qemu"
 )
@@ -105,15 +106,32 @@ func lossyLANMinute(t *testing.T, r *pairRig) {
 		t.Errorf("the cable lost nothing: the impairment did not act")
 	}
 
+	// This machine is shared by many VMs under TCG: a VM may freeze for
+	// seconds. A member frozen past the lease must stop its roles, past the
+	// dead time its peers may take them over: that is the product working,
+	// not the lossy LAN, so such a minute is reported as inconclusive.
+	timing := pairTiming(t)
 	after := pairMemberLogs(r)
+	var maxStall time.Duration
+	for _, m := range []string{"dh1", "dh2", "witness"} {
+		maxStall = max(maxStall, longestStall(after[m][len(before[m]):]))
+	}
+	stalledPastLease, stalledPastDead := maxStall >= timing.Lease, maxStall >= timing.Dead
+	t.Logf("longest VM freeze during the minute: %v (lease %v, dead %v)", maxStall, timing.Lease, timing.Dead)
 	for _, m := range []string{"dh1", "dh2", "witness"} {
 		counts := countEvents(after[m][len(before[m]):], clusterEvents)
 		t.Logf("%s during the lossy minute: %v", m, counts)
-		if counts["failovers"] != 0 {
+		switch {
+		case counts["failovers"] != 0 && stalledPastDead:
+			t.Logf("INCONCLUSIVE: %s: %d failovers, after a member froze for %v (past the dead time)", m, counts["failovers"], maxStall)
+		case counts["failovers"] != 0:
 			t.Errorf("%s: %d failovers under a lossy LAN, want 0", m, counts["failovers"])
 		}
-		if counts["stops"] != 0 {
-			t.Errorf("%s: stopped %d instances under a lossy LAN (lost the majority?), want 0", m, counts["stops"])
+		switch {
+		case counts["stops"] != 0 && stalledPastLease:
+			t.Logf("INCONCLUSIVE: %s stopped %d instances, after a member froze for %v (past the lease)", m, counts["stops"], maxStall)
+		case counts["stops"] != 0:
+			t.Errorf("%s: stopped %d instances under a lossy LAN (lost the majority), want 0", m, counts["stops"])
 		}
 	}
 
@@ -124,11 +142,44 @@ func lossyLANMinute(t *testing.T, r *pairRig) {
 	// (500 ms client timeout, TCP's first retransmission after 1 s). The
 	// website must still answer throughout.
 	if ok == 0 || gap > qemu.Scale(20*time.Second) {
-		t.Errorf("the website stopped answering under a lossy LAN: %d/%d answered, longest gap %v", ok, total, gap)
+		if stalledPastLease {
+			t.Logf("INCONCLUSIVE: longest website gap %v, after a member froze for %v", gap, maxStall)
+		} else {
+			t.Errorf("the website stopped answering under a lossy LAN: %d/%d answered, longest gap %v", ok, total, gap)
+		}
+	}
+	if stalledPastDead {
+		return
 	}
 	if len(macs) != 1 || macs[0] != pairMAC["dh1"] {
 		t.Errorf("the VIP answered from %v during the lossy minute, want only dh1 %s", macs, pairMAC["dh1"])
 	}
+}
+
+var stallLine = regexp.MustCompile(`this member stalled; .* stall=(\S+)`)
+
+// longestStall is the longest freeze a member's log reports.
+func longestStall(log string) time.Duration {
+	var longest time.Duration
+	for _, m := range stallLine.FindAllStringSubmatch(log, -1) {
+		if d, err := time.ParseDuration(m[1]); err == nil {
+			longest = max(longest, d)
+		}
+	}
+	return longest
+}
+
+// pairTiming is the cluster timing of the pair stack.
+func pairTiming(t *testing.T) struct{ Lease, Dead time.Duration } {
+	st, err := stackfile.Parse("pair.yaml", []byte(pairStackYAML))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := clusterconf.For(st, "dh1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return struct{ Lease, Dead time.Duration }{m.Timing.Lease, st.Cluster.Dead.D()}
 }
 
 // answeredBetween summarises the probes between from and to: answered, sent, the

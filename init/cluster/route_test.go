@@ -84,3 +84,41 @@ func TestRouteProviderFallsBackToMembers(t *testing.T) {
 }
 
 func raftID(s string) raft.ServerID { return raft.ServerID(s) }
+
+// TestSteppedDownLeaderKeepsItsLease: a leader that loses its quorum steps
+// down, but its roles are not stopped at that instant: raft counts its last
+// contact from the step-down, so it stays in majority for a lease, then
+// not. (Safe while the dead time exceeds twice the leader lease: peers move
+// its instances only a dead time plus a lease after its last quorum.)
+func TestSteppedDownLeaderKeepsItsLease(t *testing.T) {
+	addrs := freeAddrs(t, 3)
+	ids := []string{"dh1", "dh2", "witness"}
+	var members []Member
+	for i, id := range ids {
+		members = append(members, Member{ID: id, Addr: addrs[i], Voter: true})
+	}
+	timing := Timing{Heartbeat: 200 * time.Millisecond, Lease: 3 * time.Second}
+	nodes := map[string]*Node{}
+	for i, id := range ids {
+		n, err := Start(Config{ID: id, Bind: addrs[i], Members: members, Timing: timing})
+		if err != nil {
+			t.Fatal(err)
+		}
+		nodes[id] = n
+		t.Cleanup(func() { n.Shutdown() })
+	}
+	leader := waitLeader(t, nodes, 10*time.Second)
+	for _, n := range nodes {
+		if n != leader {
+			n.Shutdown()
+		}
+	}
+	// Poll as the failover loop does, until raft steps the leader down.
+	waitFor(t, "the leader steps down", 5*time.Second, func() bool { leader.InMajority(); return !leader.IsLeader() })
+	down := time.Now()
+	if !leader.InMajority() {
+		t.Error("a leader that just stepped down lost its majority at once, before its lease ended")
+	}
+	waitFor(t, "its lease ends", 5*time.Second, func() bool { return !leader.InMajority() })
+	t.Logf("in majority for %v after stepping down (lease %v, leader lease %v)", time.Since(down).Round(time.Millisecond), timing.Lease, timing.Heartbeat)
+}
