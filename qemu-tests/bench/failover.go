@@ -88,6 +88,7 @@ type lossResult struct {
 	// lost contact with the raft majority: no takeover, but an outage.
 	stepDowns    int
 	hasStepDowns bool
+	resets       int // magestack: hosts reset by their watchdog
 	note         string
 }
 
@@ -224,7 +225,7 @@ func (r failoverRun) summary() string {
 func (l lossResult) summary() string {
 	s := fmt.Sprintf("%d failovers, VIP changed hands %d times, %d/%d requests failed", l.failovers, l.vipMoves, l.failedReq, l.totalReq)
 	if l.hasStepDowns {
-		s += fmt.Sprintf(", VIP released %d times (majority lost)", l.stepDowns)
+		s += fmt.Sprintf(", VIP released %d times (majority lost), %d host resets", l.stepDowns, l.resets)
 	}
 	if l.note != "" {
 		s += " (" + l.note + ")"
@@ -312,6 +313,12 @@ func printFailoverTable(w io.Writer, cols []variant) {
 			return notApplicable
 		}
 		return lossy(func(l lossResult) float64 { return float64(l.stepDowns) })(v)
+	}, "0")
+	row("host resets (watchdog), lossy", func(v variant) figure {
+		if v.loss != nil && !v.loss.hasStepDowns {
+			return notApplicable
+		}
+		return lossy(func(l lossResult) float64 { return float64(l.resets) })(v)
 	}, "0")
 	row("client requests failed, lossy (%)", lossy(func(l lossResult) float64 {
 		if l.totalReq == 0 {

@@ -98,37 +98,63 @@ func guestMS(line string) (int64, bool) {
 	return v, err == nil
 }
 
-// guestClock maps a guest's uptime to host time. Every line reaches the
-// host some time after the guest stamped it, so the smallest difference
-// (arrival − uptime) over all lines is the best estimate of boot time; the
-// error is that line's delay (the console poll and serial output).
-type guestClock struct {
-	boot time.Time
-	ok   bool
-}
-
-func newGuestClock(lines []stampedLine) guestClock {
-	var c guestClock
-	for _, l := range lines {
+// hostTimes maps each line to when it happened on the host clock: a line
+// with a guest uptime stamp by the guest's boot time, others by arrival.
+// Every line reaches the host some time after the guest stamped it, so the
+// smallest difference (arrival − uptime) over a boot's lines is the best
+// estimate of that boot's start; the error is that line's delay (the
+// console poll and serial output). A guest that resets (the watchdog)
+// starts a new boot: its uptime goes back, or the firmware banner shows.
+func hostTimes(lines []stampedLine) []time.Time {
+	out := make([]time.Time, len(lines))
+	bootOf := make([]int, len(lines))
+	var boots []time.Time
+	have := []bool{false}
+	boots = append(boots, time.Time{})
+	last := int64(-1)
+	for i, l := range lines {
 		ms, ok := guestMS(l.Text)
+		if firmwareBannerRE.MatchString(l.Text) || (ok && ms < last) {
+			boots, have = append(boots, time.Time{}), append(have, false)
+			last = -1
+		}
+		b := len(boots) - 1
+		bootOf[i] = b
 		if !ok {
 			continue
 		}
-		b := l.At.Add(-time.Duration(ms) * time.Millisecond)
-		if !c.ok || b.Before(c.boot) {
-			c.boot, c.ok = b, true
+		last = ms
+		if s := l.At.Add(-time.Duration(ms) * time.Millisecond); !have[b] || s.Before(boots[b]) {
+			boots[b], have[b] = s, true
 		}
 	}
-	return c
+	for i, l := range lines {
+		out[i] = l.At
+		if ms, ok := guestMS(l.Text); ok && have[bootOf[i]] {
+			out[i] = boots[bootOf[i]].Add(time.Duration(ms) * time.Millisecond)
+		}
+	}
+	return out
 }
 
-// at is when a line happened on the host clock: its guest stamp when it
-// has one, else its arrival.
-func (c guestClock) at(l stampedLine) time.Time {
-	if ms, ok := guestMS(l.Text); ok && c.ok {
-		return c.boot.Add(time.Duration(ms) * time.Millisecond)
+// firmwareBannerRE is the first line of a (re)booting VM's console.
+var firmwareBannerRE = regexp.MustCompile(`SeaBIOS \(version`)
+
+// resets counts the boots after the first that began within (from, to]:
+// a guest reset (the watchdog) shows the firmware banner again.
+func resets(lines []stampedLine, from, to time.Time) int {
+	n := 0
+	first := true
+	for _, l := range lines {
+		if !firmwareBannerRE.MatchString(l.Text) {
+			continue
+		}
+		if !first && l.At.After(from) && !l.At.After(to) {
+			n++
+		}
+		first = false
 	}
-	return l.At
+	return n
 }
 
 // event is a line found in a log, on the host clock.
@@ -139,9 +165,9 @@ type event struct {
 
 // firstAfter is the first line matching re that happened after since.
 func firstAfter(lines []stampedLine, since time.Time, re *regexp.Regexp) (event, bool) {
-	c := newGuestClock(lines)
-	for _, l := range lines {
-		if at := c.at(l); at.After(since) && re.MatchString(l.Text) {
+	ts := hostTimes(lines)
+	for i, l := range lines {
+		if at := ts[i]; at.After(since) && re.MatchString(l.Text) {
 			return event{At: at, Line: l.Text}, true
 		}
 	}
@@ -150,10 +176,10 @@ func firstAfter(lines []stampedLine, since time.Time, re *regexp.Regexp) (event,
 
 // countBetween counts lines matching re that happened within (from, to].
 func countBetween(lines []stampedLine, from, to time.Time, re *regexp.Regexp) int {
-	c := newGuestClock(lines)
+	ts := hostTimes(lines)
 	n := 0
-	for _, l := range lines {
-		if at := c.at(l); at.After(from) && !at.After(to) && re.MatchString(l.Text) {
+	for i, l := range lines {
+		if at := ts[i]; at.After(from) && !at.After(to) && re.MatchString(l.Text) {
 			n++
 		}
 	}

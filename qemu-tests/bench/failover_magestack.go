@@ -242,6 +242,15 @@ func (r *msRig) allLines() [][]stampedLine {
 	return out
 }
 
+// resets counts the hosts' reboots (watchdog resets) within (from, to].
+func (r *msRig) resets(from, to time.Time) int {
+	n := 0
+	for _, h := range msHosts {
+		n += resets(r.cons[h].Lines(), from, to)
+	}
+	return n
+}
+
 func (r *msRig) count(from, to time.Time, re *regexp.Regexp) int {
 	n := 0
 	for _, ls := range r.allLines() {
@@ -337,6 +346,7 @@ func (r *msRig) lossy(ctx context.Context, d time.Duration, pct int) (lossResult
 	res.vipMoves = vipprobe.Moves(r.prober.MACChanges(), from, late)
 	res.failedReq, res.totalReq = vipprobe.Failed(r.prober.Probes(), from, to)
 	res.stepDowns, res.hasStepDowns = r.count(from, late, vipReleasedRE), true
+	res.resets = r.resets(from, late)
 	if n := r.count(from, late, anyPeerDeadRE); n > 0 {
 		res.note += fmt.Sprintf("; %d `peer dead` verdicts", n)
 	}
@@ -365,8 +375,9 @@ func runMagestackVariant(ctx context.Context, w io.Writer, work, dead string, o 
 	time.Sleep(5 * time.Second)
 	idle := r.count(time.Time{}, time.Now(), anyMovingRE)
 	released := r.count(time.Time{}, time.Now(), vipReleasedRE)
-	if idle > 0 || released > 0 {
-		v.note = fmt.Sprintf("%d false failover(s) and %d VIP release(s) (majority lost) while booting and idle, no host lost", idle, released)
+	reset := r.resets(time.Time{}, time.Now())
+	if idle > 0 || released > 0 || reset > 0 {
+		v.note = fmt.Sprintf("%d false failover(s), %d VIP release(s) (majority lost), %d host reset(s) while booting and idle, no host lost", idle, released, reset)
 		fmt.Fprintf(w, "magestack dead %s: %s\n", dead, v.note)
 	}
 	if o.lossy > 0 {

@@ -59,22 +59,34 @@ func TestLineLogFollowReadsGrowingText(t *testing.T) {
 	}
 }
 
-func TestGuestClockTakesTheLeastDelayedLine(t *testing.T) {
+func TestHostTimesPerBoot(t *testing.T) {
 	lines := []stampedLine{
+		{At: fat(0), Text: "SeaBIOS (version 1.16.2-debian-1.16.2-1)"},
 		{At: fat(1500), Text: "[   1000 ms] a"}, // 500 ms late
-		{At: fat(2100), Text: "[   2000 ms] b"}, // 100 ms late: the best estimate
+		{At: fat(2100), Text: "[   2000 ms] b"}, // 100 ms late: boot 1 began at 100 ms
 		{At: fat(3000), Text: "magestack: stack ready uptime_ms=2500"},
 		{At: fat(3300), Text: "[   3000 ms] c"},
+		// The watchdog reset the guest: a new boot, its own clock.
+		{At: fat(9000), Text: "SeaBIOS (version 1.16.2-debian-1.16.2-1)"},
+		{At: fat(12050), Text: "[   2000 ms] d"}, // boot 2 began at 10050 ms
+		{At: fat(13100), Text: "[   3000 ms] e"},
 	}
-	c := newGuestClock(lines)
-	if !c.ok || !c.boot.Equal(fat(100)) {
-		t.Fatalf("boot = %v ok=%v, want 100 ms", c.boot.Sub(ft0), c.ok)
+	want := []int{0, 1100, 2100, 3000, 3100, 9000, 12050, 13050}
+	for i, got := range hostTimes(lines) {
+		if !got.Equal(fat(want[i])) {
+			t.Errorf("line %d (%s) at %v, want %d ms", i, lines[i].Text, got.Sub(ft0), want[i])
+		}
 	}
-	if got := c.at(lines[0]); !got.Equal(fat(1100)) {
-		t.Errorf("guest line at %v, want 1100 ms", got.Sub(ft0))
+	// Without a banner, an uptime going back also starts a boot.
+	noBanner := []stampedLine{{At: fat(5000), Text: "[   4000 ms] x"}, {At: fat(6000), Text: "[    500 ms] y"}}
+	if got := hostTimes(noBanner); !got[0].Equal(fat(5000)) || !got[1].Equal(fat(6000)) {
+		t.Errorf("uptime going back: %v %v", got[0].Sub(ft0), got[1].Sub(ft0))
 	}
-	if got := c.at(lines[2]); !got.Equal(fat(3000)) {
-		t.Errorf("unstamped line at %v, want its arrival", got.Sub(ft0))
+	if n := resets(lines, fat(-1), fat(20000)); n != 1 {
+		t.Errorf("resets = %d, want 1 (the first boot is not one)", n)
+	}
+	if n := resets(lines, fat(9000), fat(20000)); n != 0 {
+		t.Errorf("resets after the reset = %d, want 0", n)
 	}
 	if _, ok := guestMS("[   12 ms]x"); ok {
 		t.Error("a prefix without the space after it parsed")
