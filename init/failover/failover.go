@@ -109,6 +109,8 @@ type Controller struct {
 	// started is when this controller began: a host not up by then gets a
 	// hold-down to boot before its instances are first placed on its pair.
 	started time.Time
+	// lastStep and settleUntil detect this host's own stalls (Step only).
+	lastStep, settleUntil time.Time
 	// split is the leader's view of whether each pair still hears itself.
 	split splitState
 	// peerSeen is set once this host's heartbeats have heard its pair peer
@@ -172,10 +174,16 @@ func (c *Controller) Step(ctx context.Context) {
 	if p := c.pairOf(c.cfg.Self); p != "" && c.alive(p) {
 		c.peerSeen = true
 	}
+	now := time.Now()
+	settling := c.noteStall(now)
 	if c.cfg.Runtime != nil {
 		want := map[string]bool{}
 		c.stopWhy = "lost contact with the cluster majority"
-		if c.cfg.Cluster.InMajority() {
+		majority := c.cfg.Cluster.InMajority()
+		if !majority && settling {
+			c.warnOnce("stall", "failover: this host stalled; reading what the cluster sent meanwhile before judging its silence")
+		}
+		if majority || settling {
 			c.stopWhy = "ownership moved"
 			for _, o := range table {
 				if o.Owner == c.cfg.Self {
@@ -190,6 +198,28 @@ func (c *Controller) Step(ctx context.Context) {
 	} else if len(c.cfg.Cluster.Voters()) == 2 && !c.cfg.Cluster.InMajority() && c.cfg.Runtime != nil {
 		c.fenceAndGoAlone(ctx)
 	}
+}
+
+// stallSettle is how long a host that finds its own loop stalled (a
+// starved or descheduled CPU) gives raft to read what the cluster sent
+// during the stall before treating the silence as lost contact: a few
+// leader heartbeats, far below the lease, so it adds at most that to the
+// time an old owner may overlap a new one.
+const stallSettle = 150 * time.Millisecond
+
+// noteStall records this step's time and reports whether the host is
+// settling after a stall of its own. Only a stall shorter than the dead
+// time counts: past it, peers may have declared this host dead and moved
+// its instances.
+func (c *Controller) noteStall(now time.Time) bool {
+	if !c.lastStep.IsZero() {
+		gap := now.Sub(c.lastStep)
+		if gap > 4*c.cfg.Tick && gap+stallSettle < c.cfg.Stack.Cluster.Dead.D() {
+			c.settleUntil = now.Add(stallSettle)
+		}
+	}
+	c.lastStep = now
+	return now.Before(c.settleUntil)
 }
 
 // enforce starts and stops local instances to match want, stopping first.

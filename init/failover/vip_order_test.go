@@ -5,6 +5,7 @@ import (
 	"slices"
 	"sync"
 	"testing"
+	"time"
 
 	"magestack/init/cluster"
 	"magestack/init/heartbeat"
@@ -98,5 +99,54 @@ func TestVIPFollowsTheLBClosely(t *testing.T) {
 	}
 	if st := c.Status(); len(st.Running) != 0 || st.HoldsVIP {
 		t.Fatalf("after stepping down: %+v", st)
+	}
+}
+
+// TestOwnStallSettlesBeforeSteppingDown: a host whose own loop stalled for
+// less than the dead time (nobody can have taken over) first lets raft read
+// what arrived meanwhile, for a moment, instead of stepping down on a
+// silence that was its own; after a stall past the dead time, or once the
+// moment has passed without contact, it steps down.
+func TestOwnStallSettlesBeforeSteppingDown(t *testing.T) {
+	stack, err := stackfile.Parse("pair.yaml", []byte(pairStack)) // dead time 1 s
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		name  string
+		stall time.Duration
+		keeps bool
+	}{
+		{"short stall settles", 500 * time.Millisecond, true},
+		{"stall past the dead time steps down at once", 2 * time.Second, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			fc := &fixedCluster{majority: true, table: []cluster.Ownership{{Instance: "lb1", Owner: "dh1", Epoch: 1}}}
+			ev := &eventLog{}
+			c, err := New(Config{Self: "dh1", Stack: stack, Cluster: fc, Peer: func(string) heartbeat.State { return heartbeat.Alive },
+				Runtime: ev, VIP: ev.vip})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx := context.Background()
+			c.Step(ctx)
+			fc.mu.Lock()
+			fc.majority = false
+			fc.mu.Unlock()
+			c.lastStep = time.Now().Add(-tt.stall)
+			c.Step(ctx)
+			if kept := len(c.Status().Running) == 1; kept != tt.keeps {
+				t.Fatalf("right after a %v stall without contact: running %v, want kept=%v", tt.stall, c.Status().Running, tt.keeps)
+			}
+			// Regular ticks: the moment passes and the silence counts.
+			deadline := time.Now().Add(5 * time.Second)
+			for len(c.Status().Running) > 0 && time.Now().Before(deadline) {
+				time.Sleep(c.cfg.Tick)
+				c.Step(ctx)
+			}
+			if len(c.Status().Running) > 0 {
+				t.Fatal("never stepped down after the stall")
+			}
+		})
 	}
 }
