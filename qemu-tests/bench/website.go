@@ -36,6 +36,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
@@ -73,7 +74,7 @@ func websiteBench(w io.Writer, rounds int) error {
 	fmt.Fprintln(w, "\nwebsite: nginx + PHP-FPM plain on this host against the same image as a magestack role behind its firewall")
 	err = runWebsite(context.Background(), w, websiteOptions{
 		Exe: filepath.Join(build, "magestack"), ImagesDir: filepath.Join(build, "images"), Work: filepath.Join(build, "bench"),
-		Rounds: rounds, Duration: 10 * time.Second, Warmup: 3 * time.Second, Concurrency: 8,
+		Rounds: max(rounds, 5), Duration: 6 * time.Second, Warmup: 2 * time.Second, Concurrency: 8,
 	})
 	if err != nil {
 		fmt.Fprintf(w, "website: n/a: %v\n", err)
@@ -98,14 +99,21 @@ const (
 	benchPublicClient = "192.0.2.100/24"
 	benchPublicIface  = "pub0"
 	benchSiteWant     = "magestack default site on "
+	// benchBridgedPlain is the diagnostic plain server's address on the
+	// roles' bridge, far above the stack's instance addresses.
+	benchBridgedPlain = "172.16.0.250/32"
 )
 
 // websiteSide is one way of serving the site.
 type websiteSide struct {
 	name    string
+	note    string
+	url     string
 	ruleset *firewall.Ruleset // applied in the host namespace before the run
 	runs    []latencyStats
+	byRound map[int]latencyStats
 	errs    []string
+	log     *lockedBuffer // a plain side's services' output; nil: a role's
 }
 
 func runWebsite(ctx context.Context, w io.Writer, o websiteOptions) error {
@@ -186,6 +194,28 @@ func runWebsite(ctx context.Context, w io.Writer, o websiteOptions) error {
 	if err != nil {
 		return fmt.Errorf("plain nginx + PHP-FPM: %w", err)
 	}
+	// The same, in a namespace of its own on the bridge: the network path
+	// of a role (veth, bridge, routing) without the rest of a role
+	// environment. A diagnostic that splits the overhead.
+	bridgedAddr := netip.MustParsePrefix(benchBridgedPlain)
+	bridged, err := bridgedNetNS(host, roleenv.DefaultBridge, netip.PrefixFrom(bridgedAddr.Addr(), stack.Internal.Bits()), gw)
+	if err != nil {
+		return fmt.Errorf("bridged plain namespace: %w", err)
+	}
+	defer bridged.Close()
+	bridgedLog := &lockedBuffer{}
+	stopBridged, err := startPlainWeb(setupCtx, filepath.Join(tmp, "plain-bridged"), store.Path("web"), stack, inst("web1"), secrets, bridged, bridgedLog)
+	if stopBridged != nil {
+		defer func() {
+			if err := stopBridged(); err != nil {
+				removeTmp = false
+				fmt.Fprintf(w, "website: stopping the bridged plain services: %v\n", err)
+			}
+		}()
+	}
+	if err != nil {
+		return fmt.Errorf("plain nginx + PHP-FPM on the bridge: %w", err)
+	}
 
 	// The magestack side: web1 and lb1 as real role environments.
 	logRoot := filepath.Join(tmp, "logs")
@@ -239,17 +269,21 @@ func runWebsite(ctx context.Context, w io.Writer, o websiteOptions) error {
 	fw := firewall.NewInNetNS(int(host))
 	defer fw.Close()
 
+	public := "http://" + netip.MustParsePrefix(benchPublicHost).Addr().String() + "/"
 	sides := []*websiteSide{
-		{name: "plain nginx + PHP-FPM (chroot, no ns/fw)", ruleset: &firewall.Ruleset{}},
-		{name: "magestack: fw DNAT → web1 (role env)", ruleset: toWeb},
-		{name: "magestack: fw → lb1 (HAProxy) → web1", ruleset: viaLB},
+		{name: "plain nginx + PHP-FPM (chroot, no ns/fw)", url: public, ruleset: &firewall.Ruleset{}, log: plainLog},
+		{name: "magestack: fw DNAT → web1 (role env)", url: public, ruleset: toWeb, note: "target: overhead <= 10%"},
+		{name: "  (plain, own netns on the bridge, no fw)", url: "http://" + bridgedAddr.Addr().String() + "/", ruleset: &firewall.Ruleset{},
+			note: "diagnostic: a role's network path alone", log: bridgedLog},
+		{name: "  (role env web1 routed, no fw)", url: "http://" + inst("web1").Addr.String() + "/", ruleset: &firewall.Ruleset{},
+			note: "diagnostic: no firewall"},
+		{name: "magestack: fw → lb1 (HAProxy) → web1", url: public, ruleset: viaLB, note: "full public path, one proxy hop more"},
 	}
-	url := "http://" + netip.MustParsePrefix(benchPublicHost).Addr().String() + "/"
 	load := func(side *websiteSide, d time.Duration) (latencyStats, error) {
 		if err := fw.Apply(ctx, side.ruleset); err != nil {
 			return latencyStats{}, fmt.Errorf("apply ruleset: %w", err)
 		}
-		res, err := runLoad(ctx, loadSpec{URL: url, Concurrency: o.Concurrency, Duration: d,
+		res, err := runLoad(ctx, loadSpec{URL: side.url, Concurrency: o.Concurrency, Duration: d,
 			Dial: nsdo.DialContext(client), Want: benchSiteWant})
 		if err != nil {
 			return latencyStats{}, err
@@ -259,12 +293,10 @@ func runWebsite(ctx context.Context, w io.Writer, o websiteOptions) error {
 	// Each side's first answer, then a warm-up run not counted (PHP-FPM
 	// spawns its workers, nginx and HAProxy open their upstreams).
 	for _, s := range sides {
-		if err := waitSite(ctx, fw, s.ruleset, url, client); err != nil {
-			extra := ""
-			if s == sides[0] {
-				extra = "\nplain services' output:\n" + tail(plainLog.String(), 2000)
-			} else {
-				extra = logTails(logRoot)
+		if err := waitSite(ctx, fw, s.ruleset, s.url, client); err != nil {
+			extra := logTails(logRoot)
+			if s.log != nil {
+				extra = "\nplain services' output:\n" + tail(s.log.String(), 2000)
 			}
 			return fmt.Errorf("%s: %w%s", s.name, err, extra)
 		}
@@ -272,6 +304,7 @@ func runWebsite(ctx context.Context, w io.Writer, o websiteOptions) error {
 			return fmt.Errorf("%s: warm-up: %w", s.name, err)
 		}
 	}
+	loadStart := loadAverage()
 	for r := 1; r <= o.Rounds; r++ {
 		// Every other round runs the sides in reverse: a side is not
 		// always the one right after another side's load.
@@ -287,6 +320,10 @@ func runWebsite(ctx context.Context, w io.Writer, o websiteOptions) error {
 				continue
 			}
 			s.runs = append(s.runs, st)
+			if s.byRound == nil {
+				s.byRound = map[int]latencyStats{}
+			}
+			s.byRound[r] = st
 			fmt.Fprintf(w, "  round %d %-42s %7.0f req/s  p50 %6.2f ms  p99 %6.2f ms  (%d requests, %d failed)\n",
 				r, s.name, st.RPS, msOf(st.P50), msOf(st.P99), st.Requests, st.Failures)
 			if st.FirstErr != nil {
@@ -297,7 +334,7 @@ func runWebsite(ctx context.Context, w io.Writer, o websiteOptions) error {
 	if err := fw.Apply(ctx, &firewall.Ruleset{}); err != nil {
 		fmt.Fprintf(w, "  (removing the bench ruleset: %v)\n", err)
 	}
-	printWebsite(w, o, sides, runtime.NumCPU(), limits, bridgeNote)
+	printWebsite(w, o, sides, runtime.NumCPU(), loadStart+" at the start, "+loadAverage()+" at the end", limits, bridgeNote)
 	return nil
 }
 
@@ -335,11 +372,12 @@ func publicTo(rs *firewall.Ruleset, pub string, from, to netip.Addr) *firewall.R
 }
 
 // printWebsite prints the medians over rounds, side by side.
-func printWebsite(w io.Writer, o websiteOptions, sides []*websiteSide, cpus int, limits, bridgeNote string) {
-	fmt.Fprintf(w, "\nwebsite: GET / (default PHP page), %d keep-alive clients, %v per run, %d rounds interleaved, median of rounds; this host, %d CPUs\n",
-		o.Concurrency, o.Duration, o.Rounds, cpus)
+func printWebsite(w io.Writer, o websiteOptions, sides []*websiteSide, cpus int, loadAvg, limits, bridgeNote string) {
+	fmt.Fprintf(w, "\nwebsite: GET / (default PHP page), %d keep-alive clients, %v per run, %d rounds interleaved; median of rounds;\n"+
+		"vs plain: median [min..max] of each round's ratio to plain's run in the same round; this host, %d CPUs, load average %s\n",
+		o.Concurrency, o.Duration, o.Rounds, cpus, loadAvg)
 	fmt.Fprintf(w, "%-44s %10s %10s %10s %9s %s\n", "path", "req/s", "p50", "p99", "failed", "vs plain")
-	base, baseOK := sideMedian(sides[0])
+
 	for i, s := range sides {
 		m, ok := sideMedian(s)
 		if !ok {
@@ -351,18 +389,35 @@ func printWebsite(w io.Writer, o websiteOptions, sides []*websiteSide, cpus int,
 			continue
 		}
 		vs := "-"
-		if i > 0 && baseOK {
-			vs = fmt.Sprintf("throughput %+.1f%%, p99 x%.2f", 100*(m.RPS/base.RPS-1), float64(m.P99)/float64(base.P99))
+		if i > 0 {
+			rps := pairedRatios(s.byRound, sides[0].byRound, func(r latencyStats) float64 { return r.RPS })
+			p99 := pairedRatios(s.byRound, sides[0].byRound, func(r latencyStats) float64 { return float64(r.P99) })
+			if len(rps) > 0 {
+				vs = fmt.Sprintf("throughput %+.1f%% [%+.0f..%+.0f], p99 x%.2f", 100*(median(rps)-1),
+					100*(slices.Min(rps)-1), 100*(slices.Max(rps)-1), median(p99))
+			}
 		}
-		switch i {
-		case 1:
-			vs += "  (target: overhead <= 10%)"
-		case 2:
-			vs += "  (full public path, one proxy hop more)"
+		if s.note != "" {
+			vs += "  (" + s.note + ")"
 		}
 		fmt.Fprintf(w, "%-44s %10.0f %7.2f ms %7.2f ms %9d %s\n", s.name, m.RPS, msOf(m.P50), msOf(m.P99), m.Failures, vs)
 	}
 	fmt.Fprintf(w, "role environments: namespaces, pivot_root, reduced capabilities, seccomp; %s; %s\n", limits, bridgeNote)
+}
+
+// pairedRatios is f(side) / f(base) for every round both sides completed,
+// in round order. Pairing by round cancels the drift of a shared machine's
+// load between rounds; their spread shows what is left of it.
+func pairedRatios(side, base map[int]latencyStats, f func(latencyStats) float64) []float64 {
+	var v []float64
+	for _, r := range slices.Sorted(maps.Keys(side)) {
+		b, ok := base[r]
+		if !ok || f(b) == 0 {
+			continue
+		}
+		v = append(v, f(side[r])/f(b))
+	}
+	return v
 }
 
 // sideMedian is the median over a side's rounds of each figure (failures:
@@ -388,6 +443,16 @@ func sideMedian(s *websiteSide) (latencyStats, bool) {
 		m.Requests += r.Requests
 	}
 	return m, true
+}
+
+// loadAverage is the 1-minute load average: other work on a shared machine
+// is what makes these figures move between runs.
+func loadAverage() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if f := strings.Fields(string(b)); err == nil && len(f) > 0 {
+		return f[0]
+	}
+	return "unknown"
 }
 
 func msOf(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
@@ -478,6 +543,68 @@ func websiteNetwork() (client, host netns.NsHandle, err error) {
 		return fail(fmt.Errorf("forwarding in the host namespace: %w", err))
 	}
 	return client, host, nil
+}
+
+// bridgedNetNS makes a namespace attached to bridge (in host) by a veth,
+// as roleenv attaches a role: addr on its eth0, default route via gw.
+func bridgedNetNS(host netns.NsHandle, bridge string, addr netip.Prefix, gw netip.Addr) (netns.NsHandle, error) {
+	ns, err := freshNetNS()
+	if err != nil {
+		return 0, err
+	}
+	fail := func(e error) (netns.NsHandle, error) {
+		ns.Close()
+		return 0, e
+	}
+	hh, err := netlink.NewHandleAt(host, unix.NETLINK_ROUTE)
+	if err != nil {
+		return fail(err)
+	}
+	defer hh.Close()
+	nh, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
+	if err != nil {
+		return fail(err)
+	}
+	defer nh.Close()
+	br, err := hh.LinkByName(bridge)
+	if err != nil {
+		return fail(err)
+	}
+	const hostSide = "msb-plain"
+	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: hostSide, MasterIndex: br.Attrs().Index}, PeerName: "eth0", PeerNamespace: netlink.NsFd(int(ns))}
+	if err := hh.LinkAdd(veth); err != nil {
+		return fail(fmt.Errorf("veth %s: %w", hostSide, err))
+	}
+	hl, err := hh.LinkByName(hostSide)
+	if err != nil {
+		return fail(err)
+	}
+	if err := hh.LinkSetUp(hl); err != nil {
+		return fail(err)
+	}
+	for _, name := range []string{"lo", "eth0"} {
+		l, err := nh.LinkByName(name)
+		if err != nil {
+			return fail(err)
+		}
+		if name == "eth0" {
+			ipnet := &net.IPNet{IP: addr.Addr().AsSlice(), Mask: net.CIDRMask(addr.Bits(), 32)}
+			if err := nh.AddrAdd(l, &netlink.Addr{IPNet: ipnet}); err != nil {
+				return fail(fmt.Errorf("address %s: %w", addr, err))
+			}
+		}
+		if err := nh.LinkSetUp(l); err != nil {
+			return fail(err)
+		}
+	}
+	eth0, err := nh.LinkByName("eth0")
+	if err != nil {
+		return fail(err)
+	}
+	if err := nh.RouteAdd(&netlink.Route{LinkIndex: eth0.Attrs().Index, Gw: net.IP(gw.AsSlice())}); err != nil {
+		return fail(fmt.Errorf("default route: %w", err))
+	}
+	return ns, nil
 }
 
 // freshNetNS creates a network namespace without leaving this thread in it.

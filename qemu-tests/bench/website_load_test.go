@@ -112,8 +112,11 @@ func TestRunLoad(t *testing.T) {
 	if n := served.Load(); int64(s.Requests) > n || int64(s.Requests) < n-3 {
 		t.Errorf("client counted %d answers, server served %d", s.Requests, n)
 	}
-	if c := conns.Load(); c > 3 {
-		t.Errorf("%d connections for 3 keep-alive clients", c)
+	// Keep-alive: a connection serves many requests. The run's end cancels
+	// requests in flight, which may close their connections and start a
+	// dial or two that never serve anything: allow one more per client.
+	if c := conns.Load(); c > 6 || int64(s.Requests) < 10*c {
+		t.Errorf("%d connections for 3 keep-alive clients and %d requests", c, s.Requests)
 	}
 	if s.P50 > s.P99 || s.P99 > s.Max || s.RPS <= 0 {
 		t.Errorf("inconsistent stats %+v", s)

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"slices"
 	"strings"
 	"testing"
 
@@ -69,5 +70,29 @@ func TestPublicTo(t *testing.T) {
 	}
 	if changed == 0 {
 		t.Error("nothing retargeted")
+	}
+}
+
+func TestPairedRatios(t *testing.T) {
+	rps := func(r latencyStats) float64 { return r.RPS }
+	st := func(v float64) latencyStats { return latencyStats{RPS: v} }
+	tests := []struct {
+		name       string
+		side, base map[int]latencyStats
+		want       []float64
+	}{
+		{"rounds paired, not pooled: drift cancels, round order", map[int]latencyStats{3: st(180), 1: st(90), 2: st(50)},
+			map[int]latencyStats{1: st(100), 2: st(50), 3: st(200)}, []float64{0.9, 1, 0.9}},
+		{"a round missing on either side is skipped", map[int]latencyStats{1: st(50), 2: st(80)},
+			map[int]latencyStats{2: st(100), 3: st(100)}, []float64{0.8}},
+		{"zero base is skipped", map[int]latencyStats{1: st(50)}, map[int]latencyStats{1: st(0)}, nil},
+		{"nothing", nil, nil, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := pairedRatios(tt.side, tt.base, rps); !slices.Equal(got, tt.want) {
+				t.Errorf("pairedRatios = %v, want %v", got, tt.want)
+			}
+		})
 	}
 }
