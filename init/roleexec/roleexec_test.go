@@ -90,6 +90,11 @@ func TestRunInsideNamespaces(t *testing.T) {
 	if err != nil || self.bnd == 0x21 {
 		t.Errorf("the caller's capabilities changed: %+v %v", self, err)
 	}
+	// Input reaches the command.
+	in, err := Run(ctx, pid, []string{"/bin/sh", "-c", "tr a-z A-Z"}, Options{Stdin: strings.NewReader("config file\n")})
+	if err != nil || in.Output != "CONFIG FILE\n" || in.ExitCode != 0 {
+		t.Errorf("stdin: %q exit %d, %v", in.Output, in.ExitCode, err)
+	}
 	// Context end kills a hanging command.
 	ctx2, cancel2 := context.WithTimeout(context.Background(), time.Second)
 	defer cancel2()
