@@ -36,7 +36,9 @@ const (
 // MAGESTACK-IMAGES disk fetches the one role image it runs (monitor) from
 // `magestack netboot` over HTTP, verifies it against the manifest, caches
 // it on the data disk and starts monitor1 from it. Rebooted with the server
-// stopped, it starts monitor1 again from the cache, and says so.
+// stopped, it starts monitor1 again from the cache, and says so. Rebooted
+// once more with the server back but serving monitor under a digest that
+// does not match, it refuses that file by name and keeps the cached image.
 func TestImagesOverHTTPCachedForReboot(t *testing.T) {
 	qemu.Require(t)
 	im := qemu.RequireImage(t)
@@ -61,20 +63,32 @@ func TestImagesOverHTTPCachedForReboot(t *testing.T) {
 	if err := os.WriteFile(stackPath, []byte(imagesHTTPStack), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	out := &qemu.LockedBuffer{}
-	netboot := exec.Command(im.Binary, "netboot", "--interface", "eth0", "--stack", stackPath,
-		"--image", filepath.Dir(im.Kernel), "--images", images, "--mode", "full", "--range", "10.79.0.100-10.79.0.149")
-	netboot.Stdout, netboot.Stderr = out, out
-	if err := srv.Start(netboot); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { t.Logf("netboot output:\n%s", out.String()) })
-	for deadline := time.Now().Add(qemu.Scale(30 * time.Second)); !strings.Contains(out.String(), "role images and their manifest at"); {
-		if time.Now().After(deadline) {
-			t.Fatalf("netboot did not start serving role images:\n%s", out.String())
+	startNetboot := func(images string) (*exec.Cmd, *qemu.LockedBuffer) {
+		out := &qemu.LockedBuffer{}
+		cmd := exec.Command(im.Binary, "netboot", "--interface", "eth0", "--stack", stackPath,
+			"--image", filepath.Dir(im.Kernel), "--images", images, "--mode", "full", "--range", "10.79.0.100-10.79.0.149")
+		cmd.Stdout, cmd.Stderr = out, out
+		if err := srv.Start(cmd); err != nil {
+			t.Fatal(err)
 		}
-		time.Sleep(100 * time.Millisecond)
+		t.Cleanup(func() { t.Logf("netboot (%s) output:\n%s", images, out.String()) })
+		for deadline := time.Now().Add(qemu.Scale(30 * time.Second)); !strings.Contains(out.String(), "role images and their manifest at"); {
+			if time.Now().After(deadline) {
+				t.Fatalf("netboot did not start serving role images:\n%s", out.String())
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		return cmd, out
 	}
+	stopNetboot := func(cmd *exec.Cmd) {
+		if err := cmd.Process.Signal(os.Interrupt); err != nil {
+			t.Fatal(err)
+		}
+		if err := cmd.Wait(); err != nil {
+			t.Logf("netboot exit: %v", err)
+		}
+	}
+	netboot, out := startNetboot(images)
 
 	disk := filepath.Join(t.TempDir(), "state.img")
 	f, err := os.Create(disk)
@@ -137,13 +151,8 @@ func TestImagesOverHTTPCachedForReboot(t *testing.T) {
 		t.Fatalf("power off: exit %d, %v", code, err)
 	}
 
-	// The image server goes away for good.
-	if err := netboot.Process.Signal(os.Interrupt); err != nil {
-		t.Fatal(err)
-	}
-	if err := netboot.Wait(); err != nil {
-		t.Logf("netboot exit: %v", err)
-	}
+	// The image server goes away.
+	stopNetboot(netboot)
 
 	second := boot("imghttp2")
 	for _, step := range []struct {
@@ -163,4 +172,43 @@ func TestImagesOverHTTPCachedForReboot(t *testing.T) {
 	if strings.Contains(second.Console(), "image fetched") {
 		t.Error("the second boot fetched an image with the server stopped")
 	}
+	if err := second.SystemPowerdown(); err != nil {
+		t.Fatal(err)
+	}
+	if code, err := second.Wait(qemu.Scale(3 * time.Minute)); err != nil || code != 0 {
+		t.Fatalf("power off: exit %d, %v", code, err)
+	}
+
+	// The server comes back with a manifest whose monitor digest is not
+	// that of the file it serves: the host downloads it, refuses it by
+	// name and keeps running monitor from the image it had.
+	bad := t.TempDir()
+	if err := os.Symlink(filepath.Join(images, "monitor.squashfs"), filepath.Join(bad, "monitor.squashfs")); err != nil {
+		t.Fatal(err)
+	}
+	monitor, _ := m.Lookup("monitor")
+	monitor.SHA256 = strings.Repeat("ab", 32)
+	if err := (&manifest.Manifest{Version: manifest.Version, Images: []manifest.Image{monitor}}).Write(bad); err != nil {
+		t.Fatal(err)
+	}
+	netboot, out = startNetboot(bad)
+	third := boot("imghttp3")
+	for _, step := range []struct {
+		what, pattern string
+		within        time.Duration
+	}{
+		{"state disk", `disk: state on the data disk`, 3 * time.Minute},
+		{"bad image refused by name, previous kept", `keeping the previously cached image\b.*\bimage=monitor\b.*image monitor \(http://` +
+			regexp.QuoteMeta(imgServer) + `:8080/images/monitor.squashfs\): sha256 [0-9a-f]{64}, manifest says (ab){32}: refused, keeping the previously verified image`, 8 * time.Minute},
+		{"monitor1 ready", monitorReady, 8 * time.Minute},
+		{"stack ready", qemu.ReadyPattern, 6 * time.Minute},
+	} {
+		if _, err := third.Expect(step.within, step.pattern); err != nil {
+			t.Fatalf("third boot (bad digest served): %s: %v", step.what, err)
+		}
+	}
+	if !strings.Contains(out.String(), "role image requested") {
+		t.Error("the third boot never asked for the changed monitor image")
+	}
+	stopNetboot(netboot)
 }
