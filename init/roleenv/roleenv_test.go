@@ -796,7 +796,9 @@ func TestRoleStartTime(t *testing.T) {
 	var ds []time.Duration
 	for i := 0; i < 11; i++ {
 		d := f.roleStart("mail1")
-		if d > 5*time.Second {
+		// A hang bound only: under TCG on a loaded 2-core machine one
+		// start took 7.9 s (typical: tens of ms).
+		if d > time.Minute {
 			t.Fatalf("role start took %v", d)
 		}
 		ds = append(ds, d)
