@@ -59,7 +59,7 @@ func New(typ, address, user, password string) (Device, error) {
 	case "qmp":
 		return NewQMP(address)
 	case "ipmi":
-		return nil, fmt.Errorf("fence type ipmi: not supported yet; use redfish (most BMCs offer it) or qmp")
+		return NewIPMI(address, user, password)
 	}
 	return nil, fmt.Errorf("fence type %q: want redfish, ipmi or qmp", typ)
 }

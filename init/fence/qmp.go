@@ -22,7 +22,7 @@ import (
 // a timeout is never proof.
 type QMP struct {
 	network, addr string
-	reached atomic.Bool // the monitor answered this device once
+	reached       atomic.Bool // the monitor answered this device once
 }
 
 // NewQMP parses the monitor address: unix:/path or /path for a socket,
