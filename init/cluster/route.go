@@ -11,7 +11,10 @@ import (
 
 // routeProvider tells raft's transport where to dial each member: where
 // Config.Route says (a pair peer's pair-link address while that path is
-// up), else the member's configured raft address.
+// up), else the member's configured raft address. A changed route takes
+// effect when raft next dials, i.e. once the connection on the old route
+// fails (on a cut path, at the RPC timeout of half a lease); nothing is
+// closed on purpose, which would also cut the witness's streams.
 type routeProvider struct {
 	route func(id string) string
 	addrs map[string]string
@@ -44,7 +47,3 @@ func newTransport(cfg Config, advertise net.Addr, logger hclog.Logger) (*raft.Ne
 	}
 	return raft.NewTCPTransportWithConfig(cfg.Bind, advertise, tc)
 }
-
-// Reroute drops raft's idle connections so that the next RPCs dial where
-// Config.Route says now; call it when a route changes.
-func (n *Node) Reroute() { n.transport.CloseStreams() }

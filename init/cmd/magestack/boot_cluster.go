@@ -150,13 +150,8 @@ func startCluster(ctx context.Context, log *slog.Logger, st *stackfile.Stack, ho
 	// heartbeats say it is up (the witness is reached over the LAN): a lossy
 	// LAN then costs the pair neither its majority nor its roles.
 	pairRaft := pairRaftAddr(st, h)
-	rerouteOnPairChange := func(c heartbeat.Change) {
-		if pairRaft != "" && c.Peer == h.Pair && c.Path == "pair" && (c.From == heartbeat.Alive || c.To == heartbeat.Alive) {
-			m.node.Reroute()
-		}
-	}
 	if m.hb, err = heartbeat.New(heartbeat.Config{ID: host, Paths: conf.Paths, Interval: st.Cluster.Heartbeat.D(),
-		Suspect: st.Cluster.Suspect.D(), Dead: st.Cluster.Dead.D(), Logger: log, OnChange: rerouteOnPairChange}); err != nil {
+		Suspect: st.Cluster.Suspect.D(), Dead: st.Cluster.Dead.D(), Logger: log}); err != nil {
 		return nil, err
 	}
 	cfg := conf.Self
