@@ -64,10 +64,18 @@ type Config struct {
 	// a majority (cluster.Timing.Lease). A move releases first and waits
 	// this long before the new owner starts, so the old owner is stopped
 	// (it applied the release, or its lease ran out) whatever its state.
-	Lease  time.Duration
-	Tick   time.Duration
-	Logger *slog.Logger
+	Lease time.Duration
+	// FenceDelay is how long a host without the head start waits before
+	// fencing its peer in a pair without a witness (see fenceHeadStart).
+	FenceDelay time.Duration
+	Tick       time.Duration
+	Logger     *slog.Logger
 }
+
+// DefaultFenceDelay is longer than a BMC takes to act on a power off, so
+// the host with the head start has powered its peer off before the peer's
+// own fence attempt would begin.
+const DefaultFenceDelay = 5 * time.Second
 
 // Event is one line of a failover's timeline.
 type Event struct {
@@ -117,6 +125,9 @@ type Controller struct {
 	// (its loop only): a peer never heard since this host started may be
 	// booting, not lost, and is never fenced (corosync's wait_for_all).
 	peerSeen bool
+	// fenceWaitFrom is when this host, having no head start, began
+	// waiting before fencing its peer (its loop only).
+	fenceWaitFrom time.Time
 }
 
 // New checks cfg.
@@ -129,6 +140,9 @@ func New(cfg Config) (*Controller, error) {
 	}
 	if cfg.Lease == 0 {
 		cfg.Lease = cluster.DefaultTiming.Lease
+	}
+	if cfg.FenceDelay == 0 {
+		cfg.FenceDelay = DefaultFenceDelay
 	}
 	if cfg.Tick == 0 {
 		cfg.Tick = 50 * time.Millisecond
@@ -196,7 +210,7 @@ func (c *Controller) Step(ctx context.Context) {
 	if c.cfg.Cluster.IsLeader() {
 		c.lead(ctx, table)
 	} else if len(c.cfg.Cluster.Voters()) == 2 && !c.cfg.Cluster.InMajority() && c.cfg.Runtime != nil {
-		c.fenceAndGoAlone(ctx)
+		c.fenceAndGoAlone(ctx, table)
 	}
 }
 
@@ -488,9 +502,10 @@ func (c *Controller) move(ctx context.Context, from, to string, list []cluster.O
 // fenceAndGoAlone is the no-witness path: the peer is dead by heartbeats,
 // raft has no majority, so power the peer off, confirm, and continue as the
 // sole voter.
-func (c *Controller) fenceAndGoAlone(ctx context.Context) {
+func (c *Controller) fenceAndGoAlone(ctx context.Context, table []cluster.Ownership) {
 	peer := c.pairOf(c.cfg.Self)
 	if peer == "" || c.alive(peer) {
+		c.fenceWaitFrom = time.Time{}
 		return
 	}
 	if !c.peerSeen {
@@ -506,6 +521,15 @@ func (c *Controller) fenceAndGoAlone(ctx context.Context) {
 		c.warnOnce(peer, "failover: peer is dead, no witness and no fence device: run `magestack failover --force` to take over (it risks two owners if the peer is in fact alive)", "peer", peer)
 		return
 	}
+	if !c.fenceHeadStart(table, peer) {
+		if c.fenceWaitFrom.IsZero() {
+			c.fenceWaitFrom = time.Now()
+			c.log.Warn("failover: peer is dead; giving it the first shot at fencing before fencing it", "peer", peer, "wait", c.cfg.FenceDelay)
+		}
+		if time.Since(c.fenceWaitFrom) < c.cfg.FenceDelay {
+			return
+		}
+	}
 	c.log.Warn("failover: fencing peer before taking over", "peer", peer, "device", dev.String())
 	if err := fence.Fence(ctx, dev, 15*time.Second); err != nil {
 		c.warnOnce(peer, "failover: fencing failed; not taking over", "peer", peer, "err", err)
@@ -515,6 +539,34 @@ func (c *Controller) fenceAndGoAlone(ctx context.Context) {
 	if err := c.cfg.Cluster.RecoverAlone(); err != nil {
 		c.log.Error("failover: recover alone failed", "err", err)
 	}
+}
+
+// fenceHeadStart tells whether this host fences its peer at once. When
+// the hosts lose each other but both still reach the other's fence device,
+// both would fence and the stack would go dark; so one side waits
+// FenceDelay (pacemaker's priority-fencing-delay): the host that owned the
+// lb (served the website) in the last table it knows fences at once, and
+// when neither did, the host listed first in the stack.
+func (c *Controller) fenceHeadStart(table []cluster.Ownership, peer string) bool {
+	for _, o := range table {
+		if roleOf(o.Instance) == "lb" {
+			switch o.Owner {
+			case c.cfg.Self:
+				return true
+			case peer:
+				return false
+			}
+		}
+	}
+	for _, h := range c.cfg.Stack.Hosts {
+		switch h.Name {
+		case c.cfg.Self:
+			return true
+		case peer:
+			return false
+		}
+	}
+	return true
 }
 
 // MoveTo moves every instance that runs on another host to host to, on

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"magestack/init/cluster"
 	"magestack/init/fence"
@@ -28,11 +29,12 @@ type lonelyCluster struct {
 	mu         sync.Mutex
 	recovered  int
 	recoverErr error
+	table      []cluster.Ownership // last applied before the loss
 }
 
 func (c *lonelyCluster) IsLeader() bool             { return false }
 func (c *lonelyCluster) InMajority() bool           { return false }
-func (c *lonelyCluster) Table() []cluster.Ownership { return nil }
+func (c *lonelyCluster) Table() []cluster.Ownership { return c.table }
 func (c *lonelyCluster) Voters() []string           { return []string{"dh1", "dh2"} }
 func (c *lonelyCluster) Assign(context.Context, string, string, uint64, string) (cluster.Ownership, error) {
 	return cluster.Ownership{}, cluster.ErrNotLeader
@@ -110,7 +112,8 @@ func TestNoWitnessTakeoverNeedsAConfirmedFence(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var logs bytes.Buffer
-			cl := &lonelyCluster{}
+			// dh2 served the website: it has the head start.
+			cl := &lonelyCluster{table: []cluster.Ownership{{Instance: "lb1", Owner: "dh2", Epoch: 3}}}
 			peer := heartbeat.Unknown
 			if tc.heardBefore {
 				peer = heartbeat.Alive
@@ -138,5 +141,101 @@ func TestNoWitnessTakeoverNeedsAConfirmedFence(t *testing.T) {
 				t.Errorf("PowerOff called %d times, want %d", tc.dev.powerOff, tc.wantOff)
 			}
 		})
+	}
+}
+
+// TestFenceHeadStart: when both hosts lose each other yet both reach the
+// other's fence device, only one may fence at once or both end up off. The
+// host that served the website (owned lb) fences at once; the other (or,
+// when neither owned lb, the one listed second) waits FenceDelay first.
+func TestFenceHeadStart(t *testing.T) {
+	stack, err := stackfile.Parse("pair.yaml", []byte(noWitnessStack))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const delay = 300 * time.Millisecond
+	for _, tc := range []struct {
+		name    string
+		self    string
+		lbOwner string
+		waits   bool
+	}{
+		{"owned lb", "dh2", "dh2", false},
+		{"peer owned lb", "dh2", "dh1", true},
+		{"peer owned lb, first in the stack", "dh1", "dh2", true},
+		{"lb unowned, first in the stack", "dh1", "", false},
+		{"lb unowned, second in the stack", "dh2", "", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var logs bytes.Buffer
+			cl := &lonelyCluster{table: []cluster.Ownership{{Instance: "web1", Owner: tc.self}, {Instance: "lb1", Owner: tc.lbOwner}}}
+			dev := &device{on: true, obeys: true}
+			peer := heartbeat.Alive
+			c, err := New(Config{Self: tc.self, Stack: stack, Cluster: cl, Runtime: nopRuntime{}, FenceDelay: delay,
+				Peer:   func(string) heartbeat.State { return peer },
+				Fence:  func(string) (fence.Device, bool) { return dev, true },
+				Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.Step(context.Background())
+			peer = heartbeat.Dead
+			lost := time.Now()
+			c.Step(context.Background())
+			if !tc.waits {
+				if dev.powerOff != 1 || cl.recovered != 1 {
+					t.Fatalf("with the head start: %d power offs, went alone %d times; log:\n%s", dev.powerOff, cl.recovered, logs.String())
+				}
+				return
+			}
+			if dev.powerOff != 0 {
+				t.Fatalf("fenced at once without the head start; log:\n%s", logs.String())
+			}
+			if !strings.Contains(logs.String(), "giving it the first shot at fencing") {
+				t.Errorf("the wait is not logged:\n%s", logs.String())
+			}
+			for dev.powerOff == 0 && time.Since(lost) < 10*delay {
+				time.Sleep(delay / 10)
+				c.Step(context.Background())
+			}
+			if waited := time.Since(lost); dev.powerOff != 1 || waited < delay {
+				t.Fatalf("fenced %d times after %v, want once after %v", dev.powerOff, waited, delay)
+			}
+			if cl.recovered != 1 {
+				t.Errorf("went alone %d times after the fence", cl.recovered)
+			}
+		})
+	}
+}
+
+// TestFenceWaitEndsWhenThePeerReturns: a peer heard again during the wait
+// is not fenced, and a later loss waits afresh.
+func TestFenceWaitEndsWhenThePeerReturns(t *testing.T) {
+	stack, err := stackfile.Parse("pair.yaml", []byte(noWitnessStack))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const delay = time.Second
+	cl := &lonelyCluster{table: []cluster.Ownership{{Instance: "lb1", Owner: "dh1"}}}
+	dev := &device{on: true, obeys: true}
+	peer := heartbeat.Alive
+	c, err := New(Config{Self: "dh2", Stack: stack, Cluster: cl, Runtime: nopRuntime{}, FenceDelay: delay,
+		Peer:  func(string) heartbeat.State { return peer },
+		Fence: func(string) (fence.Device, bool) { return dev, true }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Step(context.Background())
+	peer = heartbeat.Dead
+	c.Step(context.Background())
+	time.Sleep(delay * 2 / 3)
+	peer = heartbeat.Alive
+	c.Step(context.Background())
+	peer = heartbeat.Dead
+	c.Step(context.Background())
+	time.Sleep(delay * 2 / 3)
+	c.Step(context.Background())
+	if dev.powerOff != 0 {
+		t.Fatal("fenced a peer whose wait was interrupted by its return before a full delay of fresh loss")
 	}
 }
