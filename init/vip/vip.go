@@ -13,6 +13,8 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -56,6 +58,15 @@ func New(link string, addr netip.Prefix, log *slog.Logger) (*Holder, error) {
 	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
+	}
+	// A host letting the address go may still send from it (a resumed VM
+	// retransmitting what was in flight when it was paused). Its ARP
+	// requests must then name its own address, not the VIP, or neighbours
+	// would learn the VIP at the host that is giving it up and lose the
+	// website until their entry expires (arp_announce 2: the best local
+	// address for the target, whatever the packet's source).
+	if err := os.WriteFile(filepath.Join("/proc/sys/net/ipv4/conf", link, "arp_announce"), []byte("2"), 0); err != nil {
+		log.Warn("vip: cannot keep the VIP out of ARP requests; neighbours may follow a host stepping down", "link", link, "err", err)
 	}
 	return &Holder{Link: link, Addr: addr, Every: 30 * time.Second, Logger: log, nl: nl, fd: fd}, nil
 }

@@ -125,3 +125,99 @@ func waitFor(t *testing.T, what string, within time.Duration, cond func() bool) 
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// TestHostGivingUpTheVIPDoesNotPullNeighboursBack: A held the VIP, B took it
+// over (gratuitous ARP) while A, resumed from a pause, still holds it for a
+// moment and sends from it (a retransmission of what was in flight). A's
+// ARP request for the client must name A's own address, or the client
+// would learn the VIP at A again and lose the website.
+func TestHostGivingUpTheVIPDoesNotPullNeighboursBack(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for network namespaces")
+	}
+	id := os.Getpid()
+	names := map[string]string{}
+	for _, n := range []string{"br", "a", "b", "c"} {
+		names[n] = fmt.Sprintf("vipr%s%d", n, id)
+		ip(t, "netns", "add", names[n])
+		nn := names[n]
+		t.Cleanup(func() { exec.Command("ip", "netns", "del", nn).Run() })
+	}
+	ip(t, "-n", names["br"], "link", "add", "br0", "type", "bridge")
+	ip(t, "-n", names["br"], "link", "set", "br0", "up")
+	macs := map[string]string{"a": "02:00:00:00:01:0a", "b": "02:00:00:00:01:0b", "c": "02:00:00:00:01:0c"}
+	addrs := map[string]string{"a": "10.96.0.11/24", "b": "10.96.0.12/24", "c": "10.96.0.100/24"}
+	for _, n := range []string{"a", "b", "c"} {
+		ip(t, "-n", names[n], "link", "add", "eth0", "type", "veth", "peer", "name", "p"+n, "netns", names["br"])
+		ip(t, "-n", names[n], "link", "set", "eth0", "address", macs[n])
+		ip(t, "-n", names[n], "addr", "add", addrs[n], "dev", "eth0")
+		ip(t, "-n", names[n], "link", "set", "eth0", "up")
+		ip(t, "-n", names["br"], "link", "set", "p"+n, "master", "br0", "up")
+	}
+	vipAddr := netip.MustParsePrefix("10.96.0.50/24")
+	hold := func(host string) {
+		ns, err := netns.GetFromName(names[host])
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ns.Close()
+		var h *Holder
+		if err := nsdo.Do(ns, func() error {
+			var err error
+			h, err = New("eth0", vipAddr, nil)
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- h.Hold(ctx); h.Close() }()
+		t.Cleanup(func() { cancel(); <-done })
+	}
+	neigh := func() string { return ip(t, "-n", names["c"], "neigh", "show", "10.96.0.50") }
+	hold("a")
+	c, err := netns.GetFromName(names["c"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	waitFor(t, "client resolves the VIP at A", 5*time.Second, func() bool {
+		nsdo.Do(c, func() error {
+			conn, err := net.Dial("udp4", "10.96.0.50:9")
+			if err == nil {
+				conn.Write([]byte("x"))
+				conn.Close()
+			}
+			return err
+		})
+		return strings.Contains(neigh(), macs["a"])
+	})
+	hold("b") // B takes over and announces it
+	waitFor(t, "client's entry for the VIP at B", 5*time.Second, func() bool { return strings.Contains(neigh(), macs["b"]) })
+	// Past the neighbour lock time (1 s) an ARP request from A naming the
+	// VIP would move the client's entry back to A.
+	time.Sleep(1500 * time.Millisecond)
+	ip(t, "-n", names["a"], "neigh", "flush", "dev", "eth0")
+	a, err := netns.GetFromName(names["a"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	if err := nsdo.Do(a, func() error {
+		c, err := net.DialUDP("udp4", &net.UDPAddr{IP: net.ParseIP("10.96.0.50")}, &net.UDPAddr{IP: net.ParseIP("10.96.0.100"), Port: 9})
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		_, err = c.Write([]byte("retransmission"))
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "A resolved the client", 3*time.Second, func() bool {
+		return strings.Contains(ip(t, "-n", names["a"], "neigh", "show", "10.96.0.100"), macs["c"])
+	})
+	if got := neigh(); !strings.Contains(got, macs["b"]) {
+		t.Fatalf("the client's entry for the VIP left B after A sent from it: %s", got)
+	}
+}
