@@ -219,6 +219,12 @@ func (r failoverRun) summary() string {
 			parts = append(parts, fmt.Sprintf("%s %d ms", name, d.Milliseconds()))
 		}
 	}
+	for _, s := range timelineSteps {
+		if why := r.why[s]; why != "" && why != "-" {
+			parts = append(parts, "missing "+s+": "+why)
+			break
+		}
+	}
 	return strings.Join(parts, ", ")
 }
 

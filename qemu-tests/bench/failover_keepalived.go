@@ -87,8 +87,8 @@ func startKeepalivedRig(ctx context.Context, name, advert, dir string) (*klRig, 
 			return fail(err)
 		}
 		r.ns[h.name], r.ports[h.name] = ns, port
-		name := h.name
-		if err := l.serve(ns, ":80", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, name+"\n") })); err != nil {
+		host := h.name
+		if err := l.serve(ns, ":80", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, host+"\n") })); err != nil {
 			return fail(err)
 		}
 		conf := filepath.Join(dir, h.name+".conf")

@@ -3,6 +3,9 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
+	"os"
+	"os/exec"
 	"regexp"
 	"strings"
 	"sync"
@@ -268,5 +271,29 @@ func TestBenchTBTurnsFatalIntoErrorAndCleansUpInReverse(t *testing.T) {
 	b.close()
 	if len(order) != 2 || order[0] != 2 || order[1] != 1 {
 		t.Fatalf("cleanups ran %v, want [2 1]", order)
+	}
+}
+
+// TestKeepalivedRigsInARow runs two keepalived losses one after the other
+// (advert_int 0.1, so seconds), as the bench does: each finds h1 serving,
+// and after h1's loss h2 serves with a complete timeline.
+func TestKeepalivedRigsInARow(t *testing.T) {
+	if _, err := exec.LookPath("keepalived"); err != nil {
+		t.Skip("keepalived is not installed (Debian package keepalived)")
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for network namespaces")
+	}
+	dir := t.TempDir()
+	for i := 1; i <= 2; i++ {
+		run, err := runKeepalivedKill(context.Background(), fmt.Sprintf("kt-%d", i), "0.1", dir)
+		if err != nil {
+			t.Fatalf("loss %d: %v", i, err)
+		}
+		for _, s := range []string{stepDetected, stepVIPHeld, stepVIPSeen, stepAnswering} {
+			if _, ok := run.after[s]; !ok {
+				t.Errorf("loss %d: %s missing: %s", i, s, run.why[s])
+			}
+		}
 	}
 }
