@@ -40,14 +40,18 @@ func imagesBench(w io.Writer) error {
 	fmt.Fprintf(w, "%-10s %12s %s\n", "image", "size", "cold build (first build, recorded in "+cache+")")
 	var total int64
 	for _, im := range m.Images {
-		total += im.Size
+		size := im.Size // the file itself when it is there
+		if fi, err := os.Stat(filepath.Join(dir, im.File)); err == nil {
+			size = fi.Size()
+		}
+		total += size
 		c := "n/a: not in the cache"
 		if d, ok := cold[im.Name]; ok {
 			c = fmt.Sprintf("%.0f s", d.Seconds())
 		} else if im.Recipe == "" {
 			c = "- (prebuilt)"
 		}
-		fmt.Fprintf(w, "%-10s %8.1f MiB %s\n", im.Name, mib(im.Size), c)
+		fmt.Fprintf(w, "%-10s %8.1f MiB %s\n", im.Name, mib(size), c)
 	}
 	fmt.Fprintf(w, "%-10s %8.1f MiB\n", "all", mib(total))
 	if fi, err := os.Stat(filepath.Join(build, "images.img")); err == nil {
