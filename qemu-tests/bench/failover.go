@@ -279,7 +279,7 @@ func printFailoverTable(w io.Writer, cols []variant) {
 		}
 	}
 	fmt.Fprintln(w, header+" target")
-	row := func(name string, get func(variant) figure, target string) {
+	row := func(name string, get func(variant) figure, target string, ratio bool) {
 		line := fmt.Sprintf("%-38s", name)
 		figs := make([]figure, len(cols))
 		for i, c := range cols {
@@ -289,7 +289,7 @@ func printFailoverTable(w io.Writer, cols []variant) {
 		for _, m := range ms {
 			for _, k := range kl {
 				r := "-"
-				if a, b := figs[m], figs[k]; a.ok() && b.ok() && b.val > 0 {
+				if a, b := figs[m], figs[k]; ratio && a.ok() && b.ok() && b.val > 0 {
 					r = fmt.Sprintf("%.2f", a.val/b.val)
 				}
 				line += fmt.Sprintf(" %-9s", r)
@@ -299,7 +299,7 @@ func printFailoverTable(w io.Writer, cols []variant) {
 	}
 	targets := map[string]string{stepDetected: "<= 1 s", stepAnswering: "<= 3 s (keepalived default ~3.6 s)"}
 	for _, s := range timelineSteps {
-		row(s, func(v variant) figure { return v.step(s) }, targets[s])
+		row(s, func(v variant) figure { return v.step(s) }, targets[s], true)
 	}
 	lossy := func(get func(lossResult) float64) func(variant) figure {
 		return func(v variant) figure {
@@ -312,26 +312,26 @@ func printFailoverTable(w io.Writer, cols []variant) {
 			return na("lossy run not made")
 		}
 	}
-	row("false failovers, lossy network", lossy(func(l lossResult) float64 { return float64(l.failovers) }), "0")
-	row("VIP changed hands, lossy network", lossy(func(l lossResult) float64 { return float64(l.vipMoves) }), "0")
+	row("false failovers, lossy network", lossy(func(l lossResult) float64 { return float64(l.failovers) }), "0", true)
+	row("VIP changed hands, lossy network", lossy(func(l lossResult) float64 { return float64(l.vipMoves) }), "0", true)
 	row("VIP released (majority lost), lossy", func(v variant) figure {
 		if v.loss != nil && !v.loss.hasStepDowns {
 			return notApplicable
 		}
 		return lossy(func(l lossResult) float64 { return float64(l.stepDowns) })(v)
-	}, "0")
+	}, "0", true)
 	row("host resets (watchdog), lossy", func(v variant) figure {
 		if v.loss != nil && !v.loss.hasStepDowns {
 			return notApplicable
 		}
 		return lossy(func(l lossResult) float64 { return float64(l.resets) })(v)
-	}, "0")
+	}, "0", true)
 	row("client requests failed, lossy (%)", lossy(func(l lossResult) float64 {
 		if l.totalReq == 0 {
 			return 0
 		}
 		return 100 * float64(l.failedReq) / float64(l.totalReq)
-	}), "-")
+	}), "- (no ratio: different servers and paths)", false)
 	for i, n := range notes {
 		fmt.Fprintf(w, "[%d] n/a: %s\n", i+1, n)
 	}
@@ -344,6 +344,7 @@ func printFailoverTable(w io.Writer, cols []variant) {
 		}
 	}
 	fmt.Fprintln(w, "keepalived: VRRP detects and decides in one step (backup's master-down timer → MASTER); it has no commit and no guard against two masters.")
+	fmt.Fprintln(w, "client: a request every 50 ms, 1 s timeout each; magestack's website is HAProxy → nginx + PHP in a TCG guest, keepalived's a Go handler in a namespace.")
 }
 
 // ratioName is the column title of magestack/keepalived ratios: "1s/k1s".
