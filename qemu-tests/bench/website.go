@@ -23,10 +23,14 @@ package main
 //   - magestack fw → lb1 → web1: the stack's unmodified ruleset, DNAT to
 //     lb1 (HAProxy, logging every request as configured), which forwards
 //     to web1: the whole public path, with its extra proxy hop.
+//   - two diagnostics that split the overhead: the plain services in a
+//     network namespace of their own on the bridge (a role's network path
+//     without the rest of a role), and web1 reached by its internal
+//     address with no ruleset (the role without the firewall).
 //
-// The client is the same Go load client for all three (fixed concurrency,
-// fixed duration, kept-alive connections, every request timed) at the same
-// URL, http://192.0.2.1/; the sides run in turn, interleaved round by round,
+// The client is the same Go load client for every side (fixed concurrency,
+// fixed duration, kept-alive connections, every request timed), at
+// http://192.0.2.1/ (the diagnostics at their internal address); the sides run in turn, interleaved round by round,
 // so a busy neighbour on this shared machine slows them alike.
 
 import (
@@ -227,6 +231,14 @@ func runWebsite(ctx context.Context, w io.Writer, o websiteOptions) error {
 		opts.CgroupParent = fmt.Sprintf("magestack-bench-%d", os.Getpid())
 		opts.NoLimits = false
 		limits = "cgroup v2 limits from the stack"
+		// Runs after the roles are stopped (deferred before them).
+		defer func() {
+			if g, err := cgroup.Open(cgroup.DefaultRoot, opts.CgroupParent); err == nil {
+				rctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				g.Remove(rctx)
+				cancel()
+			}
+		}()
 	}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	sup := supervise.New(log, supervise.Options{})
