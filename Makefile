@@ -145,7 +145,7 @@ test-qemu: image images
 	rc=$$?; echo "---- test-qemu summary (full log: build/test-qemu.log) ----"; \
 	grep -E '^(--- FAIL|FAIL|ok|panic:)' $(BUILD)/test-qemu.log || true; exit $$rc
 
-bench: image
+bench: image images
 	MAGESTACK_BUILD=$(BUILD) $(GORUN) ./qemu-tests/bench
 
 # clean keeps the downloaded kernel; distclean removes all of build/.
