@@ -124,6 +124,11 @@ func Fetch(ctx context.Context, log *slog.Logger, opts FetchOptions) (*Store, Fe
 	if opts.CacheDir == "" {
 		return nil, FetchResult{}, errors.New("images: fetch needs a cache directory")
 	}
+	if opts.Client == nil {
+		// PID 1 lives on: leave no idle connection to the server behind.
+		opts.Client = DefaultClient()
+		defer opts.Client.CloseIdleConnections()
+	}
 	opts.defaults()
 	if len(opts.Names) == 0 && !opts.All {
 		return New(log, opts.CacheDir), FetchResult{Sources: map[string]Source{}}, nil
