@@ -164,7 +164,7 @@ func startCluster(ctx context.Context, log *slog.Logger, st *stackfile.Stack, ho
 		_, port, _ := net.SplitHostPort(cfg.Bind)
 		cfg.Bind = net.JoinHostPort("0.0.0.0", port)
 		cfg.Route = func(id string) string {
-			if id == h.Pair && pathAlive(m.hb, h.Pair, "pair") {
+			if id == h.Pair && pathUsable(m.hb, h.Pair, "pair") {
 				return pairRaft
 			}
 			return ""
@@ -335,11 +335,17 @@ func pairRaftAddr(st *stackfile.Stack, h *stackfile.Host) string {
 	return net.JoinHostPort(ph.PairLink.Address.Addr().String(), strconv.Itoa(clusterconf.RaftPort))
 }
 
-// pathAlive reports whether the heartbeats call peer's path alive.
-func pathAlive(hb *heartbeat.Monitor, peer, path string) bool {
+// pathUsable reports whether peer's path is alive, or not yet judged (at
+// boot raft dials before the first heartbeats: its connections outlive
+// route changes, so they should start on the pair link).
+func pathUsable(hb *heartbeat.Monitor, peer, path string) bool {
 	for _, p := range hb.Status() {
 		if p.Peer == peer {
-			return p.Paths[path].State == heartbeat.Alive
+			switch p.Paths[path].State {
+			case heartbeat.Alive, heartbeat.Unknown, "":
+				return true
+			}
+			return false
 		}
 	}
 	return false
