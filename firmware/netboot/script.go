@@ -60,11 +60,8 @@ func Script(title, baseURL, cmdline string) string {
 
 // lookupMAC finds the host whose boot NIC is mac.
 func lookupMAC(stack *stackfile.Stack, mac net.HardwareAddr) (stackfile.Host, int, bool) {
-	for i, h := range stack.Hosts {
-		hw, err := net.ParseMAC(h.MAC)
-		if err == nil && hw.String() == mac.String() {
-			return h, i, true
-		}
+	if h, i, ok := stack.HostByMAC(mac.String()); ok {
+		return *h, i, true
 	}
 	return stackfile.Host{}, -1, false
 }

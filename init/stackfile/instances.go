@@ -2,6 +2,7 @@ package stackfile
 
 import (
 	"fmt"
+	"net"
 	"net/netip"
 	"slices"
 )
@@ -112,6 +113,21 @@ func (s *Stack) Instances() ([]Instance, error) {
 		}
 	}
 	return out, nil
+}
+
+// HostByMAC finds the host whose boot NIC is mac (any spelling net.ParseMAC
+// accepts: case and separators do not matter).
+func (s *Stack) HostByMAC(mac string) (*Host, int, bool) {
+	want, err := net.ParseMAC(mac)
+	if err != nil {
+		return nil, -1, false
+	}
+	for i := range s.Hosts {
+		if hw, err := net.ParseMAC(s.Hosts[i].MAC); err == nil && hw.String() == want.String() {
+			return &s.Hosts[i], i, true
+		}
+	}
+	return nil, -1, false
 }
 
 // HostByName returns the host called name.

@@ -431,10 +431,8 @@ func bootMACs(c *cmdline.Cmdline) []string {
 
 func hostForMACs(st *stackfile.Stack, macs []string) string {
 	for _, m := range macs {
-		for _, h := range st.Hosts {
-			if strings.EqualFold(h.MAC, m) {
-				return h.Name
-			}
+		if h, _, ok := st.HostByMAC(m); ok {
+			return h.Name
 		}
 	}
 	return ""
