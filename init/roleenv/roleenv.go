@@ -104,6 +104,7 @@ type Env struct {
 	opts  Options
 	inst  stackfile.Instance
 	spec  roleinit.Spec
+	image string // image name, resolved to a path at each start
 	lim   cgroup.Limits
 	gw    netip.Addr // host's bridge address: the role's default route
 	dir   string     // StateRoot/<instance>
@@ -159,6 +160,7 @@ func New(log *slog.Logger, opts Options, stack *stackfile.Stack, hostIndex int, 
 		gw:    gw,
 		dir:   filepath.Join(opts.StateRoot, inst.Name),
 		cgrel: opts.CgroupParent + "/" + inst.Name,
+		image: image,
 	}
 	if !opts.NoLimits {
 		e.lim = cgroup.Limits{CPUWeight: role.CPUWeight, MemoryMax: uint64(role.Memory), PidsMax: role.Pids}
@@ -270,7 +272,11 @@ func (e *Env) prepare() (*syscall.SysProcAttr, error) {
 			return nil, fmt.Errorf("role %s: volume: %w", e.inst.Name, err)
 		}
 	}
-	if err := e.spec.Write(filepath.Join(e.dir, "spec.json")); err != nil {
+	// The image is looked up again at each start: images fetched after the
+	// role was set up (a slow image server) are used by the next attempt.
+	spec := e.spec
+	spec.Image = imagePath(e.opts.ImageRoot, e.image)
+	if err := spec.Write(filepath.Join(e.dir, "spec.json")); err != nil {
 		return nil, err
 	}
 	if e.spec.Cgroup != "" {
