@@ -162,6 +162,9 @@ func TestWebsiteOperations(t *testing.T) {
 	// first start take minutes.
 	for _, in := range []string{"db1", "web1", "lb1"} {
 		if _, err := vm.Expect(20*time.Minute, unitEvent("ready", in)); err != nil {
+			// What the operator would look at, into the console log.
+			vm.SendConsole("magestack status; magestack logs " + in + " -n 40; for s in $(magestack status | grep -o '^" + in + "/[^ ]*'); do magestack logs $s -n 20; done\n")
+			vm.ExpectNot(time.Minute, "@@never@@")
 			t.Fatalf("%s never became ready: %v", in, err)
 		}
 	}
