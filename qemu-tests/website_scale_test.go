@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"magestack/init/stackfile"
 	"magestack/qemu-tests/qemu"
 )
 
@@ -133,6 +134,22 @@ func (l *siteLoad) waitAnsweredBy(t *testing.T, want string, timeout time.Durati
 	return nil
 }
 
+// scaleStack runs lb and web on their real Debian images and the other
+// roles on the light built-in ones: the scenario is about lb following web
+// instances, and a loaded TCG host boots the full website stack slowly.
+const scaleStack = `
+stack: website-scale
+hosts:
+  - name: dh1
+    mac: "52:54:00:12:34:56"
+public:
+  vip: 10.0.2.50/24
+internal: 172.16.0.0/24
+roles:
+  lb: {count: 1, image: lb, memory: 256MiB}
+  web: {count: 1, image: web, memory: 384MiB}
+`
+
 // TestWebsiteScale boots the website stack with one web instance, keeps a
 // client requesting the site through the public address, scales web to 3
 // and back to 1 on the console, and checks that HAProxy balanced over every
@@ -152,11 +169,14 @@ func TestWebsiteScale(t *testing.T) {
 		t.Fatal(err)
 	}
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		io.WriteString(w, websiteStack)
+		io.WriteString(w, scaleStack)
 	})}
 	go srv.Serve(l)
 	t.Cleanup(func() { srv.Close() })
 
+	if _, err := stackfile.Parse("scale.yaml", []byte(scaleStack)); err != nil {
+		t.Fatalf("test stack is invalid: %v", err)
+	}
 	im := qemu.RequireImage(t)
 	opts := im.Options(fmt.Sprintf("magestack.console=shell magestack.config=http://10.0.2.2:%d/stack.yaml", l.Addr().(*net.TCPAddr).Port))
 	opts.Name = "website-scale"
