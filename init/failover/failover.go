@@ -184,6 +184,9 @@ func (c *Controller) safeStep(ctx context.Context) {
 
 // Step is one pass of the loop (exported for tests that drive time).
 func (c *Controller) Step(ctx context.Context) {
+	// A stall is time between steps; a step's own work (stopping and
+	// starting instances takes seconds) is not one.
+	defer func() { c.lastStep = time.Now() }()
 	table := c.cfg.Cluster.Table()
 	if p := c.pairOf(c.cfg.Self); p != "" && c.alive(p) {
 		c.peerSeen = true
@@ -199,11 +202,15 @@ func (c *Controller) Step(ctx context.Context) {
 		}
 		if majority || settling {
 			c.stopWhy = "ownership moved"
+			c.mu.Lock()
 			for _, o := range table {
-				if o.Owner == c.cfg.Self {
+				// Settling only keeps what runs: a host without the
+				// majority never starts an instance.
+				if o.Owner == c.cfg.Self && (majority || c.running[o.Instance]) {
 					want[o.Instance] = true
 				}
 			}
+			c.mu.Unlock()
 		}
 		c.enforce(ctx, want)
 	}
@@ -221,8 +228,8 @@ func (c *Controller) Step(ctx context.Context) {
 // time an old owner may overlap a new one.
 const stallSettle = 150 * time.Millisecond
 
-// noteStall records this step's time and reports whether the host is
-// settling after a stall of its own. Only a stall shorter than the dead
+// noteStall reports whether the host is settling after a stall of its
+// own (a long gap since the previous step ended). Only a stall shorter than the dead
 // time counts: past it, peers may have declared this host dead and moved
 // its instances.
 func (c *Controller) noteStall(now time.Time) bool {
@@ -232,7 +239,6 @@ func (c *Controller) noteStall(now time.Time) bool {
 			c.settleUntil = now.Add(stallSettle)
 		}
 	}
-	c.lastStep = now
 	return now.Before(c.settleUntil)
 }
 
