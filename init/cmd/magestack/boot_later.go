@@ -459,7 +459,9 @@ func (b *bootEnv) reconcileStep(ctx context.Context) error {
 		// the final appliers (lb following web instances included).
 		appliers.UpdateInstance = b.updateByReload(host,
 			func(ctx context.Context, inst stackfile.Instance) error { return final.StopInstance(ctx, inst) },
-			func(ctx context.Context, s *stackfile.Stack, inst stackfile.Instance) error { return final.StartInstance(ctx, s, inst) })
+			func(ctx context.Context, s *stackfile.Stack, inst stackfile.Instance) error {
+				return final.StartInstance(ctx, s, inst)
+			})
 	}
 	lbs := b.newLBSync(sup, st, host) // lb follows web instances (face_scale.go)
 	final = lbs.wrap(appliers)
