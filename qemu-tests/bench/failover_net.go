@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -182,7 +181,7 @@ func ip(args ...string) error {
 func nsHandle(ns string) (netns.NsHandle, error) {
 	h, err := netns.GetFromName(ns)
 	if err != nil {
-		return h, errors.Join(fmt.Errorf("netns %s", ns), err)
+		return h, fmt.Errorf("netns %s: %w", ns, err)
 	}
 	return h, nil
 }
