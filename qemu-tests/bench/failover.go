@@ -101,6 +101,9 @@ type variant struct {
 	lerr string
 	// note is printed under the table (e.g. what the lossy cable could do).
 	note string
+	// disturbed counts what happened while no host was lost (boot and
+	// idle): false failovers, VIP releases, host resets.
+	disturbed int
 }
 
 // step is the median of a step over the runs that have it.
@@ -135,7 +138,7 @@ type failoverOptions struct {
 	lossPct   int
 	timeout   time.Duration // bound on one pair boot
 	magestack bool          // boot the QEMU pair (minutes under TCG)
-	dead3s    string        // "auto" (when 1 s shows false failovers), "yes", "no"
+	dead3s    string        // "auto" (when 1 s shows false failovers, VIP releases or resets), "yes", "no"
 }
 
 func runFailover(ctx context.Context, w io.Writer, o failoverOptions) error {
@@ -168,10 +171,11 @@ func runFailover(ctx context.Context, w io.Writer, o failoverOptions) error {
 	return nil
 }
 
-// falseFailovers tells whether a magestack run failed over with no host
-// lost (while idle or under loss): then the 3 s dead time is worth a run.
+// falseFailovers tells whether a magestack run failed over, released the
+// VIP or reset a host with no host lost (while idle or under loss): then
+// the 3 s dead time is worth a run.
 func falseFailovers(v variant) bool {
-	return strings.Contains(v.note, "false failover") || v.loss != nil && v.loss.failovers > 0
+	return v.disturbed > 0 || v.loss != nil && (v.loss.failovers > 0 || v.loss.stepDowns > 0 || v.loss.resets > 0)
 }
 
 // keepalivedKills: a keepalived loss costs seconds, and where the loss

@@ -376,7 +376,8 @@ func runMagestackVariant(ctx context.Context, w io.Writer, work, dead string, o 
 	idle := r.count(time.Time{}, time.Now(), anyMovingRE)
 	released := r.count(time.Time{}, time.Now(), vipReleasedRE)
 	reset := r.resets(time.Time{}, time.Now())
-	if idle > 0 || released > 0 || reset > 0 {
+	v.disturbed = idle + released + reset
+	if v.disturbed > 0 {
 		v.note = fmt.Sprintf("%d false failover(s), %d VIP release(s) (majority lost), %d host reset(s) while booting and idle, no host lost", idle, released, reset)
 		fmt.Fprintf(w, "magestack dead %s: %s\n", dead, v.note)
 	}

@@ -248,8 +248,20 @@ func TestFailoverTable(t *testing.T) {
 			t.Errorf("table lacks %s:\n%s", want, s)
 		}
 	}
-	if !falseFailovers(ms) || falseFailovers(variant{loss: &lossResult{}}) || !falseFailovers(variant{loss: &lossResult{failovers: 1}}) {
-		t.Error("falseFailovers misjudges idle notes or lossy counts")
+	for _, tt := range []struct {
+		v    variant
+		want bool
+	}{
+		{variant{disturbed: 1}, true},
+		{variant{loss: &lossResult{}}, false},
+		{variant{loss: &lossResult{failovers: 1}}, true},
+		{variant{loss: &lossResult{stepDowns: 1}}, true},
+		{variant{loss: &lossResult{resets: 1}}, true},
+		{variant{}, false},
+	} {
+		if got := falseFailovers(tt.v); got != tt.want {
+			t.Errorf("falseFailovers(%+v) = %v", tt.v, got)
+		}
 	}
 }
 

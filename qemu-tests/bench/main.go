@@ -47,7 +47,7 @@ func main() {
 	flag.DurationVar(&fo.lossy, "failover-lossy", time.Minute, "lossy-network run per failover variant (0 skips it)")
 	flag.IntVar(&fo.lossPct, "failover-loss", 20, "percent of frames dropped on each host's port in the lossy run")
 	flag.BoolVar(&fo.magestack, "failover-qemu", true, "boot the magestack pair in QEMU (false: keepalived only)")
-	flag.StringVar(&fo.dead3s, "failover-dead3s", "auto", "also run magestack with dead 3s: auto (when 1s shows false failovers), yes, no")
+	flag.StringVar(&fo.dead3s, "failover-dead3s", "auto", "also run magestack with dead 3s: auto (when 1s shows false failovers, VIP releases or resets), yes, no")
 	flag.Parse()
 	if *runs < 1 || fo.kills < 1 {
 		fmt.Fprintln(os.Stderr, "bench: -n and -failover-kills must be at least 1")
