@@ -150,8 +150,12 @@ func runFailover(ctx context.Context, w io.Writer, o failoverOptions) error {
 	if err := os.MkdirAll(work, 0o755); err != nil {
 		return err
 	}
-	fmt.Fprintf(w, "\nfailover after hardware loss: magestack pair + witness (QEMU TCG, %d loss(es) per timing) against keepalived VRRP (namespaces, %d losses per advert_int), median; lossy network for %v: %d%% loss on each host's LAN port (magestack: and %v delay)\n",
-		o.kills, keepalivedKills(o), o.lossy, o.lossPct, msLossDelay)
+	lossy := "no lossy-network run"
+	if o.lossy > 0 {
+		lossy = fmt.Sprintf("lossy network for %v: %d%% loss on each host's LAN port (magestack: and %v delay)", o.lossy, o.lossPct, msLossDelay)
+	}
+	fmt.Fprintf(w, "\nfailover after hardware loss: magestack pair + witness (QEMU TCG, %d loss(es) per timing) against keepalived VRRP (namespaces, %d losses per advert_int), median; %s\n",
+		o.kills, keepalivedKills(o), lossy)
 
 	var cols []variant
 	if o.magestack {
