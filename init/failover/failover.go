@@ -599,6 +599,13 @@ func (c *Controller) MoveTo(ctx context.Context, to string) (Failover, error) {
 	}
 	for from, list := range byHost {
 		c.move(ctx, from, to, list, time.Now())
+		// A planned move starts from the operator's request, not from a
+		// host found dead.
+		c.mu.Lock()
+		if n := len(c.failovers); n > 0 && c.failovers[n-1].From == from && len(c.failovers[n-1].Timeline) > 0 {
+			c.failovers[n-1].Timeline[0].What = "requested: move " + from + "'s instances to " + to
+		}
+		c.mu.Unlock()
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()

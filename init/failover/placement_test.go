@@ -95,3 +95,28 @@ func TestMissingHostsInstancesGoToItsPairAfterTheHoldDown(t *testing.T) {
 	startMembers(t, w, v, 2*time.Second, "dh2", "witness")
 	waitFor(t, "dh2 runs everything", 20*time.Second, func() bool { return w.count("dh2") == 8 })
 }
+
+// TestPlannedMoveTimelineSaysRequested: the timeline of `failover --to`
+// starts from the operator's request, not from a host found dead.
+func TestPlannedMoveTimelineSaysRequested(t *testing.T) {
+	w := &world{runs: map[string]string{}}
+	v := &views{m: map[string]map[string]heartbeat.State{}}
+	ms, _ := startMembers(t, w, v, time.Hour, "dh1", "dh2", "witness")
+	waitFor(t, "placed", 15*time.Second, func() bool { return w.count("dh1")+w.count("dh2") == 8 })
+	var leader *member
+	waitFor(t, "a leader", 10*time.Second, func() bool {
+		for _, m := range ms {
+			if m.node.IsLeader() {
+				leader = m
+			}
+		}
+		return leader != nil
+	})
+	f, err := leader.ctl.MoveTo(context.Background(), "dh2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(f.Timeline) == 0 || f.Timeline[0].What != "requested: move dh1's instances to dh2" {
+		t.Errorf("planned move timeline = %+v", f.Timeline)
+	}
+}
