@@ -29,7 +29,7 @@ import (
 // CheckArgs are the health-check settings of every web server, the same
 // as the rendered haproxy.cfg's, so a server added at run time is checked
 // like one from the file.
-const CheckArgs = "check inter 1s fall 2 rise 2"
+const CheckArgs = "check inter 2s fall 3 rise 2"
 
 // Client speaks to one HAProxy's runtime API, one command per connection
 // (the API's non-interactive mode: the answer ends when HAProxy closes).

@@ -37,6 +37,9 @@ func TestHAProxyConfigMatchesLBSync(t *testing.T) {
 					t.Errorf("server line %q does not end with lbsync's check settings %q", line, lbsync.CheckArgs)
 				}
 			}
+			if !strings.Contains(sec, "timeout check ") {
+				t.Errorf("the web section has no check timeout: slow checks on a loaded host would take every server out")
+			}
 			if !strings.Contains(sec, "balance roundrobin") {
 				t.Errorf("the web section has no dynamic algorithm (roundrobin): add server would be refused")
 			}
