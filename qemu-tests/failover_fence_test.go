@@ -3,6 +3,7 @@ package qemutests
 import (
 	"fmt"
 	"regexp"
+	"strings"
 	"testing"
 	"time"
 
@@ -63,6 +64,11 @@ func TestFailoverNoWitnessQMPFence(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// dh1 served the website, so it has the first shot at fencing and
+	// dh2 waits before fencing it (dh1, cut off, cannot reach dh2's).
+	if _, err := r.vms["dh2"].Expect(2*time.Minute, `failover: peer is dead; giving it the first shot at fencing.*peer=dh1`); err != nil {
+		t.Errorf("dh2 did not wait for dh1's first shot: %v", err)
+	}
 	if _, err := r.vms["dh2"].Expect(2*time.Minute, `failover: fencing peer before taking over.*peer=dh1`); err != nil {
 		t.Fatalf("dh2 did not fence dh1: %v", err)
 	}
@@ -74,7 +80,7 @@ func TestFailoverNoWitnessQMPFence(t *testing.T) {
 		t.Fatalf("dh2 reported dh1 off but dh1's QEMU runs on: %v", err)
 	}
 	back := r.prober.waitOK(t, cut, pairMAC["dh2"], 3*time.Minute)
-	t.Logf("website answered from dh2 %v after dh1 was cut off", back.Sub(cut))
+	t.Logf("website answered from dh2 %v after dh1 was cut off; dh2's decisions:\n%s", back.Sub(cut), failoverLines(r.vms["dh2"]))
 	if !regexp.MustCompile(`failover: moving instances.*from=dh1 to=dh2`).MatchString(r.vms["dh2"].Console()) {
 		t.Error("dh2 did not log the move of dh1's instances")
 	}
@@ -126,8 +132,21 @@ func TestFailoverNoWitnessNoFenceForce(t *testing.T) {
 		t.Fatalf("magestack failover --force: %v %v", m, err)
 	}
 	back := r.prober.waitOK(t, forced, pairMAC["dh2"], 3*time.Minute)
-	t.Logf("website answered from dh2 %v after failover --force (%v after dh1 was lost)", back.Sub(forced), back.Sub(lost))
+	t.Logf("website answered from dh2 %v after failover --force (%v after dh1 was lost); dh2's decisions:\n%s",
+		back.Sub(forced), back.Sub(lost), failoverLines(r.vms["dh2"]))
 	if !regexp.MustCompile(`failover: moving instances.*from=dh1 to=dh2`).MatchString(r.vms["dh2"].Console()) {
 		t.Error("dh2 did not log the move of dh1's instances")
 	}
+}
+
+// failoverLines is what a VM's console said about peers, fencing and
+// failover, for the test log.
+func failoverLines(vm *qemu.VM) string {
+	var out []string
+	for _, l := range strings.Split(vm.Console(), "\n") {
+		if strings.Contains(l, "failover:") || strings.Contains(l, "heartbeat: peer") || strings.Contains(l, "vip: holding") {
+			out = append(out, "  "+strings.TrimSpace(l))
+		}
+	}
+	return strings.Join(out, "\n")
 }
