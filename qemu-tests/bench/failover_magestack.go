@@ -261,6 +261,14 @@ func (r *msRig) count(from, to time.Time, re *regexp.Regexp) int {
 
 // kill loses the VIP holder's hardware and reads the timeline.
 func (r *msRig) kill(ctx context.Context) (failoverRun, string, error) {
+	// Lose a host that serves steadily: a website still recovering from
+	// something else would blur the failover's figures.
+	steady, cancelSteady := context.WithTimeout(ctx, qemu.Scale(3*time.Minute))
+	serr := r.prober.WaitSteady(steady, 5*time.Second)
+	cancelSteady()
+	if serr != nil {
+		return failoverRun{}, "", serr
+	}
 	lostHost := r.holder()
 	if lostHost == "" {
 		return failoverRun{}, "", fmt.Errorf("no host holds the VIP (client ARP entry %q)", r.prober.MAC())
@@ -306,8 +314,13 @@ func msTimeline(lost time.Time, lostHost, surv string, survLines, witness []stam
 	}
 	// The survivor starts an instance once the new ownership is committed
 	// and applied (after the lease wait that lets the lost host's lease run
-	// out).
-	if e, ok := firstAfter(survLines, lost, startingRE); ok {
+	// out). Only starts after the decision count: the survivor may be
+	// restarting its own instances for other reasons.
+	since := lost
+	if d, ok := run.after[stepDecided]; ok {
+		since = lost.Add(d)
+	}
+	if e, ok := firstAfter(survLines, since, startingRE); ok {
 		run.at(stepCommitted, e.At)
 	} else {
 		run.missing(stepCommitted, "no `failover: starting instance` on "+surv)

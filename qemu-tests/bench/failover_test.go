@@ -135,6 +135,9 @@ func TestMagestackTimeline(t *testing.T) {
 	surv := []stampedLine{
 		{At: fat(1020), Text: "[   1000 ms] failover: starting instance instance=web1"}, // boot, before the loss
 		{At: fat(9020), Text: "[   9000 ms] heartbeat: peer alive peer=dh1 was=unknown"},
+		// Restarting one of its own (it lost the majority a moment): not
+		// the commit, which follows the decision.
+		{At: fat(10300), Text: "[  10280 ms] failover: starting instance instance=mail1"},
 		{At: fat(10720), Text: "[  10700 ms] heartbeat: peer dead peer=dh1 was=suspect"},
 		{At: fat(10800), Text: "[  10750 ms] WARN failover: moving instances from=dh1 to=dh2 instances=4"},
 		{At: fat(11500), Text: "[  11450 ms] failover: starting instance instance=fw1"},

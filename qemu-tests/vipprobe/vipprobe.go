@@ -290,3 +290,27 @@ func Failed(probes []Probe, from, to time.Time) (failed, total int) {
 	}
 	return failed, total
 }
+
+// Steady reports whether every request started within [from, to) was
+// answered, and there was at least one.
+func Steady(probes []Probe, from, to time.Time) bool {
+	failed, total := Failed(probes, from, to)
+	return total > 0 && failed == 0
+}
+
+// WaitSteady waits until the requests of the last d (those finished by
+// now) were all answered, or ctx ends.
+func (p *Prober) WaitSteady(ctx context.Context, d time.Duration) error {
+	for {
+		// Requests started within the last timeout may still be running.
+		to := time.Now().Add(-p.cfg.Timeout)
+		if Steady(p.Probes(), to.Add(-d), to) {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("the website through %s did not answer every request for %v: %w", p.cfg.URL, d, ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}

@@ -57,6 +57,9 @@ func TestFirstAnswer(t *testing.T) {
 	if f, n := Failed(probes, at(50), at(350)); f != 1 || n != 3 {
 		t.Fatalf("Failed = %d/%d, want 1/3", f, n)
 	}
+	if !Steady(probes, at(150), at(450)) || Steady(probes, at(50), at(450)) || Steady(probes, at(500), at(900)) {
+		t.Fatal("Steady: want all answered and at least one request")
+	}
 }
 
 func TestMACHistory(t *testing.T) {
