@@ -395,6 +395,11 @@ func runMagestackVariant(ctx context.Context, w io.Writer, work, dead string, o 
 		fmt.Fprintf(w, "magestack dead %s: %s\n", dead, v.note)
 	}
 	if o.lossy > 0 {
+		steady, cancel := context.WithTimeout(ctx, qemu.Scale(3*time.Minute))
+		if err := r.prober.WaitSteady(steady, 5*time.Second); err != nil {
+			fmt.Fprintf(w, "magestack dead %s: before the lossy run: %v\n", dead, firstLine(err))
+		}
+		cancel()
 		res, err := r.lossy(ctx, o.lossy, o.lossPct)
 		if err != nil {
 			v.lerr = firstLine(err)
