@@ -91,7 +91,7 @@ func TestFailoverWitnessDownPauseReturn(t *testing.T) {
 
 	var resumed time.Time
 	ok = t.Run("active paused", func(t *testing.T) {
-		mark := len(dh1.Console())
+		mark, mark2 := len(dh1.Console()), len(dh2.Console())
 		paused := time.Now()
 		last1 := r.prober.lastOK(paused, mac1)
 		if err := dh1.Stop(); err != nil {
@@ -147,6 +147,11 @@ func TestFailoverWitnessDownPauseReturn(t *testing.T) {
 		}
 		answered, _, gap := r.prober.window(resumed, time.Now())
 		t.Logf("after the resume: %d answers, longest gap %v; the VIP's MAC per request: %s", answered, gap, r.prober.macTrail(resumed))
+		if gap > qemu.Scale(10*time.Second) {
+			// What dh2 did meanwhile, for whoever chases the outage.
+			t.Logf("dh2 since the pause:\n%s", strings.Join(regexp.MustCompile(`(?m)^.*(failover|vip|unit|health|heartbeat: peer).*$`).FindAllString(dh2.Console()[mark2:], -1), "\n"))
+			t.Logf("dh2 status:\n%s", consoleRun(t, dh2, "magestack status"))
+		}
 	})
 	if !ok {
 		t.FailNow()
