@@ -346,12 +346,21 @@ type opsConsole struct {
 	n  int
 }
 
+// type paces input like a person at the console: the shell switches its
+// terminal mode between commands, and input typed while the previous
+// command still runs can be lost.
+func (c *opsConsole) typeIn(s string) {
+	c.t.Helper()
+	time.Sleep(qemu.Scale(2 * time.Second))
+	if err := c.vm.SendConsole(s); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
 func (c *opsConsole) send(cmd string) int {
 	c.t.Helper()
 	c.n++
-	if err := c.vm.SendConsole(cmd + "; echo @@rc-" + strconv.Itoa(c.n) + "=$?@@\n"); err != nil {
-		c.t.Fatal(err)
-	}
+	c.typeIn(cmd + "; echo @@rc-" + strconv.Itoa(c.n) + "=$?@@\n")
 	return c.n
 }
 
@@ -401,9 +410,7 @@ func (c *opsConsole) write(path, content string) {
 	c.t.Helper()
 	c.n++
 	cmd := "cat > " + path + " <<'@@EOF'; echo @@rc-" + strconv.Itoa(c.n) + "=$?@@\n" + strings.TrimRight(content, "\n") + "\n@@EOF\n"
-	if err := c.vm.SendConsole(cmd); err != nil {
-		c.t.Fatal(err)
-	}
+	c.typeIn(cmd)
 	c.finish("write "+path, c.n, nil, true)
 }
 
