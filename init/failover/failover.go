@@ -58,8 +58,12 @@ type Config struct {
 	Fence func(host string) (fence.Device, bool)
 	// VIP is told when this host starts or stops holding the website
 	// address (it follows the lb instance).
-	VIP      func(hold bool)
-	HoldDown time.Duration
+	VIP func(hold bool)
+	// LeaderAddr is the leader's raft address (host:port); when set, a
+	// host that does not lead starts an instance only once the leader's
+	// table confirms it (see confirm.go).
+	LeaderAddr func() string
+	HoldDown   time.Duration
 	// Lease is how long a host may go on running after it last heard from
 	// a majority (cluster.Timing.Lease). A move releases first and waits
 	// this long before the new owner starts, so the old owner is stopped
@@ -284,6 +288,10 @@ func (c *Controller) enforce(ctx context.Context, want map[string]bool) {
 			c.mu.Unlock()
 		}
 		for _, inst := range start {
+			if err := c.confirmedByLeader(ctx, inst, c.cfg.Cluster.Table()); err != nil {
+				c.warnOnce(inst+"confirm", "failover: not starting an instance the leader has not confirmed; retrying", "instance", inst, "err", err)
+				continue
+			}
 			c.log.Info("failover: starting instance", "instance", inst)
 			if err := c.cfg.Runtime.Start(ctx, inst); err != nil {
 				c.log.Error("failover: start failed; retrying", "instance", inst, "err", err)

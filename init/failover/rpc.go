@@ -58,6 +58,7 @@ func (c *Controller) Handle(ctx context.Context, r Request) (Reply, error) {
 func (c *Controller) RPCHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/pair", c.servePairView)
+	mux.HandleFunc("GET /v1/ownership", c.serveOwnership)
 	mux.HandleFunc("POST /v1/failover", func(w http.ResponseWriter, r *http.Request) {
 		var req Request
 		if err := json.NewDecoder(io.LimitReader(r.Body, 4096)).Decode(&req); err != nil {

@@ -45,6 +45,8 @@ type splitState struct {
 	views map[string]seenView // host → its latest view
 	// fetch asks a host for its view; nil asks over HTTP (tests replace it).
 	fetch func(ctx context.Context, host string) (PairView, error)
+	// rpcPort is where the leader is asked (confirm.go); 0 means RPCPort.
+	rpcPort int
 }
 
 type seenView struct {

@@ -216,7 +216,7 @@ func startCluster(ctx context.Context, log *slog.Logger, st *stackfile.Stack, ho
 		return d, true
 	}
 	if m.ctl, err = failover.New(failover.Config{Self: host, Stack: st, Cluster: m.node, Peer: m.hb.Peer, Runtime: rt,
-		Fence: fenceFor, VIP: holdVIP, Lease: conf.Timing.Lease, Logger: log}); err != nil {
+		Fence: fenceFor, VIP: holdVIP, LeaderAddr: m.node.LeaderAddr, Lease: conf.Timing.Lease, Logger: log}); err != nil {
 		return nil, err
 	}
 	if wd, err := watchdog.Open("/dev/watchdog", 10*time.Second); err == nil {

@@ -5,9 +5,13 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"os/signal"
+	"strconv"
 	"syscall"
+	"time"
 
 	"magestack/init/cluster"
 	"magestack/init/clusterconf"
@@ -70,6 +74,16 @@ func witnessMain(args []string) int {
 		Lease: conf.Timing.Lease, Logger: log})
 	if err != nil {
 		return fail("%v", err)
+	}
+	// The witness may lead: hosts then ask it for the ownership table
+	// before starting an instance, and forward operator requests to it.
+	rpcAddr := net.JoinHostPort(hostOf(cfg.Bind), strconv.Itoa(failover.RPCPort))
+	if ln, err := net.Listen("tcp", rpcAddr); err != nil {
+		log.Error("witness: cluster rpc listener", "addr", rpcAddr, "err", err)
+	} else {
+		srv := &http.Server{Handler: ctl.RPCHandler(), ReadHeaderTimeout: 5 * time.Second}
+		go srv.Serve(ln)
+		defer srv.Close()
 	}
 	fmt.Printf("magestack witness: voting for stack %s at %s\n", stack.Name, cfg.Bind)
 	ctl.Run(ctx)

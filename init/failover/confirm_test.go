@@ -1,0 +1,103 @@
+package failover
+
+import (
+	"context"
+	"net"
+	"net/http/httptest"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"magestack/init/cluster"
+	"magestack/init/heartbeat"
+	"magestack/init/stackfile"
+)
+
+// followerTable is a member that does not lead but is in majority, with a
+// table that may be stale.
+type followerTable struct{ leaderTable }
+
+func (f *followerTable) IsLeader() bool { return false }
+
+// recordingRuntime records what a host started.
+type recordingRuntime struct {
+	mu      sync.Mutex
+	started []string
+}
+
+func (r *recordingRuntime) Start(_ context.Context, inst string) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.started = append(r.started, inst)
+	return nil
+}
+func (r *recordingRuntime) Stop(context.Context, string) error { return nil }
+
+// TestStaleTableStartsNothingTheLeaderDenies: dh1 hears the leader again
+// after a partition but its table still gives it lb1; the leader (dh2,
+// answering on the cluster RPC port) has moved lb1 to dh2 meanwhile. dh1
+// must not start lb1 until its table agrees with the leader's.
+func TestStaleTableStartsNothingTheLeaderDenies(t *testing.T) {
+	stack, err := stackfile.Parse("pair.yaml", []byte(pairStack))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The leader dh2: everything moved to it.
+	leader := &leaderTable{t: map[string]cluster.Ownership{"lb1": {Instance: "lb1", Owner: "dh2", Epoch: 3}}}
+	lctl, err := New(Config{Self: "dh2", Stack: stack, Cluster: leader, Peer: func(string) heartbeat.State { return heartbeat.Alive }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(lctl.RPCHandler())
+	defer srv.Close()
+	_, port, _ := net.SplitHostPort(srv.Listener.Addr().String())
+
+	// dh1, stale: lb1 still its own at epoch 1.
+	stale := &followerTable{leaderTable{t: map[string]cluster.Ownership{"lb1": {Instance: "lb1", Owner: "dh1", Epoch: 1}}}}
+	rt := &recordingRuntime{}
+	c, err := New(Config{Self: "dh1", Stack: stack, Cluster: stale, Runtime: rt, Lease: time.Second,
+		Peer:       func(string) heartbeat.State { return heartbeat.Alive },
+		LeaderAddr: func() string { return "127.0.0.1:7700" }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.split.rpcPort, _ = strconv.Atoi(port)
+	c.Step(context.Background())
+	if len(rt.started) != 0 {
+		t.Fatalf("dh1 started %v on a stale table the leader denies", rt.started)
+	}
+
+	// Caught up, and the leader gives lb1 back: now it starts.
+	leader.t["lb1"] = cluster.Ownership{Instance: "lb1", Owner: "dh1", Epoch: 4}
+	stale.t["lb1"] = cluster.Ownership{Instance: "lb1", Owner: "dh1", Epoch: 4}
+	c.Step(context.Background())
+	if len(rt.started) != 1 || rt.started[0] != "lb1" {
+		t.Errorf("dh1 started %v once the leader confirmed lb1, want [lb1]", rt.started)
+	}
+}
+
+// TestNoLeaderReachableStartsNothing: a follower that cannot ask the leader
+// starts nothing (it retries at the next step).
+func TestNoLeaderReachableStartsNothing(t *testing.T) {
+	stack, err := stackfile.Parse("pair.yaml", []byte(pairStack))
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, _ := net.Listen("tcp", "127.0.0.1:0")
+	_, port, _ := net.SplitHostPort(l.Addr().String())
+	l.Close() // nothing answers there
+	f := &followerTable{leaderTable{t: map[string]cluster.Ownership{"lb1": {Instance: "lb1", Owner: "dh1", Epoch: 1}}}}
+	rt := &recordingRuntime{}
+	c, err := New(Config{Self: "dh1", Stack: stack, Cluster: f, Runtime: rt, Lease: time.Second,
+		Peer:       func(string) heartbeat.State { return heartbeat.Alive },
+		LeaderAddr: func() string { return "127.0.0.1:7700" }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.split.rpcPort, _ = strconv.Atoi(port)
+	c.Step(context.Background())
+	if len(rt.started) != 0 {
+		t.Errorf("started %v without the leader's confirmation", rt.started)
+	}
+}
