@@ -128,11 +128,16 @@ func (p *Prober) probe(ctx context.Context) Probe {
 	if err == nil {
 		var resp *http.Response
 		if resp, err = p.client.Do(req); err == nil {
-			b, _ := io.ReadAll(io.LimitReader(resp.Body, 200))
+			// An answer counts once its body arrived: headers sent just
+			// before a host is lost are no answer.
+			b, rerr := io.ReadAll(io.LimitReader(resp.Body, 200))
 			resp.Body.Close()
-			r.OK = resp.StatusCode == http.StatusOK
+			r.OK = resp.StatusCode == http.StatusOK && rerr == nil
 			r.Body = strings.TrimSpace(string(b))
-			if !r.OK {
+			switch {
+			case rerr != nil:
+				r.Err = "reading the body: " + rerr.Error()
+			case !r.OK:
 				r.Err = resp.Status
 			}
 		}
