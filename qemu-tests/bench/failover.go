@@ -190,6 +190,7 @@ func keepalivedKills(o failoverOptions) int { return max(o.kills, 5) }
 func runKeepalivedVariant(ctx context.Context, w io.Writer, work, advert string, o failoverOptions) variant {
 	v := variant{name: "keepalived " + advert + "s"}
 	dir := filepath.Join(work, "keepalived-"+advert)
+	os.RemoveAll(dir) // the bench's own logs of an earlier run
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		v.errs = append(v.errs, err.Error())
 		return v

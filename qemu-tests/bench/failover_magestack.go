@@ -372,6 +372,7 @@ func (r *msRig) lossy(ctx context.Context, d time.Duration, pct int) (lossResult
 func runMagestackVariant(ctx context.Context, w io.Writer, work, dead string, o failoverOptions) variant {
 	v := variant{name: "magestack dead " + dead}
 	dir := filepath.Join(work, "magestack-dead"+dead)
+	os.RemoveAll(dir) // the bench's own logs of an earlier run
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		v.errs = append(v.errs, err.Error())
 		return v
