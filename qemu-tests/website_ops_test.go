@@ -367,11 +367,13 @@ func (c *opsConsole) send(cmd string) int {
 func (c *opsConsole) finish(cmd string, n int, patterns []string, wantOK bool) {
 	c.t.Helper()
 	for _, p := range patterns {
-		if _, err := c.vm.Expect(3*time.Minute, p); err != nil {
+		// The console is searched as text from the last match on:
+		// ^ and $ are line anchors here.
+		if _, err := c.vm.Expect(3*time.Minute, "(?m)"+p); err != nil {
 			c.t.Fatalf("%s: no line matching %q: %v", cmd, p, err)
 		}
 	}
-	m, err := c.vm.Expect(3*time.Minute, `^@@rc-`+strconv.Itoa(n)+`=(\d+)@@`)
+	m, err := c.vm.Expect(3*time.Minute, `(?m)^@@rc-`+strconv.Itoa(n)+`=(\d+)@@`)
 	if err != nil {
 		c.t.Fatalf("%s: %v", cmd, err)
 	}
@@ -396,7 +398,7 @@ func (c *opsConsole) runFail(cmd string, patterns ...string) {
 func (c *opsConsole) value(cmd string) string {
 	c.t.Helper()
 	n := c.send(fmt.Sprintf(`echo "@@v-%d=$(%s)@@"`, c.n+1, cmd))
-	m, err := c.vm.Expect(3*time.Minute, `^@@v-`+strconv.Itoa(n)+`=(.*)@@$`)
+	m, err := c.vm.Expect(3*time.Minute, `(?m)^@@v-`+strconv.Itoa(n)+`=(.*)@@$`)
 	if err != nil {
 		c.t.Fatalf("%s: %v", cmd, err)
 	}
