@@ -238,10 +238,18 @@ func TestWebsiteScale(t *testing.T) {
 	t.Logf("3 -> 1: only web1 answers %s after the command began; a window: %v", time.Since(start).Round(time.Second), down)
 
 	load.end()
+	// HAProxy's own account of its servers' health, for the record.
+	run("magestack logs lb1/haproxy -n 500 | grep -E 'is (DOWN|UP)|has no server|Health check' | tail -n 30", "0", time.Minute)
+	for _, line := range strings.Split(vm.Console(), "\n") {
+		if strings.Contains(line, "is DOWN") || strings.Contains(line, "is UP") || strings.Contains(line, "has no server") {
+			t.Logf("haproxy: %s", strings.TrimSpace(line))
+		}
+	}
 	totals, n, fails := load.totals()
 	t.Logf("requests: %d in all, answered by %v, %d failed", n, totals, len(fails))
 	if len(fails) > 0 {
-		t.Errorf("%d of %d requests failed while scaling; first ones:\n%s", len(fails), n, strings.Join(fails[:min(len(fails), 10)], "\n"))
+		t.Errorf("%d of %d requests failed while scaling, from %s to %s; first ones:\n%s", len(fails), n,
+			fails[0][:12], fails[len(fails)-1][:12], strings.Join(fails[:min(len(fails), 10)], "\n"))
 	}
 	for _, w := range []string{"web1", "web2", "web3"} {
 		if totals[w] == 0 {
