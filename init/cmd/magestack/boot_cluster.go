@@ -203,17 +203,23 @@ func startCluster(ctx context.Context, log *slog.Logger, st *stackfile.Stack, ho
 			}
 		}()
 	}
-	fenceFor := func(peer string) (fence.Device, bool) {
-		ph, _, ok := st.HostByName(peer)
-		if !ok || ph.Fence == nil {
-			return nil, false
+	// Fence devices are built once: a bad entry is reported at start, not on
+	// every tick of the controller that asks for it.
+	fences := map[string]fence.Device{}
+	for _, h := range st.Hosts {
+		if h.Fence == nil || h.Name == host {
+			continue
 		}
-		d, err := fence.New(ph.Fence.Type, ph.Fence.Address, ph.Fence.User, ph.Fence.Password)
+		d, err := fence.New(h.Fence.Type, h.Fence.Address, h.Fence.User, h.Fence.Password)
 		if err != nil {
-			log.Error("cluster: fence device", "peer", peer, "err", err)
-			return nil, false
+			log.Error("cluster: the peer's fence device is unusable; it cannot be fenced", "peer", h.Name, "err", err)
+			continue
 		}
-		return d, true
+		fences[h.Name] = d
+	}
+	fenceFor := func(peer string) (fence.Device, bool) {
+		d, ok := fences[peer]
+		return d, ok
 	}
 	if m.ctl, err = failover.New(failover.Config{Self: host, Stack: st, Cluster: m.node, Peer: m.hb.Peer, Runtime: rt,
 		Fence: fenceFor, VIP: holdVIP, LeaderAddr: m.node.LeaderAddr, Lease: conf.Timing.Lease, Logger: log}); err != nil {
