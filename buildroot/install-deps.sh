@@ -14,13 +14,14 @@ cd "$(dirname "$0")/.."
 # Tests: QEMU (TCG), iPXE and OVMF for netboot, nftables/iproute2/dnsmasq
 # for fixtures, wireguard-tools + wireguard-go for the VPN client side,
 # fdisk/mount/util-linux (sfdisk, losetup, nsenter) for disk and namespace
-# fixtures.
+# fixtures, openipmi (ipmi_sim) as the BMC the IPMI fence is tested against,
+# haproxy for the lb runtime-API tests, keepalived for the failover bench.
 pkgs=(make git ca-certificates curl unzip dpkg apt
       qemu-system-x86 qemu-utils ipxe-qemu ipxe ovmf
       busybox-static drbd-utils e2fsprogs kmod mmdebstrap squashfs-tools
       nftables iproute2 dnsmasq-base wireguard-tools wireguard-go fdisk mount util-linux
       cpio zstd xz-utils lz4
-      s6 runit)
+      s6 runit openipmi haproxy keepalived)
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")
