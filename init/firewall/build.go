@@ -134,10 +134,15 @@ func Build(stack *stackfile.Stack, host HostView) (*Ruleset, error) {
 				peers = append(peers, h.Address.Addr())
 			}
 		}
+		// The witness votes and may lead: it dials the hosts' raft and
+		// cluster RPC ports like a peer host does.
+		if w, err := netip.ParseAddrPort(stack.Witness); err == nil && w.Addr().Is4() && !slices.Contains(peers, w.Addr()) {
+			peers = append(peers, w.Addr())
+		}
 		if len(peers) > 0 {
 			for _, proto := range []string{"tcp", "udp"} {
 				if ps := byProto[proto]; len(ps) > 0 {
-					input = append(input, rule("cluster from peer hosts", addrMatch(false, peers), Ports{proto, ps}, Verdict{"accept"}))
+					input = append(input, rule("cluster from peer hosts and witness", addrMatch(false, peers), Ports{proto, ps}, Verdict{"accept"}))
 				}
 			}
 		}

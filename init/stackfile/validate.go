@@ -455,6 +455,11 @@ func (v *validator) witness() {
 	case host == "":
 		v.errf("witness", "%q has no host", w)
 	default:
+		// An address, not a name: the hosts' firewalls admit the witness to
+		// the cluster ports by address, before any resolver is up.
+		if _, err := netip.ParseAddr(host); err != nil {
+			v.errf("witness", "%q: the witness is given by IP address (like 10.0.0.5:7700), not by name", w)
+		}
 		if err := checkPort(port); err != nil {
 			v.errf("witness", "%v", err)
 		}

@@ -167,6 +167,8 @@ func TestParseErrors(t *testing.T) {
 			[]string{`stack.yaml:4:1: witness: port "77000" out of range 1..65535`}},
 		{"witness no host", one + "witness: \":7700\"\n",
 			[]string{`stack.yaml:4:1: witness: ":7700" has no host`}},
+		{"witness by name", one + "witness: prov1:7700\n",
+			[]string{`stack.yaml:4:1: witness: "prov1:7700": the witness is given by IP address (like 10.0.0.5:7700), not by name`}},
 		{"cluster order", one + "cluster: {heartbeat: 500ms, suspect: 300ms, dead: 200ms}\n",
 			[]string{`stack.yaml:4:29: cluster.suspect: 300ms must be longer than the heartbeat interval 500ms`,
 				`stack.yaml:4:45: cluster.dead: 200ms must be longer than suspect 300ms`}},
