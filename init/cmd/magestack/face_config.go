@@ -228,6 +228,16 @@ func configFace(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 			if rep.Source != "" {
 				fmt.Fprintf(stdout, "source:   %s\n", rep.Source)
 			}
+			// `magestack scale` overrides the stack file's counts: say so
+			// next to the revision they override.
+			var roles []ScaleRole
+			if err := cl.Do(ctx, "GET", "/v1/scale", nil, &roles); err == nil {
+				for _, r := range roles {
+					if r.Override != nil {
+						fmt.Fprintf(stdout, "scaled:   %s=%d by `magestack scale` (stack file: %d); %s\n", r.Role, r.Running, r.StackFile, overrideText(r.Override))
+					}
+				}
+			}
 			configPrintStatus(rep.Store, stdout)
 			return 0
 		}
