@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -24,6 +25,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"magestack/init/cgroup"
+	"magestack/init/overlay"
 	"magestack/init/roleinit"
 	"magestack/init/stackfile"
 	"magestack/init/supervise"
@@ -318,6 +320,14 @@ func (e *Env) afterStart(pid int) error {
 		PeerName:      RoleInterface,
 		PeerNamespace: netlink.NsPid(pid),
 	}
+	// The instance's MAC follows its address, not its start: when a paired
+	// host takes the instance over (or a resumed host's stale copy speaks
+	// once before it steps down), neighbours' ARP entries stay right.
+	var mac net.HardwareAddr
+	if e.inst.Addr.Is4() {
+		mac = overlay.InstanceMAC(e.inst.Addr)
+		veth.PeerHardwareAddr = mac
+	}
 	// The previous run's veth dies with its namespace, which the kernel
 	// tears down asynchronously: a restart can find the old host end still
 	// there. It belongs to no live role, so it goes (bounded retries).
@@ -336,6 +346,11 @@ func (e *Env) afterStart(pid int) error {
 	}
 	if err := h.LinkSetUp(veth); err != nil {
 		return fmt.Errorf("role %s: veth %s up: %w", e.inst.Name, veth.Name, err)
+	}
+	if mac != nil {
+		if err := pinMAC(h, veth, mac); err != nil {
+			return fmt.Errorf("role %s: %w", e.inst.Name, err)
+		}
 	}
 	ns, err := netns.GetFromPid(pid)
 	if err != nil {
@@ -361,6 +376,28 @@ func (e *Env) afterStart(pid int) error {
 	route := &netlink.Route{LinkIndex: link.Attrs().Index, Gw: e.gw.AsSlice()}
 	if err := rh.RouteAdd(route); err != nil {
 		return fmt.Errorf("role %s: default route via %s: %w", e.inst.Name, e.gw, err)
+	}
+	return nil
+}
+
+// ntfSticky is linux/neighbour.h's NTF_STICKY: a bridge FDB entry that
+// never roams to another port (not in x/sys/unix yet).
+const ntfSticky = 0x40
+
+// pinMAC binds mac to the role's bridge port with a static, sticky FDB
+// entry: a frame from a stale copy of the same instance on the peer host
+// (over the VXLAN port) must not move the bridge's idea of where the
+// instance lives.
+func pinMAC(h *netlink.Handle, port netlink.Link, mac net.HardwareAddr) error {
+	n := &netlink.Neigh{
+		LinkIndex:    port.Attrs().Index,
+		Family:       unix.AF_BRIDGE,
+		State:        netlink.NUD_NOARP,
+		Flags:        netlink.NTF_MASTER | ntfSticky,
+		HardwareAddr: mac,
+	}
+	if err := h.NeighSet(n); err != nil {
+		return fmt.Errorf("pin %s to bridge port %s: %w", mac, port.Attrs().Name, err)
 	}
 	return nil
 }

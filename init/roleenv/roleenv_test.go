@@ -30,6 +30,7 @@ import (
 	"magestack/init/api"
 	"magestack/init/cgroup"
 	"magestack/init/logbuf"
+	"magestack/init/overlay"
 	"magestack/init/roleinit"
 	"magestack/init/stackfile"
 	"magestack/init/supervise"
@@ -384,6 +385,35 @@ func TestRolesServeIsolatedAndCleanUp(t *testing.T) {
 		if !strings.Contains(out, "172.16.0.100/24") || !strings.Contains(out, "default via 172.16.0.1") {
 			t.Errorf("address/route:\n%s", out)
 		}
+	})
+	t.Run("MAC follows the address and is pinned to its port", func(t *testing.T) {
+		want := overlay.InstanceMAC(netip.MustParseAddr("172.16.0.100")).String()
+		out, err := f.inRole("web1", "cat /sys/class/net/eth0/address")
+		if err != nil || strings.TrimSpace(out) != want {
+			t.Fatalf("web1's eth0 MAC %q (%v), want %s", out, err, want)
+		}
+		h, err := netlink.NewHandleAt(f.opts.BridgeNS)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer h.Close()
+		port, err := h.LinkByName(f.envs["web1"].HostVeth())
+		if err != nil {
+			t.Fatal(err)
+		}
+		fdb, err := h.NeighList(port.Attrs().Index, unix.AF_BRIDGE)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, n := range fdb {
+			if n.HardwareAddr.String() == want {
+				if n.Flags&ntfSticky == 0 || n.State&netlink.NUD_NOARP == 0 {
+					t.Errorf("FDB entry %s on %s: flags %#x state %#x, want static and sticky", want, port.Attrs().Name, n.Flags, n.State)
+				}
+				return
+			}
+		}
+		t.Errorf("no FDB entry for %s on %s: %+v", want, port.Attrs().Name, fdb)
 	})
 	t.Run("host and other roles invisible", func(t *testing.T) {
 		marker := filepath.Join(f.opts.VolumeRoot, "db1", "db-secret")
