@@ -263,10 +263,17 @@ func (c *Controller) enforce(ctx context.Context, want map[string]bool) {
 	c.mu.Unlock()
 	slices.Sort(stop)
 	slices.Sort(start)
-	// Stop in reverse role order, start in role order.
+	// Stop in reverse role order; start the website's path (lb, which the
+	// VIP follows, then web) first, the rest in role order: on a takeover
+	// the site answers before fw, db or mail are back.
 	order := instanceOrder(c.cfg.Stack)
 	slices.SortFunc(stop, func(a, b string) int { return order[b] - order[a] })
-	slices.SortFunc(start, func(a, b string) int { return order[a] - order[b] })
+	slices.SortFunc(start, func(a, b string) int {
+		if d := startRank(a) - startRank(b); d != 0 {
+			return d
+		}
+		return order[a] - order[b]
+	})
 	if c.cfg.Runtime != nil {
 		if len(stop) > 0 {
 			c.log.Warn("failover: stepping down", "why", c.stopWhy, "instances", strings.Join(stop, " "))
@@ -342,6 +349,17 @@ func roleOf(instance string) string {
 		}
 	}
 	return instance
+}
+
+// startRank puts the website's path first when starting instances.
+func startRank(instance string) int {
+	switch roleOf(instance) {
+	case "lb":
+		return 0
+	case "web":
+		return 1
+	}
+	return 2
 }
 
 func instanceOrder(s *stackfile.Stack) map[string]int {
