@@ -166,7 +166,7 @@ func (b *bootEnv) reloadServices(ctx context.Context, t roleTarget, svc string) 
 	// The role's own supervisor knows its services and their main pids
 	// (as the role sees them).
 	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	rs, err := api.NewClient(api.ProcRootSocket(instName, t.pid)).Status(sctx)
+	rs, err := api.NewClient(b.roleOptions().ServiceSocket(instName, t.pid)).Status(sctx)
 	cancel()
 	if err != nil {
 		return ReloadReply{}, opErrorf(http.StatusBadGateway, "reload %s: asking %s's supervisor: %v", name, instName, err)
