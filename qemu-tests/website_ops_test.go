@@ -221,7 +221,7 @@ func TestWebsiteOperations(t *testing.T) {
 		}
 		pub.Run("ip", "route", "del", "172.16.0.0/24")
 
-		opsJoinVPN(top, staff, serverKey, clientKey)
+		opsJoinVPN(t, top.Cleanup, staff, serverKey, clientKey)
 		var out string
 		var err error
 		for deadline := time.Now().Add(qemu.Scale(time.Minute)); time.Now().Before(deadline); time.Sleep(2 * time.Second) {
@@ -534,8 +534,9 @@ func sshRun(ns *qemu.Namespace, addr string, key ssh.Signer, cmd string, timeout
 }
 
 // opsJoinVPN makes ns a WireGuard peer of the host (wireguard-go), routing
-// the VPN and internal subnets through the tunnel.
-func opsJoinVPN(t *testing.T, ns *qemu.Namespace, serverKey, clientKey wgtypes.Key) {
+// the VPN and internal subnets through the tunnel, until cleanup runs
+// (wireguard-go stops when its socket is removed).
+func opsJoinVPN(t *testing.T, cleanup func(func()), ns *qemu.Namespace, serverKey, clientKey wgtypes.Key) {
 	t.Helper()
 	wg := fmt.Sprintf("wgops%d", os.Getpid()%100000)
 	cmd := exec.Command("wireguard-go", "-f", wg)
@@ -544,7 +545,7 @@ func opsJoinVPN(t *testing.T, ns *qemu.Namespace, serverKey, clientKey wgtypes.K
 		t.Fatal(err)
 	}
 	sock := "/var/run/wireguard/" + wg + ".sock"
-	t.Cleanup(func() { os.Remove(sock) })
+	cleanup(func() { os.Remove(sock) })
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		if _, err := os.Stat(sock); err == nil {
