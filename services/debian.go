@@ -24,6 +24,15 @@ func execCheck(argv ...string) *health.Check {
 	return &health.Check{Exec: argv, Interval: 3 * time.Second, Timeout: 5 * time.Second, Retries: 3, StartPeriod: realStart}
 }
 
+// firstInstallStart gives a daemon that creates its data on first start
+// (mariadb-install-db: seconds on hardware, minutes under a loaded TCG
+// guest) longer before failed probes count: a restart mid-install would
+// start it over and never finish.
+func firstInstallStart(c *health.Check) *health.Check {
+	c.StartPeriod = 10 * time.Minute
+	return c
+}
+
 func realHTTP(url, body string) *health.Check {
 	return &health.Check{HTTP: url, BodyContains: body, Interval: 2 * time.Second, Timeout: 3 * time.Second, Retries: 3, StartPeriod: realStart}
 }
@@ -77,7 +86,18 @@ exec /usr/sbin/nginx -c /etc/nginx/nginx.conf -g 'daemon off;'
 # mariadbd reads its init file after dropping to mysql.
 chown mysql:mysql /run/mysqld /data/mysql /etc/mysql/magestack-init.sql
 if [ ! -d /data/mysql/mysql ]; then
-	mariadb-install-db --user=mysql --datadir=/data/mysql --skip-test-db --auth-root-authentication-method=socket >/dev/null
+	# Only a complete install becomes the data directory: a start killed
+	# part-way through begins afresh instead of finding a half-made one.
+	# Whatever an unfinished directory held is kept aside, never deleted.
+	rm -rf /data/mysql.installing
+	mkdir /data/mysql.installing && chown mysql:mysql /data/mysql.installing
+	mariadb-install-db --user=mysql --datadir=/data/mysql.installing --skip-test-db --auth-root-authentication-method=socket >/dev/null
+	if [ -n "$(ls -A /data/mysql)" ]; then
+		rm -rf /data/mysql.incomplete && mv /data/mysql /data/mysql.incomplete
+	else
+		rmdir /data/mysql
+	fi
+	mv /data/mysql.installing /data/mysql
 fi
 exec /usr/sbin/mariadbd --defaults-file=/etc/mysql/magestack.cnf --user=mysql
 `)},
@@ -85,7 +105,7 @@ exec /usr/sbin/mariadbd --defaults-file=/etc/mysql/magestack.cnf --user=mysql
 			// Redis and Memcached instances are added by services/render
 			// from roles.db.redis and roles.db.memcached.
 			{Name: "mariadb", Command: []string{"/bin/sh", libexec + "mariadb"}, StopGrace: 30 * time.Second,
-				Health: execCheck("/usr/bin/mysqladmin", "--socket=/run/mysqld/mysqld.sock", "ping")},
+				Health: firstInstallStart(execCheck("/usr/bin/mysqladmin", "--socket=/run/mysqld/mysqld.sock", "ping"))},
 		}},
 	"mail": {Caps: caps(),
 		Files: []File{script(libexec+"postfix", `postfix check
