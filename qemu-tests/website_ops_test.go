@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -91,14 +90,7 @@ if (isset($_GET['db'])) {
 // the site keeps serving, and a service killed in every role coming back.
 func TestWebsiteOperations(t *testing.T) {
 	qemu.Require(t)
-	root, err := qemu.RepoRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	disk := filepath.Join(root, "build/images.img")
-	if _, err := os.Stat(disk); err != nil {
-		t.Skipf("no role images disk %s (make images): %v", disk, err)
-	}
+	disk := imagesDisk(t)
 	for _, bin := range []string{"wireguard-go", "wg", "ip"} {
 		if _, err := exec.LookPath(bin); err != nil {
 			t.Fatalf("%s is missing: apt-get install wireguard-go wireguard-tools iproute2", bin)

@@ -3,10 +3,7 @@ package qemutests
 import (
 	"fmt"
 	"io"
-	"net"
 	"net/http"
-	"os"
-	"path/filepath"
 	"regexp"
 	"sort"
 	"strings"
@@ -14,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"magestack/init/stackfile"
 	"magestack/qemu-tests/qemu"
 )
 
@@ -156,41 +152,7 @@ roles:
 // instance and that no request failed while instances came and went.
 func TestWebsiteScale(t *testing.T) {
 	qemu.Require(t)
-	root, err := qemu.RepoRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	disk := filepath.Join(root, "build/images.img")
-	if _, err := os.Stat(disk); err != nil {
-		t.Skipf("no role images disk %s (make images): %v", disk, err)
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		io.WriteString(w, scaleStack)
-	})}
-	go srv.Serve(l)
-	t.Cleanup(func() { srv.Close() })
-
-	if _, err := stackfile.Parse("scale.yaml", []byte(scaleStack)); err != nil {
-		t.Fatalf("test stack is invalid: %v", err)
-	}
-	im := qemu.RequireImage(t)
-	opts := im.Options(fmt.Sprintf("magestack.console=shell magestack.config=http://10.0.2.2:%d/stack.yaml", l.Addr().(*net.TCPAddr).Port))
-	opts.Name = "website-scale"
-	if opts.Memory < 4096 {
-		opts.Memory = 4096
-	}
-	opts.Drives = append(opts.Drives, qemu.Drive{File: disk, Format: "raw", ReadOnly: true})
-	port := freeLoopbackPort(t)
-	if len(opts.NICs) != 1 || !opts.NICs[0].User {
-		t.Fatalf("image options: want one user-mode NIC, got %+v", opts.NICs)
-	}
-	opts.NICs[0].HostFwd = []string{fmt.Sprintf("tcp:127.0.0.1:%d-:80", port)}
-	vm := qemu.Start(t, opts)
-	base := fmt.Sprintf("http://127.0.0.1:%d/", port)
+	vm, base := startWebsiteVM(t, "website-scale", scaleStack, 4096)
 
 	if _, err := vm.Expect(25*time.Minute, qemu.ReadyPattern); err != nil {
 		t.Fatal(err)

@@ -41,41 +41,7 @@ roles:
 // write a row to MariaDB on db1.i and read it back.
 func TestWebsiteEndToEnd(t *testing.T) {
 	qemu.Require(t)
-	root, err := qemu.RepoRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	disk := filepath.Join(root, "build/images.img")
-	if _, err := os.Stat(disk); err != nil {
-		t.Skipf("no role images disk %s (make images): %v", disk, err)
-	}
-	if _, err := stackfile.Parse("website.yaml", []byte(websiteStack)); err != nil {
-		t.Fatalf("test stack is invalid: %v", err)
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		io.WriteString(w, websiteStack)
-	})}
-	go srv.Serve(l)
-	t.Cleanup(func() { srv.Close() })
-
-	im := qemu.RequireImage(t)
-	opts := im.Options(fmt.Sprintf("magestack.config=http://10.0.2.2:%d/stack.yaml", l.Addr().(*net.TCPAddr).Port))
-	opts.Name = "website"
-	if opts.Memory < 3072 {
-		opts.Memory = 3072
-	}
-	opts.Drives = append(opts.Drives, qemu.Drive{File: disk, Format: "raw", ReadOnly: true})
-	port := freeLoopbackPort(t)
-	if len(opts.NICs) != 1 || !opts.NICs[0].User {
-		t.Fatalf("image options: want one user-mode NIC, got %+v", opts.NICs)
-	}
-	opts.NICs[0].HostFwd = []string{fmt.Sprintf("tcp:127.0.0.1:%d-:80", port)}
-	vm := qemu.Start(t, opts)
-	base := fmt.Sprintf("http://127.0.0.1:%d/", port)
+	vm, base := startWebsiteVM(t, "website", websiteStack, 3072)
 
 	for _, in := range []string{"db1", "web1", "lb1"} {
 		if _, err := vm.Expect(8*time.Minute, unitEvent("ready", in)); err != nil {
@@ -99,4 +65,52 @@ func TestWebsiteEndToEnd(t *testing.T) {
 	if strings.Contains(vm.Console(), "image refused") {
 		t.Errorf("an image failed verification:\n%s", vm.Console())
 	}
+}
+
+// imagesDisk is build/images.img, the MAGESTACK-IMAGES disk `make images`
+// writes; the test is skipped without it.
+func imagesDisk(t *testing.T) string {
+	t.Helper()
+	root, err := qemu.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	disk := filepath.Join(root, "build/images.img")
+	if _, err := os.Stat(disk); err != nil {
+		t.Skipf("no role images disk %s (make images): %v", disk, err)
+	}
+	return disk
+}
+
+// startWebsiteVM boots one host on stackYAML (served to it over HTTP from
+// the host's loopback) with the role images disk attached, a console shell,
+// and the guest's port 80 forwarded to a loopback port: base is the
+// website's URL as a public client sees it.
+func startWebsiteVM(t *testing.T, name, stackYAML string, memoryMiB int) (vm *qemu.VM, base string) {
+	t.Helper()
+	disk := imagesDisk(t)
+	if _, err := stackfile.Parse(name+".yaml", []byte(stackYAML)); err != nil {
+		t.Fatalf("test stack is invalid: %v", err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, stackYAML)
+	})}
+	go srv.Serve(l)
+	t.Cleanup(func() { srv.Close() })
+
+	im := qemu.RequireImage(t)
+	opts := im.Options(fmt.Sprintf("magestack.console=shell magestack.config=http://10.0.2.2:%d/stack.yaml", l.Addr().(*net.TCPAddr).Port))
+	opts.Name = name
+	opts.Memory = max(opts.Memory, memoryMiB)
+	opts.Drives = append(opts.Drives, qemu.Drive{File: disk, Format: "raw", ReadOnly: true})
+	if len(opts.NICs) != 1 || !opts.NICs[0].User {
+		t.Fatalf("image options: want one user-mode NIC, got %+v", opts.NICs)
+	}
+	port := freeLoopbackPort(t)
+	opts.NICs[0].HostFwd = []string{fmt.Sprintf("tcp:127.0.0.1:%d-:80", port)}
+	return qemu.Start(t, opts), fmt.Sprintf("http://127.0.0.1:%d/", port)
 }
