@@ -204,15 +204,17 @@ func TestHostThatLosesTheMajorityStopsItsInstances(t *testing.T) {
 	t.Logf("dh1 stopped %d instances %v after losing the majority", before, time.Since(cut))
 }
 
-func TestNoMoveWhenOnlyThePairLinkIsCutAndWitnessSeesBoth(t *testing.T) {
+// TestCutBetweenHostsNeverTwoOwners: both hosts lose each other's
+// heartbeats while the witness sees both. Whoever leads, every instance
+// keeps running exactly once. (Which side keeps them when the witness leads
+// is split.go's question to the hosts, tested in split_test.go and in the
+// QEMU partition scenario; in-process hosts here have no address to ask.)
+func TestCutBetweenHostsNeverTwoOwners(t *testing.T) {
 	w := &world{runs: map[string]string{}}
 	v := &views{m: map[string]map[string]heartbeat.State{}}
 	ms := startPair(t, w, v)
 	waitFor(t, "placed", 15*time.Second, func() bool { return w.count("dh1")+w.count("dh2") == 8 })
 	n1, n2 := w.count("dh1"), w.count("dh2")
-	// Both hosts lose each other's heartbeats, the witness sees both. The
-	// raft cluster itself stays connected here (loopback), so whoever leads
-	// decides from its view: a host leader would move, the witness would not.
 	v.set("dh1", heartbeat.Dead, "dh2")
 	v.set("dh2", heartbeat.Dead, "dh1")
 	time.Sleep(2 * time.Second)
@@ -225,12 +227,8 @@ func TestNoMoveWhenOnlyThePairLinkIsCutAndWitnessSeesBoth(t *testing.T) {
 			leader = id
 		}
 	}
-	total := w.count("dh1") + w.count("dh2")
-	if total != 8 {
+	if total := w.count("dh1") + w.count("dh2"); total != 8 {
 		t.Fatalf("%d instances run, want 8", total)
-	}
-	if leader == "witness" && (w.count("dh1") != n1 || w.count("dh2") != n2) {
-		t.Errorf("witness leader moved instances though it sees both hosts")
 	}
 	t.Logf("leader %s: dh1 %d→%d, dh2 %d→%d instances", leader, n1, w.count("dh1"), n2, w.count("dh2"))
 }
