@@ -220,17 +220,31 @@ func TestCableTapOnBridge(t *testing.T) {
 	if !wantReply() {
 		t.Fatal("no ARP reply from 192.0.2.1 came back through the cable")
 	}
-	toVM, fromVM := c.Stats()
+	// A lane counts a frame after writing it, so the answer can arrive
+	// before its request was counted: read the counters once they settle.
+	settled := func() (toVM, fromVM CableStats) {
+		toVM, fromVM = c.Stats()
+		for end := time.Now().Add(2 * time.Second); time.Now().Before(end); {
+			time.Sleep(100 * time.Millisecond)
+			t2, f2 := c.Stats()
+			if t2 == toVM && f2 == fromVM {
+				break
+			}
+			toVM, fromVM = t2, f2
+		}
+		return toVM, fromVM
+	}
+	toVM, fromVM := settled()
 	if toVM.Passed == 0 || fromVM.Passed == 0 {
 		t.Errorf("stats after an exchange: to VM %+v, from VM %+v", toVM, fromVM)
 	}
 
 	c.Impair(Impairment{Loss: 1})
-	_, before := c.Stats()
+	_, before := settled()
 	if wantReply() {
 		t.Error("an ARP reply came back through a cable losing every frame")
 	}
-	_, after := c.Stats()
+	_, after := settled()
 	if after.Lost <= before.Lost || after.Passed != before.Passed {
 		t.Errorf("with 100%% loss: before %+v, after %+v", before, after)
 	}
