@@ -152,7 +152,7 @@ func configFace(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 			return fail(err)
 		}
 		if c.output == "json" {
-			cfgWriteJSON(stdout, ch)
+			writeJSON(stdout, ch)
 		} else {
 			fmt.Fprint(stdout, ch.String())
 		}
@@ -178,7 +178,7 @@ func configFace(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 			if h == nil {
 				h = []configstore.Entry{}
 			}
-			cfgWriteJSON(stdout, h)
+			writeJSON(stdout, h)
 			return 0
 		}
 		if len(h) == 0 {
@@ -219,7 +219,7 @@ func configFace(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 				return fail(err)
 			}
 			if c.output == "json" {
-				cfgWriteJSON(stdout, rep)
+				writeJSON(stdout, rep)
 				return 0
 			}
 			if rep.Running != nil {
@@ -250,7 +250,7 @@ func configFace(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 			return fail(err)
 		}
 		if c.output == "json" {
-			cfgWriteJSON(stdout, s)
+			writeJSON(stdout, s)
 			return 0
 		}
 		configPrintStatus(s, stdout)
@@ -279,7 +279,7 @@ func configFace(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 			return 1
 		}
 		if c.output == "json" {
-			cfgWriteJSON(stdout, rev)
+			writeJSON(stdout, rev)
 			return 0
 		}
 		fmt.Fprintf(stdout, "last good revision is now %s; a host applies it at its next reconcile or boot\n", rev.ID)
@@ -301,12 +301,6 @@ func cfgOrDash(s string) string {
 		return "-"
 	}
 	return s
-}
-
-func cfgWriteJSON(w io.Writer, v any) {
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	enc.Encode(v)
 }
 
 func cfgReadInput(name string, stdin io.Reader) ([]byte, error) {
@@ -347,7 +341,7 @@ func configValidate(c *configFlags, files []string, stdin io.Reader, stdout, std
 		results = append(results, r)
 	}
 	if c.output == "json" {
-		cfgWriteJSON(stdout, results)
+		writeJSON(stdout, results)
 	}
 	return code
 }
@@ -392,7 +386,7 @@ func configShow(c *configFlags, s *stackfile.Stack, stdout io.Writer) error {
 			for _, in := range insts {
 				rows = append(rows, row{in.Name, in.Role, in.Addr.String(), in.FQDN(), in.Host})
 			}
-			cfgWriteJSON(stdout, rows)
+			writeJSON(stdout, rows)
 			return nil
 		}
 		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
@@ -433,7 +427,7 @@ func configFetch(c *configFlags, source string, stdout, stderr io.Writer) int {
 	}
 	_, perr := stackfile.Parse(source, rev.Data)
 	if c.output == "json" {
-		cfgWriteJSON(stdout, struct {
+		writeJSON(stdout, struct {
 			configsource.Revision
 			Valid  bool                    `json:"valid"`
 			Errors []*stackfile.FieldError `json:"errors,omitempty"`
@@ -472,7 +466,7 @@ func configApplyReply(c *configFlags, cmd string, rep reconcile.ApplyReply, err 
 		return 1
 	}
 	if c.output == "json" {
-		cfgWriteJSON(stdout, rep)
+		writeJSON(stdout, rep)
 	} else {
 		fmt.Fprintf(stdout, "revision %s\n%s", cfgShortID(rep.Revision.ID), rep.Summary)
 		for _, sk := range rep.Skipped {
@@ -513,7 +507,7 @@ func configDiffLive(c *configFlags, cl *api.Client, name string, stdin io.Reader
 		return 2
 	}
 	if c.output == "json" {
-		cfgWriteJSON(stdout, rep.Changes)
+		writeJSON(stdout, rep.Changes)
 	} else {
 		fmt.Fprint(stdout, rep.Summary)
 	}

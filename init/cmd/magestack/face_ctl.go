@@ -123,9 +123,7 @@ func ctlStatus(args []string, stdout, stderr io.Writer) int {
 		return apiError(stderr, "status", err)
 	}
 	if c.json() {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		enc.Encode(st)
+		writeJSON(stdout, st)
 		return 0
 	}
 	writeStatusTable(stdout, st)
@@ -245,9 +243,7 @@ func ctlAction(action string, args []string, stdout, stderr io.Writer) int {
 		return apiError(stderr, action, err)
 	}
 	if c.json() {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		enc.Encode(r)
+		writeJSON(stdout, r)
 		return 0
 	}
 	line := fmt.Sprintf("%s: %s", r.Unit, r.Status.State)
@@ -307,9 +303,7 @@ func ctlBoot(args []string, stdout, stderr io.Writer) int {
 	if c.json() {
 		var v any
 		json.Unmarshal(raw, &v)
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		enc.Encode(v)
+		writeJSON(stdout, v)
 		return 0
 	}
 	writeBootTable(stdout, raw)
@@ -353,4 +347,11 @@ func writeBootTable(w io.Writer, raw json.RawMessage) {
 		fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%s\t%s\n", e.Step, e.Attempt, e.StartMS, end, took, result)
 	}
 	tw.Flush()
+}
+
+// writeJSON prints v indented, for -o json.
+func writeJSON(w io.Writer, v any) {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
 }

@@ -83,9 +83,7 @@ func maintenanceFace(args []string, stdout, stderr io.Writer) int {
 		return apiError(stderr, "maintenance", err)
 	}
 	if c.json() {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		enc.Encode(sites)
+		writeJSON(stdout, sites)
 		return 0
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)

@@ -113,9 +113,7 @@ func netbootStatus(args []string) int {
 		return 1
 	}
 	if *out == "json" {
-		enc := json.NewEncoder(os.Stdout)
-		enc.SetIndent("", "  ")
-		enc.Encode(hosts)
+		writeJSON(os.Stdout, hosts)
 		return 0
 	}
 	netboot.WriteTable(os.Stdout, hosts)

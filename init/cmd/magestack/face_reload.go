@@ -8,7 +8,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -63,9 +62,7 @@ func reloadFace(args []string, stdout, stderr io.Writer) int {
 		return apiError(stderr, "reload", err)
 	}
 	if c.json() {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		enc.Encode(r)
+		writeJSON(stdout, r)
 		return 0
 	}
 	for _, s := range r.Services {

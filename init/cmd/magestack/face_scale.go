@@ -440,9 +440,7 @@ func scaleFace(args []string, stdout, stderr io.Writer) int {
 	}
 	cl := api.NewClient(*c.socket)
 	print := func(v any) {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		enc.Encode(v)
+		writeJSON(stdout, v)
 	}
 	if len(pos) == 0 {
 		ctx, cancel := context.WithTimeout(context.Background(), api.Timeout)
