@@ -25,32 +25,42 @@ func ip(t *testing.T, args ...string) string {
 	return string(out)
 }
 
-// TestVIPMovesAndNeighboursFollow: a client on a bridge learns the VIP at
-// host A; B takes it over with gratuitous ARP and the client's neighbour
-// entry points at B at once, without waiting for it to go stale.
-func TestVIPMovesAndNeighboursFollow(t *testing.T) {
+// bridgeLAN is three machines a, b and c (a client), each a namespace with
+// eth0 on one bridge in namespace "br": a is 10.<net>.0.11, b .12, c .100,
+// MACs 02:00:00:00:<macByte>:0a/0b/0c.
+func bridgeLAN(t *testing.T, prefix string, net, macByte int) (names, macs map[string]string) {
+	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root for network namespaces")
 	}
 	id := os.Getpid()
-	names := map[string]string{}
+	names = map[string]string{}
 	for _, n := range []string{"br", "a", "b", "c"} {
-		names[n] = fmt.Sprintf("vip%s%d", n, id)
+		names[n] = fmt.Sprintf("%s%s%d", prefix, n, id)
 		ip(t, "netns", "add", names[n])
 		nn := names[n]
 		t.Cleanup(func() { exec.Command("ip", "netns", "del", nn).Run() })
 	}
 	ip(t, "-n", names["br"], "link", "add", "br0", "type", "bridge")
 	ip(t, "-n", names["br"], "link", "set", "br0", "up")
-	macs := map[string]string{"a": "02:00:00:00:00:0a", "b": "02:00:00:00:00:0b", "c": "02:00:00:00:00:0c"}
-	addrs := map[string]string{"a": "10.97.0.11/24", "b": "10.97.0.12/24", "c": "10.97.0.100/24"}
+	macs = map[string]string{}
+	host := map[string]int{"a": 11, "b": 12, "c": 100}
 	for _, n := range []string{"a", "b", "c"} {
+		macs[n] = fmt.Sprintf("02:00:00:00:%02x:0%s", macByte, n)
 		ip(t, "-n", names[n], "link", "add", "eth0", "type", "veth", "peer", "name", "p"+n, "netns", names["br"])
 		ip(t, "-n", names[n], "link", "set", "eth0", "address", macs[n])
-		ip(t, "-n", names[n], "addr", "add", addrs[n], "dev", "eth0")
+		ip(t, "-n", names[n], "addr", "add", fmt.Sprintf("10.%d.0.%d/24", net, host[n]), "dev", "eth0")
 		ip(t, "-n", names[n], "link", "set", "eth0", "up")
 		ip(t, "-n", names["br"], "link", "set", "p"+n, "master", "br0", "up")
 	}
+	return names, macs
+}
+
+// TestVIPMovesAndNeighboursFollow: a client on a bridge learns the VIP at
+// host A; B takes it over with gratuitous ARP and the client's neighbour
+// entry points at B at once, without waiting for it to go stale.
+func TestVIPMovesAndNeighboursFollow(t *testing.T) {
+	names, macs := bridgeLAN(t, "vip", 97, 0)
 	vipAddr := netip.MustParsePrefix("10.97.0.50/24")
 	hold := func(host string) (context.CancelFunc, chan error) {
 		ns, err := netns.GetFromName(names[host])
@@ -132,28 +142,7 @@ func waitFor(t *testing.T, what string, within time.Duration, cond func() bool) 
 // ARP request for the client must name A's own address, or the client
 // would learn the VIP at A again and lose the website.
 func TestHostGivingUpTheVIPDoesNotPullNeighboursBack(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root for network namespaces")
-	}
-	id := os.Getpid()
-	names := map[string]string{}
-	for _, n := range []string{"br", "a", "b", "c"} {
-		names[n] = fmt.Sprintf("vipr%s%d", n, id)
-		ip(t, "netns", "add", names[n])
-		nn := names[n]
-		t.Cleanup(func() { exec.Command("ip", "netns", "del", nn).Run() })
-	}
-	ip(t, "-n", names["br"], "link", "add", "br0", "type", "bridge")
-	ip(t, "-n", names["br"], "link", "set", "br0", "up")
-	macs := map[string]string{"a": "02:00:00:00:01:0a", "b": "02:00:00:00:01:0b", "c": "02:00:00:00:01:0c"}
-	addrs := map[string]string{"a": "10.96.0.11/24", "b": "10.96.0.12/24", "c": "10.96.0.100/24"}
-	for _, n := range []string{"a", "b", "c"} {
-		ip(t, "-n", names[n], "link", "add", "eth0", "type", "veth", "peer", "name", "p"+n, "netns", names["br"])
-		ip(t, "-n", names[n], "link", "set", "eth0", "address", macs[n])
-		ip(t, "-n", names[n], "addr", "add", addrs[n], "dev", "eth0")
-		ip(t, "-n", names[n], "link", "set", "eth0", "up")
-		ip(t, "-n", names["br"], "link", "set", "p"+n, "master", "br0", "up")
-	}
+	names, macs := bridgeLAN(t, "vipr", 96, 1)
 	vipAddr := netip.MustParsePrefix("10.96.0.50/24")
 	hold := func(host string) {
 		ns, err := netns.GetFromName(names[host])
