@@ -55,14 +55,7 @@ func TestStaleTableStartsNothingTheLeaderDenies(t *testing.T) {
 
 	// dh1, stale: lb1 still its own at epoch 1.
 	stale := &followerTable{leaderTable{t: map[string]cluster.Ownership{"lb1": {Instance: "lb1", Owner: "dh1", Epoch: 1}}}}
-	rt := &recordingRuntime{}
-	c, err := New(Config{Self: "dh1", Stack: stack, Cluster: stale, Runtime: rt, Lease: time.Second,
-		Peer:       func(string) heartbeat.State { return heartbeat.Alive },
-		LeaderAddr: func() string { return "127.0.0.1:7700" }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.split.rpcPort, _ = strconv.Atoi(port)
+	c, rt := followerDH1(t, stack, stale, port)
 	c.Step(context.Background())
 	if len(rt.started) != 0 {
 		t.Fatalf("dh1 started %v on a stale table the leader denies", rt.started)
@@ -88,16 +81,24 @@ func TestNoLeaderReachableStartsNothing(t *testing.T) {
 	_, port, _ := net.SplitHostPort(l.Addr().String())
 	l.Close() // nothing answers there
 	f := &followerTable{leaderTable{t: map[string]cluster.Ownership{"lb1": {Instance: "lb1", Owner: "dh1", Epoch: 1}}}}
+	c, rt := followerDH1(t, stack, f, port)
+	c.Step(context.Background())
+	if len(rt.started) != 0 {
+		t.Errorf("started %v without the leader's confirmation", rt.started)
+	}
+}
+
+// followerDH1 is dh1's controller as a raft follower whose leader's cluster
+// RPC answers on rpcPort of loopback.
+func followerDH1(t *testing.T, stack *stackfile.Stack, table *followerTable, rpcPort string) (*Controller, *recordingRuntime) {
+	t.Helper()
 	rt := &recordingRuntime{}
-	c, err := New(Config{Self: "dh1", Stack: stack, Cluster: f, Runtime: rt, Lease: time.Second,
+	c, err := New(Config{Self: "dh1", Stack: stack, Cluster: table, Runtime: rt, Lease: time.Second,
 		Peer:       func(string) heartbeat.State { return heartbeat.Alive },
 		LeaderAddr: func() string { return "127.0.0.1:7700" }})
 	if err != nil {
 		t.Fatal(err)
 	}
-	c.split.rpcPort, _ = strconv.Atoi(port)
-	c.Step(context.Background())
-	if len(rt.started) != 0 {
-		t.Errorf("started %v without the leader's confirmation", rt.started)
-	}
+	c.split.rpcPort, _ = strconv.Atoi(rpcPort)
+	return c, rt
 }
