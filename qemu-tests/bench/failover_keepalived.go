@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -114,18 +113,11 @@ func startKeepalivedRig(ctx context.Context, name, advert, dir string) (*klRig, 
 	if err != nil {
 		return fail(err)
 	}
-	h, err := nsHandle(cns)
+	p, closeP, err := startVIPProbe(cns, klVIP)
 	if err != nil {
 		return fail(err)
 	}
-	p, err := vipprobe.Start(vipprobe.Config{NS: h, URL: "http://" + klVIP + "/", VIP: netip.MustParseAddr(klVIP),
-		Every: 50 * time.Millisecond, Timeout: time.Second})
-	if err != nil {
-		h.Close()
-		return fail(err)
-	}
-	r.prober = p
-	r.closeP = func() { p.Stop(); h.Close() }
+	r.prober, r.closeP = p, closeP
 	// h1 wins the first election after keepalived's startup wait.
 	wait, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()

@@ -6,7 +6,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -145,18 +144,11 @@ func startMagestackRig(ctx context.Context, dead, dir string, timeout time.Durat
 			return fail(err)
 		}
 	}
-	nh, err := nsHandle(cns.Name)
+	p, closeP, err := startVIPProbe(cns.Name, msVIP)
 	if err != nil {
 		return fail(err)
 	}
-	p, err := vipprobe.Start(vipprobe.Config{NS: nh, URL: "http://" + msVIP + "/", VIP: netip.MustParseAddr(msVIP),
-		Every: 50 * time.Millisecond, Timeout: time.Second})
-	if err != nil {
-		nh.Close()
-		return fail(err)
-	}
-	r.prober = p
-	r.closeP = func() { p.Stop(); nh.Close() }
+	r.prober, r.closeP = p, closeP
 	wait, cancel := context.WithTimeout(ctx, qemu.Scale(3*time.Minute))
 	defer cancel()
 	if _, err := p.WaitAnswer(wait, time.Time{}, func(p vipprobe.Probe) bool { return p.MAC != "" }); err != nil {

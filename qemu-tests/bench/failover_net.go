@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"slices"
@@ -16,6 +17,7 @@ import (
 
 	"magestack/init/nsdo"
 	"magestack/qemu-tests/qemu"
+	"magestack/qemu-tests/vipprobe"
 )
 
 // lab is the failover bench's network: a "switch" namespace holding the
@@ -184,4 +186,20 @@ func nsHandle(ns string) (netns.NsHandle, error) {
 		return h, fmt.Errorf("netns %s: %w", ns, err)
 	}
 	return h, nil
+}
+
+// startVIPProbe requests http://vip/ from namespace ns every 50 ms (1 s
+// timeout each) and watches ns's ARP entry for vip, for both rigs alike.
+func startVIPProbe(ns, vip string) (*vipprobe.Prober, func(), error) {
+	h, err := nsHandle(ns)
+	if err != nil {
+		return nil, nil, err
+	}
+	p, err := vipprobe.Start(vipprobe.Config{NS: h, URL: "http://" + vip + "/", VIP: netip.MustParseAddr(vip),
+		Every: 50 * time.Millisecond, Timeout: time.Second})
+	if err != nil {
+		h.Close()
+		return nil, nil, err
+	}
+	return p, func() { p.Stop(); h.Close() }, nil
 }
