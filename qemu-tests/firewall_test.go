@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
@@ -140,38 +139,7 @@ func TestFirewallPublicScanAndVPN(t *testing.T) {
 	}
 
 	t.Run("vpn reaches acc and the portal", func(t *testing.T) {
-		wg := fmt.Sprintf("wgfw%d", os.Getpid()%100000)
-		cmd := exec.Command("wireguard-go", "-f", wg)
-		cmd.Env = append(os.Environ(), "WG_PROCESS_FOREGROUND=1")
-		if err := pub.Start(cmd); err != nil {
-			t.Fatal(err)
-		}
-		sock := "/var/run/wireguard/" + wg + ".sock"
-		t.Cleanup(func() { os.Remove(sock) })
-		deadline := time.Now().Add(10 * time.Second)
-		for {
-			if _, err := os.Stat(sock); err == nil {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatal("wireguard-go did not start")
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
-		keyFile := t.TempDir() + "/client.key"
-		os.WriteFile(keyFile, []byte(clientKey.String()+"\n"), 0o600)
-		for _, args := range [][]string{
-			{"wg", "set", wg, "private-key", keyFile, "peer", serverKey.PublicKey().String(),
-				"endpoint", fwHostAddr + ":51820", "allowed-ips", "10.8.0.0/24,172.16.0.0/24", "persistent-keepalive", "1"},
-			{"ip", "addr", "add", "10.8.0.2/32", "dev", wg},
-			{"ip", "link", "set", wg, "up"},
-			{"ip", "route", "add", "10.8.0.0/24", "dev", wg},
-			{"ip", "route", "add", "172.16.0.0/24", "dev", wg},
-		} {
-			if out, err := pub.Run(args[0], args[1:]...); err != nil {
-				t.Fatalf("%v: %v %s", args, err, out)
-			}
-		}
+		wg := joinVPN(t, t.Cleanup, pub, "wgfw", fwHostAddr, serverKey, clientKey)
 		banner, err := fwDial(pub, "172.16.0.60:22", qemu.Scale(30*time.Second))
 		if err != nil || !strings.HasPrefix(banner, "SSH-") {
 			out, _ := pub.Run("wg", "show", wg)

@@ -213,7 +213,7 @@ func TestWebsiteOperations(t *testing.T) {
 		}
 		pub.Run("ip", "route", "del", "172.16.0.0/24")
 
-		opsJoinVPN(t, top.Cleanup, staff, serverKey, clientKey)
+		joinVPN(t, top.Cleanup, staff, "wgops", opsHost, serverKey, clientKey)
 		var out string
 		var err error
 		for deadline := time.Now().Add(qemu.Scale(time.Minute)); time.Now().Before(deadline); time.Sleep(2 * time.Second) {
@@ -525,12 +525,13 @@ func sshRun(ns *qemu.Namespace, addr string, key ssh.Signer, cmd string, timeout
 	return string(out), err
 }
 
-// opsJoinVPN makes ns a WireGuard peer of the host (wireguard-go), routing
-// the VPN and internal subnets through the tunnel, until cleanup runs
-// (wireguard-go stops when its socket is removed).
-func opsJoinVPN(t *testing.T, cleanup func(func()), ns *qemu.Namespace, serverKey, clientKey wgtypes.Key) {
+// joinVPN makes ns a WireGuard peer (10.8.0.2 on interface <name><pid>,
+// wireguard-go, returned) of the host at hostAddr:51820, routing the VPN and
+// internal subnets through the tunnel, until cleanup runs (wireguard-go
+// stops when its socket is removed).
+func joinVPN(t *testing.T, cleanup func(func()), ns *qemu.Namespace, name, hostAddr string, serverKey, clientKey wgtypes.Key) (iface string) {
 	t.Helper()
-	wg := fmt.Sprintf("wgops%d", os.Getpid()%100000)
+	wg := fmt.Sprintf("%s%d", name, os.Getpid()%100000)
 	cmd := exec.Command("wireguard-go", "-f", wg)
 	cmd.Env = append(os.Environ(), "WG_PROCESS_FOREGROUND=1")
 	if err := ns.Start(cmd); err != nil {
@@ -552,7 +553,7 @@ func opsJoinVPN(t *testing.T, cleanup func(func()), ns *qemu.Namespace, serverKe
 	os.WriteFile(keyFile, []byte(clientKey.String()+"\n"), 0o600)
 	for _, args := range [][]string{
 		{"wg", "set", wg, "private-key", keyFile, "peer", serverKey.PublicKey().String(),
-			"endpoint", opsHost + ":51820", "allowed-ips", "10.8.0.0/24,172.16.0.0/24", "persistent-keepalive", "1"},
+			"endpoint", hostAddr + ":51820", "allowed-ips", "10.8.0.0/24,172.16.0.0/24", "persistent-keepalive", "1"},
 		{"ip", "addr", "add", "10.8.0.2/32", "dev", wg},
 		{"ip", "link", "set", wg, "up"},
 		{"ip", "route", "add", "10.8.0.0/24", "dev", wg},
@@ -562,4 +563,5 @@ func opsJoinVPN(t *testing.T, cleanup func(func()), ns *qemu.Namespace, serverKe
 			t.Fatalf("%v: %v %s", args, err, out)
 		}
 	}
+	return wg
 }
