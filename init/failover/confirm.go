@@ -2,11 +2,9 @@ package failover
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
-	"strconv"
 
 	"magestack/init/cluster"
 )
@@ -38,26 +36,9 @@ func (c *Controller) leaderTable(ctx context.Context) ([]cluster.Ownership, erro
 	if err != nil || host == "" {
 		return nil, fmt.Errorf("no cluster leader known (%w)", cluster.ErrNotLeader)
 	}
-	port := RPCPort
-	if c.split.rpcPort != 0 {
-		port = c.split.rpcPort
-	}
-	url := "http://" + net.JoinHostPort(host, strconv.Itoa(port)) + "/v1/ownership"
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return nil, err
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("asking the leader at %s: %w", host, err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("leader at %s: %s", host, resp.Status)
-	}
 	var table []cluster.Ownership
-	if err := json.NewDecoder(resp.Body).Decode(&table); err != nil {
-		return nil, fmt.Errorf("leader at %s: %w", host, err)
+	if err := c.callRPC(ctx, http.MethodGet, host, "/v1/ownership", nil, &table); err != nil {
+		return nil, fmt.Errorf("asking the leader: %w", err)
 	}
 	return table, nil
 }

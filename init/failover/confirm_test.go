@@ -99,6 +99,6 @@ func followerDH1(t *testing.T, stack *stackfile.Stack, table *followerTable, rpc
 	if err != nil {
 		t.Fatal(err)
 	}
-	c.split.rpcPort, _ = strconv.Atoi(rpcPort)
+	c.rpcPort, _ = strconv.Atoi(rpcPort)
 	return c, rt
 }

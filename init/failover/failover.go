@@ -102,6 +102,9 @@ const releasingFrom = "releasing from "
 type Controller struct {
 	cfg Config
 	log *slog.Logger
+	// rpcPort is the peers' cluster RPC port; 0 means RPCPort (tests set
+	// a loopback server's).
+	rpcPort int
 
 	mu        sync.Mutex
 	running   map[string]bool

@@ -93,22 +93,49 @@ func (c *Controller) Submit(ctx context.Context, r Request, leaderRaftAddr strin
 	if err != nil || host == "" {
 		return Reply{}, fmt.Errorf("no cluster leader known to forward to (%w)", cluster.ErrNotLeader)
 	}
-	body, _ := json.Marshal(r)
-	url := "http://" + net.JoinHostPort(host, strconv.Itoa(RPCPort)) + "/v1/failover"
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
-	if err != nil {
-		return Reply{}, err
+	var rep Reply
+	// A planned move waits for stops, a lease and starts on the leader.
+	rctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	if err := c.callRPC(rctx, http.MethodPost, host, "/v1/failover", r, &rep); err != nil {
+		return Reply{}, fmt.Errorf("forwarding to the leader: %w", err)
 	}
-	resp, err := (&http.Client{Timeout: time.Minute}).Do(req)
+	return rep, nil
+}
+
+// callRPC sends in (if not nil) as JSON to path on host's cluster RPC port
+// and decodes the answer into out; a non-200 answer is an error carrying
+// its "error" field.
+func (c *Controller) callRPC(ctx context.Context, method, host, path string, in, out any) error {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		body = bytes.NewReader(b)
+	}
+	port := RPCPort
+	if c.rpcPort != 0 {
+		port = c.rpcPort
+	}
+	url := "http://" + net.JoinHostPort(host, strconv.Itoa(port)) + path
+	req, err := http.NewRequestWithContext(ctx, method, url, body)
 	if err != nil {
-		return Reply{}, fmt.Errorf("forwarding to the leader at %s: %w", host, err)
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", method, url, err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		var e map[string]string
-		json.NewDecoder(resp.Body).Decode(&e)
-		return Reply{}, fmt.Errorf("leader %s: %s", host, e["error"])
+		json.NewDecoder(io.LimitReader(resp.Body, 1<<16)).Decode(&e)
+		return fmt.Errorf("%s at %s: %s %s", path, host, resp.Status, e["error"])
 	}
-	var rep Reply
-	return rep, json.NewDecoder(resp.Body).Decode(&rep)
+	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+		return fmt.Errorf("%s at %s: %w", path, host, err)
+	}
+	return nil
 }

@@ -2,12 +2,9 @@ package failover
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
-	"net"
 	"net/http"
 	"slices"
-	"strconv"
 	"sync"
 	"time"
 
@@ -45,8 +42,6 @@ type splitState struct {
 	views map[string]seenView // host → its latest view
 	// fetch asks a host for its view; nil asks over HTTP (tests replace it).
 	fetch func(ctx context.Context, host string) (PairView, error)
-	// rpcPort is where the leader is asked (confirm.go); 0 means RPCPort.
-	rpcPort int
 }
 
 type seenView struct {
@@ -74,21 +69,8 @@ func (c *Controller) fetchPairView(ctx context.Context, host string) (PairView, 
 	if !ok || !h.Address.IsValid() {
 		return PairView{}, fmt.Errorf("pair view of %s: no fixed address in the stack", host)
 	}
-	url := "http://" + net.JoinHostPort(h.Address.Addr().String(), strconv.Itoa(RPCPort)) + "/v1/pair"
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return PairView{}, err
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return PairView{}, fmt.Errorf("pair view of %s: %w", host, err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return PairView{}, fmt.Errorf("pair view of %s: %s", host, resp.Status)
-	}
 	var v PairView
-	if err := json.NewDecoder(resp.Body).Decode(&v); err != nil {
+	if err := c.callRPC(ctx, http.MethodGet, h.Address.Addr().String(), "/v1/pair", nil, &v); err != nil {
 		return PairView{}, fmt.Errorf("pair view of %s: %w", host, err)
 	}
 	if v.Host != host {
