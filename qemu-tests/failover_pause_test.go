@@ -149,9 +149,10 @@ func TestFailoverWitnessDownPauseReturn(t *testing.T) {
 		}
 		answered, _, gap := r.prober.window(resumed, time.Now())
 		t.Logf("after the resume: %d answers, longest gap %v; the VIP's MAC per request: %s", answered, gap, r.prober.macTrail(resumed))
-		// A hang bound: before instances kept their MAC across hosts, one
-		// ARP from dh1's stale copies cut dh2's website off for 33-47 s.
-		if gap > qemu.Scale(10*time.Second) {
+		// A hang bound (typical gap: 0.1-0.4 s): before instances kept their
+		// MAC across hosts, one ARP from dh1's stale copies cut dh2's
+		// website off for 33-47 s.
+		if gap > qemu.Scale(20*time.Second) {
 			t.Errorf("after dh1 resumed the website did not answer for %v", gap)
 			// What dh2 did meanwhile, for whoever chases the outage.
 			t.Logf("dh2 since the pause:\n%s", strings.Join(regexp.MustCompile(`(?m)^.*(failover|vip|unit|health|heartbeat: peer).*$`).FindAllString(dh2.Console()[mark2:], -1), "\n"))
