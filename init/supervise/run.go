@@ -408,6 +408,14 @@ func (s *Supervisor) exitInfo(u *unit, p *process, ws unix.WaitStatus) ExitInfo 
 // afterExit removes what the process left behind: the rest of its process
 // group and cgroup, then runs the unit's AfterStop.
 func (s *Supervisor) afterExit(u *unit, p *process) {
+	// Until the cleanup below is done the unit is neither up nor restarting;
+	// a status that still said ready here would send dependents and
+	// watchers to a dead process.
+	s.mu.Lock()
+	if u.state == StateRunning || u.state == StateReady {
+		s.setStateLocked(u, StateStopping, "process ended; cleaning up")
+	}
+	s.mu.Unlock()
 	if u.spec.Cgroup != "" {
 		if len(cgroupProcs(u.spec.Cgroup)) > 0 {
 			s.killAll(u, p.pid)

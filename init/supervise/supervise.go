@@ -32,7 +32,7 @@ const (
 	StateRunning  State = "running"  // process up, not yet ready (notify or first healthy probe pending)
 	StateReady    State = "ready"    // up and ready; dependents may start
 	StateBackoff  State = "backoff"  // exited; waiting before the next start
-	StateStopping State = "stopping" // stop signal sent, grace running
+	StateStopping State = "stopping" // stop signal sent and grace running, or process ended and cleanup running
 	StateFailed   State = "failed"   // crash loop (or failed one-shot): stays down until started
 )
 

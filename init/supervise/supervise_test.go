@@ -824,3 +824,50 @@ func TestCgroupOOMOfChildReported(t *testing.T) {
 		}
 	}
 }
+
+// While an exited unit's cleanup (AfterStop) runs, its status must not
+// still say ready: dependents and pollers would take a dead process for a
+// live one.
+func TestStatusDuringCleanupAfterExit(t *testing.T) {
+	needBusybox(t)
+	s := newSup(t, Options{})
+	inCleanup, release := make(chan struct{}, 1), make(chan struct{})
+	pol := RestartPolicy{StableAfter: time.Minute, CrashLoopCount: 100, CrashLoopWindow: time.Minute}
+	spec := Spec{Name: "victim", Command: sh("exec sleep 1000"), Restart: pol, AfterStop: func() error {
+		select {
+		case inCleanup <- struct{}{}:
+			<-release
+		default:
+		}
+		return nil
+	}}
+	if err := s.Add(spec); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Start(context.Background(), "victim"); err != nil {
+		t.Fatal(err)
+	}
+	var pid int
+	waitFor(t, "first start", 10*time.Second, func() bool {
+		st := unitStatus(t, s, "victim")
+		pid = st.PID
+		return st.State == StateReady
+	})
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-inCleanup:
+	case <-time.After(10 * time.Second):
+		t.Fatal("AfterStop not called within 10 s of the kill")
+	}
+	st := unitStatus(t, s, "victim")
+	close(release)
+	if st.State != StateStopping || st.PID != 0 {
+		t.Errorf("during cleanup: state %s pid %d, want %s and no pid", st.State, st.PID, StateStopping)
+	}
+	waitFor(t, "restart after cleanup", 10*time.Second, func() bool {
+		st := unitStatus(t, s, "victim")
+		return st.State == StateReady && st.PID != 0 && st.PID != pid
+	})
+}
