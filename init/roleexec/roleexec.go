@@ -1,13 +1,15 @@
 // Package roleexec runs a command inside a running role environment, the
 // way an operator's config check or reload must run: in the role's mount,
 // UTS, IPC, network and PID namespaces, in its cgroup, with no more
-// capabilities than the role's own PID 1 keeps and no_new_privs set. The
+// capabilities than the role's own PID 1 keeps, no_new_privs set, and the
+// role's seccomp filter when its PID 1 runs under one. The
 // command is the role's own binary (its image may have been changed by
 // whoever controls the role), so it never runs with the host's privileges.
 //
 // The switch happens on a locked OS thread of the caller that is thrown
-// away afterwards (its goroutine ends locked): setns, the capability sets
-// and no_new_privs are per thread, and the forked child inherits them.
+// away afterwards (its goroutine ends locked): setns, the capability sets,
+// no_new_privs and the seccomp filter are per thread, and the forked child
+// inherits them.
 package roleexec
 
 import (
@@ -28,6 +30,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"magestack/init/seccomp"
 )
 
 // Starter starts a command and reports its wait status once; PID 1's
@@ -211,10 +215,12 @@ func startInside(cmd *exec.Cmd, nsFDs []int, caps capSets, start Starter) (<-cha
 	return done, nil
 }
 
-// capSets are role-init's capability sets, as /proc/<pid>/status shows them.
+// capSets are role-init's capability sets, as /proc/<pid>/status shows
+// them, and whether it runs under a seccomp filter.
 type capSets struct {
 	inh, prm, eff, bnd uint64
 	noNewPrivs         bool
+	seccompFilter      bool
 }
 
 func readCaps(pid int) (capSets, error) {
@@ -253,6 +259,9 @@ func parseStatus(b []byte) (capSets, error) {
 		case "NoNewPrivs":
 			c.noNewPrivs = v == "1"
 			continue
+		case "Seccomp":
+			c.seccompFilter = v == "2" // SECCOMP_MODE_FILTER
+			continue
 		default:
 			continue
 		}
@@ -270,8 +279,10 @@ func parseStatus(b []byte) (capSets, error) {
 }
 
 // apply reduces the calling thread to the sets: bounding set first (that
-// needs CAP_SETPCAP, which capset may then drop), then no_new_privs.
-// no_new_privs is always set: a config check never needs to gain rights.
+// needs CAP_SETPCAP, which capset may then drop), then no_new_privs, then
+// the filter. no_new_privs is always set: a config check never needs to
+// gain rights. A role under a filter of its own gets the default filter:
+// role-init installs no other.
 func (c capSets) apply() error {
 	last, err := lastCap()
 	if err != nil {
@@ -295,6 +306,11 @@ func (c capSets) apply() error {
 	}
 	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
 		return fmt.Errorf("no_new_privs: %w", err)
+	}
+	if c.seccompFilter {
+		if err := seccomp.InstallThisThread(); err != nil {
+			return err
+		}
 	}
 	return nil
 }

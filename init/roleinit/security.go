@@ -10,6 +10,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"magestack/init/seccomp"
 	"magestack/services"
 )
 
@@ -71,7 +72,7 @@ func lockDown(capNames []string, withSeccomp bool) error {
 		return fmt.Errorf("no_new_privs: %w", e)
 	}
 	if withSeccomp {
-		if err := installSeccomp(); err != nil {
+		if err := seccomp.InstallAllThreads(); err != nil {
 			return err
 		}
 	}
@@ -104,47 +105,4 @@ func lastCap() (uintptr, error) {
 		return 0, fmt.Errorf("capabilities: cap_last_cap: %w", err)
 	}
 	return uintptr(n), nil
-}
-
-// installSeccomp loads the default filter on every thread (TSYNC).
-func installSeccomp() error {
-	prog, err := seccompProgram()
-	if err != nil {
-		return err
-	}
-	fprog := unix.SockFprog{Len: uint16(len(prog)), Filter: &prog[0]}
-	if _, _, e := unix.Syscall(unix.SYS_SECCOMP, unix.SECCOMP_SET_MODE_FILTER, unix.SECCOMP_FILTER_FLAG_TSYNC, uintptr(unsafe.Pointer(&fprog))); e != 0 {
-		return fmt.Errorf("seccomp: install filter: %w", e)
-	}
-	return nil
-}
-
-// buildDenyFilter returns a BPF program that answers EPERM to every syscall
-// in deny, to any syscall of a foreign architecture (i386, x32 numbers) and
-// allows the rest.
-func buildDenyFilter(arch uint32, x32Bit uint32, deny []uint32) []unix.SockFilter {
-	stmt := func(code uint16, k uint32) unix.SockFilter { return unix.SockFilter{Code: code, K: k} }
-	jump := func(code uint16, k uint32, jt, jf uint8) unix.SockFilter {
-		return unix.SockFilter{Code: code, Jt: jt, Jf: jf, K: k}
-	}
-	const (
-		ldAbs = unix.BPF_LD | unix.BPF_W | unix.BPF_ABS
-		jeq   = unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K
-		jge   = unix.BPF_JMP | unix.BPF_JGE | unix.BPF_K
-		ret   = unix.BPF_RET | unix.BPF_K
-	)
-	// Layout: 0 ld arch; 1 jeq arch; 2 ld nr; 3 jge x32; 4.. jeq nr; allow; deny.
-	n := len(deny)
-	denyAt := 4 + n + 1
-	p := []unix.SockFilter{
-		stmt(ldAbs, 4), // seccomp_data.arch
-		jump(jeq, arch, 0, uint8(denyAt-2)),
-		stmt(ldAbs, 0), // seccomp_data.nr
-		jump(jge, x32Bit, uint8(denyAt-4), 0),
-	}
-	for i, nr := range deny {
-		p = append(p, jump(jeq, nr, uint8(denyAt-(4+i)-1), 0))
-	}
-	p = append(p, stmt(ret, unix.SECCOMP_RET_ALLOW), stmt(ret, unix.SECCOMP_RET_ERRNO|uint32(unix.EPERM)))
-	return p
 }

@@ -1,4 +1,4 @@
-package roleinit
+package seccomp
 
 import "golang.org/x/sys/unix"
 
@@ -27,6 +27,7 @@ var deniedSyscalls = []uint32{
 	unix.SYS_UNSHARE, unix.SYS_SETNS,
 }
 
-func seccompProgram() ([]unix.SockFilter, error) {
+// Program is the default filter for this architecture.
+func Program() ([]unix.SockFilter, error) {
 	return buildDenyFilter(unix.AUDIT_ARCH_X86_64, 0x40000000, deniedSyscalls), nil
 }
