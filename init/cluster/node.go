@@ -53,6 +53,9 @@ type Config struct {
 	Timing   Timing
 	Logger   *slog.Logger
 	OnChange func(Ownership)
+	// OnSetting is told of every setting applied (a cleared one with an
+	// empty value), on raft's apply path: it must not block.
+	OnSetting func(Setting)
 	// Route, when set, names the address to dial a member at instead of
 	// its Members address ("" for that one): the two hosts of a pair talk
 	// over their pair link while it is up, off the public LAN.
@@ -96,7 +99,7 @@ func Start(cfg Config) (*Node, error) {
 		return nil, fmt.Errorf("cluster: %q is not among the members %v", cfg.ID, cfg.Members)
 	}
 	n := &Node{cfg: cfg, log: cfg.Logger}
-	n.f.Store(NewFSM(cfg.OnChange))
+	n.f.Store(NewFSM(Hooks{OnChange: cfg.OnChange, OnSetting: cfg.OnSetting}))
 
 	rc := raft.DefaultConfig()
 	rc.LocalID = raft.ServerID(cfg.ID)
@@ -208,9 +211,47 @@ func (n *Node) Assign(ctx context.Context, instance, owner string, expect uint64
 	if !n.IsLeader() {
 		return Ownership{}, fmt.Errorf("assign %s to %s: %w (leader is %q)", instance, owner, ErrNotLeader, n.Leader())
 	}
-	b, err := json.Marshal(Command{Op: "assign", Instance: instance, Owner: owner, Expect: expect, Time: time.Now(), Reason: reason})
-	if err != nil {
+	res, err := n.apply(ctx, Command{Op: "assign", Instance: instance, Owner: owner, Expect: expect, Time: time.Now(), Reason: reason})
+	var stale *ErrStale
+	switch {
+	case errors.As(err, &stale):
 		return Ownership{}, err
+	case err != nil:
+		return Ownership{}, fmt.Errorf("assign %s to %s: %w", instance, owner, err)
+	}
+	if o, ok := res.(Ownership); ok {
+		return o, nil
+	}
+	return Ownership{}, fmt.Errorf("assign %s: unexpected result %v", instance, res)
+}
+
+// Set commits a cluster-wide setting (an empty value clears it).
+func (n *Node) Set(ctx context.Context, key, value string) (Setting, error) {
+	if !n.IsLeader() {
+		return Setting{}, fmt.Errorf("set %s: %w (leader is %q)", key, ErrNotLeader, n.Leader())
+	}
+	if key == "" {
+		return Setting{}, errors.New("set: no key")
+	}
+	res, err := n.apply(ctx, Command{Op: "set", Key: key, Value: value, Time: time.Now()})
+	if err != nil {
+		return Setting{}, fmt.Errorf("set %s: %w", key, err)
+	}
+	if s, ok := res.(Setting); ok {
+		return s, nil
+	}
+	return Setting{}, fmt.Errorf("set %s: unexpected result %v", key, res)
+}
+
+// Settings returns the committed settings as this node knows them.
+func (n *Node) Settings() []Setting { return n.f.Load().Settings() }
+
+// apply commits c through raft and returns the FSM's answer, bounded by
+// ctx's deadline (5 s without one).
+func (n *Node) apply(ctx context.Context, c Command) (any, error) {
+	b, err := json.Marshal(c)
+	if err != nil {
+		return nil, err
 	}
 	timeout := 5 * time.Second
 	if d, ok := ctx.Deadline(); ok {
@@ -218,15 +259,12 @@ func (n *Node) Assign(ctx context.Context, instance, owner string, expect uint64
 	}
 	f := n.r.Load().Apply(b, timeout)
 	if err := f.Error(); err != nil {
-		return Ownership{}, fmt.Errorf("assign %s to %s: %w", instance, owner, err)
+		return nil, err
 	}
-	switch r := f.Response().(type) {
-	case Ownership:
-		return r, nil
-	case error:
-		return Ownership{}, r
+	if err, ok := f.Response().(error); ok {
+		return nil, err
 	}
-	return Ownership{}, fmt.Errorf("assign %s: unexpected result %v", instance, f.Response())
+	return f.Response(), nil
 }
 
 // Table returns the committed ownership table as this node knows it.
@@ -251,12 +289,12 @@ func (n *Node) RecoverAlone() error {
 		return fmt.Errorf("recover alone: shutdown: %w", err)
 	}
 	self := raft.Server{ID: raft.ServerID(n.cfg.ID), Address: n.transport.LocalAddr(), Suffrage: raft.Voter}
-	scratch := NewFSM(nil)
+	scratch := NewFSM(Hooks{})
 	if err := raft.RecoverCluster(n.rc, scratch, n.logs, n.stable, n.snaps, n.transport,
 		raft.Configuration{Servers: []raft.Server{self}}); err != nil {
 		return fmt.Errorf("recover alone: %w", err)
 	}
-	fsm := NewFSM(n.cfg.OnChange)
+	fsm := NewFSM(Hooks{OnChange: n.cfg.OnChange, OnSetting: n.cfg.OnSetting})
 	r, err := raft.NewRaft(n.rc, fsm, n.logs, n.stable, n.snaps, n.transport)
 	if err != nil {
 		return fmt.Errorf("recover alone: restart raft: %w", err)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"sync"
 	"testing"
 	"time"
 )
@@ -135,9 +136,15 @@ func TestClusterKeepsStateAcrossRestart(t *testing.T) {
 	if _, err := leader.Assign(context.Background(), "db1", "dh2", 0, "placement"); err != nil {
 		t.Fatal(err)
 	}
+	if _, err := leader.Set(context.Background(), "maintenance/shop/www", "on"); err != nil {
+		t.Fatal(err)
+	}
 	waitFor(t, "replicated", 5*time.Second, func() bool {
 		for _, n := range nodes {
 			if o, ok := n.Get("db1"); !ok || o.Owner != "dh2" {
+				return false
+			}
+			if s := n.Settings(); len(s) != 1 || s[0].Value != "on" {
 				return false
 			}
 		}
@@ -147,8 +154,15 @@ func TestClusterKeepsStateAcrossRestart(t *testing.T) {
 		n.Shutdown()
 	}
 	restarted := map[string]*Node{}
+	var mu sync.Mutex
+	told := map[string]string{} // member: the maintenance value its hook was told
 	for i, id := range ids {
-		n, err := Start(Config{ID: id, Bind: members[i].Addr, Members: members, DataDir: dirs[i]})
+		onSetting := func(s Setting) {
+			mu.Lock()
+			told[id] = s.Value
+			mu.Unlock()
+		}
+		n, err := Start(Config{ID: id, Bind: members[i].Addr, Members: members, DataDir: dirs[i], OnSetting: onSetting})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -160,6 +174,32 @@ func TestClusterKeepsStateAcrossRestart(t *testing.T) {
 		waitFor(t, id+" restored db1", 5*time.Second, func() bool {
 			o, ok := n.Get("db1")
 			return ok && o.Owner == "dh2" && o.Epoch == 1
+		})
+		// Replaying the log tells the host of its settings again, so it
+		// applies them after a reboot.
+		waitFor(t, id+" told of the maintenance setting", 5*time.Second, func() bool {
+			mu.Lock()
+			defer mu.Unlock()
+			return told[id] == "on"
+		})
+	}
+	// Clearing replicates too; a follower cannot set.
+	leader = waitLeader(t, restarted, 10*time.Second)
+	for _, n := range restarted {
+		if n != leader {
+			if _, err := n.Set(context.Background(), "maintenance/shop/www", ""); !errors.Is(err, ErrNotLeader) {
+				t.Errorf("follower set: %v, want ErrNotLeader", err)
+			}
+		}
+	}
+	if _, err := leader.Set(context.Background(), "maintenance/shop/www", ""); err != nil {
+		t.Fatal(err)
+	}
+	for id, n := range restarted {
+		waitFor(t, id+" cleared the setting", 5*time.Second, func() bool {
+			mu.Lock()
+			defer mu.Unlock()
+			return len(n.Settings()) == 0 && told[id] == ""
 		})
 	}
 }
