@@ -2,6 +2,7 @@ package failover
 
 import (
 	"context"
+	"errors"
 	"net"
 	"net/http/httptest"
 	"strconv"
@@ -101,4 +102,34 @@ func followerDH1(t *testing.T, stack *stackfile.Stack, table *followerTable, rpc
 	}
 	c.rpcPort, _ = strconv.Atoi(rpcPort)
 	return c, rt
+}
+
+// A setting made on a follower is committed by the leader, reached on its
+// cluster RPC port; with no leader to reach it is refused, not lost quietly.
+func TestSettingForwardedToTheLeader(t *testing.T) {
+	stack, err := stackfile.Parse("pair.yaml", []byte(pairStack))
+	if err != nil {
+		t.Fatal(err)
+	}
+	leader := &leaderTable{t: map[string]cluster.Ownership{}}
+	lctl, err := New(Config{Self: "dh2", Stack: stack, Cluster: leader, Peer: func(string) heartbeat.State { return heartbeat.Alive }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(lctl.RPCHandler())
+	defer srv.Close()
+	_, port, _ := net.SplitHostPort(srv.Listener.Addr().String())
+	c, _ := followerDH1(t, stack, &followerTable{leaderTable{t: map[string]cluster.Ownership{}}}, port)
+	ctx := context.Background()
+	got, err := c.SubmitSetting(ctx, "maintenance/shop/www", "on", "127.0.0.1:7700")
+	if err != nil || got.Value != "on" || leader.settings["maintenance/shop/www"] != "on" {
+		t.Fatalf("forwarded setting: %+v %v, leader has %v", got, err, leader.settings)
+	}
+	if _, err := c.SubmitSetting(ctx, "maintenance/shop/www", "", ""); !errors.Is(err, cluster.ErrNotLeader) {
+		t.Errorf("with no leader known: %v, want ErrNotLeader", err)
+	}
+	srv.Close()
+	if _, err := c.SubmitSetting(ctx, "maintenance/shop/www", "", "127.0.0.1:7700"); err == nil {
+		t.Error("a setting with the leader unreachable was reported done")
+	}
 }

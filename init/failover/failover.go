@@ -43,6 +43,7 @@ type Cluster interface {
 	Assign(ctx context.Context, instance, owner string, expect uint64, reason string) (cluster.Ownership, error)
 	RecoverAlone() error
 	Voters() []string
+	Set(ctx context.Context, key, value string) (cluster.Setting, error)
 }
 
 // Config configures a Controller.

@@ -39,6 +39,9 @@ func (c *lonelyCluster) Voters() []string           { return []string{"dh1", "dh
 func (c *lonelyCluster) Assign(context.Context, string, string, uint64, string) (cluster.Ownership, error) {
 	return cluster.Ownership{}, cluster.ErrNotLeader
 }
+func (c *lonelyCluster) Set(context.Context, string, string) (cluster.Setting, error) {
+	return cluster.Setting{}, cluster.ErrNotLeader
+}
 func (c *lonelyCluster) RecoverAlone() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()

@@ -59,6 +59,21 @@ func (c *Controller) RPCHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/pair", c.servePairView)
 	mux.HandleFunc("GET /v1/ownership", c.serveOwnership)
+	mux.HandleFunc("POST /v1/setting", func(w http.ResponseWriter, r *http.Request) {
+		var in cluster.Setting
+		if err := json.NewDecoder(io.LimitReader(r.Body, 4096)).Decode(&in); err != nil {
+			writeJSON(w, http.StatusBadRequest, map[string]string{"error": "bad request: " + err.Error()})
+			return
+		}
+		ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
+		defer cancel()
+		out, err := c.cfg.Cluster.Set(ctx, in.Key, in.Value)
+		if err != nil {
+			writeJSON(w, http.StatusConflict, map[string]string{"error": err.Error()})
+			return
+		}
+		writeJSON(w, http.StatusOK, out)
+	})
 	mux.HandleFunc("POST /v1/failover", func(w http.ResponseWriter, r *http.Request) {
 		var req Request
 		if err := json.NewDecoder(io.LimitReader(r.Body, 4096)).Decode(&req); err != nil {
@@ -101,6 +116,25 @@ func (c *Controller) Submit(ctx context.Context, r Request, leaderRaftAddr strin
 		return Reply{}, fmt.Errorf("forwarding to the leader: %w", err)
 	}
 	return rep, nil
+}
+
+// SubmitSetting commits a cluster-wide setting on the leader: here when
+// this member leads, else forwarded over RPCPort.
+func (c *Controller) SubmitSetting(ctx context.Context, key, value, leaderRaftAddr string) (cluster.Setting, error) {
+	if c.cfg.Cluster.IsLeader() {
+		return c.cfg.Cluster.Set(ctx, key, value)
+	}
+	host, _, err := net.SplitHostPort(leaderRaftAddr)
+	if err != nil || host == "" {
+		return cluster.Setting{}, fmt.Errorf("setting %s: no cluster leader known to forward to (%w)", key, cluster.ErrNotLeader)
+	}
+	rctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	var out cluster.Setting
+	if err := c.callRPC(rctx, http.MethodPost, host, "/v1/setting", cluster.Setting{Key: key, Value: value}, &out); err != nil {
+		return cluster.Setting{}, fmt.Errorf("setting %s: forwarding to the leader: %w", key, err)
+	}
+	return out, nil
 }
 
 // callRPC sends in (if not nil) as JSON to path on host's cluster RPC port

@@ -18,8 +18,19 @@ import (
 // leaderTable is a Cluster whose member always leads: an ownership table
 // with the FSM's compare-and-swap on epochs.
 type leaderTable struct {
-	mu sync.Mutex
-	t  map[string]cluster.Ownership
+	mu       sync.Mutex
+	t        map[string]cluster.Ownership
+	settings map[string]string
+}
+
+func (l *leaderTable) Set(_ context.Context, key, value string) (cluster.Setting, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.settings == nil {
+		l.settings = map[string]string{}
+	}
+	l.settings[key] = value
+	return cluster.Setting{Key: key, Value: value}, nil
 }
 
 func (l *leaderTable) IsLeader() bool   { return true }

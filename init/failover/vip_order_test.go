@@ -31,7 +31,10 @@ func (f *fixedCluster) Assign(context.Context, string, string, uint64, string) (
 	return cluster.Ownership{}, cluster.ErrNotLeader
 }
 func (f *fixedCluster) RecoverAlone() error { return nil }
-func (f *fixedCluster) Voters() []string    { return []string{"dh1", "dh2", "witness"} }
+func (f *fixedCluster) Set(context.Context, string, string) (cluster.Setting, error) {
+	return cluster.Setting{}, cluster.ErrNotLeader
+}
+func (f *fixedCluster) Voters() []string { return []string{"dh1", "dh2", "witness"} }
 
 // eventLog records starts, stops and VIP changes in order.
 type eventLog struct {
