@@ -129,8 +129,10 @@ func (m *clusterMember) stop() {
 // startCluster joins the cluster and runs the failover controller, which
 // starts this host's share of the role instances. It returns once the
 // controller runs; readiness of the instances follows from the controller.
+// onSetting is told of cluster settings as they are applied here (raft's
+// apply path: it must not block).
 func startCluster(ctx context.Context, log *slog.Logger, st *stackfile.Stack, host string, sup *supervise.Supervisor,
-	opts roleenv.Options, dataDir string, publicLink func() string) (*clusterMember, error) {
+	opts roleenv.Options, dataDir string, publicLink func() string, onSetting func(cluster.Setting)) (*clusterMember, error) {
 	h, idx, ok := st.HostByName(host)
 	if !ok {
 		return nil, fmt.Errorf("cluster: host %q is not in the stack", host)
@@ -157,6 +159,7 @@ func startCluster(ctx context.Context, log *slog.Logger, st *stackfile.Stack, ho
 	cfg := conf.Self
 	cfg.DataDir = dataDir
 	cfg.Logger = log
+	cfg.OnSetting = onSetting
 	lanBind := cfg.Bind
 	if pairRaft != "" {
 		// Listen on the pair link too; the firewall admits the cluster

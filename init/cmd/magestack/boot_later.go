@@ -18,6 +18,7 @@ import (
 
 	"magestack/init/api"
 	"magestack/init/bootreport"
+	"magestack/init/cluster"
 	"magestack/init/clusterconf"
 	"magestack/init/configsource"
 	"magestack/init/configstore"
@@ -351,13 +352,25 @@ func (b *bootEnv) clusterRoles(ctx context.Context, st *stackfile.Stack, host st
 		if isMountPoint(stateDir) {
 			dataDir = filepath.Join(stateDir, "cluster")
 		}
-		m, err = startCluster(b.ctx, b.log, st, host, sup, opts, dataDir, b.publicLink)
+		// Settings arrive while raft replays its log inside startCluster,
+		// before m exists: the pending signal waits in the channel.
+		settingsChanged := make(chan struct{}, 1)
+		onSetting := func(cluster.Setting) {
+			select {
+			case settingsChanged <- struct{}{}:
+			default:
+			}
+		}
+		m, err = startCluster(b.ctx, b.log, st, host, sup, opts, dataDir, b.publicLink, onSetting)
 		if err != nil {
 			return fmt.Errorf("cluster: %w", err)
 		}
 		b.mu.Lock()
 		b.cluster = m
 		b.mu.Unlock()
+		pid1.Go(b.log, "cluster maintenance switches", func() {
+			b.followClusterMaintenance(b.ctx, m.node.Settings, settingsChanged)
+		})
 	}
 	for {
 		if m.ctl.Settled() {

@@ -62,6 +62,9 @@ type bootEnv struct {
 	// imageRoot is where verified role images were published ("" until
 	// the images step found a MAGESTACK-IMAGES disk: built-in images only).
 	imageRoot string
+	// maintenanceDir keeps the sites' maintenance switches; "" is
+	// /var/lib/magestack/maintenance (tests point elsewhere).
+	maintenanceDir string
 }
 
 // Stack is the loaded stack file (nil before the config step succeeded).

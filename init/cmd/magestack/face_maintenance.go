@@ -5,7 +5,10 @@ package main
 // (503; the site's own maintenance/index.html, else magestack's rendered
 // page) except to the client prefixes in the site's maintenanceallow list.
 // PID 1 records the switch on its state disk, so web instances started
-// later (a restart, web scaled up) come up in the same mode.
+// later (a restart, web scaled up) come up in the same mode. On a paired
+// host the switch is a cluster setting first: committed through raft, it
+// reaches the peer (now, or when it rejoins), so the site stays in the
+// mode whichever host runs it after a failover.
 
 import (
 	"context"
@@ -23,6 +26,8 @@ import (
 	"time"
 
 	"magestack/init/api"
+	"magestack/init/cluster"
+	"magestack/init/pid1"
 	"magestack/init/stackfile"
 	"magestack/services/render"
 )
@@ -132,22 +137,28 @@ func sortedKeys[V any](m map[string]V) []string {
 	return out
 }
 
-// maintenanceStateDir keeps one file per site in maintenance mode.
-var maintenanceStateDir = filepath.Join(stateDir, "maintenance")
-
-func maintenanceStatePath(s stackfile.Site) string {
-	return filepath.Join(maintenanceStateDir, s.Group, s.Name)
+// maintenanceStatePath is the file whose presence records s in
+// maintenance mode: one file per site.
+func (b *bootEnv) maintenanceStatePath(s stackfile.Site) string {
+	dir := b.maintenanceDir
+	if dir == "" {
+		dir = filepath.Join(stateDir, "maintenance")
+	}
+	return filepath.Join(dir, s.Group, s.Name)
 }
+
+// maintenanceKey is a site's switch among the cluster settings.
+func maintenanceKey(s stackfile.Site) string { return "maintenance/" + render.SiteID(s) }
 
 // maintenanceOn is the recorded switch; render asks it when a web
 // instance starts.
 func (b *bootEnv) maintenanceOn(s stackfile.Site) bool {
-	_, err := os.Stat(maintenanceStatePath(s))
+	_, err := os.Stat(b.maintenanceStatePath(s))
 	return err == nil
 }
 
-func setMaintenanceState(s stackfile.Site, on bool) error {
-	p := maintenanceStatePath(s)
+func (b *bootEnv) setMaintenanceState(s stackfile.Site, on bool) error {
+	p := b.maintenanceStatePath(s)
 	if !on {
 		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("maintenance state %s: %w", p, err)
@@ -204,6 +215,73 @@ func (b *bootEnv) flagInRole(ctx context.Context, t roleTarget, s stackfile.Site
 	return *set, nil
 }
 
+// switchMaintenance records the switch, then applies it in every web
+// instance this host runs; it returns those instances and what failed.
+func (b *bootEnv) switchMaintenance(ctx context.Context, s stackfile.Site, on bool) ([]roleTarget, []string, error) {
+	// Recorded first: an instance starting meanwhile renders the new mode.
+	if err := b.setMaintenanceState(s, on); err != nil {
+		return nil, nil, err
+	}
+	targets, err := b.webTargets()
+	if err != nil {
+		return nil, nil, err
+	}
+	if len(targets) == 0 {
+		b.log.Info("maintenance: no web instance runs on this host; the mode applies when one starts", "site", render.SiteID(s), "on", on)
+	}
+	var failed []string
+	for _, t := range targets {
+		if _, err := b.flagInRole(ctx, t, s, &on); err != nil {
+			failed = append(failed, t.inst.Name+": "+err.Error())
+		}
+	}
+	b.log.Info("maintenance mode", "site", render.SiteID(s), "on", on, "instances", len(targets), "failed", len(failed))
+	return targets, failed, nil
+}
+
+// followClusterMaintenance keeps a paired host's switches as the cluster
+// settings say, each time changed fires: after the peer switched a site,
+// and when raft replays its log at boot (so instances start in the mode).
+func (b *bootEnv) followClusterMaintenance(ctx context.Context, settings func() []cluster.Setting, changed <-chan struct{}) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-changed:
+		}
+		actx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+		// A panic is reported and the next change is followed all the same.
+		pid1.Safely(b.log, "maintenance: following the cluster", func() error {
+			b.applyClusterMaintenance(actx, settings())
+			return nil
+		})
+		cancel()
+	}
+}
+
+// applyClusterMaintenance switches every site whose recorded mode differs
+// from the cluster's.
+func (b *bootEnv) applyClusterMaintenance(ctx context.Context, settings []cluster.Setting) {
+	st := b.Stack()
+	if st == nil {
+		return
+	}
+	on := map[string]bool{}
+	for _, s := range settings {
+		on[s.Key] = s.Value == "on"
+	}
+	for _, s := range render.Sites(st) {
+		want := on[maintenanceKey(s)]
+		if b.maintenanceOn(s) == want {
+			continue
+		}
+		b.log.Info("maintenance: following the cluster", "site", render.SiteID(s), "on", want)
+		if _, failed, err := b.switchMaintenance(ctx, s, want); err != nil || len(failed) > 0 {
+			b.log.Error("maintenance: following the cluster", "site", render.SiteID(s), "on", want, "err", err, "failed", failed)
+		}
+	}
+}
+
 func (b *bootEnv) maintenanceView(ctx context.Context, s stackfile.Site, targets []roleTarget) MaintenanceSite {
 	v := MaintenanceSite{Site: render.SiteID(s), Domains: s.Domains, On: b.maintenanceOn(s), Instances: map[string]bool{}, Errors: map[string]string{}}
 	for _, a := range s.MaintenanceAllow {
@@ -257,27 +335,26 @@ func (b *bootEnv) serveMaintenanceSet(w http.ResponseWriter, r *http.Request) {
 		api.WriteError(w, http.StatusNotFound, "maintenance: "+err.Error())
 		return
 	}
-	// Recorded first: an instance starting meanwhile renders the new mode.
-	if err := setMaintenanceState(s, req.On); err != nil {
-		api.WriteError(w, http.StatusInternalServerError, err.Error())
-		return
+	b.mu.Lock()
+	m := b.cluster
+	b.mu.Unlock()
+	if m != nil {
+		// The cluster first: a switch the peer would not get is refused,
+		// and nothing changes here either.
+		value := ""
+		if req.On {
+			value = "on"
+		}
+		if _, err := m.ctl.SubmitSetting(r.Context(), maintenanceKey(s), value, m.node.LeaderAddr()); err != nil {
+			api.WriteError(w, http.StatusServiceUnavailable, fmt.Sprintf("maintenance %s %s: not switched: the cluster did not take it: %v", onOff(req.On), render.SiteID(s), err))
+			return
+		}
 	}
-	targets, err := b.webTargets()
+	targets, failed, err := b.switchMaintenance(r.Context(), s, req.On)
 	if err != nil {
 		api.WriteError(w, http.StatusInternalServerError, err.Error())
 		return
 	}
-	if len(targets) == 0 {
-		b.log.Warn("maintenance: no web instance runs on this host; the mode applies when one starts", "site", render.SiteID(s))
-	}
-	var failed []string
-	for _, t := range targets {
-		on := req.On
-		if _, err := b.flagInRole(r.Context(), t, s, &on); err != nil {
-			failed = append(failed, t.inst.Name+": "+err.Error())
-		}
-	}
-	b.log.Info("maintenance mode", "site", render.SiteID(s), "on", req.On, "instances", len(targets), "failed", len(failed))
 	if len(failed) > 0 {
 		api.WriteError(w, http.StatusInternalServerError, fmt.Sprintf("maintenance %s %s: recorded, but not applied in: %s", onOff(req.On), render.SiteID(s), strings.Join(failed, "; ")))
 		return

@@ -8,10 +8,13 @@ import (
 	"net/http"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"magestack/init/api"
+	"magestack/init/cluster"
+	"magestack/init/stackfile"
 )
 
 func TestOpsFacesRefuseBadArguments(t *testing.T) {
@@ -82,4 +85,55 @@ func TestOpsFacesTalkToTheAPI(t *testing.T) {
 	if rc := reloadFace([]string{"lb1", "--socket", sock}, &out, &errb); rc != 0 || !strings.Contains(out.String(), "lb1/haproxy: config test passed (haproxy -c), reloaded (pid 7)") {
 		t.Errorf("reload: rc %d, out %q", rc, out.String())
 	}
+}
+
+// A paired host follows the cluster's maintenance switches: a site the
+// peer switched on is recorded here (web instances started later render
+// the mode), and cleared when the peer switches it off.
+func TestMaintenanceFollowsTheCluster(t *testing.T) {
+	st, err := stackfile.Parse("pair.yaml", []byte(`stack: shop
+hosts: [{name: dh1, mac: "52:54:00:00:00:01"}]
+sites:
+  - {group: shop, name: www, domains: [www.shop.example]}
+  - {group: shop, name: blog, domains: [blog.shop.example]}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &bootEnv{log: slog.New(slog.DiscardHandler), stack: st, maintenanceDir: t.TempDir()}
+	www, blog := st.Sites[0], st.Sites[1]
+	var mu sync.Mutex
+	settings := []cluster.Setting{}
+	set := func(s ...cluster.Setting) {
+		mu.Lock()
+		settings = s
+		mu.Unlock()
+	}
+	get := func() []cluster.Setting {
+		mu.Lock()
+		defer mu.Unlock()
+		return settings
+	}
+	changed := make(chan struct{}, 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { b.followClusterMaintenance(ctx, get, changed); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	waitMode := func(what string, wantWWW, wantBlog bool) {
+		t.Helper()
+		changed <- struct{}{}
+		deadline := time.Now().Add(10 * time.Second)
+		for b.maintenanceOn(www) != wantWWW || b.maintenanceOn(blog) != wantBlog {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: www on=%v blog on=%v, want %v %v", what, b.maintenanceOn(www), b.maintenanceOn(blog), wantWWW, wantBlog)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	set(cluster.Setting{Key: "maintenance/shop/www", Value: "on"}, cluster.Setting{Key: "unrelated", Value: "x"})
+	waitMode("www switched on by the peer", true, false)
+	set(cluster.Setting{Key: "maintenance/shop/blog", Value: "on"})
+	waitMode("www off, blog on", false, true)
+	set()
+	waitMode("all cleared", false, false)
 }
