@@ -242,6 +242,24 @@ func consoleRunWithin(t *testing.T, vm *qemu.VM, cmd string, within time.Duratio
 	return m[1]
 }
 
+// consoleRunUntil runs cmd in the guest's console shell until its output
+// matches pattern, and fails the test if it does not within the bound.
+func consoleRunUntil(t *testing.T, vm *qemu.VM, cmd, pattern string, within time.Duration) string {
+	t.Helper()
+	re := regexp.MustCompile(pattern)
+	deadline := time.Now().Add(within)
+	for {
+		out := consoleRun(t, vm, cmd)
+		if re.MatchString(out) {
+			return out
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: no %q within %v; last output:\n%s", cmd, pattern, within, out)
+		}
+		time.Sleep(time.Second)
+	}
+}
+
 // witnessProc is a running `magestack witness` found among this test's
 // children (startPairRig keeps no handle on it).
 type witnessProc struct {

@@ -263,6 +263,11 @@ func TestFailoverPairLinkCutPlannedMoveHardwareLoss(t *testing.T) {
 	}
 	r.vms["dh1"].SetLink("net1", true)
 
+	// Maintenance switched on at the standby is a cluster setting: dh1,
+	// which runs web1, puts web1 in the mode.
+	consoleRun(t, r.vms["dh2"], "magestack maintenance on")
+	consoleRunUntil(t, r.vms["dh1"], "magestack maintenance status", `web1=on`, time.Minute)
+
 	// Planned move, from dh1's console.
 	planned := time.Now()
 	if err := r.vms["dh1"].SendConsole("magestack failover --to dh2; echo @@rc=$?@@\n"); err != nil {
@@ -273,6 +278,11 @@ func TestFailoverPairLinkCutPlannedMoveHardwareLoss(t *testing.T) {
 	}
 	moved := r.prober.waitOK(t, planned, pairMAC["dh2"], 2*time.Minute)
 	t.Logf("planned move: website answered from dh2 %v after the command", moved.Sub(planned))
+	// The mode moved with the roles, and switching it off at dh1 (now the
+	// standby) reaches dh2.
+	consoleRunUntil(t, r.vms["dh2"], "magestack maintenance status", `web1=on`, time.Minute)
+	consoleRun(t, r.vms["dh1"], "magestack maintenance off")
+	consoleRunUntil(t, r.vms["dh2"], "magestack maintenance status", `web1=off`, time.Minute)
 
 	// Hardware loss of dh2, which now holds lb1 and the VIP.
 	lost := time.Now()

@@ -44,6 +44,7 @@ type Cluster interface {
 	RecoverAlone() error
 	Voters() []string
 	Set(ctx context.Context, key, value string) (cluster.Setting, error)
+	Settings() []cluster.Setting
 }
 
 // Config configures a Controller.
@@ -473,7 +474,7 @@ func (c *Controller) lead(ctx context.Context, table []cluster.Ownership) {
 			c.warnOnce(host, "failover: host is dead and its pair peer is not available; nothing can take over", "host", host, "peer", peer)
 			continue
 		}
-		if last, ok := c.lastMove[host]; ok && now.Sub(last) < c.cfg.HoldDown {
+		if c.inHoldDown(host, now) {
 			c.warnOnce(host, "failover: host is dead again within the hold-down; not moving (flapping?)", "host", host, "holddown", c.cfg.HoldDown)
 			continue
 		}
@@ -533,6 +534,31 @@ func (c *Controller) move(ctx context.Context, from, to string, list []cluster.O
 	c.lastMove[from] = time.Now()
 	c.failovers = append(c.failovers, f)
 	c.mu.Unlock()
+	// Recorded in the cluster too, after the move (off its critical path):
+	// a leader elected next keeps the hold-down.
+	if _, err := c.cfg.Cluster.Set(ctx, lastMoveKey+from, time.Now().UTC().Format(time.RFC3339Nano)); err != nil {
+		c.log.Warn("failover: recording the move for the hold-down", "from", from, "err", err)
+	}
+}
+
+// lastMoveKey, followed by a host name, is the cluster setting that keeps
+// when that host's instances were last moved away.
+const lastMoveKey = "failover/last-move-from/"
+
+// inHoldDown reports whether host's instances were moved away less than a
+// hold-down ago, by this leader or (as the cluster settings keep) an
+// earlier one.
+func (c *Controller) inHoldDown(host string, now time.Time) bool {
+	last := c.lastMove[host]
+	for _, s := range c.cfg.Cluster.Settings() {
+		if s.Key != lastMoveKey+host {
+			continue
+		}
+		if t, err := time.Parse(time.RFC3339Nano, s.Value); err == nil && t.After(last) {
+			last = t
+		}
+	}
+	return !last.IsZero() && now.Sub(last) < c.cfg.HoldDown
 }
 
 // fenceAndGoAlone is the no-witness path: the peer is dead by heartbeats,

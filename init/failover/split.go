@@ -149,7 +149,7 @@ func (c *Controller) resolveSplits(ctx context.Context, byHost map[string][]clus
 		if len(list) == 0 {
 			continue
 		}
-		if last, ok := c.lastMove[loser]; ok && now.Sub(last) < c.cfg.HoldDown {
+		if c.inHoldDown(loser, now) {
 			c.warnOnce(loser, "failover: pair split again within the hold-down; not moving (flapping?)", "host", loser, "holddown", c.cfg.HoldDown)
 			continue
 		}

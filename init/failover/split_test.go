@@ -33,6 +33,16 @@ func (l *leaderTable) Set(_ context.Context, key, value string) (cluster.Setting
 	return cluster.Setting{Key: key, Value: value}, nil
 }
 
+func (l *leaderTable) Settings() []cluster.Setting {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []cluster.Setting
+	for k, v := range l.settings {
+		out = append(out, cluster.Setting{Key: k, Value: v})
+	}
+	return out
+}
+
 func (l *leaderTable) IsLeader() bool   { return true }
 func (l *leaderTable) InMajority() bool { return true }
 func (l *leaderTable) RecoverAlone() error {
@@ -216,5 +226,42 @@ func TestPairViewOverRPC(t *testing.T) {
 	}
 	if v != (PairView{Host: "dh1", Peer: "dh2", State: heartbeat.Dead}) {
 		t.Errorf("GET /v1/pair = %+v", v)
+	}
+}
+
+// The hold-down outlives a change of leader: a move is recorded as a
+// cluster setting, and a leader that did not make it still holds off
+// moving the same host again until the hold-down has passed.
+func TestHoldDownRecordedForTheNextLeader(t *testing.T) {
+	split := map[string]PairView{
+		"dh1": {Host: "dh1", Peer: "dh2", State: heartbeat.Dead},
+		"dh2": {Host: "dh2", Peer: "dh1", State: heartbeat.Dead},
+	}
+	// One leader moves dh2's instances and records when.
+	c, lt := witnessLeader(t, split, 0)
+	c.Step(context.Background())
+	if got := lt.owners(); got["dh1"] != 8 {
+		t.Fatalf("owners after the split: %v, want all on dh1", got)
+	}
+	recorded, err := time.Parse(time.RFC3339Nano, lt.settings[lastMoveKey+"dh2"])
+	if err != nil || time.Since(recorded) > time.Minute {
+		t.Fatalf("move not recorded for the next leader: %v (%v)", lt.settings, err)
+	}
+	for _, tt := range []struct {
+		name     string
+		lastMove time.Time
+		moved    bool
+	}{
+		{"moved a minute ago by another leader: held down", time.Now().Add(-time.Minute), false},
+		{"moved two hours ago: moves again", time.Now().Add(-2 * time.Hour), true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			next, lt := witnessLeader(t, split, 0)
+			lt.settings = map[string]string{lastMoveKey + "dh2": tt.lastMove.Format(time.RFC3339Nano)}
+			next.Step(context.Background())
+			if moved := lt.owners()["dh2"] == 0; moved != tt.moved {
+				t.Errorf("dh2's instances moved: %v, want %v (owners %v)", moved, tt.moved, lt.owners())
+			}
+		})
 	}
 }
