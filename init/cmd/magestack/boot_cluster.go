@@ -272,6 +272,9 @@ type clusterStatus struct {
 	Ownership []ownershipRow         `json:"ownership"`
 	Peers     []heartbeat.PeerStatus `json:"peers"`
 	Local     failover.Status        `json:"local"`
+	// Settings are the cluster-wide switches (maintenance modes, the
+	// hold-down's last moves).
+	Settings []cluster.Setting `json:"settings,omitempty"`
 }
 
 // ownershipRow is one instance's owner and the host that would take it.
@@ -290,7 +293,7 @@ func (m *clusterMember) status() clusterStatus {
 		rows = append(rows, row)
 	}
 	return clusterStatus{State: m.node.State(), Leader: m.node.Leader(), Voters: m.node.Voters(),
-		Majority: m.node.InMajority(), Ownership: rows, Peers: m.hb.Status(), Local: m.ctl.Status()}
+		Majority: m.node.InMajority(), Ownership: rows, Peers: m.hb.Status(), Local: m.ctl.Status(), Settings: m.node.Settings()}
 }
 
 // writeCluster prints the cluster section of `magestack status`.
@@ -323,6 +326,14 @@ func writeCluster(w io.Writer, c clusterStatus) {
 		fmt.Fprintf(tw, "%s\t%s\t%s\n", p.Peer, p.State, strings.Join(paths, " "))
 	}
 	tw.Flush()
+	if len(c.Settings) > 0 {
+		tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "SETTING\tVALUE\tSINCE")
+		for _, s := range c.Settings {
+			fmt.Fprintf(tw, "%s\t%s\t%s\n", s.Key, s.Value, s.Since.Format("2006-01-02 15:04:05"))
+		}
+		tw.Flush()
+	}
 	for _, f := range c.Local.Failovers {
 		fmt.Fprintf(w, "failover %s → %s:\n", f.From, f.To)
 		for _, e := range f.Timeline {

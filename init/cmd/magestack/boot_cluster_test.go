@@ -2,9 +2,12 @@ package main
 
 import (
 	"bytes"
+	"regexp"
 	"strings"
 	"testing"
+	"time"
 
+	"magestack/init/cluster"
 	"magestack/init/failover"
 )
 
@@ -24,5 +27,21 @@ func TestWriteClusterSaysWhatThisHostRuns(t *testing.T) {
 		if !strings.Contains(b.String(), "cluster: this host follower, leader dh2") || !strings.Contains(b.String(), tt.want) {
 			t.Errorf("status for %+v:\n%s\nwant a line %q", tt.local, b.String(), tt.want)
 		}
+	}
+}
+
+// The cluster-wide switches show in status, and no table at all when
+// there are none.
+func TestWriteClusterShowsSettings(t *testing.T) {
+	var b bytes.Buffer
+	since := time.Date(2026, 11, 26, 4, 0, 0, 0, time.UTC)
+	writeCluster(&b, clusterStatus{State: "Leader", Leader: "dh1", Settings: []cluster.Setting{{Key: "maintenance/shop/www", Value: "on", Since: since}}})
+	if !regexp.MustCompile(`(?m)^maintenance/shop/www\s+on\s+2026-11-26 04:00:00$`).MatchString(b.String()) {
+		t.Errorf("status lacks the maintenance setting:\n%s", b.String())
+	}
+	b.Reset()
+	writeCluster(&b, clusterStatus{State: "Leader", Leader: "dh1"})
+	if strings.Contains(b.String(), "SETTING") {
+		t.Errorf("an empty settings table was printed:\n%s", b.String())
 	}
 }
