@@ -40,6 +40,9 @@ type roleRuntime struct {
 	stack     *stackfile.Stack
 	hostIndex int
 
+	// started, when set, is told of each instance once it is ready.
+	started func(instance string)
+
 	mu    sync.Mutex
 	added map[string]bool
 }
@@ -80,7 +83,13 @@ func (r *roleRuntime) Start(ctx context.Context, name string) error {
 	}
 	wctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
-	return r.sup.WaitReady(wctx, name)
+	if err := r.sup.WaitReady(wctx, name); err != nil {
+		return err
+	}
+	if r.started != nil {
+		r.started(name)
+	}
+	return nil
 }
 
 // Stop stops the instance; its unit stays known for a later start.
@@ -126,13 +135,21 @@ func (m *clusterMember) stop() {
 	}
 }
 
+// clusterHooks tell PID 1 what the cluster does on this host; neither may
+// block.
+type clusterHooks struct {
+	// OnSetting is told of cluster settings as they are applied here, on
+	// raft's apply path.
+	OnSetting func(cluster.Setting)
+	// OnStarted is told of each instance this host started, once ready.
+	OnStarted func(instance string)
+}
+
 // startCluster joins the cluster and runs the failover controller, which
 // starts this host's share of the role instances. It returns once the
 // controller runs; readiness of the instances follows from the controller.
-// onSetting is told of cluster settings as they are applied here (raft's
-// apply path: it must not block).
 func startCluster(ctx context.Context, log *slog.Logger, st *stackfile.Stack, host string, sup *supervise.Supervisor,
-	opts roleenv.Options, dataDir string, publicLink func() string, onSetting func(cluster.Setting)) (*clusterMember, error) {
+	opts roleenv.Options, dataDir string, publicLink func() string, hooks clusterHooks) (*clusterMember, error) {
 	h, idx, ok := st.HostByName(host)
 	if !ok {
 		return nil, fmt.Errorf("cluster: host %q is not in the stack", host)
@@ -159,7 +176,7 @@ func startCluster(ctx context.Context, log *slog.Logger, st *stackfile.Stack, ho
 	cfg := conf.Self
 	cfg.DataDir = dataDir
 	cfg.Logger = log
-	cfg.OnSetting = onSetting
+	cfg.OnSetting = hooks.OnSetting
 	lanBind := cfg.Bind
 	if pairRaft != "" {
 		// Listen on the pair link too; the firewall admits the cluster
@@ -177,7 +194,7 @@ func startCluster(ctx context.Context, log *slog.Logger, st *stackfile.Stack, ho
 		m.hb.Close()
 		return nil, err
 	}
-	rt := &roleRuntime{log: log, sup: sup, opts: opts, stack: st, hostIndex: idx, added: map[string]bool{}}
+	rt := &roleRuntime{log: log, sup: sup, opts: opts, stack: st, hostIndex: idx, added: map[string]bool{}, started: hooks.OnStarted}
 
 	var vipMu sync.Mutex
 	var vipStop context.CancelFunc

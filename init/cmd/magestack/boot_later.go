@@ -353,15 +353,17 @@ func (b *bootEnv) clusterRoles(ctx context.Context, st *stackfile.Stack, host st
 			dataDir = filepath.Join(stateDir, "cluster")
 		}
 		// Settings arrive while raft replays its log inside startCluster,
-		// before m exists: the pending signal waits in the channel.
+		// before m exists: the pending signal waits in the channel. A
+		// started instance is checked against the maintenance switches.
 		settingsChanged := make(chan struct{}, 1)
-		onSetting := func(cluster.Setting) {
+		poke := func() {
 			select {
 			case settingsChanged <- struct{}{}:
 			default:
 			}
 		}
-		m, err = startCluster(b.ctx, b.log, st, host, sup, opts, dataDir, b.publicLink, onSetting)
+		hooks := clusterHooks{OnSetting: func(cluster.Setting) { poke() }, OnStarted: func(string) { poke() }}
+		m, err = startCluster(b.ctx, b.log, st, host, sup, opts, dataDir, b.publicLink, hooks)
 		if err != nil {
 			return fmt.Errorf("cluster: %w", err)
 		}

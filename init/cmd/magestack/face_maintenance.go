@@ -241,8 +241,10 @@ func (b *bootEnv) switchMaintenance(ctx context.Context, s stackfile.Site, on bo
 
 // followClusterMaintenance keeps a paired host's switches as the cluster
 // settings say, each time changed fires: after the peer switched a site,
-// and when raft replays its log at boot (so instances start in the mode).
+// when raft replays its log at boot, and when this host started an
+// instance (which then gets the flags its image may not render itself).
 func (b *bootEnv) followClusterMaintenance(ctx context.Context, settings func() []cluster.Setting, changed <-chan struct{}) {
+	checked := map[int]bool{} // role-init pids of web instances whose flags are in step
 	for {
 		select {
 		case <-ctx.Done():
@@ -252,7 +254,7 @@ func (b *bootEnv) followClusterMaintenance(ctx context.Context, settings func() 
 		actx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 		// A panic is reported and the next change is followed all the same.
 		pid1.Safely(b.log, "maintenance: following the cluster", func() error {
-			b.applyClusterMaintenance(actx, settings())
+			b.applyClusterMaintenance(actx, settings(), checked)
 			return nil
 		})
 		cancel()
@@ -260,8 +262,9 @@ func (b *bootEnv) followClusterMaintenance(ctx context.Context, settings func() 
 }
 
 // applyClusterMaintenance switches every site whose recorded mode differs
-// from the cluster's.
-func (b *bootEnv) applyClusterMaintenance(ctx context.Context, settings []cluster.Setting) {
+// from the cluster's, then sets the flags in web instances not checked
+// yet (keyed by role-init pid in checked, so a restarted one is new).
+func (b *bootEnv) applyClusterMaintenance(ctx context.Context, settings []cluster.Setting, checked map[int]bool) {
 	st := b.Stack()
 	if st == nil {
 		return
@@ -270,7 +273,8 @@ func (b *bootEnv) applyClusterMaintenance(ctx context.Context, settings []cluste
 	for _, s := range settings {
 		on[s.Key] = s.Value == "on"
 	}
-	for _, s := range render.Sites(st) {
+	sites := render.Sites(st)
+	for _, s := range sites {
 		want := on[maintenanceKey(s)]
 		if b.maintenanceOn(s) == want {
 			continue
@@ -278,6 +282,31 @@ func (b *bootEnv) applyClusterMaintenance(ctx context.Context, settings []cluste
 		b.log.Info("maintenance: following the cluster", "site", render.SiteID(s), "on", want)
 		if _, failed, err := b.switchMaintenance(ctx, s, want); err != nil || len(failed) > 0 {
 			b.log.Error("maintenance: following the cluster", "site", render.SiteID(s), "on", want, "err", err, "failed", failed)
+		}
+	}
+	targets, err := b.webTargets()
+	if err != nil {
+		return
+	}
+	running := map[int]bool{}
+	for _, t := range targets {
+		running[t.pid] = true
+		if checked[t.pid] {
+			continue
+		}
+		ok := true
+		for _, s := range sites {
+			want := b.maintenanceOn(s)
+			if _, err := b.flagInRole(ctx, t, s, &want); err != nil {
+				b.log.Error("maintenance: setting the mode in a started instance", "instance", t.inst.Name, "site", render.SiteID(s), "err", err)
+				ok = false
+			}
+		}
+		checked[t.pid] = ok
+	}
+	for pid := range checked {
+		if !running[pid] {
+			delete(checked, pid)
 		}
 	}
 }
