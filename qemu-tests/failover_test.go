@@ -2,6 +2,7 @@ package qemutests
 
 import (
 	"context"
+	"crypto/sha256"
 	"fmt"
 	"net"
 	"net/http"
@@ -10,6 +11,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -44,6 +46,8 @@ type pairRig struct {
 	prober  *prober
 	witness *qemu.LockedBuffer
 	cables  map[string]*qemu.Cable // LAN cables of pairRigOptions.Cabled hosts
+	// stackPath is the stack file the witness's machine serves the hosts.
+	stackPath string
 }
 
 // pairRigOptions varies the pair rig; the zero value is the default rig
@@ -115,7 +119,7 @@ func startPairRigWith(t *testing.T, o pairRigOptions) *pairRig {
 		}
 	})
 
-	r := &pairRig{net: n, vms: map[string]*qemu.VM{}, witness: &wlog, cables: map[string]*qemu.Cable{}}
+	r := &pairRig{net: n, vms: map[string]*qemu.VM{}, witness: &wlog, cables: map[string]*qemu.Cable{}, stackPath: stackPath}
 	for i, host := range []string{"dh1", "dh2"} {
 		var lan qemu.NIC
 		if slices.Contains(o.Cabled, host) {
@@ -245,7 +249,8 @@ func (p *prober) macs(since time.Time) []string {
 // website answering through the VIP from whichever host holds lb.
 func TestFailoverPairLinkCutPlannedMoveHardwareLoss(t *testing.T) {
 	qemu.Require(t)
-	r := startPairRig(t)
+	// The hosts poll the stack file often: a change is applied below.
+	r := startPairRigWith(t, pairRigOptions{Stack: pairStackYAML + "config: {poll: 2s}\n"})
 	start := time.Now()
 	r.prober.waitOK(t, start, pairMAC["dh1"], 2*time.Minute)
 
@@ -280,6 +285,17 @@ func TestFailoverPairLinkCutPlannedMoveHardwareLoss(t *testing.T) {
 	moved := r.prober.waitOK(t, planned, pairMAC["dh2"], 2*time.Minute)
 	t.Logf("planned move: website answered from dh2 %v after the command", moved.Sub(planned))
 
+	// A new revision of the stack file: web's memory limit. dh2, which runs
+	// web1, gives it a new environment; dh1, the standby, starts it with
+	// the new limit if it has to take over.
+	newStack := pairStackYAML + "config: {poll: 2s}\nroles: {fw: {}, lb: {}, web: {memory: 300MiB}, db: {}, mail: {}, acc: {}, monitor: {}}\n"
+	if err := os.WriteFile(r.stackPath, []byte(newStack), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	applied := `applied:\s+` + fmt.Sprintf("%x", sha256.Sum256([]byte(newStack)))[:12]
+	consoleRunUntil(t, r.vms["dh2"], "cat /sys/fs/cgroup/magestack/web1/memory.max", `(?m)^314572800\s*$`, 2*time.Minute)
+	consoleRunUntil(t, r.vms["dh1"], "magestack config status", applied, time.Minute)
+
 	// Hardware loss of dh2, which now holds lb1 and the VIP.
 	lost := time.Now()
 	r.vms["dh2"].Kill()
@@ -297,6 +313,9 @@ func TestFailoverPairLinkCutPlannedMoveHardwareLoss(t *testing.T) {
 	// web1 came up on dh1 in the mode the cluster keeps, and it can be
 	// switched off with dh2 gone (dh1 and the witness are a majority).
 	consoleRunUntil(t, r.vms["dh1"], "magestack maintenance status", `web1=on`, time.Minute)
+	if out := consoleRun(t, r.vms["dh1"], "cat /sys/fs/cgroup/magestack/web1/memory.max"); !strings.Contains(out, "314572800") {
+		t.Errorf("web1 taken over by dh1 has memory.max %q, want the new revision's 314572800", strings.TrimSpace(out))
+	}
 	consoleRun(t, r.vms["dh1"], "magestack maintenance off")
 	consoleRunUntil(t, r.vms["dh1"], "magestack maintenance status", `web1=off`, time.Minute)
 	// The operator's view: owners, epochs and standby, the lost peer dead.

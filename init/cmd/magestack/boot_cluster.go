@@ -32,19 +32,43 @@ import (
 
 // roleRuntime starts and stops single role instances on this host for the
 // failover controller: an instance's unit is added to PID 1's supervisor the
-// first time this host runs it.
+// first time this host runs it, and built again from a newer revision the
+// next time it starts after one was applied (SetStack).
 type roleRuntime struct {
 	log       *slog.Logger
 	sup       *supervise.Supervisor
 	opts      roleenv.Options
-	stack     *stackfile.Stack
 	hostIndex int
 
 	// started, when set, is told of each instance once it is ready.
 	started func(instance string)
 
 	mu    sync.Mutex
-	added map[string]bool
+	stack *stackfile.Stack            // the revision later starts use
+	built map[string]*stackfile.Stack // instance: the revision its unit was built from
+}
+
+func newRoleRuntime(log *slog.Logger, sup *supervise.Supervisor, opts roleenv.Options, st *stackfile.Stack, hostIndex int, started func(string)) *roleRuntime {
+	return &roleRuntime{log: log, sup: sup, opts: opts, stack: st, hostIndex: hostIndex, started: started, built: map[string]*stackfile.Stack{}}
+}
+
+// SetStack makes later starts use revision s.
+func (r *roleRuntime) SetStack(s *stackfile.Stack) {
+	r.mu.Lock()
+	r.stack = s
+	r.mu.Unlock()
+}
+
+// Runs reports whether this host runs the instance (or is bringing it up).
+func (r *roleRuntime) Runs(name string) bool {
+	r.mu.Lock()
+	_, known := r.built[name]
+	r.mu.Unlock()
+	if !known {
+		return false
+	}
+	u, err := r.sup.Unit(name)
+	return err == nil && u.State != supervise.StateStopped && u.State != supervise.StateFailed
 }
 
 func (r *roleRuntime) instance(name string) (stackfile.Instance, error) {
@@ -64,7 +88,16 @@ func (r *roleRuntime) instance(name string) (stackfile.Instance, error) {
 func (r *roleRuntime) Start(ctx context.Context, name string) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if !r.added[name] {
+	if from, known := r.built[name]; known && from != r.stack {
+		// Built from an older revision: build it again unless it runs.
+		if u, err := r.sup.Unit(name); err == nil && (u.State == supervise.StateStopped || u.State == supervise.StateFailed) {
+			if err := r.sup.Remove(ctx, name); err != nil {
+				return fmt.Errorf("rebuilding %s from the new revision: %w", name, err)
+			}
+			delete(r.built, name)
+		}
+	}
+	if _, known := r.built[name]; !known {
 		in, err := r.instance(name)
 		if err != nil {
 			return err
@@ -76,7 +109,7 @@ func (r *roleRuntime) Start(ctx context.Context, name string) error {
 		if err := r.sup.Add(env.Unit()); err != nil {
 			return err
 		}
-		r.added[name] = true
+		r.built[name] = r.stack
 	}
 	if err := r.sup.Start(ctx, name); err != nil {
 		return err
@@ -96,7 +129,7 @@ func (r *roleRuntime) Start(ctx context.Context, name string) error {
 func (r *roleRuntime) Stop(ctx context.Context, name string) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if !r.added[name] {
+	if _, known := r.built[name]; !known {
 		return nil
 	}
 	return r.sup.Stop(ctx, name)
@@ -116,6 +149,7 @@ type clusterMember struct {
 	node   *cluster.Node
 	hb     *heartbeat.Monitor
 	ctl    *failover.Controller
+	rt     *roleRuntime
 	wd     *watchdog.Watchdog
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -194,7 +228,7 @@ func startCluster(ctx context.Context, log *slog.Logger, st *stackfile.Stack, ho
 		m.hb.Close()
 		return nil, err
 	}
-	rt := &roleRuntime{log: log, sup: sup, opts: opts, stack: st, hostIndex: idx, added: map[string]bool{}, started: hooks.OnStarted}
+	m.rt = newRoleRuntime(log, sup, opts, st, idx, hooks.OnStarted)
 
 	var vipMu sync.Mutex
 	var vipStop context.CancelFunc
@@ -241,7 +275,7 @@ func startCluster(ctx context.Context, log *slog.Logger, st *stackfile.Stack, ho
 		d, ok := fences[peer]
 		return d, ok
 	}
-	if m.ctl, err = failover.New(failover.Config{Self: host, Stack: st, Cluster: m.node, Peer: m.hb.Peer, Runtime: rt,
+	if m.ctl, err = failover.New(failover.Config{Self: host, Stack: st, Cluster: m.node, Peer: m.hb.Peer, Runtime: m.rt,
 		Fence: fenceFor, VIP: holdVIP, LeaderAddr: m.node.LeaderAddr, Lease: conf.Timing.Lease, Logger: log}); err != nil {
 		return nil, err
 	}

@@ -472,11 +472,20 @@ func (b *bootEnv) reconcileStep(ctx context.Context) error {
 		}
 		// A change a reload cannot apply re-creates the instance through
 		// the final appliers (lb following web instances included).
-		appliers.UpdateInstance = b.updateByReload(host,
+		onHost := func(inst stackfile.Instance) bool { return inst.Host == host }
+		appliers.UpdateInstance = b.updateByReload(onHost,
 			func(ctx context.Context, inst stackfile.Instance) error { return final.StopInstance(ctx, inst) },
 			func(ctx context.Context, s *stackfile.Stack, inst stackfile.Instance) error {
 				return final.StartInstance(ctx, s, inst)
 			})
+	}
+	if sup != nil && pairedHost(st, host) {
+		b.mu.Lock()
+		m := b.cluster
+		b.mu.Unlock()
+		if m != nil {
+			appliers.UpdateInstance = b.pairUpdate(m.rt)
+		}
 	}
 	lbs := b.newLBSync(sup, st, host) // lb follows web instances (face_scale.go)
 	final = lbs.wrap(appliers)

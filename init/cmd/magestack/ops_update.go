@@ -25,11 +25,12 @@ var reloadFields = map[string]bool{"sites": true, "users": true, "tls": true}
 
 type instanceFunc func(ctx context.Context, s *stackfile.Stack, inst stackfile.Instance) error
 
-// updateByReload returns the UpdateInstance applier; stop and start
-// re-create an instance when a reload cannot apply the change.
-func (b *bootEnv) updateByReload(host string, stop func(context.Context, stackfile.Instance) error, start instanceFunc) func(context.Context, *stackfile.Stack, stackfile.InstanceChange) error {
+// updateByReload returns the UpdateInstance applier for the instances
+// here says this host runs; stop and start re-create an instance when a
+// reload cannot apply the change.
+func (b *bootEnv) updateByReload(here func(stackfile.Instance) bool, stop func(context.Context, stackfile.Instance) error, start instanceFunc) func(context.Context, *stackfile.Stack, stackfile.InstanceChange) error {
 	return func(ctx context.Context, s *stackfile.Stack, ch stackfile.InstanceChange) error {
-		if ch.New.Host != host {
+		if !here(ch.New) {
 			return nil
 		}
 		recreate := func(why string) error {
@@ -69,6 +70,29 @@ func (b *bootEnv) updateByReload(host string, stop func(context.Context, stackfi
 			return fmt.Errorf("update %s (%s): %s", ch.New.Name, strings.Join(ch.Fields, ","), oerr.msg)
 		}
 		b.log.Info("config: instance reloaded with new configuration", "instance", ch.New.Name, "changed", strings.Join(ch.Fields, ","), "files", len(old))
+		return nil
+	}
+}
+
+// pairUpdate is the UpdateInstance applier of a paired host: the host that
+// runs an instance applies the change to it (a reload, or a new
+// environment), and every host starts instances from the new revision
+// from then on, so a takeover after the change brings up the changed
+// instance. Instances added or removed, and changes that move an instance
+// (host, address, image, volume), stay for the next boot: the cluster
+// places instances when it forms.
+func (b *bootEnv) pairUpdate(rt *roleRuntime) func(context.Context, *stackfile.Stack, stackfile.InstanceChange) error {
+	update := b.updateByReload(func(inst stackfile.Instance) bool { return rt.Runs(inst.Name) },
+		func(ctx context.Context, inst stackfile.Instance) error { return rt.Stop(ctx, inst.Name) },
+		func(ctx context.Context, s *stackfile.Stack, inst stackfile.Instance) error {
+			rt.SetStack(s)
+			return rt.Start(ctx, inst.Name)
+		})
+	return func(ctx context.Context, s *stackfile.Stack, ch stackfile.InstanceChange) error {
+		if err := update(ctx, s, ch); err != nil {
+			return err
+		}
+		rt.SetStack(s)
 		return nil
 	}
 }
