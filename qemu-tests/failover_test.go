@@ -273,6 +273,11 @@ func TestFailoverPairLinkCutPlannedMoveHardwareLoss(t *testing.T) {
 	// mode.
 	consoleRun(t, r.vms["dh1"], "magestack maintenance on")
 	consoleRunUntil(t, r.vms["dh2"], "magestack maintenance status", `web1=on`, time.Minute)
+	// An operator acting on the host that does not run the instance is
+	// pointed at the one that does.
+	if out := consoleRun(t, r.vms["dh1"], "magestack reload web1 2>&1 || true"); !strings.Contains(out, "web1 runs on dh2, not on this host (dh1)") {
+		t.Errorf("magestack reload web1 on dh1 while dh2 runs it:\n%s", out)
+	}
 
 	// Planned move, from dh1's console.
 	planned := time.Now()

@@ -101,6 +101,19 @@ func (b *bootEnv) runningInstance(name string) (roleTarget, int, error) {
 	if inst == nil {
 		return roleTarget{}, http.StatusNotFound, fmt.Errorf("instance %q: not in stack %s (instances: %s)", name, st.Name, strings.Join(names, ", "))
 	}
+	b.mu.Lock()
+	m := b.cluster
+	b.mu.Unlock()
+	if m != nil {
+		// On a pair the table says where it runs: point there.
+		if o, ok := m.node.Get(name); ok && o.Owner != b.Hostname() {
+			where := "no host (it is being moved)"
+			if o.Owner != "" {
+				where = o.Owner
+			}
+			return roleTarget{}, http.StatusConflict, fmt.Errorf("instance %s runs on %s, not on this host (%s): run the command there", name, where, b.Hostname())
+		}
+	}
 	us, err := sup.Unit(name)
 	if err != nil {
 		return roleTarget{}, http.StatusNotFound, fmt.Errorf("instance %s: not run by this host (%s): %w", name, b.Hostname(), err)
