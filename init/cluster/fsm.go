@@ -146,15 +146,7 @@ func (f *FSM) All() []Ownership {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	out := slices.Collect(maps.Values(f.owned))
-	slices.SortFunc(out, func(a, b Ownership) int {
-		if a.Instance < b.Instance {
-			return -1
-		}
-		if a.Instance > b.Instance {
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(out, func(a, b Ownership) int { return strings.Compare(a.Instance, b.Instance) })
 	return out
 }
 

@@ -46,13 +46,7 @@ func TestStaleTableStartsNothingTheLeaderDenies(t *testing.T) {
 	}
 	// The leader dh2: everything moved to it.
 	leader := &leaderTable{t: map[string]cluster.Ownership{"lb1": {Instance: "lb1", Owner: "dh2", Epoch: 3}}}
-	lctl, err := New(Config{Self: "dh2", Stack: stack, Cluster: leader, Peer: func(string) heartbeat.State { return heartbeat.Alive }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewServer(lctl.RPCHandler())
-	defer srv.Close()
-	_, port, _ := net.SplitHostPort(srv.Listener.Addr().String())
+	_, port := leaderRPC(t, stack, leader)
 
 	// dh1, stale: lb1 still its own at epoch 1.
 	stale := &followerTable{leaderTable{t: map[string]cluster.Ownership{"lb1": {Instance: "lb1", Owner: "dh1", Epoch: 1}}}}
@@ -112,13 +106,7 @@ func TestSettingForwardedToTheLeader(t *testing.T) {
 		t.Fatal(err)
 	}
 	leader := &leaderTable{t: map[string]cluster.Ownership{}}
-	lctl, err := New(Config{Self: "dh2", Stack: stack, Cluster: leader, Peer: func(string) heartbeat.State { return heartbeat.Alive }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewServer(lctl.RPCHandler())
-	defer srv.Close()
-	_, port, _ := net.SplitHostPort(srv.Listener.Addr().String())
+	srv, port := leaderRPC(t, stack, leader)
 	c, _ := followerDH1(t, stack, &followerTable{leaderTable{t: map[string]cluster.Ownership{}}}, port)
 	ctx := context.Background()
 	got, err := c.SubmitSetting(ctx, "maintenance/shop/www", "on", "127.0.0.1:7700")
@@ -132,4 +120,18 @@ func TestSettingForwardedToTheLeader(t *testing.T) {
 	if _, err := c.SubmitSetting(ctx, "maintenance/shop/www", "", "127.0.0.1:7700"); err == nil {
 		t.Error("a setting with the leader unreachable was reported done")
 	}
+}
+
+// leaderRPC serves the cluster RPC of dh2 leading with table on loopback;
+// it returns the server and its port.
+func leaderRPC(t *testing.T, stack *stackfile.Stack, table *leaderTable) (*httptest.Server, string) {
+	t.Helper()
+	ctl, err := New(Config{Self: "dh2", Stack: stack, Cluster: table, Peer: func(string) heartbeat.State { return heartbeat.Alive }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(ctl.RPCHandler())
+	t.Cleanup(srv.Close)
+	_, port, _ := net.SplitHostPort(srv.Listener.Addr().String())
+	return srv, port
 }
