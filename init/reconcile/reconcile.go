@@ -15,6 +15,7 @@ import (
 	"net/netip"
 	"path"
 	"runtime/debug"
+	"strings"
 	"sync"
 	"time"
 
@@ -46,6 +47,11 @@ type Appliers struct {
 	VPN func(ctx context.Context, s *stackfile.Stack, c *stackfile.Changes) error
 	// Cluster applies host, pair, witness and failure-detection changes.
 	Cluster func(ctx context.Context, s *stackfile.Stack, c *stackfile.Changes) error
+	// Instances, when set, brings the set of instances to the one stack s
+	// lists in one step, in place of StopInstance and StartInstance for
+	// instances removed and added (a pair, where the cluster decides which
+	// host runs each).
+	Instances func(ctx context.Context, s *stackfile.Stack) error
 }
 
 // Result describes one reconcile.
@@ -294,6 +300,9 @@ func (run *runner) skip(what string) { run.res.Skipped = append(run.res.Skipped,
 func (run *runner) forward(c *stackfile.Changes) error {
 	a, old, new := run.a, run.old, run.new
 	for _, inst := range c.Removed {
+		if a.Instances != nil {
+			break // below, with the added ones
+		}
 		if a.StopInstance == nil || a.StartInstance == nil {
 			run.skip("stop " + inst.Name)
 			continue
@@ -377,7 +386,18 @@ func (run *runner) forward(c *stackfile.Changes) error {
 			return err
 		}
 	}
+	if a.Instances != nil && (len(c.Added) > 0 || len(c.Removed) > 0) {
+		name := "instances" + instanceDelta(c)
+		if err := run.step(name,
+			func(ctx context.Context) error { return a.Instances(ctx, new) },
+			run.restore("instances as before", func(ctx context.Context) error { return a.Instances(ctx, old) })); err != nil {
+			return err
+		}
+	}
 	for _, inst := range c.Added {
+		if a.Instances != nil {
+			break // done above
+		}
 		if a.StopInstance == nil || a.StartInstance == nil {
 			run.skip("start " + inst.Name)
 			continue
@@ -415,6 +435,18 @@ func (run *runner) rollback() error {
 		run.res.RolledBack = append(run.res.RolledBack, u.name)
 	}
 	return errors.Join(errs...)
+}
+
+// instanceDelta names the instances c adds and removes, e.g. " +web2 -web3".
+func instanceDelta(c *stackfile.Changes) string {
+	var b strings.Builder
+	for _, in := range c.Added {
+		b.WriteString(" +" + in.Name)
+	}
+	for _, in := range c.Removed {
+		b.WriteString(" -" + in.Name)
+	}
+	return b.String()
 }
 
 func slicesHas(list []string, any ...string) bool {

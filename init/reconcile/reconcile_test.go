@@ -491,3 +491,45 @@ func indentLines(s, prefix string) string {
 	}
 	return b.String()
 }
+
+// With an Instances applier (a pair), the instances added and removed go
+// in one step, after the firewall, and a later failure undoes it with the
+// old set.
+func TestInstancesApplierTakesAddedAndRemoved(t *testing.T) {
+	r, f, _ := booted(t)
+	var sets []string
+	r.apply.Instances = func(ctx context.Context, s *stackfile.Stack) error {
+		insts, _ := s.Instances()
+		var names []string
+		for _, in := range insts {
+			if in.Role == "web" {
+				names = append(names, in.Name)
+			}
+		}
+		sets = append(sets, strings.Join(names, " "))
+		return f.call("instances")
+	}
+	res, err := r.Apply(context.Background(), revOf(edit("count: 1,", "count: 2,")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(f.calls, ", "); got != "firewall, instances" {
+		t.Errorf("calls %q, want the firewall then one instances step", got)
+	}
+	if !slices.Contains(res.Applied, "instances +web2") || len(res.Skipped) != 0 || !slices.Equal(sets, []string{"web1 web2"}) {
+		t.Errorf("applied %v skipped %v sets %v", res.Applied, res.Skipped, sets)
+	}
+	// Scaling back fails in a later step: the old set is restored.
+	f.calls, sets = nil, nil
+	f.failOn = "update lb1"
+	r.apply.UpdateInstance = func(ctx context.Context, s *stackfile.Stack, ch stackfile.InstanceChange) error {
+		return f.call("update " + ch.New.Name)
+	}
+	next := strings.Replace(edit("count: 1,", "count: 1, memory: 300MiB,"), "roles:\n", "roles:\n  lb: {memory: 200MiB}\n", 1)
+	if _, err := r.Apply(context.Background(), revOf(next)); err == nil {
+		t.Fatal("a failing revision applied")
+	}
+	if !slices.Equal(sets, []string{"web1", "web1 web2"}) {
+		t.Errorf("instance sets %v, want web1 then web1 web2 again", sets)
+	}
+}
