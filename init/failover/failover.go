@@ -14,6 +14,7 @@ package failover
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"maps"
@@ -394,12 +395,15 @@ func (c *Controller) lead(ctx context.Context, table []cluster.Ownership) {
 	for _, o := range table {
 		owned[o.Instance] = o
 	}
-	insts, err := c.cfg.Stack.Instances()
+	insts, fromCluster, err := c.instances()
 	if err != nil {
 		c.log.Error("failover: stack instances", "err", err)
 		return
 	}
 	now := time.Now()
+	if fromCluster {
+		c.releaseRemoved(ctx, table, insts)
+	}
 	for _, in := range insts {
 		o, ok := owned[in.Name]
 		if ok && o.Owner != "" {
@@ -482,6 +486,86 @@ func (c *Controller) lead(ctx context.Context, table []cluster.Ownership) {
 	}
 	c.resolveSplits(ctx, byHost, now)
 }
+
+// InstancesKey is the cluster setting that lists the instances of the
+// revision in force (JSON, as PlacedInstance): a host that applies a
+// revision adding or removing instances sets it, and whichever member
+// leads places and releases instances by it rather than by the stack it
+// started with (the witness never reads new revisions).
+const InstancesKey = "stack/instances"
+
+// PlacedInstance is one instance in InstancesKey: its name and the host
+// the stack file places it on.
+type PlacedInstance struct {
+	Name string `json:"name"`
+	Host string `json:"host"`
+}
+
+// InstancesValue is the InstancesKey value for stack s.
+func InstancesValue(s *stackfile.Stack) (string, error) {
+	insts, err := s.Instances()
+	if err != nil {
+		return "", err
+	}
+	out := make([]PlacedInstance, 0, len(insts))
+	for _, in := range insts {
+		out = append(out, PlacedInstance{Name: in.Name, Host: in.Host})
+	}
+	b, err := json.Marshal(out)
+	return string(b), err
+}
+
+// instances are what the leader places: the cluster's list when a host
+// has set one (fromCluster), else the instances of the stack it started
+// with.
+func (c *Controller) instances() (out []PlacedInstance, fromCluster bool, err error) {
+	for _, s := range c.cfg.Cluster.Settings() {
+		if s.Key != InstancesKey {
+			continue
+		}
+		if err := json.Unmarshal([]byte(s.Value), &out); err != nil {
+			c.warnOnce("instances", "failover: the cluster's instance list is unreadable; placing the boot stack's instances", "err", err)
+			break
+		}
+		return out, true, nil
+	}
+	insts, err := c.cfg.Stack.Instances()
+	if err != nil {
+		return nil, false, err
+	}
+	out = out[:0]
+	for _, in := range insts {
+		out = append(out, PlacedInstance{Name: in.Name, Host: in.Host})
+	}
+	return out, false, nil
+}
+
+// releaseRemoved releases the instances a revision removed: their owners
+// stop them, and nothing places them again.
+func (c *Controller) releaseRemoved(ctx context.Context, table []cluster.Ownership, insts []PlacedInstance) {
+	listed := map[string]bool{}
+	for _, in := range insts {
+		listed[in.Name] = true
+	}
+	for _, o := range table {
+		if o.Owner == "" || listed[o.Instance] {
+			continue
+		}
+		c.mu.Lock()
+		busy := c.moving[o.Instance]
+		c.mu.Unlock()
+		if busy {
+			continue
+		}
+		c.log.Info("failover: releasing an instance the stack no longer has", "instance", o.Instance, "owner", o.Owner)
+		if _, err := c.cfg.Cluster.Assign(ctx, o.Instance, "", o.Epoch, removedFromStack); err != nil {
+			c.log.Warn("failover: releasing a removed instance", "instance", o.Instance, "err", err)
+		}
+	}
+}
+
+// removedFromStack is the reason of a release for a removed instance.
+const removedFromStack = "removed from the stack"
 
 func (c *Controller) warnOnce(key, msg string, args ...any) {
 	if t, ok := c.warned[key+msg]; ok && time.Since(t) < 30*time.Second {
@@ -677,18 +761,23 @@ func (c *Controller) ForceAlone() error {
 // Settled reports whether every instance of the stack has a committed
 // owner and this host runs exactly the instances it owns.
 func (c *Controller) Settled() bool {
-	table := c.cfg.Cluster.Table()
-	insts, err := c.cfg.Stack.Instances()
-	if err != nil || len(table) < len(insts) {
+	owners := map[string]string{}
+	for _, o := range c.cfg.Cluster.Table() {
+		owners[o.Instance] = o.Owner
+	}
+	insts, _, err := c.instances()
+	if err != nil {
 		return false
 	}
 	mine := map[string]bool{}
-	for _, o := range table {
-		if o.Owner == "" {
+	for _, in := range insts {
+		// Released instances the stack no longer lists stay in the table
+		// ownerless; only listed ones must have an owner.
+		switch owners[in.Name] {
+		case "":
 			return false
-		}
-		if o.Owner == c.cfg.Self {
-			mine[o.Instance] = true
+		case c.cfg.Self:
+			mine[in.Name] = true
 		}
 	}
 	if c.cfg.Runtime == nil {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -263,5 +264,40 @@ func TestHoldDownRecordedForTheNextLeader(t *testing.T) {
 				t.Errorf("dh2's instances moved: %v, want %v (owners %v)", moved, tt.moved, lt.owners())
 			}
 		})
+	}
+}
+
+// A revision that adds and removes instances reaches the leader as the
+// cluster's instance list: it places the new ones where the stack file
+// says and releases the removed ones, and never places those again.
+func TestLeaderFollowsTheClusterInstanceList(t *testing.T) {
+	c, lt := witnessLeader(t, nil, 0)
+	value, err := InstancesValue(c.cfg.Stack)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var list []PlacedInstance
+	json.Unmarshal([]byte(value), &list)
+	list = slices.DeleteFunc(list, func(p PlacedInstance) bool { return p.Name == "mail1" })
+	list = append(list, PlacedInstance{Name: "web3", Host: "dh2"})
+	b, _ := json.Marshal(list)
+	lt.settings = map[string]string{InstancesKey: string(b)}
+	for range 2 {
+		c.Step(context.Background())
+	}
+	lt.mu.Lock()
+	web3, mail1 := lt.t["web3"], lt.t["mail1"]
+	lt.mu.Unlock()
+	if web3.Owner != "dh2" || web3.Reason != "placement" {
+		t.Errorf("new web3: %+v, want placed on dh2", web3)
+	}
+	if mail1.Owner != "" || mail1.Reason != removedFromStack {
+		t.Errorf("removed mail1: %+v, want released as %q", mail1, removedFromStack)
+	}
+	// An unreadable list is reported and the boot stack's instances are
+	// placed: nothing listed before is released for it.
+	lt.settings = map[string]string{InstancesKey: "{"}
+	if insts, fromCluster, err := c.instances(); err != nil || fromCluster || len(insts) == 0 {
+		t.Errorf("unreadable list: %d instances, from cluster %v, %v", len(insts), fromCluster, err)
 	}
 }
