@@ -290,16 +290,19 @@ func TestFailoverPairLinkCutPlannedMoveHardwareLoss(t *testing.T) {
 	moved := r.prober.waitOK(t, planned, pairMAC["dh2"], 2*time.Minute)
 	t.Logf("planned move: website answered from dh2 %v after the command", moved.Sub(planned))
 
-	// A new revision of the stack file: web's memory limit. dh2, which runs
-	// web1, gives it a new environment; dh1, the standby, starts it with
-	// the new limit if it has to take over.
-	newStack := pairStackYAML + "config: {poll: 2s}\nroles: {fw: {}, lb: {}, web: {memory: 300MiB}, db: {}, mail: {}, acc: {}, monitor: {}}\n"
+	// A new revision of the stack file: a second web instance and web's
+	// memory limit. The cluster places web2 where the stack file says
+	// (dh1); dh2, which runs web1, gives it a new environment; dh1 starts
+	// web1 with the new limit when it has to take over.
+	newStack := pairStackYAML + "config: {poll: 2s}\nroles: {fw: {}, lb: {}, web: {count: 2, memory: 300MiB}, db: {}, mail: {}, acc: {}, monitor: {}}\n"
 	if err := os.WriteFile(r.stackPath, []byte(newStack), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	applied := `applied:\s+` + fmt.Sprintf("%x", sha256.Sum256([]byte(newStack)))[:12]
 	consoleRunUntil(t, r.vms["dh2"], "cat /sys/fs/cgroup/magestack/web1/memory.max", `(?m)^314572800\s*$`, 2*time.Minute)
 	consoleRunUntil(t, r.vms["dh1"], "magestack config status", applied, time.Minute)
+	consoleRunUntil(t, r.vms["dh2"], "magestack config status", applied, time.Minute)
+	consoleRunUntil(t, r.vms["dh1"], "magestack status", `this host runs web2\b`, time.Minute)
 
 	// Hardware loss of dh2, which now holds lb1 and the VIP.
 	lost := time.Now()
@@ -318,6 +321,9 @@ func TestFailoverPairLinkCutPlannedMoveHardwareLoss(t *testing.T) {
 	// web1 came up on dh1 in the mode the cluster keeps, and it can be
 	// switched off with dh2 gone (dh1 and the witness are a majority).
 	consoleRunUntil(t, r.vms["dh1"], "magestack maintenance status", `web1=on`, time.Minute)
+	if out := consoleRun(t, r.vms["dh1"], "magestack status"); !regexp.MustCompile(`this host runs .*\bweb2\b`).MatchString(out) {
+		t.Errorf("dh1 does not run web2 after taking over:\n%s", out)
+	}
 	if out := consoleRun(t, r.vms["dh1"], "cat /sys/fs/cgroup/magestack/web1/memory.max"); !strings.Contains(out, "314572800") {
 		t.Errorf("web1 taken over by dh1 has memory.max %q, want the new revision's 314572800", strings.TrimSpace(out))
 	}

@@ -752,6 +752,9 @@ func (c *Controller) MoveTo(ctx context.Context, to string) (Failover, error) {
 	return c.failovers[len(c.failovers)-1], nil
 }
 
+// Self is the member this controller runs for.
+func (c *Controller) Self() string { return c.cfg.Self }
+
 // ForceAlone is `magestack failover --force`: take over without a
 // witness or fence. The operator vouches that the peer is off.
 func (c *Controller) ForceAlone() error {

@@ -71,6 +71,18 @@ func (r *roleRuntime) Runs(name string) bool {
 	return err == nil && u.State != supervise.StateStopped && u.State != supervise.StateFailed
 }
 
+// Ready reports whether this host runs the instance and it is ready.
+func (r *roleRuntime) Ready(name string) bool {
+	r.mu.Lock()
+	_, known := r.built[name]
+	r.mu.Unlock()
+	if !known {
+		return false
+	}
+	u, err := r.sup.Unit(name)
+	return err == nil && u.State == supervise.StateReady
+}
+
 func (r *roleRuntime) instance(name string) (stackfile.Instance, error) {
 	insts, err := r.stack.Instances()
 	if err != nil {

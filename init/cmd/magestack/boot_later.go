@@ -479,15 +479,17 @@ func (b *bootEnv) reconcileStep(ctx context.Context) error {
 				return final.StartInstance(ctx, s, inst)
 			})
 	}
+	lbs := b.newLBSync(sup, st, host) // lb follows web instances (face_scale.go)
 	if sup != nil && pairedHost(st, host) {
 		b.mu.Lock()
 		m := b.cluster
 		b.mu.Unlock()
 		if m != nil {
+			lbs = b.newPairLBSync(sup, m.rt)
 			appliers.UpdateInstance = b.pairUpdate(m.rt)
+			appliers.Instances = b.pairInstances(m, lbs)
 		}
 	}
-	lbs := b.newLBSync(sup, st, host) // lb follows web instances (face_scale.go)
 	final = lbs.wrap(appliers)
 	r := reconcile.New(b.log, store, final)
 	b.wireScale(r, srv, lbs)

@@ -180,6 +180,15 @@ func (s *scaleAPI) serveScale(w http.ResponseWriter, r *http.Request) {
 		api.WriteError(w, http.StatusBadRequest, err.Error())
 		return
 	}
+	s.b.mu.Lock()
+	paired := s.b.cluster != nil
+	s.b.mu.Unlock()
+	if paired {
+		// An override is this host's alone: the peer's next revision would
+		// take the instances away again.
+		api.WriteError(w, http.StatusConflict, "scale: on a pair, change the count in the stack file (both hosts apply it, and the cluster places the instances); a local override would not reach the peer")
+		return
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var prev []scaleoverride.Override
@@ -262,11 +271,19 @@ func (b *bootEnv) wireScaleStore(r *reconcile.Reconciler, srv *api.Server, lbs *
 // lbSync keeps every lb instance on this host balancing over the web
 // instances admitted to traffic: a web instance is admitted once started
 // and ready, and withdrawn (drained out of every lb) before it stops. A
-// periodic pass repairs what a restarted HAProxy or lb lost.
+// periodic pass repairs what a restarted HAProxy or lb lost. On a pair,
+// where web instances may run on the other host, every web instance of
+// the revision in force is admitted and HAProxy's health checks tell
+// which answer.
 type lbSync struct {
 	log  *slog.Logger
 	sup  *supervise.Supervisor
 	host string
+	// lbHere says whether this host runs an lb instance; nil: the stack
+	// places it here.
+	lbHere func(stackfile.Instance) bool
+	// everyWeb admits every web instance of the stack (pairs).
+	everyWeb bool
 
 	mu       sync.Mutex // serialises lb changes; guards the fields below
 	admitted map[string]netip.Addr
@@ -298,6 +315,14 @@ func (b *bootEnv) newLBSync(sup *supervise.Supervisor, st *stackfile.Stack, host
 		}
 	}
 	return l
+}
+
+// newPairLBSync keeps the lb instances this paired host runs balancing
+// over every web instance of the revision in force.
+func (b *bootEnv) newPairLBSync(sup *supervise.Supervisor, rt *roleRuntime) *lbSync {
+	return &lbSync{log: b.log, sup: sup, admitted: map[string]netip.Addr{}, everyWeb: true,
+		lbHere: func(in stackfile.Instance) bool { return rt.Runs(in.Name) },
+		socket: func(pid int) string { return fmt.Sprintf("/proc/%d/root%s", pid, render.AdminSocket) }}
 }
 
 // wrap makes instance starts and stops go through the lb.
@@ -339,7 +364,7 @@ func (l *lbSync) lbClients(st *stackfile.Stack) []*lbsync.Client {
 	}
 	var out []*lbsync.Client
 	for _, in := range insts {
-		if in.Role != "lb" || in.Host != l.host {
+		if in.Role != "lb" || (l.lbHere == nil && in.Host != l.host) || (l.lbHere != nil && !l.lbHere(in)) {
 			continue
 		}
 		u, err := l.sup.Unit(in.Name)
@@ -361,6 +386,16 @@ func (l *lbSync) converge(ctx context.Context, st *stackfile.Stack) {
 	defer cancel()
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if l.everyWeb {
+		l.admitted = map[string]netip.Addr{}
+		if insts, err := st.Instances(); err == nil {
+			for _, in := range insts {
+				if in.Role == "web" {
+					l.admitted[in.Name] = in.Addr
+				}
+			}
+		}
+	}
 	want := make([]lbsync.Server, 0, len(l.admitted))
 	for name, addr := range l.admitted {
 		want = append(want, lbsync.Server{Name: name, Addr: netip.AddrPortFrom(addr, 80)})

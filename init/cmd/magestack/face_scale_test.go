@@ -22,6 +22,7 @@ import (
 	"magestack/init/api"
 	"magestack/init/configsource"
 	"magestack/init/reconcile"
+	"magestack/init/roleenv"
 	"magestack/init/scaleoverride"
 	"magestack/init/stackfile"
 	"magestack/init/supervise"
@@ -231,70 +232,10 @@ func TestLBSyncFollowsInstances(t *testing.T) {
 			web2 = in
 		}
 	}
-	dir := t.TempDir()
-	sock := filepath.Join(dir, "admin.sock")
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	front := l.Addr().String()
-	l.Close()
-	cfg := fmt.Sprintf(`global
-	stats socket %s mode 600 level admin
-defaults
-	mode http
-	timeout connect 5s
-	timeout client 60s
-	timeout server 60s
-frontend http
-	bind %s
-	default_backend web
-backend web
-	balance roundrobin
-	option httpchk GET /magestack-fpm-ping
-	server web1 %s:80 %s
-`, sock, front, web1.Addr, lbsync.CheckArgs)
-	if err := os.WriteFile(filepath.Join(dir, "haproxy.cfg"), []byte(cfg), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	sup, sock, client, names := startTestLB(t, bin, web1)
 	log := slog.New(slog.DiscardHandler)
-	sup := supervise.New(log, supervise.Options{})
-	if err := sup.Add(supervise.Spec{Name: "lb1", Command: []string{bin, "-db", "-f", filepath.Join(dir, "haproxy.cfg")}}); err != nil {
-		t.Fatal(err)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	if err := sup.Start(ctx, "lb1"); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sup.StopAll(context.Background()) })
-	if err := sup.WaitReady(ctx, "lb1"); err != nil {
-		t.Fatal(err)
-	}
-	client := lbsync.UnixClient("lb1", sock)
-	names := func() []string {
-		t.Helper()
-		var list []lbsync.ServerState
-		var err error
-		for range 100 { // HAProxy may still be binding its socket
-			if list, err = client.Servers(ctx, "web"); err == nil {
-				break
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		var out []string
-		for _, s := range list {
-			if s.Maint() {
-				t.Errorf("%s left in maintenance", s.Name)
-			}
-			out = append(out, s.Name)
-		}
-		return out
-	}
-	names()
 
 	b := &bootEnv{log: log}
 	lbs := b.newLBSync(sup, st1, "dh1")
@@ -334,5 +275,110 @@ backend web
 	}
 	if calls := f.take(); calls != "start web2, stop web2" {
 		t.Errorf("inner applier calls: %s", calls)
+	}
+}
+
+// startTestLB runs HAProxy as unit lb1 of a supervisor, with web1 in its
+// web backend; names lists the backend's servers.
+func startTestLB(t *testing.T, bin string, web1 stackfile.Instance) (sup *supervise.Supervisor, sock string, client *lbsync.Client, names func() []string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	t.Cleanup(cancel)
+	dir := t.TempDir()
+	sock = filepath.Join(dir, "admin.sock")
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	front := l.Addr().String()
+	l.Close()
+	cfg := fmt.Sprintf(`global
+	stats socket %s mode 600 level admin
+defaults
+	mode http
+	timeout connect 5s
+	timeout client 60s
+	timeout server 60s
+frontend http
+	bind %s
+	default_backend web
+backend web
+	balance roundrobin
+	option httpchk GET /magestack-fpm-ping
+	server web1 %s:80 %s
+`, sock, front, web1.Addr, lbsync.CheckArgs)
+	if err := os.WriteFile(filepath.Join(dir, "haproxy.cfg"), []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	sup = supervise.New(slog.New(slog.DiscardHandler), supervise.Options{})
+	if err := sup.Add(supervise.Spec{Name: "lb1", Command: []string{bin, "-db", "-f", filepath.Join(dir, "haproxy.cfg")}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := sup.Start(ctx, "lb1"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sup.StopAll(context.Background()) })
+	if err := sup.WaitReady(ctx, "lb1"); err != nil {
+		t.Fatal(err)
+	}
+	client = lbsync.UnixClient("lb1", sock)
+	names = func() []string {
+		t.Helper()
+		var list []lbsync.ServerState
+		var err error
+		for range 100 { // HAProxy may still be binding its socket
+			if list, err = client.Servers(ctx, "web"); err == nil {
+				break
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, s := range list {
+			if s.Maint() {
+				t.Errorf("%s left in maintenance", s.Name)
+			}
+			out = append(out, s.Name)
+		}
+		return out
+	}
+	names()
+	return sup, sock, client, names
+}
+
+// On a pair the lb admits every web instance of the revision in force,
+// wherever it runs: HAProxy's checks tell which answer.
+func TestPairLBSyncAdmitsEveryWebInstance(t *testing.T) {
+	bin, err := exec.LookPath("haproxy")
+	if err != nil {
+		t.Skip("haproxy not installed (Debian package haproxy): ", err)
+	}
+	_, st1 := scaleRev(1)
+	_, st2 := scaleRev(2)
+	insts, _ := st1.Instances()
+	web1 := insts[slices.IndexFunc(insts, func(in stackfile.Instance) bool { return in.Name == "web1" })]
+	sup, sock, _, names := startTestLB(t, bin, web1)
+	b := &bootEnv{log: slog.New(slog.DiscardHandler)}
+	rt := newRoleRuntime(b.log, sup, roleenv.Options{}, st1, 0, nil)
+	rt.built["lb1"] = st1 // this host runs lb1
+	lbs := b.newPairLBSync(sup, rt)
+	lbs.socket = func(int) string { return sock }
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	lbs.converge(ctx, st2)
+	if got := names(); !slices.Equal(got, []string{"web1", "web2"}) {
+		t.Errorf("after the revision with two web instances lb1 has %v", got)
+	}
+	lbs.converge(ctx, st1)
+	if got := names(); !slices.Equal(got, []string{"web1"}) {
+		t.Errorf("after the revision back to one lb1 has %v", got)
+	}
+	// An lb this host does not run is left alone.
+	delete(rt.built, "lb1")
+	lbs.converge(ctx, st2)
+	if got := names(); !slices.Equal(got, []string{"web1"}) {
+		t.Errorf("an lb run elsewhere was changed: %v", got)
 	}
 }

@@ -12,7 +12,9 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 
+	"magestack/init/failover"
 	"magestack/init/roleexec"
 	"magestack/init/stackfile"
 	"magestack/services"
@@ -95,6 +97,72 @@ func (b *bootEnv) pairUpdate(rt *roleRuntime) func(context.Context, *stackfile.S
 		rt.SetStack(s)
 		return nil
 	}
+}
+
+// pairInstances is the Instances applier of a paired host: the revision's
+// instance list goes to the cluster, whose leader places the new instances
+// and releases the removed ones; it returns once the table agrees and this
+// host runs what it owns, and the lbs here follow.
+func (b *bootEnv) pairInstances(m *clusterMember, lbs *lbSync) func(context.Context, *stackfile.Stack) error {
+	return func(ctx context.Context, s *stackfile.Stack) error {
+		value, err := failover.InstancesValue(s)
+		if err != nil {
+			return err
+		}
+		m.rt.SetStack(s)
+		if _, err := m.ctl.SubmitSetting(ctx, failover.InstancesKey, value, m.node.LeaderAddr()); err != nil {
+			return fmt.Errorf("instances: %w", err)
+		}
+		wctx, cancel := context.WithTimeout(ctx, pairInstancesWait)
+		defer cancel()
+		for {
+			missing := m.instancesPending(s)
+			if missing == "" {
+				break
+			}
+			select {
+			case <-wctx.Done():
+				return fmt.Errorf("instances: not in force within %v: %s", pairInstancesWait, missing)
+			case <-time.After(200 * time.Millisecond):
+			}
+		}
+		lbs.converge(ctx, s)
+		return nil
+	}
+}
+
+// pairInstancesWait bounds how long a revision waits for the cluster to
+// place its new instances and for this host to start its share.
+const pairInstancesWait = 3 * time.Minute
+
+// instancesPending says what keeps the cluster from running exactly the
+// instances of s ("" when nothing): an instance without an owner, a
+// removed one still owned, or one of this host's not ready here.
+func (m *clusterMember) instancesPending(s *stackfile.Stack) string {
+	insts, err := s.Instances()
+	if err != nil {
+		return err.Error()
+	}
+	listed := map[string]bool{}
+	for _, in := range insts {
+		listed[in.Name] = true
+	}
+	self := m.ctl.Self()
+	for _, o := range m.node.Table() {
+		switch {
+		case !listed[o.Instance] && o.Owner != "":
+			return o.Instance + " is still owned by " + o.Owner
+		case listed[o.Instance] && o.Owner == "":
+			return o.Instance + " has no owner yet"
+		case listed[o.Instance] && o.Owner == self && !m.rt.Ready(o.Instance):
+			return o.Instance + " is not ready on this host yet"
+		}
+		delete(listed, o.Instance)
+	}
+	for name := range listed {
+		return name + " is not placed yet"
+	}
+	return ""
 }
 
 // roleFile is one file as role-init would write it.
