@@ -496,6 +496,9 @@ func (b *bootEnv) reconcileStep(ctx context.Context) error {
 	if err := r.Booted(st, rev); err != nil {
 		b.log.Warn("config: recording the booted revision", "err", err)
 	}
+	b.mu.Lock()
+	b.running = func() *stackfile.Stack { s, _ := r.Running(); return s }
+	b.mu.Unlock()
 	source, every, fetcher := reconcile.PollSettings(st, b.cmdline.Value("magestack.config"), configsource.Options{Logger: b.log})
 	live := &reconcile.Live{Reconciler: r, Fetcher: fetcher, Source: source, Store: store}
 	if srv != nil {

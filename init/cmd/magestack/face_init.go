@@ -65,13 +65,25 @@ type bootEnv struct {
 	// maintenanceDir keeps the sites' maintenance switches; "" is
 	// /var/lib/magestack/maintenance (tests point elsewhere).
 	maintenanceDir string
+	// running is the reconciler's stack in force (set by the reconcile
+	// step).
+	running func() *stackfile.Stack
 }
 
-// Stack is the loaded stack file (nil before the config step succeeded).
+// Stack is the stack in force: the revision the reconciler runs once the
+// reconcile step wired it, before that the loaded stack file (nil before
+// the config step succeeded). Operator commands must see sites and
+// instances a live revision added.
 func (b *bootEnv) Stack() *stackfile.Stack {
 	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.stack
+	running, st := b.running, b.stack
+	b.mu.Unlock()
+	if running != nil {
+		if s := running(); s != nil {
+			return s
+		}
+	}
+	return st
 }
 
 // Network is the live network state (nil before the network step).

@@ -15,6 +15,7 @@ import (
 	"magestack/init/api"
 	"magestack/init/cluster"
 	"magestack/init/stackfile"
+	"magestack/services/render"
 )
 
 func TestOpsFacesRefuseBadArguments(t *testing.T) {
@@ -136,4 +137,24 @@ sites:
 	waitMode("www off, blog on", false, true)
 	set()
 	waitMode("all cleared", false, false)
+}
+
+// Operator commands see the stack in force: a site or instance a live
+// revision added is found, not only what the host booted with.
+func TestStackIsTheRevisionInForce(t *testing.T) {
+	booted, _ := stackfile.Parse("a.yaml", []byte("stack: a\nhosts: [{name: dh1, mac: \"52:54:00:00:00:01\"}]\n"))
+	next, _ := stackfile.Parse("b.yaml", []byte("stack: a\nhosts: [{name: dh1, mac: \"52:54:00:00:00:01\"}]\nsites: [{group: shop, name: new, domains: [new.example]}]\n"))
+	b := &bootEnv{stack: booted}
+	if b.Stack() != booted {
+		t.Fatal("before the reconciler runs, Stack is the booted stack")
+	}
+	var inForce *stackfile.Stack
+	b.running = func() *stackfile.Stack { return inForce }
+	if b.Stack() != booted {
+		t.Error("a reconciler with nothing in force yet hides the booted stack")
+	}
+	inForce = next
+	if _, err := render.FindSite(b.Stack(), "new"); err != nil {
+		t.Errorf("the site a revision added is not found: %v", err)
+	}
 }
