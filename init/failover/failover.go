@@ -410,10 +410,7 @@ func (c *Controller) lead(ctx context.Context, table []cluster.Ownership) {
 			delete(c.unownedSince, in.Name)
 			continue
 		}
-		c.mu.Lock()
-		busy := c.moving[in.Name]
-		c.mu.Unlock()
-		if busy {
+		if c.isMoving(in.Name) {
 			continue
 		}
 		target := in.Host
@@ -551,10 +548,7 @@ func (c *Controller) releaseRemoved(ctx context.Context, table []cluster.Ownersh
 		if o.Owner == "" || listed[o.Instance] {
 			continue
 		}
-		c.mu.Lock()
-		busy := c.moving[o.Instance]
-		c.mu.Unlock()
-		if busy {
+		if c.isMoving(o.Instance) {
 			continue
 		}
 		c.log.Info("failover: releasing an instance the stack no longer has", "instance", o.Instance, "owner", o.Owner)
@@ -562,6 +556,13 @@ func (c *Controller) releaseRemoved(ctx context.Context, table []cluster.Ownersh
 			c.log.Warn("failover: releasing a removed instance", "instance", o.Instance, "err", err)
 		}
 	}
+}
+
+// isMoving reports whether a move of this leader has the instance in hand.
+func (c *Controller) isMoving(instance string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.moving[instance]
 }
 
 // removedFromStack is the reason of a release for a removed instance.

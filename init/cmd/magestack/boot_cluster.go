@@ -61,26 +61,26 @@ func (r *roleRuntime) SetStack(s *stackfile.Stack) {
 
 // Runs reports whether this host runs the instance (or is bringing it up).
 func (r *roleRuntime) Runs(name string) bool {
-	r.mu.Lock()
-	_, known := r.built[name]
-	r.mu.Unlock()
-	if !known {
-		return false
-	}
-	u, err := r.sup.Unit(name)
-	return err == nil && u.State != supervise.StateStopped && u.State != supervise.StateFailed
+	st, ok := r.state(name)
+	return ok && st != supervise.StateStopped && st != supervise.StateFailed
 }
 
 // Ready reports whether this host runs the instance and it is ready.
 func (r *roleRuntime) Ready(name string) bool {
+	st, ok := r.state(name)
+	return ok && st == supervise.StateReady
+}
+
+// state is the supervisor's state of an instance this host has built.
+func (r *roleRuntime) state(name string) (supervise.State, bool) {
 	r.mu.Lock()
 	_, known := r.built[name]
 	r.mu.Unlock()
 	if !known {
-		return false
+		return "", false
 	}
 	u, err := r.sup.Unit(name)
-	return err == nil && u.State == supervise.StateReady
+	return u.State, err == nil
 }
 
 func (r *roleRuntime) instance(name string) (stackfile.Instance, error) {
