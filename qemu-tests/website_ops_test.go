@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -279,6 +280,8 @@ func TestWebsiteOperations(t *testing.T) {
 		serve(changed)
 		con.run("magestack config apply", `^revision `)
 		waitStatus(t, pub, site, 200, "live site on web1", time.Minute)
+		// The operator's view follows the revision in force.
+		con.run("magestack maintenance status", `^shop/www\s+on\s+web1=on\s+\S*`+regexp.QuoteMeta(opsPublic+"/32"))
 		if got := con.value(`head -n1 /sys/fs/cgroup/magestack/web1/init/cgroup.procs`); got != roleInit {
 			t.Errorf("web1 was re-created (role-init %s, was %s): the change should have been a reload", got, roleInit)
 		}
