@@ -80,9 +80,9 @@ func (b *bootEnv) updateByReload(here func(stackfile.Instance) bool, stop func(c
 // runs an instance applies the change to it (a reload, or a new
 // environment), and every host starts instances from the new revision
 // from then on, so a takeover after the change brings up the changed
-// instance. Instances added or removed, and changes that move an instance
-// (host, address, image, volume), stay for the next boot: the cluster
-// places instances when it forms.
+// instance. Instances added or removed go through pairInstances; changes
+// that move an instance (host, address, image, volume) are not applied to
+// a running pair (the cluster owns placement and never fails back).
 func (b *bootEnv) pairUpdate(rt *roleRuntime) func(context.Context, *stackfile.Stack, stackfile.InstanceChange) error {
 	update := b.updateByReload(func(inst stackfile.Instance) bool { return rt.Runs(inst.Name) },
 		func(ctx context.Context, inst stackfile.Instance) error { return rt.Stop(ctx, inst.Name) },
