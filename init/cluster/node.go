@@ -246,6 +246,9 @@ func (n *Node) Set(ctx context.Context, key, value string) (Setting, error) {
 // Settings returns the committed settings as this node knows them.
 func (n *Node) Settings() []Setting { return n.f.Load().Settings() }
 
+// Setting returns one committed setting; ok is false when it is not set.
+func (n *Node) Setting(key string) (Setting, bool) { return n.f.Load().Setting(key) }
+
 // apply commits c through raft and returns the FSM's answer, bounded by
 // ctx's deadline (5 s without one).
 func (n *Node) apply(ctx context.Context, c Command) (any, error) {

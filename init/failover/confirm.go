@@ -3,7 +3,6 @@ package failover
 import (
 	"context"
 	"fmt"
-	"net"
 	"net/http"
 
 	"magestack/init/cluster"
@@ -32,9 +31,9 @@ func (c *Controller) leaderTable(ctx context.Context) ([]cluster.Ownership, erro
 	if c.cfg.LeaderAddr == nil {
 		return nil, fmt.Errorf("no leader address known")
 	}
-	host, _, err := net.SplitHostPort(c.cfg.LeaderAddr())
-	if err != nil || host == "" {
-		return nil, fmt.Errorf("no cluster leader known (%w)", cluster.ErrNotLeader)
+	host, err := leaderHost(c.cfg.LeaderAddr())
+	if err != nil {
+		return nil, err
 	}
 	var table []cluster.Ownership
 	if err := c.callRPC(ctx, http.MethodGet, host, "/v1/ownership", nil, &table); err != nil {

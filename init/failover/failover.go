@@ -45,7 +45,7 @@ type Cluster interface {
 	RecoverAlone() error
 	Voters() []string
 	Set(ctx context.Context, key, value string) (cluster.Setting, error)
-	Settings() []cluster.Setting
+	Setting(key string) (cluster.Setting, bool)
 }
 
 // Config configures a Controller.
@@ -516,21 +516,17 @@ func InstancesValue(s *stackfile.Stack) (string, error) {
 // has set one (fromCluster), else the instances of the stack it started
 // with.
 func (c *Controller) instances() (out []PlacedInstance, fromCluster bool, err error) {
-	for _, s := range c.cfg.Cluster.Settings() {
-		if s.Key != InstancesKey {
-			continue
+	if s, ok := c.cfg.Cluster.Setting(InstancesKey); ok {
+		if err := json.Unmarshal([]byte(s.Value), &out); err == nil {
+			return out, true, nil
 		}
-		if err := json.Unmarshal([]byte(s.Value), &out); err != nil {
-			c.warnOnce("instances", "failover: the cluster's instance list is unreadable; placing the boot stack's instances", "err", err)
-			break
-		}
-		return out, true, nil
+		c.warnOnce("instances", "failover: the cluster's instance list is unreadable; placing the boot stack's instances", "err", err)
 	}
 	insts, err := c.cfg.Stack.Instances()
 	if err != nil {
 		return nil, false, err
 	}
-	out = out[:0]
+	out = make([]PlacedInstance, 0, len(insts))
 	for _, in := range insts {
 		out = append(out, PlacedInstance{Name: in.Name, Host: in.Host})
 	}
@@ -635,10 +631,7 @@ const lastMoveKey = "failover/last-move-from/"
 // earlier one.
 func (c *Controller) inHoldDown(host string, now time.Time) bool {
 	last := c.lastMove[host]
-	for _, s := range c.cfg.Cluster.Settings() {
-		if s.Key != lastMoveKey+host {
-			continue
-		}
+	if s, ok := c.cfg.Cluster.Setting(lastMoveKey + host); ok {
 		if t, err := time.Parse(time.RFC3339Nano, s.Value); err == nil && t.After(last) {
 			last = t
 		}

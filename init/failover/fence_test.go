@@ -39,7 +39,7 @@ func (c *lonelyCluster) Voters() []string           { return []string{"dh1", "dh
 func (c *lonelyCluster) Assign(context.Context, string, string, uint64, string) (cluster.Ownership, error) {
 	return cluster.Ownership{}, cluster.ErrNotLeader
 }
-func (c *lonelyCluster) Settings() []cluster.Setting { return nil }
+func (c *lonelyCluster) Setting(string) (cluster.Setting, bool) { return cluster.Setting{}, false }
 func (c *lonelyCluster) Set(context.Context, string, string) (cluster.Setting, error) {
 	return cluster.Setting{}, cluster.ErrNotLeader
 }

@@ -59,37 +59,43 @@ func (c *Controller) RPCHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/pair", c.servePairView)
 	mux.HandleFunc("GET /v1/ownership", c.serveOwnership)
-	mux.HandleFunc("POST /v1/setting", func(w http.ResponseWriter, r *http.Request) {
-		var in cluster.Setting
+	mux.HandleFunc("POST /v1/setting", serveRPC(10*time.Second, func(ctx context.Context, in cluster.Setting) (any, error) {
+		return c.cfg.Cluster.Set(ctx, in.Key, in.Value)
+	}))
+	mux.HandleFunc("POST /v1/failover", serveRPC(time.Minute, func(ctx context.Context, req Request) (any, error) {
+		return c.Handle(ctx, req)
+	}))
+	return mux
+}
+
+// serveRPC decodes a forwarded request as In, runs do within timeout and
+// answers its result, or its error as 409 (a bad body as 400).
+func serveRPC[In any](timeout time.Duration, do func(context.Context, In) (any, error)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		var in In
 		if err := json.NewDecoder(io.LimitReader(r.Body, 4096)).Decode(&in); err != nil {
 			writeJSON(w, http.StatusBadRequest, map[string]string{"error": "bad request: " + err.Error()})
 			return
 		}
-		ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
+		ctx, cancel := context.WithTimeout(r.Context(), timeout)
 		defer cancel()
-		out, err := c.cfg.Cluster.Set(ctx, in.Key, in.Value)
+		out, err := do(ctx, in)
 		if err != nil {
 			writeJSON(w, http.StatusConflict, map[string]string{"error": err.Error()})
 			return
 		}
 		writeJSON(w, http.StatusOK, out)
-	})
-	mux.HandleFunc("POST /v1/failover", func(w http.ResponseWriter, r *http.Request) {
-		var req Request
-		if err := json.NewDecoder(io.LimitReader(r.Body, 4096)).Decode(&req); err != nil {
-			writeJSON(w, http.StatusBadRequest, map[string]string{"error": "bad request: " + err.Error()})
-			return
-		}
-		ctx, cancel := context.WithTimeout(r.Context(), time.Minute)
-		defer cancel()
-		rep, err := c.Handle(ctx, req)
-		if err != nil {
-			writeJSON(w, http.StatusConflict, map[string]string{"error": err.Error()})
-			return
-		}
-		writeJSON(w, http.StatusOK, rep)
-	})
-	return mux
+	}
+}
+
+// leaderHost is the host part of the leader's raft address, or an error
+// wrapping cluster.ErrNotLeader when no leader is known.
+func leaderHost(leaderRaftAddr string) (string, error) {
+	host, _, err := net.SplitHostPort(leaderRaftAddr)
+	if err != nil || host == "" {
+		return "", fmt.Errorf("no cluster leader known (%w)", cluster.ErrNotLeader)
+	}
+	return host, nil
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {
@@ -104,9 +110,9 @@ func (c *Controller) Submit(ctx context.Context, r Request, leaderRaftAddr strin
 	if r.Force || c.cfg.Cluster.IsLeader() {
 		return c.Handle(ctx, r)
 	}
-	host, _, err := net.SplitHostPort(leaderRaftAddr)
-	if err != nil || host == "" {
-		return Reply{}, fmt.Errorf("no cluster leader known to forward to (%w)", cluster.ErrNotLeader)
+	host, err := leaderHost(leaderRaftAddr)
+	if err != nil {
+		return Reply{}, err
 	}
 	var rep Reply
 	// A planned move waits for stops, a lease and starts on the leader.
@@ -124,9 +130,9 @@ func (c *Controller) SubmitSetting(ctx context.Context, key, value, leaderRaftAd
 	if c.cfg.Cluster.IsLeader() {
 		return c.cfg.Cluster.Set(ctx, key, value)
 	}
-	host, _, err := net.SplitHostPort(leaderRaftAddr)
-	if err != nil || host == "" {
-		return cluster.Setting{}, fmt.Errorf("setting %s: no cluster leader known to forward to (%w)", key, cluster.ErrNotLeader)
+	host, err := leaderHost(leaderRaftAddr)
+	if err != nil {
+		return cluster.Setting{}, fmt.Errorf("setting %s: %w", key, err)
 	}
 	rctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()

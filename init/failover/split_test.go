@@ -34,14 +34,11 @@ func (l *leaderTable) Set(_ context.Context, key, value string) (cluster.Setting
 	return cluster.Setting{Key: key, Value: value}, nil
 }
 
-func (l *leaderTable) Settings() []cluster.Setting {
+func (l *leaderTable) Setting(key string) (cluster.Setting, bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	var out []cluster.Setting
-	for k, v := range l.settings {
-		out = append(out, cluster.Setting{Key: k, Value: v})
-	}
-	return out
+	v := l.settings[key]
+	return cluster.Setting{Key: key, Value: v}, v != "" // cleared is unset, as in the FSM
 }
 
 func (l *leaderTable) IsLeader() bool   { return true }

@@ -30,8 +30,8 @@ func (f *fixedCluster) Table() []cluster.Ownership { return f.table }
 func (f *fixedCluster) Assign(context.Context, string, string, uint64, string) (cluster.Ownership, error) {
 	return cluster.Ownership{}, cluster.ErrNotLeader
 }
-func (f *fixedCluster) RecoverAlone() error         { return nil }
-func (f *fixedCluster) Settings() []cluster.Setting { return nil }
+func (f *fixedCluster) RecoverAlone() error                    { return nil }
+func (f *fixedCluster) Setting(string) (cluster.Setting, bool) { return cluster.Setting{}, false }
 func (f *fixedCluster) Set(context.Context, string, string) (cluster.Setting, error) {
 	return cluster.Setting{}, cluster.ErrNotLeader
 }

@@ -299,10 +299,13 @@ func (run *runner) skip(what string) { run.res.Skipped = append(run.res.Skipped,
 // then start what comes and update what changed.
 func (run *runner) forward(c *stackfile.Changes) error {
 	a, old, new := run.a, run.old, run.new
-	for _, inst := range c.Removed {
-		if a.Instances != nil {
-			break // below, with the added ones
-		}
+	// With an Instances applier, removed and added instances are one step
+	// (below), not single stops and starts.
+	removed, added := c.Removed, c.Added
+	if a.Instances != nil {
+		removed, added = nil, nil
+	}
+	for _, inst := range removed {
 		if a.StopInstance == nil || a.StartInstance == nil {
 			run.skip("stop " + inst.Name)
 			continue
@@ -394,10 +397,7 @@ func (run *runner) forward(c *stackfile.Changes) error {
 			return err
 		}
 	}
-	for _, inst := range c.Added {
-		if a.Instances != nil {
-			break // done above
-		}
+	for _, inst := range added {
 		if a.StopInstance == nil || a.StartInstance == nil {
 			run.skip("start " + inst.Name)
 			continue

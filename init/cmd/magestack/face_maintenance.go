@@ -288,6 +288,10 @@ func (b *bootEnv) applyClusterMaintenance(ctx context.Context, settings []cluste
 	if err != nil {
 		return
 	}
+	recorded := make([]bool, len(sites)) // read once, not once per instance
+	for i, s := range sites {
+		recorded[i] = b.maintenanceOn(s)
+	}
 	running := map[int]bool{}
 	for _, t := range targets {
 		running[t.pid] = true
@@ -295,8 +299,8 @@ func (b *bootEnv) applyClusterMaintenance(ctx context.Context, settings []cluste
 			continue
 		}
 		ok := true
-		for _, s := range sites {
-			want := b.maintenanceOn(s)
+		for i, s := range sites {
+			want := recorded[i]
 			if _, err := b.flagInRole(ctx, t, s, &want); err != nil {
 				b.log.Error("maintenance: setting the mode in a started instance", "instance", t.inst.Name, "site", render.SiteID(s), "err", err)
 				ok = false

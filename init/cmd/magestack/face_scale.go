@@ -276,11 +276,9 @@ func (b *bootEnv) wireScaleStore(r *reconcile.Reconciler, srv *api.Server, lbs *
 // the revision in force is admitted and HAProxy's health checks tell
 // which answer.
 type lbSync struct {
-	log  *slog.Logger
-	sup  *supervise.Supervisor
-	host string
-	// lbHere says whether this host runs an lb instance; nil: the stack
-	// places it here.
+	log *slog.Logger
+	sup *supervise.Supervisor
+	// lbHere says whether this host runs an lb instance.
 	lbHere func(stackfile.Instance) bool
 	// everyWeb admits every web instance of the stack (pairs).
 	everyWeb bool
@@ -304,25 +302,35 @@ func (b *bootEnv) newLBSync(sup *supervise.Supervisor, st *stackfile.Stack, host
 	if sup == nil || pairedHost(st, host) {
 		return nil
 	}
-	l := &lbSync{log: b.log, sup: sup, host: host, admitted: map[string]netip.Addr{},
-		socket: func(pid int) string { return fmt.Sprintf("/proc/%d/root%s", pid, render.AdminSocket) }}
 	// The roles step waited for every instance to be ready.
+	return &lbSync{log: b.log, sup: sup, admitted: webInstances(st), socket: haproxyAdminSocket,
+		lbHere: func(in stackfile.Instance) bool { return in.Host == host }}
+}
+
+// webInstances are the stack's web instances by name, with their addresses.
+func webInstances(st *stackfile.Stack) map[string]netip.Addr {
+	out := map[string]netip.Addr{}
 	if insts, err := st.Instances(); err == nil {
 		for _, in := range insts {
 			if in.Role == "web" {
-				l.admitted[in.Name] = in.Addr
+				out[in.Name] = in.Addr
 			}
 		}
 	}
-	return l
+	return out
+}
+
+// haproxyAdminSocket is an lb's HAProxy admin socket seen from the host,
+// through the mount namespace of its role-init (pid).
+func haproxyAdminSocket(pid int) string {
+	return fmt.Sprintf("/proc/%d/root%s", pid, render.AdminSocket)
 }
 
 // newPairLBSync keeps the lb instances this paired host runs balancing
 // over every web instance of the revision in force.
 func (b *bootEnv) newPairLBSync(sup *supervise.Supervisor, rt *roleRuntime) *lbSync {
-	return &lbSync{log: b.log, sup: sup, admitted: map[string]netip.Addr{}, everyWeb: true,
-		lbHere: func(in stackfile.Instance) bool { return rt.Runs(in.Name) },
-		socket: func(pid int) string { return fmt.Sprintf("/proc/%d/root%s", pid, render.AdminSocket) }}
+	return &lbSync{log: b.log, sup: sup, admitted: map[string]netip.Addr{}, everyWeb: true, socket: haproxyAdminSocket,
+		lbHere: func(in stackfile.Instance) bool { return rt.Runs(in.Name) }}
 }
 
 // wrap makes instance starts and stops go through the lb.
@@ -364,7 +372,7 @@ func (l *lbSync) lbClients(st *stackfile.Stack) []*lbsync.Client {
 	}
 	var out []*lbsync.Client
 	for _, in := range insts {
-		if in.Role != "lb" || (l.lbHere == nil && in.Host != l.host) || (l.lbHere != nil && !l.lbHere(in)) {
+		if in.Role != "lb" || !l.lbHere(in) {
 			continue
 		}
 		u, err := l.sup.Unit(in.Name)
@@ -386,18 +394,12 @@ func (l *lbSync) converge(ctx context.Context, st *stackfile.Stack) {
 	defer cancel()
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	admitted := l.admitted
 	if l.everyWeb {
-		l.admitted = map[string]netip.Addr{}
-		if insts, err := st.Instances(); err == nil {
-			for _, in := range insts {
-				if in.Role == "web" {
-					l.admitted[in.Name] = in.Addr
-				}
-			}
-		}
+		admitted = webInstances(st)
 	}
-	want := make([]lbsync.Server, 0, len(l.admitted))
-	for name, addr := range l.admitted {
+	want := make([]lbsync.Server, 0, len(admitted))
+	for name, addr := range admitted {
 		want = append(want, lbsync.Server{Name: name, Addr: netip.AddrPortFrom(addr, 80)})
 	}
 	sort.Slice(want, func(i, j int) bool { return want[i].Name < want[j].Name })
