@@ -21,6 +21,7 @@ import (
 
 	"magestack/init/nsdo"
 	"magestack/init/stackfile"
+	"magestack/init/stacksecret"
 	"magestack/qemu-tests/qemu"
 )
 
@@ -75,8 +76,17 @@ func startPairRigWith(t *testing.T, o pairRigOptions) *pairRig {
 	if o.Stack == "" {
 		o.Stack = pairStackYAML
 	}
-	if _, err := stackfile.Parse("pair.yaml", []byte(o.Stack)); err != nil {
+	st, err := stackfile.Parse("pair.yaml", []byte(o.Stack))
+	if err != nil {
 		t.Fatalf("test stack: %v", err)
+	}
+	// Both hosts boot with the one stack secret, as netboot hands it out.
+	secret, err := stacksecret.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if im, err = im.WithStackSecret(t.TempDir(), secret.Marshal(st.Name)); err != nil {
+		t.Fatal(err)
 	}
 	n := qemu.NewNet(t, "pair")
 	// The pair link is a second bridge in the same namespace.
@@ -144,6 +154,12 @@ func startPairRigWith(t *testing.T, o pairRigOptions) *pairRig {
 	for _, host := range []string{"dh1", "dh2"} {
 		if _, err := r.vms[host].Expect(10*time.Minute, qemu.ReadyPattern); err != nil {
 			t.Fatalf("%s: %v", host, err)
+		}
+		// Each host found the secret it was booted with: the passwords,
+		// certificate and VPN key it derives are its peer's.
+		want := "secrets: stack secret in place id=" + secret.ID() + " source=provided"
+		if !strings.Contains(r.vms[host].Console(), want) {
+			t.Errorf("%s: console lacks %q", host, want)
 		}
 	}
 	client := n.AddClient("client", "192.0.2.100/24")

@@ -196,7 +196,7 @@ func TestGuestKernelWireGuard(t *testing.T) {
 
 	// PID 1's steps, as the host runs them.
 	must(t, "firewall", firewall.ApplyForStack(context.Background(), stack, "dh1", nil))
-	must(t, "vpn", UpForStack(context.Background(), stack, t.TempDir(), nil))
+	must(t, "vpn", UpForStack(context.Background(), stack, testSecret(t), nil))
 
 	rs, err := firewall.Build(stack, firewall.HostView{PublicIfaces: []string{"up0"}})
 	must(t, "build", err)

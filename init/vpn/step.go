@@ -5,26 +5,24 @@ import (
 	"log/slog"
 
 	"magestack/init/stackfile"
+	"magestack/init/stacksecret"
 )
 
 // UpForStack is PID 1's VPN step: load the wireguard module (when load is
 // given), resolve the stack's vpn section (key from the stack file or
-// generated once in stateDir, "" for DefaultStateDir) and bring ms-vpn up
+// derived from the stack secret) and bring ms-vpn up
 // in the current network namespace with the configured peers. Run it after
 // the firewall step, so the listen port is already filtered.
-func UpForStack(ctx context.Context, stack *stackfile.Stack, stateDir string, log *slog.Logger, load ...func(ctx context.Context, name string) error) error {
+func UpForStack(ctx context.Context, stack *stackfile.Stack, secret stacksecret.Secret, log *slog.Logger, load ...func(ctx context.Context, name string) error) error {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
-	}
-	if stateDir == "" {
-		stateDir = DefaultStateDir
 	}
 	for _, l := range load {
 		if err := l(ctx, "wireguard"); err != nil {
 			log.Warn("vpn: wireguard module did not load", "err", err)
 		}
 	}
-	cfg, err := FromStack(stack, stateDir)
+	cfg, err := FromStack(stack, secret)
 	if err != nil {
 		return err
 	}

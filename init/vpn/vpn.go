@@ -5,10 +5,9 @@
 // up and writes client configurations for operators.
 //
 // The host's private key comes from the stack file (vpn.privatekey) or is
-// generated once and kept in the state directory, so the public key that
-// clients pin survives reboots as long as that directory is persistent.
-// A stack meant to survive a lost host should set vpn.privatekey: the peer
-// that takes over fw then presents the same key.
+// derived from the stack secret (init/stacksecret), so every host of the
+// stack presents the same public key: clients keep their configuration
+// across reboots and failovers, and no key is kept in Git.
 //
 // Adding an operator, on the host that runs fw:
 //
@@ -27,13 +26,9 @@ package vpn
 import (
 	"errors"
 	"fmt"
-	"io/fs"
 	"net"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"runtime"
-	"strings"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -42,13 +37,11 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"magestack/init/stackfile"
+	"magestack/init/stacksecret"
 )
 
 // Iface is the host's WireGuard interface.
 const Iface = "ms-vpn"
-
-// DefaultStateDir holds the generated private key.
-const DefaultStateDir = "/var/lib/magestack"
 
 // Config is the resolved VPN configuration of the host.
 type Config struct {
@@ -68,9 +61,10 @@ type Peer struct {
 }
 
 // FromStack resolves the stack's vpn section: keys parsed, peer addresses
-// assigned in list order after the host's, the private key loaded or
-// generated in stateDir. Errors name the field.
-func FromStack(stack *stackfile.Stack, stateDir string) (Config, error) {
+// assigned in list order after the host's, the private key from
+// vpn.privatekey or else derived from the stack secret. Errors name the
+// field.
+func FromStack(stack *stackfile.Stack, secret stacksecret.Secret) (Config, error) {
 	v := stack.VPN
 	cfg := Config{Iface: Iface, Port: int(v.Port), Subnet: v.Subnet.Masked()}
 	if !cfg.Subnet.IsValid() || !cfg.Subnet.Addr().Is4() || cfg.Subnet.Bits() > 30 {
@@ -85,7 +79,7 @@ func FromStack(stack *stackfile.Stack, stateDir string) (Config, error) {
 		if cfg.PrivateKey, err = wgtypes.ParseKey(v.PrivateKey); err != nil {
 			return Config{}, fmt.Errorf("vpn.privatekey: %w", err)
 		}
-	} else if cfg.PrivateKey, err = LoadOrCreateKey(stateDir); err != nil {
+	} else if cfg.PrivateKey, err = DerivedKey(secret); err != nil {
 		return Config{}, err
 	}
 	used := map[netip.Addr]string{cfg.HostAddr: "the host"}
@@ -150,36 +144,16 @@ func (c Config) NextFreeAddr() (netip.Addr, error) {
 	return netip.Addr{}, fmt.Errorf("vpn.subnet %s is full", c.Subnet)
 }
 
-// LoadOrCreateKey reads the host's private key from dir/vpn/private.key,
-// generating and storing it (0600) on first use.
-func LoadOrCreateKey(dir string) (wgtypes.Key, error) {
-	path := filepath.Join(dir, "vpn", "private.key")
-	b, err := os.ReadFile(path)
-	if err == nil {
-		k, err := wgtypes.ParseKey(strings.TrimSpace(string(b)))
-		if err != nil {
-			return wgtypes.Key{}, fmt.Errorf("vpn key %s: %w", path, err)
-		}
-		return k, nil
+// DerivedKey is fw's WireGuard private key derived from the stack secret.
+func DerivedKey(secret stacksecret.Secret) (wgtypes.Key, error) {
+	if !secret.Valid() {
+		return wgtypes.Key{}, errors.New("vpn key: no stack secret to derive it from (and no vpn.privatekey)")
 	}
-	if !errors.Is(err, fs.ErrNotExist) {
-		return wgtypes.Key{}, fmt.Errorf("vpn key: %w", err)
-	}
-	k, err := wgtypes.GeneratePrivateKey()
+	k, err := secret.WireGuardKey("vpn")
 	if err != nil {
-		return wgtypes.Key{}, fmt.Errorf("vpn key: generate: %w", err)
-	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return wgtypes.Key{}, fmt.Errorf("vpn key: %w", err)
 	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, []byte(k.String()+"\n"), 0o600); err != nil {
-		return wgtypes.Key{}, fmt.Errorf("vpn key: %w", err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return wgtypes.Key{}, fmt.Errorf("vpn key: %w", err)
-	}
-	return k, nil
+	return wgtypes.Key(k), nil
 }
 
 // Up creates (or reuses) the WireGuard interface in the namespace at

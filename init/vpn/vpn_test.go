@@ -21,32 +21,41 @@ import (
 
 	"magestack/init/firewall"
 	"magestack/init/stackfile"
+	"magestack/init/stacksecret"
 )
 
 func TestFromStack(t *testing.T) {
 	k1, _ := wgtypes.GeneratePrivateKey()
 	k2, _ := wgtypes.GeneratePrivateKey()
-	dir := t.TempDir()
+	secret := testSecret(t)
 	s := stackfile.Default()
 	s.VPN.Peers = []stackfile.VPNPeer{
 		{Name: "alice", Key: k1.PublicKey().String()},
 		{Name: "bob", Key: k2.PublicKey().String(), Address: netip.MustParseAddr("10.8.0.9")},
 		{Name: "carol", Key: k2.PublicKey().String()},
 	}
-	cfg, err := FromStack(s, dir)
+	cfg, err := FromStack(s, secret)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if cfg.HostAddr.String() != "10.8.0.1" || cfg.Peers[0].Addr.String() != "10.8.0.2" || cfg.Peers[1].Addr.String() != "10.8.0.9" || cfg.Peers[2].Addr.String() != "10.8.0.3" {
 		t.Fatalf("addresses: host %s peers %+v", cfg.HostAddr, cfg.Peers)
 	}
-	// The generated key is kept: a second load gives the same one.
-	cfg2, err := FromStack(s, dir)
-	if err != nil || cfg2.PrivateKey != cfg.PrivateKey {
-		t.Fatalf("key not kept across loads: %v", err)
+	// A copy of the stack secret (the peer host's) derives the same key.
+	peer, err := stacksecret.Parse("peer", secret.Marshal(s.Name))
+	if err != nil {
+		t.Fatal(err)
 	}
-	if st, err := os.Stat(filepath.Join(dir, "vpn", "private.key")); err != nil || st.Mode().Perm() != 0o600 {
-		t.Fatalf("key file: %v %v", st, err)
+	cfg2, err := FromStack(s, peer)
+	if err != nil || cfg2.PrivateKey != cfg.PrivateKey {
+		t.Fatalf("a copy of the stack secret derived another key: %v", err)
+	}
+	other, _ := stacksecret.New()
+	if cfg3, _ := FromStack(s, other); cfg3.PrivateKey == cfg.PrivateKey {
+		t.Fatal("another stack's secret derived the same key")
+	}
+	if _, err := FromStack(s, stacksecret.Secret{}); err == nil || !strings.Contains(err.Error(), "no stack secret") {
+		t.Fatalf("no secret: err = %v", err)
 	}
 	free, err := cfg.NextFreeAddr()
 	if err != nil || free.String() != "10.8.0.4" {
@@ -67,7 +76,7 @@ func TestFromStack(t *testing.T) {
 		s2 := stackfile.Default()
 		s2.VPN.Peers = append([]stackfile.VPNPeer(nil), s.VPN.Peers...)
 		b.mutate(s2)
-		if _, err := FromStack(s2, dir); err == nil || !strings.Contains(err.Error(), b.want) {
+		if _, err := FromStack(s2, testSecret(t)); err == nil || !strings.Contains(err.Error(), b.want) {
 			t.Errorf("got %v, want error containing %q", err, b.want)
 		}
 	}
@@ -75,7 +84,7 @@ func TestFromStack(t *testing.T) {
 
 func TestClientConfig(t *testing.T) {
 	s := stackfile.Default()
-	cfg, err := FromStack(s, t.TempDir())
+	cfg, err := FromStack(s, testSecret(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -105,7 +114,7 @@ func TestClientConfig(t *testing.T) {
 	if err != nil {
 		t.Fatalf("snippet not accepted: %v\n%s", err, y)
 	}
-	cfg2, err := FromStack(s2, t.TempDir())
+	cfg2, err := FromStack(s2, testSecret(t))
 	if err != nil || len(cfg2.Peers) != 1 || cfg2.Peers[0].Addr != c.Addr || cfg2.Peers[0].PublicKey != c.PrivateKey.PublicKey() {
 		t.Fatalf("snippet round trip: %+v %v", cfg2.Peers, err)
 	}
@@ -269,7 +278,7 @@ func TestVPNThroughFirewall(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	cfg, err := FromStack(s, t.TempDir())
+	cfg, err := FromStack(s, testSecret(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -314,4 +323,13 @@ func TestVPNThroughFirewall(t *testing.T) {
 		t.Errorf("vpn client reached web (not a management port): %q", got)
 	}
 	t.Log(run(t, "ip", "netns", "exec", hostNS, "wg", "show", cfg.Iface))
+}
+
+func testSecret(t *testing.T) stacksecret.Secret {
+	t.Helper()
+	s, err := stacksecret.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
 }

@@ -12,6 +12,7 @@ import (
 	"regexp"
 	"time"
 
+	"magestack/init/stacksecret"
 	"magestack/qemu-tests/qemu"
 	"magestack/qemu-tests/vipprobe"
 )
@@ -89,6 +90,14 @@ func startMagestackRig(ctx context.Context, dead, dir string, timeout time.Durat
 		return nil, err
 	}
 	if err := im.Check(); err != nil {
+		return nil, err
+	}
+	// Both hosts boot with one stack secret, as netboot hands it out.
+	secret, err := stacksecret.New()
+	if err != nil {
+		return nil, err
+	}
+	if im, err = im.WithStackSecret(dir, secret.Marshal("pair")); err != nil {
 		return nil, err
 	}
 	r := &msRig{tb: &benchTB{name: "magestack pair dead " + dead}, cables: map[string]*qemu.Cable{}, im: im, dir: dir, dead: dead,

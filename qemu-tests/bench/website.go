@@ -63,6 +63,7 @@ import (
 	"magestack/init/nsdo"
 	"magestack/init/roleenv"
 	"magestack/init/stackfile"
+	"magestack/init/stacksecret"
 	"magestack/init/supervise"
 	"magestack/qemu-tests/qemu"
 	"magestack/services"
@@ -182,7 +183,10 @@ func runWebsite(ctx context.Context, w io.Writer, o websiteOptions) error {
 	if err := roleenv.EnsureBridge(host, roleenv.DefaultBridge, netip.PrefixFrom(gw, stack.Internal.Bits())); err != nil {
 		return err
 	}
-	secrets := &render.FileSecrets{Dir: filepath.Join(tmp, "secrets")}
+	secrets, err := stacksecret.New()
+	if err != nil {
+		return err
+	}
 
 	// The plain side first: its services are the payload's, chrooted.
 	plainLog := &lockedBuffer{}

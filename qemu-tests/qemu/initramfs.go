@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path"
+	"path/filepath"
 	"strings"
 
 	"github.com/u-root/u-root/pkg/cpio"
@@ -96,3 +97,32 @@ func BuildStatic(pkg, out string) error {
 // NopInitPackage is the do-nothing PID 1 used by the harness self-test and
 // as the benchmark's baseline.
 const NopInitPackage = "./qemu-tests/testdata/nopinit"
+
+// WithStackSecret returns a copy of im whose initramfs also carries the
+// stack secret at /etc/magestack/stack.secret, as netboot hands it to a
+// known host: every host booted from it derives the same passwords,
+// certificate and keys. The secret's archive goes first (the LZ4 legacy
+// initramfs has no end marker).
+func (im Image) WithStackSecret(dir string, secret []byte) (Image, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return Image{}, err
+	}
+	front := filepath.Join(dir, "stack-secret.cpio.gz")
+	if err := WriteInitramfs(front, []File{{Path: "etc/magestack/stack.secret", Data: secret, Mode: 0o600}}); err != nil {
+		return Image{}, err
+	}
+	a, err := os.ReadFile(front)
+	if err != nil {
+		return Image{}, err
+	}
+	b, err := os.ReadFile(im.Initramfs)
+	if err != nil {
+		return Image{}, err
+	}
+	out := filepath.Join(dir, "initramfs-with-secret.img")
+	if err := os.WriteFile(out, append(a, b...), 0o644); err != nil {
+		return Image{}, fmt.Errorf("initramfs with secret: %w", err)
+	}
+	im.Initramfs = out
+	return im, nil
+}

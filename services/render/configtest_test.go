@@ -106,7 +106,7 @@ func TestRenderedConfigsPassTheDaemonsOwnChecks(t *testing.T) {
 		"mail":    {"postfix check"},
 		"db":      {"mariadbd --defaults-file=/etc/mysql/magestack.cnf --user=mysql --help --verbose >/dev/null", "redis-server --version && memcached -V"},
 	}
-	sec := &FileSecrets{Dir: t.TempDir()}
+	sec := testSecrets(t)
 	for role, cmds := range checks {
 		im, ok := m.Lookup(role)
 		if !ok {

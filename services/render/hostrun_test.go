@@ -92,7 +92,7 @@ func TestWebAndDBServeTheCheckPage(t *testing.T) {
 	}
 
 	stack := stackfile.Default()
-	sec := &FileSecrets{Dir: t.TempDir()}
+	sec := testSecrets(t)
 	db := renderRole(t, stack, sec, "db1")
 	web := renderRole(t, stack, sec, "web1")
 	dbRoot := rootWith(t, filepath.Join(dir, dbIm.File), db)

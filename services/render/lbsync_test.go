@@ -19,7 +19,7 @@ func TestHAProxyConfigMatchesLBSync(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			stack := parse(t, strings.Replace(threeWebs, "roles:\n", "roles:\n"+tc.settings, 1))
-			cfg := content(t, renderRole(t, stack, &FileSecrets{Dir: t.TempDir()}, "lb1"), "/etc/haproxy/haproxy.cfg")
+			cfg := content(t, renderRole(t, stack, testSecrets(t), "lb1"), "/etc/haproxy/haproxy.cfg")
 			if !strings.Contains(cfg, tc.section) || !strings.Contains(cfg, tc.section[1:len(tc.section)-1]) {
 				t.Errorf("haproxy.cfg has no %q section:\n%s", strings.TrimSpace(tc.section), cfg)
 			}

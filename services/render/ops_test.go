@@ -105,7 +105,7 @@ func TestMaintenanceRendering(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, on := range []bool{false, true} {
-		p, err := PayloadWith(base, st, in, Options{Secrets: &FileSecrets{Dir: t.TempDir()},
+		p, err := PayloadWith(base, st, in, Options{Secrets: testSecrets(t),
 			Maintenance: func(s stackfile.Site) bool { return on && SiteID(s) == "shop/blog" }})
 		if err != nil {
 			t.Fatal(err)
@@ -159,7 +159,7 @@ func TestReloadChecksInImages(t *testing.T) {
 		t.Fatal(err)
 	}
 	st := parse(t, threeWebs)
-	sec := &FileSecrets{Dir: t.TempDir()}
+	sec := testSecrets(t)
 	prep := map[string]string{
 		"web":     "mkdir -p /run/nginx /run/php",
 		"monitor": "mkdir -p /run/nginx",
@@ -246,7 +246,7 @@ func TestMaintenanceServedByNginx(t *testing.T) {
 		t.Fatal(err)
 	}
 	st := parse(t, opsStack)
-	web := renderRole(t, st, &FileSecrets{Dir: t.TempDir()}, "web1")
+	web := renderRole(t, st, testSecrets(t), "web1")
 	root := rootWith(t, filepath.Join(dir, webIm.File), web)
 	shop := st.Sites[0]
 	docroot := filepath.Join(root, DocRoot(shop))

@@ -2,11 +2,11 @@ package render
 
 import (
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
 	"magestack/init/stackfile"
+	"magestack/init/stacksecret"
 	"magestack/services"
 )
 
@@ -76,7 +76,7 @@ sites:
 `
 
 func TestLBBackendsAreTheWebInstances(t *testing.T) {
-	sec := &FileSecrets{Dir: t.TempDir()}
+	sec := testSecrets(t)
 	p := renderRole(t, parse(t, threeWebs), sec, "lb1")
 	cfg := content(t, p, "/etc/haproxy/haproxy.cfg")
 	for _, want := range []string{"server web1 172.16.0.100:80", "server web2 172.16.0.101:80", "server web3 172.16.0.102:80", "bind :443 ssl crt /etc/haproxy/certs/site.pem"} {
@@ -100,16 +100,21 @@ func TestLBBackendsAreTheWebInstances(t *testing.T) {
 	}
 }
 
+// db1 and web2 rendered on two hosts that hold copies of the stack secret
+// (a pair) agree on the database password.
 func TestDBAndWebShareGeneratedCredentials(t *testing.T) {
-	dir := t.TempDir()
 	stack := parse(t, threeWebs)
-	db := renderRole(t, stack, &FileSecrets{Dir: dir}, "db1")
-	web := renderRole(t, stack, &FileSecrets{Dir: dir}, "web2")
-	pass, err := os.ReadFile(filepath.Join(dir, "db-app"))
+	here := testSecrets(t)
+	there, err := stacksecret.Parse("peer copy", here.Marshal(stack.Name))
 	if err != nil {
 		t.Fatal(err)
 	}
-	pw := strings.TrimSpace(string(pass))
+	db := renderRole(t, stack, here, "db1")
+	web := renderRole(t, stack, there, "web2")
+	pw, err := here.Secret("db-app")
+	if err != nil {
+		t.Fatal(err)
+	}
 	if len(pw) < 24 {
 		t.Fatalf("weak password %q", pw)
 	}
@@ -145,7 +150,7 @@ func fileMode0(p services.Payload, path string) os.FileMode {
 }
 
 func TestWebSitesLayout(t *testing.T) {
-	web := renderRole(t, parse(t, threeWebs), &FileSecrets{Dir: t.TempDir()}, "web1")
+	web := renderRole(t, parse(t, threeWebs), testSecrets(t), "web1")
 	cfg := content(t, web, "/etc/nginx/nginx.conf")
 	for _, want := range []string{"root /microcloud/domains/shop/domains/www/http;", "server_name shop.example www.shop.example;",
 		"198.51.100.7/32 1;", "/microcloud/domains/shop/domains/www/maintenance.flag", "include /microcloud/domains/shop/domains/www/conf/nginx/*.conf;"} {
@@ -153,7 +158,7 @@ func TestWebSitesLayout(t *testing.T) {
 			t.Errorf("nginx.conf lacks %q", want)
 		}
 	}
-	def := renderRole(t, stackfile.Default(), &FileSecrets{Dir: t.TempDir()}, "web1")
+	def := renderRole(t, stackfile.Default(), testSecrets(t), "web1")
 	if php := content(t, def, "/microcloud/domains/default/domains/default/http/index.php"); !strings.Contains(php, "INSERT INTO magestack_check") {
 		t.Error("default site has no database check page")
 	}
@@ -161,11 +166,11 @@ func TestWebSitesLayout(t *testing.T) {
 
 func TestAccKeysAndMail(t *testing.T) {
 	stack := parse(t, threeWebs)
-	acc := renderRole(t, stack, &FileSecrets{Dir: t.TempDir()}, "acc1")
+	acc := renderRole(t, stack, testSecrets(t), "acc1")
 	if k := content(t, acc, "/etc/magestack/authorized_keys/root"); !strings.Contains(k, "ssh-ed25519 AAAA") || !strings.Contains(k, " alice") {
 		t.Errorf("authorized keys: %q", k)
 	}
-	mail := renderRole(t, stack, &FileSecrets{Dir: t.TempDir()}, "mail1")
+	mail := renderRole(t, stack, testSecrets(t), "mail1")
 	if c := content(t, mail, "/etc/postfix/main.cf"); !strings.Contains(c, "mynetworks = 127.0.0.0/8 172.16.0.0/24") {
 		t.Errorf("main.cf:\n%s", c)
 	}
@@ -195,21 +200,21 @@ func TestBusyboxUnchanged(t *testing.T) {
 			web = in
 		}
 	}
-	out, err := Payload(p, stack, web, &FileSecrets{Dir: t.TempDir()})
+	out, err := Payload(p, stack, web, testSecrets(t))
 	if err != nil || len(out.Files) != len(p.Files) || len(out.Services) != len(p.Services) {
 		t.Fatalf("busybox payload changed: %v", err)
 	}
 }
 
 func TestSecretNames(t *testing.T) {
-	if _, err := (&FileSecrets{Dir: t.TempDir()}).Secret("../etc/passwd"); err == nil {
+	if _, err := testSecrets(t).Secret("../etc/passwd"); err == nil {
 		t.Fatal("path-like secret name accepted")
 	}
 }
 
 // TestFuncFitsRoleenv: the adapter has roleenv.Options.Render's type.
 func TestFuncFitsRoleenv(t *testing.T) {
-	var hook func(services.Payload, *stackfile.Stack, stackfile.Instance) (services.Payload, error) = Func(&FileSecrets{Dir: t.TempDir()})
+	var hook func(services.Payload, *stackfile.Stack, stackfile.Instance) (services.Payload, error) = Func(testSecrets(t))
 	p, _ := services.PayloadFor("mail", "mail", nil)
 	insts, _ := stackfile.Default().Instances()
 	for _, in := range insts {
@@ -220,4 +225,15 @@ func TestFuncFitsRoleenv(t *testing.T) {
 			}
 		}
 	}
+}
+
+// testSecrets is a fresh stack secret, as a one-host stack's first boot
+// makes.
+func testSecrets(t *testing.T) stacksecret.Secret {
+	t.Helper()
+	s, err := stacksecret.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
 }

@@ -81,7 +81,7 @@ func TestRealRolesServeTheSite(t *testing.T) {
 	opts := roleenv.Options{
 		StateRoot: filepath.Join(tmp, "roles"), LogRoot: filepath.Join(tmp, "logs"), VolumeRoot: filepath.Join(tmp, "volumes"),
 		ImageRoot: imageRoot, BridgeNS: ns, NoLimits: true,
-		Render: Func(&FileSecrets{Dir: filepath.Join(tmp, "secrets")}),
+		Render: Func(testSecrets(t)),
 	}
 	sup := supervise.New(slog.New(slog.NewTextHandler(io.Discard, nil)), supervise.Options{})
 	t.Cleanup(func() {

@@ -95,6 +95,7 @@ func (b *bootEnv) apiStep(ctx context.Context) error {
 		return fmt.Errorf("control API: %w", err)
 	}
 	srv := api.NewServer(api.Options{Timeline: b.TimelineSnapshot, Log: b.log})
+	srv.AddStatus("secrets", b.secretStatus)
 	srv.AddStatus("network", func(context.Context) (any, error) {
 		if n := b.Network(); n != nil {
 			return n.Snapshot(), nil
@@ -177,7 +178,7 @@ func hostView(st *stackfile.Stack, host string) firewall.HostView {
 }
 
 func (b *bootEnv) vpnStep(ctx context.Context) error {
-	return vpn.UpForStack(ctx, b.Stack(), filepath.Join(stateDir, "vpn"), b.log, b.loadModule)
+	return vpn.UpForStack(ctx, b.Stack(), b.stackSecret(), b.log, b.loadModule)
 }
 
 // publishedImages is where verified role images are linked for roleenv.
@@ -235,17 +236,16 @@ func (b *bootEnv) imagesStep(ctx context.Context) error {
 	return nil
 }
 
-// roleOptions says where role environments keep their state (volumes and
-// generated secrets on the data disk when there is one), which images they
-// run and how their configuration is rendered from the stack file.
+// roleOptions says where role environments keep their state (volumes on the
+// data disk when there is one), which images they run and how their
+// configuration is rendered from the stack file (with the values derived
+// from the stack secret).
 func (b *bootEnv) roleOptions() roleenv.Options {
 	opts := roleenv.Options{}
-	secrets := "/run/magestack/secrets"
 	if isMountPoint(stateDir) {
 		opts.VolumeRoot = filepath.Join(stateDir, "volumes")
-		secrets = filepath.Join(stateDir, "secrets")
 	}
-	opts.Render = render.FuncWith(render.Options{Secrets: &render.FileSecrets{Dir: secrets}, Maintenance: b.maintenanceOn})
+	opts.Render = render.FuncWith(render.Options{Secrets: secretsOf{b}, Maintenance: b.maintenanceOn})
 	b.mu.Lock()
 	if b.imageRoot != "" {
 		opts.ImageRoot = b.imageRoot
@@ -440,7 +440,7 @@ func (b *bootEnv) reconcileStep(ctx context.Context) error {
 			return fw.UpdateAllow(ctx, add, remove)
 		},
 		VPN: func(ctx context.Context, s *stackfile.Stack, _ *stackfile.Changes) error {
-			return vpn.UpForStack(ctx, s, filepath.Join(stateDir, "vpn"), b.log, b.loadModule)
+			return vpn.UpForStack(ctx, s, b.stackSecret(), b.log, b.loadModule)
 		},
 	}
 	var final reconcile.Appliers

@@ -170,6 +170,13 @@ func writeStatusTable(w io.Writer, st *api.StatusReply) {
 			fmt.Fprintln(w, n)
 		}
 	}
+	if raw, ok := st.Sections["secrets"]; ok {
+		var sec struct{ ID, Source string }
+		if err := json.Unmarshal(raw, &sec); err == nil && sec.ID != "" {
+			// Hosts of one stack must show the same id.
+			fmt.Fprintf(w, "\nstack secret: id %s (%s)\n", sec.ID, sec.Source)
+		}
+	}
 	if raw, ok := st.Sections["cluster"]; ok && string(raw) != "null" {
 		var c clusterStatus
 		if err := json.Unmarshal(raw, &c); err == nil {

@@ -5,8 +5,10 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"testing"
@@ -94,7 +96,11 @@ func writeDefault(t *testing.T) string {
 
 func TestVPNAddPeerFace(t *testing.T) {
 	var out, errb bytes.Buffer
-	code := vpnFace([]string{"add-peer", "-config", writeDefault(t), "-state", t.TempDir(), "alice"}, &out, &errb)
+	secret := filepath.Join(t.TempDir(), "stack.secret")
+	if code := secretsFace([]string{"init", "-o", secret}, io.Discard, &errb); code != 0 {
+		t.Fatalf("secrets init: exit %d: %s", code, errb.String())
+	}
+	code := vpnFace([]string{"add-peer", "-config", writeDefault(t), "-secret", secret, "alice"}, &out, &errb)
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, errb.String())
 	}

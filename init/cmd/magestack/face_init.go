@@ -28,6 +28,7 @@ import (
 	"magestack/init/reap"
 	"magestack/init/reconcile"
 	"magestack/init/stackfile"
+	"magestack/init/stacksecret"
 	"magestack/init/supervise"
 	"magestack/init/timeline"
 )
@@ -68,6 +69,10 @@ type bootEnv struct {
 	// running is the reconciler's stack in force (set by the reconcile
 	// step).
 	running func() *stackfile.Stack
+	// secret derives the stack's passwords, certificate and keys (set by
+	// the secrets step; the zero Secret before).
+	secret       stacksecret.Secret
+	secretSource stacksecret.Source
 }
 
 // Stack is the stack in force: the revision the reconciler runs once the

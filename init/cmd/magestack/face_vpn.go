@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 
+	"magestack/init/stacksecret"
 	"magestack/init/vpn"
 )
 
@@ -16,14 +17,14 @@ func vpnMain(args []string) int { return vpnFace(args, os.Stdout, os.Stderr) }
 
 func vpnFace(args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 || args[0] != "add-peer" {
-		fmt.Fprintln(stderr, "usage: magestack vpn add-peer [-config FILE] [-endpoint HOST[:PORT]] [-state DIR] NAME")
+		fmt.Fprintln(stderr, "usage: magestack vpn add-peer [-config FILE] [-endpoint HOST[:PORT]] [-secret FILE] NAME")
 		return 2
 	}
 	fs := flag.NewFlagSet("vpn add-peer", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	config := fs.String("config", "", "stack file (default "+fwStackPath+" if present, else the built-in default stack)")
 	endpoint := fs.String("endpoint", "", "address clients connect to (default: public.vip, else the first host's address)")
-	state := fs.String("state", vpn.DefaultStateDir, "where the host's generated private key is kept")
+	secretPath := fs.String("secret", "", "the stack secret file the server's key derives from (default: this host's kept copy)")
 	if err := fs.Parse(args[1:]); err != nil {
 		return 2
 	}
@@ -36,7 +37,17 @@ func vpnFace(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "magestack vpn add-peer:", err)
 		return 2
 	}
-	cfg, err := vpn.FromStack(stack, *state)
+	if *secretPath == "" {
+		*secretPath = keptSecretPath()
+	}
+	var secret stacksecret.Secret
+	if stack.VPN.PrivateKey == "" {
+		if secret, err = stacksecret.Load(*secretPath); err != nil {
+			fmt.Fprintln(stderr, "magestack vpn add-peer: the server's key derives from the stack secret:", err)
+			return 1
+		}
+	}
+	cfg, err := vpn.FromStack(stack, secret)
 	if err != nil {
 		fmt.Fprintln(stderr, "magestack vpn add-peer:", err)
 		return 1

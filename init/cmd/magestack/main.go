@@ -35,6 +35,7 @@ func faces() []face {
 		{"logs", "a unit's recent log lines: <role>[/<service>] [-f] [-n LINES]", logsMain},
 		{"boot", "the boot timeline [-o json]", bootMain},
 		{"firewall", "the live nftables policy: show | check | allow add|remove PREFIX...", firewallMain},
+		{"secrets", "the stack secret every password, certificate and key derives from: init -o FILE | id FILE", secretsMain},
 		{"vpn", "management VPN: add-peer NAME prints a client config", vpnMain},
 		{"config", "the stack file: validate | show | diff | fetch | apply | history | status | rollback [-o json]", configMain},
 		{"scale", "run N instances of a role now (local override until the stack file changes it): web=N", scaleMain},
