@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"magestack/init/stacksecret"
 	"magestack/qemu-tests/qemu"
 )
 
@@ -31,6 +32,8 @@ type pxeRack struct {
 	server *qemu.Namespace
 	out    *qemu.LockedBuffer
 	image  qemu.Image
+	// secretID is the public ID of the stack secret netboot hands out.
+	secretID string
 }
 
 func startPXERack(t *testing.T, name string, mode string, extra ...string) *pxeRack {
@@ -43,9 +46,18 @@ func startPXERack(t *testing.T, name string, mode string, extra ...string) *pxeR
 	if err := os.WriteFile(stackPath, []byte(netbootStack), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	// The rack's two hosts share one stack secret, handed out by netboot.
+	secret, err := stacksecret.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	secretPath := filepath.Join(dir, "stack.secret")
+	if err := secret.Save(secretPath, "rack1"); err != nil {
+		t.Fatal(err)
+	}
 	out := &qemu.LockedBuffer{}
 	args := append([]string{"netboot", "--interface", "eth0", "--stack", stackPath, "--image", filepath.Dir(im.Kernel),
-		"--mode", mode, "--range", "10.77.0.100-10.77.0.149"}, extra...)
+		"--mode", mode, "--range", "10.77.0.100-10.77.0.149", "--secret", secretPath, "--cmdline", qemu.TestImageArg}, extra...)
 	cmd := exec.Command(im.Binary, args...)
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := srv.Start(cmd); err != nil {
@@ -56,7 +68,7 @@ func startPXERack(t *testing.T, name string, mode string, extra ...string) *pxeR
 			t.Logf("netboot output:\n%s", out.String())
 		}
 	})
-	r := &pxeRack{net: net, server: srv, out: out, image: im}
+	r := &pxeRack{net: net, server: srv, out: out, image: im, secretID: secret.ID()}
 	deadline := time.Now().Add(qemu.Scale(30 * time.Second))
 	for !strings.Contains(out.String(), "scripts and images at") {
 		if time.Now().After(deadline) {
@@ -124,6 +136,10 @@ func TestNetbootIPXEFullDHCPTwoHostsAndUnknownMAC(t *testing.T) {
 		}
 		if _, err := c.vm.Expect(2*time.Minute, `hostname set name=`+c.host); err != nil {
 			t.Fatalf("%s: host did not take its name from the stack file: %v", c.host, err)
+		}
+		// The secret's initrd arrived: both hosts derive from one secret.
+		if _, err := c.vm.Expect(2*time.Minute, `secrets: stack secret in place id=`+r.secretID+` source=provided`); err != nil {
+			t.Fatalf("%s: the stack secret netboot hands out was not used: %v", c.host, err)
 		}
 		if _, err := c.vm.Expect(6*time.Minute, qemu.ReadyPattern); err != nil {
 			t.Fatalf("%s: %v", c.host, err)

@@ -1,6 +1,7 @@
 package netboot
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,6 +13,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/u-root/u-root/pkg/cpio"
 
 	"magestack/images/manifest"
 	"magestack/init/bootreport"
@@ -29,6 +32,7 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("GET /boot/{file}", s.serveScript)
 	mux.HandleFunc("GET /image/{file}", s.serveImage)
 	mux.HandleFunc("GET /images/{file}", s.serveRoleImage)
+	mux.HandleFunc("GET /secret/{file}", s.serveSecret)
 	mux.HandleFunc("GET /stack.yaml", s.serveStack)
 	mux.HandleFunc("POST /report", s.serveReport)
 	mux.HandleFunc("GET /status", s.serveStatus)
@@ -59,6 +63,63 @@ func (s *Server) serveScript(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.Header().Set("Cache-Control", "no-store")
 	io.WriteString(w, script)
+}
+
+// macFile is the name a host's secret initrd is served under.
+func macFile(mac net.HardwareAddr) string {
+	return strings.ReplaceAll(mac.String(), ":", "-") + ".cpio"
+}
+
+// serveSecret answers /secret/<mac>.cpio with the stack secret as a cpio
+// initrd, only to a host the stack file knows and only from the address
+// this server's DHCP gave that MAC. That binds the secret to a lease, not to
+// the machine: a stranger able to take a known host's MAC on the
+// provisioning LAN can still ask for it (docs/security.md).
+func (s *Server) serveSecret(w http.ResponseWriter, r *http.Request) {
+	if !s.secret.Valid() {
+		http.NotFound(w, r)
+		return
+	}
+	macText, ok := strings.CutSuffix(r.PathValue("file"), ".cpio")
+	mac, err := net.ParseMAC(strings.ReplaceAll(macText, "-", ":"))
+	if !ok || err != nil {
+		http.Error(w, "want /secret/<mac>.cpio", http.StatusNotFound)
+		return
+	}
+	h, _, known := lookupMAC(s.stack, mac)
+	if !known || clientMAC(r, s) != mac.String() {
+		s.log.Warn("netboot: secret refused", "mac", mac.String(), "known", known, "from", r.RemoteAddr)
+		http.Error(w, "refused", http.StatusForbidden)
+		return
+	}
+	body, err := secretInitrd(s.secret.Marshal(s.stack.Name))
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	s.progress.Step(mac.String(), h.Name, "secret", r.RemoteAddr)
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Header().Set("Cache-Control", "no-store")
+	w.Write(body)
+}
+
+// secretInitrd is an uncompressed newc archive holding the secret where a
+// host looks for it (/etc/magestack/stack.secret, root-only).
+func secretInitrd(secret []byte) ([]byte, error) {
+	var buf bytes.Buffer
+	cw := cpio.Newc.Writer(&buf)
+	recs := []cpio.Record{
+		cpio.Directory("etc", 0o755),
+		cpio.Directory("etc/magestack", 0o700),
+		cpio.StaticRecord(secret, cpio.Info{Name: "etc/magestack/stack.secret", Mode: cpio.S_IFREG | 0o600}),
+	}
+	if err := cpio.WriteRecords(cw, recs); err != nil {
+		return nil, fmt.Errorf("secret initrd: %w", err)
+	}
+	if err := cpio.WriteTrailer(cw); err != nil {
+		return nil, fmt.Errorf("secret initrd: %w", err)
+	}
+	return buf.Bytes(), nil
 }
 
 func (s *Server) serveImage(w http.ResponseWriter, r *http.Request) {

@@ -27,6 +27,7 @@ import (
 	"magestack/firmware/dhcpd"
 	"magestack/firmware/tftpd"
 	"magestack/init/stackfile"
+	"magestack/init/stacksecret"
 )
 
 // Options configure the boot server.
@@ -56,6 +57,10 @@ type Options struct {
 	Discover bool
 	// ExtraCmdline is appended to every host's kernel command line.
 	ExtraCmdline string
+	// SecretFile is the stack secret (magestack secrets init) handed to
+	// known hosts as an initrd of their own; "" hands none, and only a
+	// one-host stack's host then makes its own.
+	SecretFile string
 	// Out receives the live view, one line per step (nil: none).
 	Out    io.Writer
 	Logger *slog.Logger
@@ -67,6 +72,7 @@ type Server struct {
 	log       *slog.Logger
 	stack     *stackfile.Stack
 	stackYAML []byte
+	secret    stacksecret.Secret // zero: none handed out
 	serverIP  netip.Addr
 	subnet    netip.Prefix
 	baseURL   string
@@ -107,6 +113,11 @@ func New(opts Options) (*Server, error) {
 		return nil, fmt.Errorf("--stack: the stack file does not validate:\n%w", err)
 	}
 	s.stackYAML = data
+	if opts.SecretFile != "" {
+		if s.secret, err = stacksecret.Load(opts.SecretFile); err != nil {
+			return nil, fmt.Errorf("--secret: %w", err)
+		}
+	}
 	for _, f := range imageFiles {
 		if err := regularFile(filepath.Join(opts.ImageDir, f)); err != nil {
 			return nil, fmt.Errorf("--image: %w (run `make image` first)", err)
@@ -227,13 +238,17 @@ func (s *Server) scriptFor(mac net.HardwareAddr) (script, host string, ok bool) 
 	h, _, known := lookupMAC(s.stack, mac)
 	if known {
 		args := BootArgs(s.stack, h, s.baseURL, s.imagesURL, s.opts.ExtraCmdline)
-		return Script(h.Name+" ("+mac.String()+")", s.baseURL, args), h.Name, true
+		secretURL := ""
+		if s.secret.Valid() {
+			secretURL = s.baseURL + "/secret/" + macFile(mac)
+		}
+		return Script(h.Name+" ("+mac.String()+")", s.baseURL, args, secretURL), h.Name, true
 	}
 	if !s.opts.Discover {
 		return "", "", false
 	}
 	args := "console=ttyS0 quiet panic=-1 magestack.discover=" + s.baseURL + "/report " + s.opts.ExtraCmdline
-	return Script("discovery of "+mac.String(), s.baseURL, args), "", true
+	return Script("discovery of "+mac.String(), s.baseURL, args, ""), "", true
 }
 
 func (s *Server) onDHCP(e dhcpd.Event) {

@@ -18,9 +18,11 @@ import (
 	"github.com/insomniacslk/dhcp/dhcpv4"
 	"github.com/insomniacslk/dhcp/dhcpv4/nclient4"
 	"github.com/pin/tftp/v3"
+	"github.com/u-root/u-root/pkg/cpio"
 	"github.com/vishvananda/netns"
 
 	"magestack/init/nsdo"
+	"magestack/init/stacksecret"
 )
 
 const testStack = `stack: rack1
@@ -154,10 +156,18 @@ func TestFullModeBootsKnownHostThroughEveryProtocol(t *testing.T) {
 	const mac = "52:54:00:aa:00:01"
 	srvNS, cliNS := bootNet(t, mac)
 	stack, images, boot := testFiles(t)
-	startServer(t, srvNS, serverArgs(stack, images, boot, "--mode", "full")...)
+	secret, err := stacksecret.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	secretFile := filepath.Join(t.TempDir(), "stack.secret")
+	if err := secret.Save(secretFile, "rack1"); err != nil {
+		t.Fatal(err)
+	}
+	startServer(t, srvNS, serverArgs(stack, images, boot, "--mode", "full", "--secret", secretFile)...)
 
 	var lease *nclient4.Lease
-	err := inNS(t, cliNS, func() error {
+	err = inNS(t, cliNS, func() error {
 		c, err := nclient4.New("nbcli0", nclient4.WithTimeout(2*time.Second), nclient4.WithRetry(3))
 		if err != nil {
 			return err
@@ -185,8 +195,9 @@ func TestFullModeBootsKnownHostThroughEveryProtocol(t *testing.T) {
 	// Bring the leased address up in the client namespace, then fetch the
 	// script, the images and a TFTP file as iPXE would.
 	sh(t, "ip", "netns", "exec", nsName(t, cliNS), "ip", "addr", "add", ack.YourIPAddr.String()+"/24", "dev", "nbcli0")
-	var script, kernelRange string
+	var script, kernelRange, secretCpio string
 	var tftpLen int64
+	secretURL := "http://10.77.0.1:8080/secret/" + strings.ReplaceAll(mac, ":", "-") + ".cpio"
 	err = inNS(t, cliNS, func() error {
 		client := nsHTTPClient(t, cliNS)
 		body, err := get(client, wantScript, "")
@@ -194,6 +205,9 @@ func TestFullModeBootsKnownHostThroughEveryProtocol(t *testing.T) {
 			return err
 		}
 		script = body
+		if secretCpio, err = get(client, secretURL, ""); err != nil {
+			return fmt.Errorf("the host's own secret: %w", err)
+		}
 		if _, err := get(client, "http://10.77.0.1:8080/image/vmlinuz", ""); err != nil {
 			return err
 		}
@@ -225,8 +239,22 @@ func TestFullModeBootsKnownHostThroughEveryProtocol(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"#!ipxe", "kernel http://10.77.0.1:8080/image/vmlinuz", "magestack.host=dh1",
-		"magestack.config=http://10.77.0.1:8080/stack.yaml", "initrd http://10.77.0.1:8080/image/initramfs.img"} {
+	// The secret arrives as a cpio the kernel unpacks before the initramfs,
+	// at the path PID 1 looks in.
+	got := readCpioFile(t, []byte(secretCpio), "etc/magestack/stack.secret")
+	if s2, err := stacksecret.Parse("initrd", got); err != nil || !s2.Equal(secret) {
+		t.Errorf("the served initrd does not hold the stack secret: %v", err)
+	}
+	// Anyone but the address leased to that MAC is refused: here the
+	// server's own namespace asks.
+	if _, err := get(nsHTTPClient(t, srvNS), secretURL, ""); err == nil {
+		t.Error("the secret was served to an address not leased to its host")
+	}
+	if strings.Index(script, "initrd --name secret.cpio "+secretURL) > strings.Index(script, "initrd http://10.77.0.1:8080/image/initramfs.img") {
+		t.Errorf("the secret's initrd must come first:\n%s", script)
+	}
+	for _, want := range []string{"#!ipxe", "kernel http://10.77.0.1:8080/image/vmlinuz initrd=secret.cpio initrd=initramfs.img", "magestack.host=dh1",
+		"magestack.config=http://10.77.0.1:8080/stack.yaml", "initrd --name secret.cpio " + secretURL, "initrd http://10.77.0.1:8080/image/initramfs.img"} {
 		if !strings.Contains(script, want) {
 			t.Errorf("script lacks %q:\n%s", want, script)
 		}
@@ -378,4 +406,27 @@ func nsName(t *testing.T, h netns.NsHandle) string {
 	}
 	t.Fatal("namespace has no name")
 	return ""
+}
+
+// readCpioFile is the content of name in the newc archive b.
+func readCpioFile(t *testing.T, b []byte, name string) []byte {
+	t.Helper()
+	recs, err := cpio.ReadAllRecords(cpio.Newc.Reader(bytes.NewReader(b)))
+	if err != nil {
+		t.Fatalf("secret initrd: %v", err)
+	}
+	for _, r := range recs {
+		if r.Name == name {
+			if r.Mode&0o777 != 0o600 {
+				t.Errorf("%s mode %o, want 0600", name, r.Mode&0o777)
+			}
+			data, err := io.ReadAll(io.NewSectionReader(r.ReaderAt, 0, int64(r.FileSize)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			return data
+		}
+	}
+	t.Fatalf("secret initrd lacks %s", name)
+	return nil
 }

@@ -46,12 +46,22 @@ func BootArgs(stack *stackfile.Stack, h stackfile.Host, baseURL, imagesURL strin
 	return strings.Join(args, " ")
 }
 
-// Script is the iPXE script that boots cmdline from the image URLs.
-func Script(title, baseURL, cmdline string) string {
+// Script is the iPXE script that boots cmdline from the image URLs. With
+// secretURL, the host also loads its stack secret as a first initrd (an
+// uncompressed cpio the kernel unpacks before the initramfs: the LZ4 legacy
+// initramfs has no end marker, so nothing may follow it).
+func Script(title, baseURL, cmdline, secretURL string) string {
 	var b strings.Builder
 	b.WriteString("#!ipxe\n")
 	fmt.Fprintf(&b, "echo magestack netboot: %s\n", title)
-	fmt.Fprintf(&b, "kernel %s/image/vmlinuz initrd=initramfs.img %s || goto failed\n", baseURL, cmdline)
+	initrds := "initrd=initramfs.img"
+	if secretURL != "" {
+		initrds = "initrd=secret.cpio " + initrds
+	}
+	fmt.Fprintf(&b, "kernel %s/image/vmlinuz %s %s || goto failed\n", baseURL, initrds, cmdline)
+	if secretURL != "" {
+		fmt.Fprintf(&b, "initrd --name secret.cpio %s || goto failed\n", secretURL)
+	}
 	fmt.Fprintf(&b, "initrd %s/image/initramfs.img || goto failed\n", baseURL)
 	b.WriteString("boot || goto failed\n")
 	b.WriteString(":failed\necho magestack netboot: boot failed, retrying in 10 s\nsleep 10\nchain --replace --autofree ${filename} || reboot\n")

@@ -36,6 +36,7 @@ func netbootMain(args []string) int {
 	fs.StringVar(&opts.RoleImageDir, "images", "build/images", "directory holding the role images and their manifest.json (make images), served to hosts under /images/; without a manifest there (and the flag left at its default) role images are not served")
 	fs.StringVar(&opts.BootDir, "bootfiles", "/usr/lib/ipxe", "directory holding undionly.kpxe and ipxe.efi")
 	fs.IntVar(&opts.HTTPPort, "http-port", 8080, "HTTP port for scripts and images")
+	fs.StringVar(&opts.SecretFile, "secret", "", "the stack secret (magestack secrets init) handed to known hosts as an initrd; without it only a one-host stack's host makes its own")
 	fs.BoolVar(&opts.Discover, "discover", false, "boot unknown machines into discovery (reports their hardware); default: ignore them")
 	fs.StringVar(&opts.ExtraCmdline, "cmdline", "", "extra kernel arguments for every host")
 	fs.Usage = func() {
