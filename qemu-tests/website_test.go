@@ -1,6 +1,7 @@
 package qemutests
 
 import (
+	"crypto/tls"
 	"fmt"
 	"io"
 	"net"
@@ -12,40 +13,33 @@ import (
 	"time"
 
 	"magestack/init/stackfile"
+	"magestack/init/stacksecret"
 	"magestack/qemu-tests/qemu"
 )
 
-// websiteStack is the default stack with every role but fw on its real
-// Debian image (images/recipes; fw keeps busybox) from the
-// MAGESTACK-IMAGES disk.
-const websiteStack = `
-stack: website
-hosts:
-  - name: dh1
-    mac: "52:54:00:12:34:56"
-public:
-  vip: 10.0.2.50/24
-internal: 172.16.0.0/24
-roles:
-  lb: {count: 1, image: lb, memory: 256MiB}
-  web: {count: 1, image: web, memory: 512MiB}
-  db: {count: 1, image: db, memory: 768MiB}
-  mail: {count: 1, image: mail}
-  acc: {count: 1, image: acc}
-  monitor: {count: 1, image: monitor}
-`
-
-// TestWebsiteEndToEnd boots the stack with the role images attached as a
-// read-only virtio disk and asks the default site's PHP page, through the
-// public address (fw's DNAT -> lb1's HAProxy -> web1's nginx + PHP-FPM), to
-// write a row to MariaDB on db1.i and read it back.
+// TestWebsiteEndToEnd boots what `make run` boots: the built-in default
+// stack, no image named, so every role runs its real Debian image from the
+// MAGESTACK-IMAGES disk, with a blank data disk. Through the public address
+// (fw's DNAT -> lb1's HAProxy -> Varnish -> web1's nginx + PHP-FPM) the
+// default site's PHP page answers on 80 and 443, and writes a row to
+// MariaDB on db1.i and reads it back. The certificate on 443 is the one
+// derived from the stack secret the host was booted with, so every host of
+// the stack serves the same one.
 func TestWebsiteEndToEnd(t *testing.T) {
 	qemu.Require(t)
-	vm, base := startWebsiteVM(t, "website", websiteStack, 3072)
+	secret, err := stacksecret.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	vm, base, tlsBase := startDefaultStackVM(t, "website", secret)
 
-	for _, in := range []string{"db1", "web1", "lb1"} {
-		if _, err := vm.Expect(8*time.Minute, unitEvent("ready", in)); err != nil {
-			t.Fatalf("%s never became ready: %v", in, err)
+	insts, err := stackfile.Default().Instances()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, in := range insts {
+		if _, err := vm.Expect(8*time.Minute, unitEvent("ready", in.Name)); err != nil {
+			t.Fatalf("%s never became ready: %v", in.Name, err)
 		}
 	}
 	ready, err := vm.Expect(4*time.Minute, qemu.ReadyPattern)
@@ -53,6 +47,16 @@ func TestWebsiteEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("stack ready at guest uptime %s ms", ready[1])
+	// Every role runs its real image (fw's work is the host's: built in).
+	for _, in := range insts {
+		want := in.Role
+		if in.Role == "fw" {
+			want = "busybox"
+		}
+		if !consoleHasLine(vm.Console(), "role: image in use", "role="+in.Name+" ", "image="+want+" ") {
+			t.Errorf("%s did not start from its image %q", in.Name, want)
+		}
+	}
 	// The plain page first (nginx + PHP-FPM via HAProxy), then the database
 	// round trip; two checks write two distinct rows.
 	waitBody(t, base, "magestack default site on web1", 2*time.Minute)
@@ -62,9 +66,55 @@ func TestWebsiteEndToEnd(t *testing.T) {
 	if first == second {
 		t.Errorf("two checks returned the same row: %q", first)
 	}
+
+	key, err := secret.ECDSAKey("tls-lb-tls")
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+	resp, err := client.Get(tlsBase + "?check=1")
+	if err != nil {
+		t.Fatalf("https: %v", err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(body), "db check ok") {
+		t.Errorf("https ?check=1 answered %d %q", resp.StatusCode, body)
+	}
+	if certs := resp.TLS.PeerCertificates; len(certs) == 0 || !key.PublicKey.Equal(certs[0].PublicKey) {
+		t.Errorf("the certificate on 443 is not the one derived from the stack secret")
+	}
 	if strings.Contains(vm.Console(), "image refused") {
 		t.Errorf("an image failed verification:\n%s", vm.Console())
 	}
+}
+
+// startDefaultStackVM boots the built-in default stack as `make run` does:
+// real images from the images disk, a blank sparse data disk, the host's
+// stack secret in its initramfs, ports 80 and 443 forwarded to loopback.
+// It returns the website's http and https URLs.
+func startDefaultStackVM(t *testing.T, name string, secret stacksecret.Secret) (vm *qemu.VM, base, tlsBase string) {
+	t.Helper()
+	disk := imagesDisk(t)
+	im, err := qemu.RequireImage(t).WithStackSecret(t.TempDir(), secret.Marshal("default"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := filepath.Join(t.TempDir(), "data.img")
+	if err := os.WriteFile(data, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(data, 4<<30); err != nil {
+		t.Fatal(err)
+	}
+	opts := im.Options("magestack.console=shell").RealImages()
+	opts.Name = name
+	opts.Memory = 3072
+	opts.Drives = append(opts.Drives, qemu.Drive{File: disk, Format: "raw", ReadOnly: true}, qemu.Drive{File: data, Format: "raw"})
+	httpPort, httpsPort := freeLoopbackPort(t), freeLoopbackPort(t)
+	opts.NICs[0].HostFwd = []string{fmt.Sprintf("tcp:127.0.0.1:%d-:80", httpPort), fmt.Sprintf("tcp:127.0.0.1:%d-:443", httpsPort)}
+	return qemu.Start(t, opts), fmt.Sprintf("http://127.0.0.1:%d/", httpPort), fmt.Sprintf("https://127.0.0.1:%d/", httpsPort)
 }
 
 // imagesDisk is build/images.img, the MAGESTACK-IMAGES disk `make images`
@@ -113,4 +163,22 @@ func startWebsiteVM(t *testing.T, name, stackYAML string, memoryMiB int) (vm *qe
 	port := freeLoopbackPort(t)
 	opts.NICs[0].HostFwd = []string{fmt.Sprintf("tcp:127.0.0.1:%d-:80", port)}
 	return qemu.Start(t, opts), fmt.Sprintf("http://127.0.0.1:%d/", port)
+}
+
+// consoleHasLine reports whether one console line holds every part.
+func consoleHasLine(console string, parts ...string) bool {
+	for _, l := range strings.Split(console, "\n") {
+		l += " "
+		found := true
+		for _, p := range parts {
+			if !strings.Contains(l, p) {
+				found = false
+				break
+			}
+		}
+		if found {
+			return true
+		}
+	}
+	return false
 }

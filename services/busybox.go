@@ -109,5 +109,25 @@ var payloads = map[string]map[string]Payload{
 	"busybox": busyboxPayloads,
 }
 
-// DefaultImage is the image roles run when the stack file names none.
-const DefaultImage = "busybox"
+// BuiltinImage is the test image carried in the initramfs itself: small
+// busybox stand-ins for every role, run only where a stack file names it
+// (`image: busybox`), for fw (whose real work, nftables and WireGuard, the
+// host does), and where a test hook asks for it.
+const BuiltinImage = "busybox"
+
+// ImageFor is the image a role runs: the one its stack file entry names,
+// else fallback when set (the magestack.test.image hook), else the role's
+// real image (the Debian image named after the role, images/recipes), else
+// the built-in image for a role that has none.
+func ImageFor(role, configured, fallback string) string {
+	switch {
+	case configured != "":
+		return configured
+	case fallback != "":
+		return fallback
+	}
+	if _, ok := payloads[role][role]; ok {
+		return role
+	}
+	return BuiltinImage
+}

@@ -8,12 +8,13 @@ import (
 )
 
 // Needed lists the images host runs its role instances from (sorted, no
-// duplicates), leaving out the built-in default image. A paired host also
+// duplicates), leaving out the built-in image; fallback is the image of
+// roles that name none ("" their real image, see services.ImageFor). A paired host also
 // needs its peer's images: it takes the peer's instances over when the peer
 // is lost, possibly with the image server gone too. A host the stack does
 // not name is taken as the only host of a one-host stack (as the roles step
 // does); otherwise it needs nothing.
-func Needed(st *stackfile.Stack, host string) ([]string, error) {
+func Needed(st *stackfile.Stack, host, fallback string) ([]string, error) {
 	h, _, ok := st.HostByName(host)
 	if !ok {
 		if len(st.Hosts) != 1 {
@@ -34,8 +35,8 @@ func Needed(st *stackfile.Stack, host string) ([]string, error) {
 		if !hosts[in.Host] {
 			continue
 		}
-		img := st.Roles[in.Role].Image
-		if img == "" || img == services.DefaultImage {
+		img := services.ImageFor(in.Role, st.Roles[in.Role].Image, fallback)
+		if img == services.BuiltinImage {
 			continue
 		}
 		out = append(out, img)

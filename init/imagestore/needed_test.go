@@ -29,21 +29,24 @@ roles:
   lb: {count: 0, image: lb}
 `
 	for _, tc := range []struct {
-		name, stack, host string
-		want              []string
+		name, stack, host, fallback string
+		want                        []string
 	}{
-		{"paired host needs its peer's images too", pair, "dh1", []string{"db", "web"}},
-		{"unpaired host only its own", pair, "dh3", []string{"monitor"}},
-		{"unknown host of a multi-host stack", pair, "stranger", nil},
-		{"one-host stack, built-in images left out, no zero-count role", one, "dh1", []string{"monitor", "web"}},
-		{"one-host stack adopts an unnamed machine", one, "localhost", []string{"monitor", "web"}},
+		{"paired host needs its peer's images too", pair, "dh1", "busybox", []string{"db", "web"}},
+		{"unpaired host only its own", pair, "dh3", "busybox", []string{"monitor"}},
+		{"unknown host of a multi-host stack", pair, "stranger", "", nil},
+		{"one-host stack, test image for unnamed roles, no zero-count role", one, "dh1", "busybox", []string{"monitor", "web"}},
+		{"one-host stack adopts an unnamed machine", one, "localhost", "busybox", []string{"monitor", "web"}},
+		// fw has no image of its own (the host does its work): built in.
+		{"unnamed roles run their real images", one, "dh1", "", []string{"acc", "db", "mail", "monitor", "web"}},
+		{"a paired host's unnamed roles too", pair, "dh2", "", []string{"db", "lb", "mail", "web"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			st, err := stackfile.Parse("stack.yaml", []byte(tc.stack))
 			if err != nil {
 				t.Fatal(err)
 			}
-			got, err := Needed(st, tc.host)
+			got, err := Needed(st, tc.host, tc.fallback)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -52,6 +52,9 @@ type Options struct {
 	LogRoot    string // per-instance service logs (LogRoot/<instance>/<service>.log)
 	VolumeRoot string // per-instance data volumes, mounted at /data
 	ImageRoot  string // image trees: ImageRoot/<image>
+	// DefaultImage is the image of roles whose stack entry names none; ""
+	// is each role's real image (services.ImageFor).
+	DefaultImage string
 	// CgroupRoot is the cgroup2 mount; "" means cgroup.DefaultRoot when
 	// that is a cgroup2 mount, else roles run without cgroups (a host
 	// without cgroup v2). CgroupParent groups all roles below it.
@@ -135,10 +138,7 @@ func New(log *slog.Logger, opts Options, stack *stackfile.Stack, hostIndex int, 
 	if err != nil {
 		return nil, fmt.Errorf("role %s: %w", inst.Name, err)
 	}
-	image := role.Image
-	if image == "" {
-		image = services.DefaultImage
-	}
+	image := services.ImageFor(inst.Role, role.Image, opts.DefaultImage)
 	payload, err := services.PayloadFor(image, inst.Role, role.Settings)
 	if err != nil {
 		return nil, fmt.Errorf("role %s: %w", inst.Name, err)
@@ -278,9 +278,16 @@ func (e *Env) prepare() (*syscall.SysProcAttr, error) {
 	// role was set up (a slow image server) are used by the next attempt.
 	spec := e.spec
 	spec.Image = imagePath(e.opts.ImageRoot, e.image)
+	if _, err := os.Stat(spec.Image); err != nil {
+		// Said plainly, and the role stays down: a placeholder served as
+		// if it were the site would hide the fault.
+		return nil, fmt.Errorf("role %s: image %q is not on this host (%w): attach the MAGESTACK-IMAGES disk (make images) "+
+			"or boot with magestack.images=URL; name `image: busybox` for the test image", e.inst.Name, e.image, err)
+	}
 	if err := spec.Write(filepath.Join(e.dir, "spec.json")); err != nil {
 		return nil, err
 	}
+	e.log.Info("role: image in use", "image", e.image, "path", spec.Image)
 	if e.spec.Cgroup != "" {
 		if _, err := cgroup.Create(e.opts.CgroupRoot, e.cgrel, e.lim); err != nil {
 			return nil, err

@@ -162,7 +162,9 @@ func newFixture(t *testing.T, settings map[string]map[string]string, mutate ...f
 		LogRoot:    filepath.Join(tmp, "logs"),
 		VolumeRoot: filepath.Join(tmp, "volumes"),
 		ImageRoot:  images,
-		BridgeNS:   f.ns,
+		// The default stack names no images: run the test image.
+		DefaultImage: services.BuiltinImage,
+		BridgeNS:     f.ns,
 	}
 	if root := v2Root(); root != "" {
 		f.cgroups = true
@@ -743,7 +745,7 @@ roles:
 	}
 	ns := newNS(t)
 	tmp := t.TempDir()
-	opts := Options{StateRoot: tmp + "/s", LogRoot: tmp + "/l", VolumeRoot: tmp + "/v", ImageRoot: tmp, BridgeNS: ns}
+	opts := Options{StateRoot: tmp + "/s", LogRoot: tmp + "/l", VolumeRoot: tmp + "/v", ImageRoot: tmp, BridgeNS: ns, DefaultImage: services.BuiltinImage}
 	var rec recordAdder
 	if _, err := AddHostRoles(slog.Default(), opts, stack, "dh1", &rec); err != nil {
 		t.Fatal(err)

@@ -128,8 +128,9 @@ type VPN struct {
 	// Subnet holds the VPN addresses: fw takes the first, peers the next
 	// ones. Default 10.8.0.0/24.
 	Subnet netip.Prefix `yaml:"subnet"`
-	// PrivateKey is fw's WireGuard private key (base64). Empty: generated
-	// once on the host and kept on its persistent disk.
+	// PrivateKey is fw's WireGuard private key (base64). Empty (the
+	// advice: keys do not belong in Git): derived from the stack secret, the
+	// same on every host, so clients keep working after a failover.
 	PrivateKey string `yaml:"privatekey,omitempty"`
 	// Peers are the operators' VPN clients.
 	Peers []VPNPeer `yaml:"peers,omitempty"`
@@ -179,7 +180,9 @@ type Role struct {
 	// Count is the number of instances: web 0..150, every other role 0 or
 	// 1. Default 1 (also when the role is written without count).
 	Count int `yaml:"count"`
-	// Image names the role's image; empty: the role's default image.
+	// Image names the role's image; empty: the role's real image, the
+	// Debian image named after the role (fw, whose work the host does,
+	// runs the built-in image). `busybox` is the built-in test image.
 	Image string `yaml:"image,omitempty"`
 	// CPUWeight is the cgroup cpu.weight (1..10000); 0: the role's default.
 	CPUWeight int `yaml:"cpu,omitempty"`

@@ -65,16 +65,32 @@ func FindStep(steps []TimelineStep, step string) (TimelineStep, bool) {
 	return TimelineStep{}, false
 }
 
+// TestImageArg makes roles that name no image run the built-in busybox
+// image instead of their real (Debian) images: scenarios about boot,
+// supervision, the network or the cluster need neither the images disk nor
+// the minute the real daemons take to start under TCG. Options adds it;
+// scenarios of the real stack remove it (RealImages).
+const TestImageArg = "magestack.test.image=busybox"
+
 // Options returns the VM options that boot this image with the given extra
 // kernel arguments: quiet console, 2 GiB, an RNG and one user-mode NIC (so
 // DHCP answers) with no port forwards and no PXE ROM (the kernel is given).
+// Roles run the built-in test image unless the stack names theirs
+// (TestImageArg).
 func (im Image) Options(appendArgs string) Options {
 	return Options{
 		Kernel: im.Kernel,
 		Initrd: im.Initramfs,
-		Append: strings.TrimSpace("console=ttyS0 quiet panic=-1 " + appendArgs),
+		Append: strings.TrimSpace("console=ttyS0 quiet panic=-1 " + TestImageArg + " " + appendArgs),
 		Memory: 2048,
 		RNG:    true,
 		NICs:   []NIC{{User: true, ROM: "none"}},
 	}
+}
+
+// RealImages drops TestImageArg from o: every role runs its real image, as
+// on a production host.
+func (o Options) RealImages() Options {
+	o.Append = strings.Join(strings.Fields(strings.ReplaceAll(o.Append, TestImageArg, "")), " ")
+	return o
 }

@@ -200,16 +200,22 @@ func (b *bootEnv) imagesStep(ctx context.Context) error {
 	var missing []string
 	if store == nil {
 		url := b.cmdline.Value(imagestore.CmdlineKey)
+		names, nerr := imagestore.Needed(b.Stack(), b.Hostname(), b.testImage())
+		if nerr != nil {
+			return fmt.Errorf("images: %w", nerr)
+		}
 		if url == "" && !imagestore.HasCache(imagestore.DefaultCacheDir) {
-			b.log.Info("images: no MAGESTACK-IMAGES disk; roles use the built-in images", "why", err)
-			return nil
+			if len(names) == 0 {
+				b.log.Info("images: no MAGESTACK-IMAGES disk; this host's roles run the built-in image", "why", err)
+				return nil
+			}
+			// Said on the console and in the boot timeline: the roles that
+			// need these images stay down rather than serve a stand-in.
+			return fmt.Errorf("images: this host's roles need the images %s, and there is no MAGESTACK-IMAGES disk "+
+				"(make images builds build/images.img) nor magestack.images= URL (%v)", strings.Join(names, ","), err)
 		}
 		if !isMountPoint(stateDir) {
 			b.log.Warn("images: no data disk: the image cache is in memory and lost at reboot")
-		}
-		names, nerr := imagestore.Needed(b.Stack(), b.Hostname())
-		if nerr != nil {
-			return fmt.Errorf("images: %w", nerr)
 		}
 		var res imagestore.FetchResult
 		store, res, err = imagestore.Fetch(ctx, b.log, imagestore.FetchOptions{
@@ -241,7 +247,7 @@ func (b *bootEnv) imagesStep(ctx context.Context) error {
 // configuration is rendered from the stack file (with the values derived
 // from the stack secret).
 func (b *bootEnv) roleOptions() roleenv.Options {
-	opts := roleenv.Options{}
+	opts := roleenv.Options{DefaultImage: b.testImage()}
 	if isMountPoint(stateDir) {
 		opts.VolumeRoot = filepath.Join(stateDir, "volumes")
 	}
@@ -253,6 +259,11 @@ func (b *bootEnv) roleOptions() roleenv.Options {
 	b.mu.Unlock()
 	return opts
 }
+
+// testImage is the magestack.test.image hook: the image roles that name
+// none run instead of their real images ("" without the hook). Scenarios
+// about boot, supervision or the cluster run the small built-in image.
+func (b *bootEnv) testImage() string { return b.cmdline.Value("magestack.test.image") }
 
 func isMountPoint(dir string) bool {
 	var a, p os.FileInfo

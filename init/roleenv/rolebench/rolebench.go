@@ -27,6 +27,7 @@ import (
 	"magestack/init/roleenv"
 	"magestack/init/stackfile"
 	"magestack/init/supervise"
+	"magestack/services"
 )
 
 // Result is the distribution of role start times.
@@ -68,7 +69,9 @@ func Measure(ctx context.Context, exe string, n int) (Result, error) {
 		LogRoot:    filepath.Join(tmp, "logs"),
 		VolumeRoot: filepath.Join(tmp, "volumes"),
 		ImageRoot:  images,
-		BridgeNS:   ns,
+		// The default stack names no images: run the built-in one.
+		DefaultImage: services.BuiltinImage,
+		BridgeNS:     ns,
 	}
 	if root := cgroupRoot(); root != "" {
 		opts.CgroupRoot = root
