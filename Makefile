@@ -1,4 +1,6 @@
 # magestack build, run and test entry points. See README.md.
+#   make deps    install the build and test dependencies (Debian packages, Go);
+#                run and test call it, so a fresh machine needs nothing else
 #   make image   build/magestack (static), build/vmlinuz, build/initramfs.img
 #   make run     boot the default single-host stack in QEMU (console here)
 #   make images  role images and their disk, build/images.img
@@ -6,6 +8,8 @@
 #   make bench   the benchmark figures
 # Everything is file-based: with nothing changed, `make image` does nothing.
 SHELL := /bin/bash
+# install-deps.sh puts Go at /usr/local/go, which a fresh shell's PATH may lack.
+export PATH := $(PATH):/usr/local/go/bin
 GO ?= go
 BUILD := $(CURDIR)/build
 export CGO_ENABLED := 0
@@ -51,12 +55,18 @@ IMAGES_SRC := $(call gosrc,./images/cmd/mkimage,images)
 MKIMAGES_SRC := $(call gosrc,./images/cmd/mkimages,images)
 
 QEMU ?= qemu-system-x86_64
-RUN_MEM ?= 2048
+RUN_MEM ?= 3072
 RUN_APPEND ?= console=ttyS0 quiet panic=-1 magestack.console=shell
 
-.PHONY: all image images kernel initramfs run test test-unit test-qemu bench clean distclean
+.PHONY: all deps image images kernel initramfs run test test-unit test-qemu bench clean distclean
 
 all: image
+
+# Debian packages and the Go toolchain the build and the tests use; about a
+# second when they are all there. As root it installs what is missing;
+# otherwise it names what is missing and fails.
+deps:
+	@bash buildroot/install-deps.sh >/dev/null
 
 image: $(BUILD)/magestack $(BUILD)/vmlinuz $(BUILD)/initramfs.img
 	@ls -l $^ | awk '{ printf "%-40s %10d bytes\n", $$9, $$5 }'
@@ -110,28 +120,38 @@ $(INITRAMFS_BINS) /bin/busybox:
 	@echo "missing $@: install the build dependencies with buildroot/install-deps.sh" >&2; exit 1
 
 # The default single-host stack, user networking with the website forwarded
-# (no iPXE option ROM on the NIC: the kernel is loaded directly). -cpu max
-# gives the guest RDRAND, so the kernel's CRNG is ready at once
+# (no iPXE option ROM on the NIC: the kernel is loaded directly), its roles
+# running their real images from build/images.img, and a data disk
+# (build/run-data.img, sparse, prepared by the host on first boot) that keeps
+# the stack secret, the databases and the last good config across runs. -cpu
+# max gives the guest RDRAND, so the kernel's CRNG is ready at once
 # (CONFIG_RANDOM_TRUST_CPU=y); with QEMU's default qemu64 CPU, getrandom()
 # blocks until jitter entropy is gathered, and the Go package inits that read
 # crypto/rand (hashicorp/raft's) stall PID 1 for ~1.2 s before main under TCG
 # (measured with GODEBUG=inittrace=1 on the kernel command line).
-run: image
-	@echo "magestack: booting the default stack in QEMU (TCG: give it a minute)."
+RUN_DATA ?= $(BUILD)/run-data.img
+RUN_DATA_SIZE ?= 8G
+run: deps image images
+	@[ -f $(RUN_DATA) ] || truncate -s $(RUN_DATA_SIZE) $(RUN_DATA)
+	@echo "magestack: booting the default stack in QEMU (TCG: give it a minute or two)."
 	@echo "magestack: website on http://127.0.0.1:8080/ and https://127.0.0.1:8443/"
 	@echo "magestack: quit QEMU with Ctrl-A X (Ctrl-A C toggles the QEMU monitor)."
 	$(QEMU) -accel tcg -cpu max -m $(RUN_MEM) -smp 2 -nographic -serial mon:stdio -no-reboot \
 		-kernel $(BUILD)/vmlinuz -initrd $(BUILD)/initramfs.img -append '$(RUN_APPEND)' \
+		-drive file=$(BUILD)/images.img,format=raw,if=virtio,readonly=on \
+		-drive file=$(RUN_DATA),format=raw,if=virtio \
 		-netdev user,id=n0,hostfwd=tcp:127.0.0.1:8080-:80,hostfwd=tcp:127.0.0.1:8443-:443 \
 		-device virtio-net-pci,netdev=n0,mac=52:54:00:12:34:56,romfile= \
 		-device virtio-rng-pci -device i6300esb
 
-test: test-unit test-qemu
+test: deps test-unit test-qemu
 
 # The quick logic tests: no VMs (qemu-tests skip without MAGESTACK_QEMU=1).
 # Go's test cache keeps a repeat run cheap when nothing changed. The kernel
 # is fetched first so the kernel-option and module-set tests check it.
-test-unit: $(BUILD)/vmlinuz
+# The role images come first: the render and imagestore tests run the real
+# daemons' own config checks and serve the site from the built images.
+test-unit: $(BUILD)/vmlinuz $(BUILD)/images.img
 	$(GO) vet ./...
 	$(GO) test ./...
 
@@ -145,7 +165,7 @@ test-qemu: image images
 	rc=$$?; echo "---- test-qemu summary (full log: build/test-qemu.log) ----"; \
 	grep -E '^(--- FAIL|FAIL|ok|panic:)' $(BUILD)/test-qemu.log || true; exit $$rc
 
-bench: image images
+bench: deps image images
 	MAGESTACK_BUILD=$(BUILD) $(GORUN) ./qemu-tests/bench
 
 # clean keeps the downloaded kernel; distclean removes all of build/.

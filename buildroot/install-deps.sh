@@ -1,7 +1,8 @@
 #!/bin/bash
 # Installs what magestack's build and tests need on a Debian bookworm machine,
-# as root, using only apt and the Go module proxy. Idempotent: a second run
-# changes nothing.
+# as root, using only apt and the Go module proxy. Idempotent and about a
+# second when everything is there: `make run` and `make test` call it (make
+# deps). Not root: it only checks, and names what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,6 +27,11 @@ missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")
 done
+if ((${#missing[@]})) && [[ $(id -u) != 0 ]]; then
+	echo "install-deps: missing Debian packages: ${missing[*]}" >&2
+	echo "install-deps: run 'sudo make deps' (or 'sudo bash buildroot/install-deps.sh') once, then make again" >&2
+	exit 1
+fi
 if ((${#missing[@]})); then
 	export DEBIAN_FRONTEND=noninteractive
 	apt-get update -qq
@@ -47,6 +53,10 @@ have=${have#go}
 if [[ -n $have ]] && [[ $(printf '%s\n%s\n' "$want" "$have" | sort -V | head -n1) == "$want" ]]; then
 	echo "install-deps: go $have at $goroot (go.mod wants $want)"
 else
+	if [[ $(id -u) != 0 && -z ${GO_INSTALL_DIR:-} ]]; then
+		echo "install-deps: Go $want is not at $goroot: run 'sudo make deps' once" >&2
+		exit 1
+	fi
 	proxy=${GOPROXY:-https://proxy.golang.org}
 	proxy=${proxy%%[,|]*}
 	[[ $proxy == direct || $proxy == off ]] && proxy=https://proxy.golang.org
