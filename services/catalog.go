@@ -18,6 +18,10 @@ type Port struct {
 type Need struct {
 	Role  string
 	Ports []Port
+	// Caches adds every Redis and Memcached port of the stack's db
+	// (stackfile.Stack.CachePorts): how many instances there are, and on
+	// which ports, is the stack file's to say.
+	Caches bool
 }
 
 // Role is the definition of one node role.
@@ -34,8 +38,9 @@ type Role struct {
 func tcp(port uint16, name string) Port { return Port{Proto: "tcp", Port: port, Name: name} }
 
 var (
-	smtp = tcp(25, "smtp")
-	ssh  = tcp(22, "ssh")
+	smtp  = tcp(25, "smtp")
+	ssh   = tcp(22, "ssh")
+	mysql = tcp(3306, "mysql")
 )
 
 // catalog is indexed by role name. Every role may relay mail through mail.
@@ -46,23 +51,23 @@ var catalog = map[string]Role{
 		Management: []Port{tcp(8404, "haproxy-stats")},
 		Needs:      []Need{{Role: "web", Ports: []Port{tcp(80, "http")}}, {Role: "mail", Ports: []Port{smtp}}}},
 	"web": {Name: "web",
-		Needs: []Need{{Role: "db", Ports: []Port{tcp(3306, "mysql"), tcp(6379, "redis"), tcp(11211, "memcached")}}, {Role: "mail", Ports: []Port{smtp}}}},
+		Needs: []Need{{Role: "db", Ports: []Port{mysql}, Caches: true}, {Role: "mail", Ports: []Port{smtp}}}},
 	"db": {Name: "db",
-		Management: []Port{tcp(3306, "mysql")},
+		Management: []Port{mysql},
 		Needs:      []Need{{Role: "mail", Ports: []Port{smtp}}}},
 	"mail": {Name: "mail"},
 	"acc": {Name: "acc",
 		Management: []Port{ssh},
 		Needs: []Need{
 			{Role: "web", Ports: []Port{tcp(80, "http"), ssh}},
-			{Role: "db", Ports: []Port{tcp(3306, "mysql"), tcp(6379, "redis"), tcp(11211, "memcached")}},
+			{Role: "db", Ports: []Port{mysql}, Caches: true},
 			{Role: "mail", Ports: []Port{smtp}}}},
 	"monitor": {Name: "monitor",
 		Management: []Port{tcp(80, "portal")},
 		Needs: []Need{
 			{Role: "lb", Ports: []Port{tcp(80, "http"), tcp(8404, "haproxy-stats")}},
 			{Role: "web", Ports: []Port{tcp(80, "http")}},
-			{Role: "db", Ports: []Port{tcp(3306, "mysql"), tcp(6379, "redis"), tcp(11211, "memcached")}},
+			{Role: "db", Ports: []Port{mysql}},
 			{Role: "mail", Ports: []Port{smtp}},
 			{Role: "acc", Ports: []Port{ssh}}}},
 }

@@ -210,7 +210,13 @@ func Build(stack *stackfile.Stack, host HostView) (*Ruleset, error) {
 			if len(addrs[need.Role]) == 0 {
 				continue
 			}
-			byProto := portsByProto(need.Ports)
+			ports := need.Ports
+			if need.Caches {
+				for _, p := range stack.CachePorts() {
+					ports = append(slices.Clone(ports), services.Port{Proto: "tcp", Port: p, Name: "cache"})
+				}
+			}
+			byProto := portsByProto(ports)
 			for _, proto := range []string{"tcp", "udp"} {
 				if ps := byProto[proto]; len(ps) > 0 {
 					forward = append(forward, rule(role+" -> "+need.Role, addrMatch(false, addrs[role]), addrMatch(true, addrs[need.Role]), Ports{proto, ps}, Verdict{"accept"}))

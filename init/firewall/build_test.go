@@ -134,3 +134,43 @@ func TestBuildPolicyShape(t *testing.T) {
 		}
 	}
 }
+
+// Each Redis and Memcached instance the stack file lists gets its own port,
+// opened from web and acc to db, and from no other role.
+func TestCachePortsOpenFromWebAndAccOnly(t *testing.T) {
+	s, err := stackfile.Parse("caches.yaml", []byte(`stack: caches
+hosts:
+  - {name: dh1, mac: "52:54:00:00:00:01"}
+public: {vip: 192.0.2.50/24}
+roles:
+  db: {redis: [{name: sessions}, {name: cache}], memcached: [{name: a}, {name: b, port: 11300}]}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rs, err := Build(s, HostView{PublicIfaces: []string{"eth0"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := Render(rs)
+	const want = "tcp dport { 3306, 6379, 6380, 11211, 11300 }"
+	for _, tt := range []struct {
+		from  string
+		opens bool
+	}{{"web", true}, {"acc", true}, {"lb", false}, {"mail", false}, {"monitor", false}, {"fw", false}} {
+		var line string
+		for _, l := range strings.Split(text, "\n") {
+			if strings.Contains(l, `comment "`+tt.from+` -> db"`) {
+				line = l
+			}
+		}
+		if got := strings.Contains(line, want); got != tt.opens {
+			t.Errorf("%s -> db opens the caches: %v, want %v (rule: %q)", tt.from, got, tt.opens, line)
+		}
+		for _, port := range []string{"6379", "6380", "11211", "11300"} {
+			if !tt.opens && strings.Contains(line, port) {
+				t.Errorf("%s reaches cache port %s: %q", tt.from, port, line)
+			}
+		}
+	}
+}

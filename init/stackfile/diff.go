@@ -137,7 +137,7 @@ func Diff(old, new *Stack) (Changes, error) {
 	fw("vpn.port", old.VPN.Port != new.VPN.Port)
 	fw("vpn.subnet", old.VPN.Subnet != new.VPN.Subnet)
 	fw("witness", old.Witness != new.Witness)
-	fw("roles.db cache ports", !slices.Equal(cachePorts(old), cachePorts(new)))
+	fw("roles.db cache ports", !slices.Equal(old.CachePorts(), new.CachePorts()))
 	fw("instances", len(c.Added) > 0 || len(c.Removed) > 0 || slices.ContainsFunc(c.Changed, func(ch InstanceChange) bool {
 		return slices.Contains(ch.Fields, "address") || slices.Contains(ch.Fields, "host")
 	}))
@@ -288,27 +288,30 @@ func instanceChange(old, new *Stack, a, b Instance) InstanceChange {
 		add("tls", !ptrEqual(old.Public.TLS, new.Public.TLS), false)
 	case "web":
 		add("sites", !sitesEqual(old.Sites, new.Sites), false)
+		// web reads the caches' names, ports and passwords from a rendered
+		// file (a memory limit alone changes nothing there).
+		add("caches", !slices.Equal(cacheEndpoints(old), cacheEndpoints(new)), false)
 	}
 	slices.Sort(ch.Fields)
 	return ch
+}
+
+// cacheEndpoints names db's caches as web sees them: kind, name and port.
+func cacheEndpoints(s *Stack) []string {
+	var out []string
+	for _, c := range s.RedisInstances() {
+		out = append(out, fmt.Sprintf("redis %s %d", c.Name, c.Port))
+	}
+	for _, c := range s.MemcachedInstances() {
+		out = append(out, fmt.Sprintf("memcached %s %d", c.Name, c.Port))
+	}
+	return out
 }
 
 func sitesEqual(a, b []Site) bool {
 	return slices.EqualFunc(a, b, func(x, y Site) bool {
 		return x.Group == y.Group && x.Name == y.Name && slices.Equal(x.Domains, y.Domains) && slices.Equal(x.MaintenanceAllow, y.MaintenanceAllow)
 	})
-}
-
-// cachePorts lists the ports db's caches listen on, which the firewall opens
-// from web to db.
-func cachePorts(s *Stack) []uint16 {
-	var ports []uint16
-	db := s.Roles["db"]
-	for _, c := range append(slices.Clone(db.Redis), db.Memcached...) {
-		ports = append(ports, c.Port)
-	}
-	slices.Sort(ports)
-	return ports
 }
 
 // String summarises the changes, one line each, for operators.

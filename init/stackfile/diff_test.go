@@ -70,8 +70,12 @@ func TestDiff(t *testing.T) {
 			"~ instance db1: host (recreate)\n~ firewall ruleset: instances\n"},
 		{"a new site reloads web and lb only", "", "users:=>sites: [{group: g, name: www, domains: [www.shop1.example]}]\nusers:",
 			"~ instance web1: sites (update in place)\n~ instance lb1: sites (update in place)\n"},
-		{"a Redis instance added to db", "", "roles:\n=>roles:\n  db: {redis: [{name: sessions}]}\n",
-			"~ instance db1: redis (update in place)\n~ firewall ruleset: roles.db cache ports\n"},
+		// The first listed instance takes the default's port 6379: web
+		// learns its name, the firewall keeps its openings.
+		{"a Redis instance named in db", "", "roles:\n=>roles:\n  db: {redis: [{name: sessions}]}\n",
+			"~ instance db1: redis (update in place)\n~ instance web1: caches (update in place)\n"},
+		{"a second Redis instance opens its port", "roles:\n=>roles:\n  db: {redis: [{name: sessions}]}\n", "roles:\n=>roles:\n  db: {redis: [{name: sessions}, {name: cache}]}\n",
+			"~ instance db1: redis (update in place)\n~ instance web1: caches (update in place)\n~ firewall ruleset: roles.db cache ports\n"},
 		{"a Redis memory change keeps the firewall", "roles:\n=>roles:\n  db: {redis: [{name: sessions}]}\n", "roles:\n=>roles:\n  db: {redis: [{name: sessions, memory: 64MiB}]}\n",
 			"~ instance db1: redis (update in place)\n"},
 		{"cluster and config", "", "roles:\n=>cluster: {dead: 2s}\nconfig: {poll: 10s}\nroles:\n",

@@ -186,9 +186,13 @@ func PayloadWith(p services.Payload, stack *stackfile.Stack, inst stackfile.Inst
 		}
 	case "web":
 		d.Sites = sites(stack)
+		if err := d.addCaches(sec); err != nil {
+			return p, err
+		}
 		err = firstErr(add("/etc/nginx/nginx.conf", "nginx-web.conf.tmpl", 0o644),
 			add("/etc/php/8.2/fpm/php-fpm.conf", "php-fpm.conf.tmpl", 0o644),
-			add("/etc/magestack/db.php", "db.php.tmpl", 0o644))
+			add("/etc/magestack/db.php", "db.php.tmpl", 0o644),
+			add("/etc/magestack/caches.php", "caches.php.tmpl", 0o644))
 		if err != nil {
 			return p, err
 		}
@@ -210,25 +214,8 @@ func PayloadWith(p services.Payload, stack *stackfile.Stack, inst stackfile.Inst
 			}
 		}
 	case "db":
-		for i, c := range role.Redis {
-			pass, err := sec.Secret("redis-" + c.Name)
-			if err != nil {
-				return p, err
-			}
-			d.Redis = append(d.Redis, Cache{Name: c.Name, Port: portOr(c.Port, 6379+uint16(i)), MemoryMB: uint64(c.Memory) >> 20, Password: pass})
-		}
-		for i, c := range role.Memcached {
-			d.Memcached = append(d.Memcached, Cache{Name: c.Name, Port: portOr(c.Port, 11211+uint16(i)), MemoryMB: uint64(c.Memory) >> 20})
-		}
-		if len(role.Redis) == 0 {
-			pass, err := sec.Secret("redis-default")
-			if err != nil {
-				return p, err
-			}
-			d.Redis = []Cache{{Name: "default", Port: 6379, Password: pass}}
-		}
-		if len(role.Memcached) == 0 {
-			d.Memcached = []Cache{{Name: "default", Port: 11211}}
+		if err := d.addCaches(sec); err != nil {
+			return p, err
 		}
 		if err := firstErr(add("/etc/mysql/magestack.cnf", "mariadb.cnf.tmpl", 0o644),
 			add("/etc/mysql/magestack-init.sql", "mariadb-init.sql.tmpl", 0o600)); err != nil {
@@ -326,13 +313,6 @@ func sites(stack *stackfile.Stack) []site {
 	return out
 }
 
-func portOr(p, def uint16) uint16 {
-	if p != 0 {
-		return p
-	}
-	return def
-}
-
 func firstErr(errs ...error) error {
 	for _, e := range errs {
 		if e != nil {
@@ -369,4 +349,20 @@ func Func(sec Secrets) func(services.Payload, *stackfile.Stack, stackfile.Instan
 	return func(p services.Payload, stack *stackfile.Stack, inst stackfile.Instance) (services.Payload, error) {
 		return Payload(p, stack, inst, sec)
 	}
+}
+
+// addCaches fills in db's Redis and Memcached instances, each Redis with its
+// own password, for db's configs and the file web reads them from.
+func (d *data) addCaches(sec Secrets) error {
+	for _, c := range d.Stack.RedisInstances() {
+		pass, err := sec.Secret("redis-" + c.Name)
+		if err != nil {
+			return err
+		}
+		d.Redis = append(d.Redis, Cache{Name: c.Name, Port: c.Port, MemoryMB: uint64(c.Memory) >> 20, Password: pass})
+	}
+	for _, c := range d.Stack.MemcachedInstances() {
+		d.Memcached = append(d.Memcached, Cache{Name: c.Name, Port: c.Port, MemoryMB: uint64(c.Memory) >> 20})
+	}
+	return nil
 }

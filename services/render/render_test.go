@@ -237,3 +237,38 @@ func testSecrets(t *testing.T) stacksecret.Secret {
 	}
 	return s
 }
+
+// web finds every cache db runs, at the port and with the password db
+// configures, in one rendered file.
+func TestWebReceivesTheCaches(t *testing.T) {
+	stack := parse(t, `stack: caches
+hosts:
+  - {name: dh1, mac: "52:54:00:00:00:01"}
+public: {vip: 192.0.2.50/24}
+roles:
+  db: {image: db, redis: [{name: sessions}, {name: cache}], memcached: [{name: a}, {name: b}]}
+  web: {image: web}
+`)
+	sec := testSecrets(t)
+	db := renderRole(t, stack, sec, "db1")
+	web := content(t, renderRole(t, stack, sec, "web1"), "/etc/magestack/caches.php")
+	for _, c := range []struct{ name, port string }{{"sessions", "6379"}, {"cache", "6380"}} {
+		pass, err := sec.Secret("redis-" + c.name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := "'" + c.name + "' => ['host' => 'db1.i', 'port' => " + c.port + ", 'password' => '" + pass + "']"
+		if !strings.Contains(web, want) {
+			t.Errorf("caches.php lacks %s:\n%s", want, web)
+		}
+		conf := content(t, db, "/etc/redis/"+c.name+".conf")
+		if !strings.Contains(conf, "port "+c.port+"\n") || !strings.Contains(conf, "requirepass "+pass+"\n") {
+			t.Errorf("db's %s.conf does not match what web was told:\n%s", c.name, conf)
+		}
+	}
+	for _, want := range []string{"'a' => ['host' => 'db1.i', 'port' => 11211]", "'b' => ['host' => 'db1.i', 'port' => 11212]"} {
+		if !strings.Contains(web, want) {
+			t.Errorf("caches.php lacks %s:\n%s", want, web)
+		}
+	}
+}
