@@ -69,7 +69,11 @@ func recipe(role string, pkgs []string, remove []string, dirs ...string) Recipe 
 // work is the host's nftables policy).
 var table = []Recipe{
 	recipe("lb", []string{"haproxy", "varnish"}, nil, "etc/haproxy/certs"),
-	recipe("web", []string{"nginx-light", "php-fpm", "php-mysql"},
+	// PHP with what Magento 2.4 requires: bcmath, curl, gd, intl, mbstring,
+	// pdo_mysql, soap, dom/simplexml/xsl (php-xml), zip, redis; ctype,
+	// sodium and opcache come with php-fpm.
+	recipe("web", []string{"nginx-light", "php-fpm", "php-mysql", "php-bcmath", "php-curl", "php-gd", "php-intl",
+		"php-mbstring", "php-soap", "php-xml", "php-zip", "php-redis"},
 		[]string{"var/www/html/*", "etc/nginx/sites-enabled/*"}, "microcloud/domains"),
 	// The data directory lives on the role's volume; the one the package
 	// initialised at build time (random server ids, build timestamps) goes.

@@ -123,6 +123,31 @@ func TestRenderedConfigsPassTheDaemonsOwnChecks(t *testing.T) {
 	}
 }
 
+// TestWebImageHasMagentosPHPExtensions: `php -m` in the web image lists
+// every extension Magento 2.4 requires.
+func TestWebImageHasMagentosPHPExtensions(t *testing.T) {
+	dir := imagesDir(t)
+	m, err := manifest.Read(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	im, ok := m.Lookup("web")
+	if !ok {
+		t.Fatal("no web image in the manifest")
+	}
+	root := rootWith(t, filepath.Join(dir, im.File), services.Payload{Image: "web"})
+	have := map[string]bool{}
+	for _, l := range strings.Split(inRoot(t, root, "php -m"), "\n") {
+		have[strings.ToLower(strings.TrimSpace(l))] = true
+	}
+	for _, ext := range []string{"bcmath", "ctype", "curl", "dom", "gd", "intl", "mbstring", "zend opcache", "pdo_mysql",
+		"simplexml", "soap", "sodium", "xsl", "zip", "redis"} {
+		if !have[ext] {
+			t.Errorf("php -m in the web image lacks %s", ext)
+		}
+	}
+}
+
 func withSetting(r stackfile.Role, k, v string) stackfile.Role {
 	s := map[string]string{}
 	for a, b := range r.Settings {
