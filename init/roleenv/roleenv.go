@@ -52,6 +52,9 @@ type Options struct {
 	LogRoot    string // per-instance service logs (LogRoot/<instance>/<service>.log)
 	VolumeRoot string // per-instance data volumes, mounted at /data
 	ImageRoot  string // image trees: ImageRoot/<image>
+	// HostResolvConf is the host's resolver file roles take their upstream
+	// name servers from (default /etc/resolv.conf).
+	HostResolvConf string
 	// DefaultImage is the image of roles whose stack entry names none; ""
 	// is each role's real image (services.ImageFor).
 	DefaultImage string
@@ -84,6 +87,7 @@ func (o Options) withDefaults() Options {
 	def(&o.LogRoot, DefaultLogRoot)
 	def(&o.VolumeRoot, DefaultVolumeRoot)
 	def(&o.ImageRoot, DefaultImageRoot)
+	def(&o.HostResolvConf, "/etc/resolv.conf")
 	def(&o.CgroupParent, "magestack")
 	def(&o.Bridge, DefaultBridge)
 	if o.CgroupRoot == "" && cgroup.IsV2(cgroup.DefaultRoot) {
@@ -203,6 +207,42 @@ func imagePath(root, image string) string {
 	return filepath.Join(root, image)
 }
 
+// RoleResolvConf is a role's /etc/resolv.conf made from the host's file at
+// path: its name servers (loopback ones left out: a role's loopback is its
+// own), search domains and options. "" when the host has no usable server,
+// which leaves the image's file.
+func RoleResolvConf(path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return ""
+	}
+	var out strings.Builder
+	servers := 0
+	out.WriteString("# Written by magestack from the host's name servers; instance names (<name>.i) are in /etc/hosts.\n")
+	for _, l := range strings.Split(string(b), "\n") {
+		f := strings.Fields(l)
+		if len(f) < 2 {
+			continue
+		}
+		switch f[0] {
+		case "nameserver":
+			a, err := netip.ParseAddr(f[1])
+			if err != nil || a.IsLoopback() || a.IsUnspecified() {
+				continue
+			}
+			servers++
+		case "search", "domain", "options":
+		default:
+			continue
+		}
+		out.WriteString(strings.Join(f, " ") + "\n")
+	}
+	if servers == 0 {
+		return ""
+	}
+	return out.String()
+}
+
 // HostsFile is /etc/hosts for every role: each instance as <name>.i and
 // <name>.
 func HostsFile(stack *stackfile.Stack) (string, error) {
@@ -278,6 +318,8 @@ func (e *Env) prepare() (*syscall.SysProcAttr, error) {
 	// role was set up (a slow image server) are used by the next attempt.
 	spec := e.spec
 	spec.Image = imagePath(e.opts.ImageRoot, e.image)
+	// Read at each start: a DHCP renewal may have changed the servers.
+	spec.ResolvConf = RoleResolvConf(e.opts.HostResolvConf)
 	if _, err := os.Stat(spec.Image); err != nil {
 		// Said plainly, and the role stays down: a placeholder served as
 		// if it were the site would hide the fault.

@@ -227,6 +227,13 @@ func writeFiles(root string, s *Spec) error {
 		{"/etc/hostname", []byte(s.Name + "\n"), 0o644},
 		{"/etc/hosts", []byte(s.Hosts), 0o644},
 	}
+	if s.ResolvConf != "" {
+		files = append(files, struct {
+			path string
+			data []byte
+			mode os.FileMode
+		}{"/etc/resolv.conf", []byte(s.ResolvConf), 0o644})
+	}
 	for _, f := range s.Payload.Files {
 		b, err := f.Render(inst)
 		if err != nil {

@@ -52,9 +52,12 @@ type Spec struct {
 	// so nothing inside the role can reach it. "" for none.
 	APISocket string `json:"api_socket,omitempty"`
 
-	Hosts     string       `json:"hosts"`     // /etc/hosts content
-	Interface string       `json:"interface"` // the veth end the host moves in, e.g. eth0
-	Address   netip.Prefix `json:"address"`   // expected on Interface
+	Hosts string `json:"hosts"` // /etc/hosts content
+	// ResolvConf is /etc/resolv.conf: the host's upstream name servers
+	// (instance names resolve from Hosts). "" leaves the image's file.
+	ResolvConf string       `json:"resolv_conf,omitempty"`
+	Interface  string       `json:"interface"` // the veth end the host moves in, e.g. eth0
+	Address    netip.Prefix `json:"address"`   // expected on Interface
 	// NetworkWait bounds the wait for Interface to be configured (0: 5s).
 	NetworkWait time.Duration `json:"network_wait,omitempty"`
 
