@@ -16,6 +16,11 @@ const TableName = "magestack"
 // limit; UpdateAllow edits it in place.
 const AllowSet = "public_allow"
 
+// ForbiddenSet is the named set of addresses roles may never reach: every
+// host's address, the VIP, the pair links, the witness, fence devices and
+// the provisioning server (see RoleForbidden).
+const ForbiddenSet = "role_forbidden"
+
 // MeterSet is the dynamic set holding one rate-limit state per public source.
 const MeterSet = "public_meter"
 
