@@ -91,3 +91,17 @@ func foldPrefixes(in []netip.Prefix) []netip.Prefix {
 	slices.SortFunc(out, func(a, b netip.Prefix) int { return a.Addr().Compare(b.Addr()) })
 	return out
 }
+
+// ServerPrefixes returns, as /32 prefixes, the IPv4 literals the given
+// URLs or host[:port] strings name (the config and image servers from the
+// kernel command line: the provisioning network's servers), for
+// HostView.RoleForbidden. Empty strings and names are skipped.
+func ServerPrefixes(sources ...string) []netip.Prefix {
+	var out []netip.Prefix
+	for _, s := range sources {
+		if a := literalHost(s); a.Is4() || a.Is4In6() {
+			out = append(out, netip.PrefixFrom(a.Unmap(), 32))
+		}
+	}
+	return out
+}

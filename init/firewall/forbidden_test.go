@@ -159,3 +159,12 @@ func TestBuildForbiddenCoversCluster(t *testing.T) {
 		}
 	}
 }
+
+func TestServerPrefixes(t *testing.T) {
+	got := ServerPrefixes("http://10.0.2.2:8080/stack.yaml", "", "https://images.example.net/i",
+		"git+ssh://192.0.2.9/stacks.git#main:s.yaml", "198.51.100.3:80", "http://[2001:db8::1]/x")
+	want := prefixes("10.0.2.2/32", "192.0.2.9/32", "198.51.100.3/32")
+	if !slices.Equal(got, want) {
+		t.Fatalf("ServerPrefixes = %v, want %v", got, want)
+	}
+}
