@@ -374,6 +374,44 @@ func leaderSeen(out string) string {
 	return ""
 }
 
+// TestWitnessUnit: the shipped systemd unit runs the witness with flags it
+// knows, stops it with SIGTERM and waits longer than the witness's own
+// stop bound before SIGKILL.
+func TestWitnessUnit(t *testing.T) {
+	data, err := os.ReadFile("../../dist/magestack-witness.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	kv := map[string]string{}
+	for _, line := range strings.Split(string(data), "\n") {
+		if k, v, ok := strings.Cut(line, "="); ok && !strings.HasPrefix(line, "#") {
+			kv[strings.TrimSpace(k)] = strings.TrimSpace(v)
+		}
+	}
+	exec := strings.Fields(kv["ExecStart"])
+	if len(exec) < 2 || exec[1] != "witness" {
+		t.Fatalf("ExecStart %q does not run `magestack witness`", kv["ExecStart"])
+	}
+	var o witnessOpts
+	fs := witnessFlagSet(&o)
+	if err := fs.Parse(exec[2:]); err != nil || o.stack == "" || fs.NArg() != 0 {
+		t.Fatalf("ExecStart flags %q: %v (stack %q, extra %v)", exec[2:], err, o.stack, fs.Args())
+	}
+	if !strings.HasPrefix(o.data, "/var/lib/"+kv["StateDirectory"]) {
+		t.Errorf("--data %s is not under StateDirectory=%s", o.data, kv["StateDirectory"])
+	}
+	if kv["KillSignal"] != "SIGTERM" {
+		t.Errorf("KillSignal=%s", kv["KillSignal"])
+	}
+	stop, err := time.ParseDuration(kv["TimeoutStopSec"] + "s")
+	if err != nil || stop <= witnessStopBound {
+		t.Errorf("TimeoutStopSec=%s must exceed the witness's own stop bound %v", kv["TimeoutStopSec"], witnessStopBound)
+	}
+	if !strings.Contains(kv["CapabilityBoundingSet"], "CAP_NET_ADMIN") {
+		t.Errorf("the witness needs CAP_NET_ADMIN for its table")
+	}
+}
+
 // TestWitnessSecondSignalExits: a second signal during a slow stop exits
 // at once instead of waiting for the stop (witnessExit is replaced).
 func TestWitnessSecondSignalExits(t *testing.T) {
