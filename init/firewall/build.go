@@ -34,6 +34,10 @@ type HostView struct {
 	ClusterPorts []services.Port
 	// HostName names this host in the stack (excluded from the peers).
 	HostName string
+	// RoleForbidden are addresses beyond the stack file's that roles must
+	// never reach (e.g. the netboot server the host was told of on its
+	// command line); they join the role_forbidden set.
+	RoleForbidden []netip.Prefix
 }
 
 // Defaults for the policy.
@@ -87,6 +91,7 @@ func Build(stack *stackfile.Stack, host HostView) (*Ruleset, error) {
 		allow[i] = p.Masked()
 	}
 	rs.Sets = append(rs.Sets, Set{Name: AllowSet, Interval: true, Elements: allow})
+	rs.Sets = append(rs.Sets, Set{Name: ForbiddenSet, Interval: true, Elements: RoleForbidden(stack, host.RoleForbidden)})
 	limited := stack.Public.RateLimit > 0
 	if limited {
 		rs.Sets = append(rs.Sets, Set{Name: MeterSet, Dynamic: true, Timeout: meterTimeout, Size: meterSize})
@@ -100,6 +105,12 @@ func Build(stack *stackfile.Stack, host HostView) (*Ruleset, error) {
 	}
 	input = append(input, rule("", IfName{Name: "lo"}, Verdict{"accept"}))
 	input = append(input, base...)
+	// Roles are hostile: nothing they send is for the host itself, on any
+	// of its addresses (bridge, public, VIP, pair link). Dropping by
+	// interface, before any rule that trusts a source address, also stops
+	// a role forging a peer's or the witness's address on the bridge to
+	// send one-way UDP (heartbeats, VXLAN) to the host.
+	input = append(input, rule("roles never reach the host", IfName{Name: host.InternalBridge}, Verdict{"drop"}))
 	// Nothing from the public side may claim a VPN address: the VPN subnet
 	// is what opens the management ports.
 	for _, pub := range host.PublicIfaces {
@@ -149,6 +160,7 @@ func Build(stack *stackfile.Stack, host HostView) (*Ruleset, error) {
 	}
 
 	forward = append(forward, base...)
+	forward = append(forward, roleForbiddenRules(stack, host)...)
 	for _, pub := range host.PublicIfaces {
 		forward = append(forward, rule("spoofed vpn source", IfName{Name: pub}, vpnSrc, Verdict{"drop"}))
 	}
@@ -238,6 +250,22 @@ func Build(stack *stackfile.Stack, host HostView) (*Ruleset, error) {
 		{Name: "postrouting", Type: "nat", Hook: "postrouting", Priority: 100, Policy: "accept", Rules: postrouting},
 	}
 	return rs, nil
+}
+
+// roleForbiddenRules drop role traffic to the cluster's own machines before
+// anything can accept it. This is what keeps a role's packets off the
+// peers' and the witness's cluster ports: once masqueraded, they would
+// arrive from this host's address, which those ports trust, and the peer
+// cannot tell them apart. Matching the interface catches every role on the
+// bridge (local or over the overlay); matching the internal source catches
+// role traffic entering by any other path.
+func roleForbiddenRules(stack *stackfile.Stack, host HostView) []Rule {
+	const why = "roles never reach hosts, witness, pair link, fence, provisioning"
+	dst := IPAddrSet{Dst: true, Set: ForbiddenSet}
+	return []Rule{
+		rule(why, IfName{Name: host.InternalBridge}, dst, Verdict{"drop"}),
+		rule(why, IPAddr{Prefix: stack.Internal.Masked()}, dst, Verdict{"drop"}),
+	}
 }
 
 // rule builds a rule with a counter placed just before its final action,

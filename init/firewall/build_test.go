@@ -42,6 +42,10 @@ var goldenCases = []struct {
 		LBAddr: netip.MustParseAddr("172.16.0.30"), APIPort: 7701,
 		ClusterPorts: []services.Port{{Proto: "tcp", Port: 7700}, {Proto: "udp", Port: 7702}},
 	}},
+	{"pair-fenced", "pair-fenced.yaml", HostView{
+		PublicIfaces: []string{"eth0"}, PairIfaces: []string{"pair0"}, HostName: "dh1",
+		ClusterPorts: []services.Port{{Proto: "tcp", Port: 7700}, {Proto: "udp", Port: 7701}, {Proto: "tcp", Port: 7702}},
+	}},
 }
 
 func TestGolden(t *testing.T) {

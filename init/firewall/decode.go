@@ -118,7 +118,21 @@ func decodeElements(interval bool, elems []nftables.SetElement) ([]netip.Prefix,
 		return out, nil
 	}
 	sorted := slices.Clone(elems)
-	slices.SortStableFunc(sorted, func(a, b nftables.SetElement) int { return bytes.Compare(a.Key, b.Key) })
+	// Adjacent intervals share a key: the end of [a, k) and the start of
+	// [k, b). The end sorts first, or the start would pair with the wrong
+	// end and open an interval to the end of the address space.
+	slices.SortStableFunc(sorted, func(a, b nftables.SetElement) int {
+		if c := bytes.Compare(a.Key, b.Key); c != 0 {
+			return c
+		}
+		switch {
+		case a.IntervalEnd && !b.IntervalEnd:
+			return -1
+		case b.IntervalEnd && !a.IntervalEnd:
+			return 1
+		}
+		return 0
+	})
 	for i := 0; i < len(sorted); i++ {
 		e := sorted[i]
 		if e.IntervalEnd {

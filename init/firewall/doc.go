@@ -9,7 +9,13 @@
 // from the public side except the VPN's UDP port, the API port is open to
 // the VPN subnet only, and cluster ports only on the pair link and from the
 // other hosts' addresses. Roles cannot reach the host at all (input from
-// ms-int is dropped unless it belongs to a connection the host opened).
+// ms-int is dropped unless it belongs to a connection the host opened),
+// nor, in forward, any address of the set role_forbidden: every host's
+// public and pair-link address, the pair network, the VIP, the witness,
+// the fence devices and the provisioning (config) server. That forward
+// drop comes before egress and masquerade on purpose: a masqueraded role
+// packet would reach a peer's or the witness's cluster ports from this
+// host's own address, which they trust, and no rule there can tell.
 //
 // The ruleset is a pure description (Ruleset) computed by Build from the
 // stack file and the roles' declared exposure (services.Lookup); Render

@@ -23,7 +23,7 @@ var hooks = map[string]*nftables.ChainHook{
 
 // queue adds the whole table to conn's pending batch. The caller flushes.
 func queue(conn *nftables.Conn, rs *Ruleset) error {
-	table := &nftables.Table{Family: nftables.TableFamilyINet, Name: TableName}
+	table := &nftables.Table{Family: nftables.TableFamilyINet, Name: rs.TableOrDefault()}
 	// Add-then-delete makes the delete valid whether or not the table
 	// exists, so the batch never needs a prior read and stays atomic.
 	conn.AddTable(table)

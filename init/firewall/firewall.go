@@ -121,7 +121,29 @@ func (f *Firewall) Apply(ctx context.Context, rs *Ruleset) (err error) {
 		return fmt.Errorf("firewall: build batch: %w", err)
 	}
 	if err := c.Flush(); err != nil {
-		return fmt.Errorf("firewall: apply table inet %s (previous ruleset kept)%s: %w", TableName, hint(err), err)
+		return fmt.Errorf("firewall: apply table inet %s (previous ruleset kept)%s: %w", rs.TableOrDefault(), hint(err), err)
+	}
+	return nil
+}
+
+// RemoveTable deletes the inet table name, if it exists, in one batch
+// (add then delete, as Apply does, so a missing table is no error).
+func (f *Firewall) RemoveTable(ctx context.Context, name string) (err error) {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	c, err := f.conn()
+	if err != nil {
+		return err
+	}
+	defer func() { f.release(err) }()
+	t := &nftables.Table{Family: nftables.TableFamilyINet, Name: name}
+	c.AddTable(t)
+	c.DelTable(t)
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("firewall: remove table inet %s: %w", name, err)
 	}
 	return nil
 }

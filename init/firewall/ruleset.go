@@ -16,6 +16,11 @@ const TableName = "magestack"
 // limit; UpdateAllow edits it in place.
 const AllowSet = "public_allow"
 
+// ForbiddenSet is the named set of addresses roles may never reach: every
+// host's address, the VIP, the pair links, the witness, fence devices and
+// the provisioning server (see RoleForbidden).
+const ForbiddenSet = "role_forbidden"
+
 // MeterSet is the dynamic set holding one rate-limit state per public source.
 const MeterSet = "public_meter"
 
@@ -23,8 +28,18 @@ const MeterSet = "public_meter"
 // computes from the stack file, what Apply loads, and what Read decodes from
 // the kernel. Render prints it in `nft list table` syntax.
 type Ruleset struct {
+	// Table names the inet table; empty: TableName (the host's).
+	Table  string
 	Sets   []Set
 	Chains []Chain
+}
+
+// TableOrDefault is the table the ruleset lives in.
+func (rs *Ruleset) TableOrDefault() string {
+	if rs.Table == "" {
+		return TableName
+	}
+	return rs.Table
 }
 
 // Set is a named set of IPv4 addresses.
@@ -290,7 +305,7 @@ func durationText(d time.Duration) string {
 // round-trip test all compare this text.
 func Render(rs *Ruleset) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "table inet %s {\n", TableName)
+	fmt.Fprintf(&b, "table inet %s {\n", rs.TableOrDefault())
 	first := true
 	sep := func() {
 		if !first {
@@ -365,7 +380,7 @@ func writeElements(b *strings.Builder, txt []string) {
 // ZeroCounters returns a copy of rs with every counter at zero, so live and
 // desired rulesets compare on rules alone.
 func ZeroCounters(rs *Ruleset) *Ruleset {
-	out := &Ruleset{Sets: slices.Clone(rs.Sets)}
+	out := &Ruleset{Table: rs.Table, Sets: slices.Clone(rs.Sets)}
 	for _, c := range rs.Chains {
 		c2 := c
 		c2.Rules = make([]Rule, len(c.Rules))

@@ -76,7 +76,8 @@ type lab struct {
 	t                       *testing.T
 	host, public, vpn       int // namespace fds
 	hostNS, publicNS, vpnNS string
-	roles                   map[string]int // instance name → namespace fd
+	roles                   map[string]int    // instance name → namespace fd
+	roleNS                  map[string]string // instance name → namespace name
 	fw                      *Firewall
 	rs                      *Ruleset
 }
@@ -113,7 +114,13 @@ const (
 // WireGuard) and one namespace per role instance on the ms-int bridge,
 // each serving its role's ports.
 func newLab(t *testing.T, tweak ...func(*stackfile.Stack)) *lab {
-	l := &lab{t: t, roles: map[string]int{}}
+	return newLabView(t, HostView{PublicIfaces: []string{"eth0"}, APIPort: apiPort}, tweak...)
+}
+
+// newLabView is newLab with the host's view of itself spelled out (its
+// name in the stack, cluster ports, pair links).
+func newLabView(t *testing.T, view HostView, tweak ...func(*stackfile.Stack)) *lab {
+	l := &lab{t: t, roles: map[string]int{}, roleNS: map[string]string{}}
 	l.hostNS, l.host = netns(t)
 	l.publicNS, l.public = netns(t)
 	l.vpnNS, l.vpn = netns(t)
@@ -146,6 +153,7 @@ func newLab(t *testing.T, tweak ...func(*stackfile.Stack)) *lab {
 	for _, in := range insts {
 		ns, fd := netns(t)
 		l.roles[in.Name] = fd
+		l.roleNS[in.Name] = ns
 		veth(t, h, "v"+in.Name, ns, "eth0")
 		ipns(t, h, "link", "set", "v"+in.Name, "master", "ms-int")
 		ipns(t, ns, "addr", "add", in.Addr.String()+"/24", "dev", "eth0")
@@ -161,7 +169,7 @@ func newLab(t *testing.T, tweak ...func(*stackfile.Stack)) *lab {
 	// The public client also runs a service, to prove role egress.
 	serve(t, l.public, publicClient+":8080", "internet")
 
-	l.rs, err = Build(stack, HostView{PublicIfaces: []string{"eth0"}, APIPort: apiPort})
+	l.rs, err = Build(stack, view)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -152,14 +152,21 @@ func (b *bootEnv) serveFailover(w http.ResponseWriter, r *http.Request) {
 }
 
 func (b *bootEnv) firewallStep(ctx context.Context) error {
-	return firewall.ApplyForHost(ctx, b.Stack(), hostView(b.Stack(), b.Hostname()), b.log, b.loadModule)
+	return firewall.ApplyForHost(ctx, b.Stack(), hostView(b.Stack(), b.Hostname(), b.provisioningServers()), b.log, b.loadModule)
+}
+
+// provisioningServers are the servers this host booted from, as the kernel
+// command line names them (config and image sources): roles must not
+// reach them, though the stack file may not mention them.
+func (b *bootEnv) provisioningServers() []netip.Prefix {
+	return firewall.ServerPrefixes(b.cmdline.Value("magestack.config"), b.cmdline.Value("magestack.images"))
 }
 
 // hostView tells the firewall about this host's own services: on a paired
 // host the cluster ports, accepted on the pair link and from the stack's
-// other hosts only.
-func hostView(st *stackfile.Stack, host string) firewall.HostView {
-	v := firewall.HostView{HostName: host}
+// other hosts only; and the provisioning servers roles must not reach.
+func hostView(st *stackfile.Stack, host string, servers []netip.Prefix) firewall.HostView {
+	v := firewall.HostView{HostName: host, RoleForbidden: servers}
 	h, _, ok := st.HostByName(host)
 	if !ok || h.Pair == "" {
 		return v
@@ -442,10 +449,11 @@ func (b *bootEnv) reconcileStep(ctx context.Context) error {
 	sup, srv := b.sup, b.api
 	b.mu.Unlock()
 	host := b.Hostname()
+	servers := b.provisioningServers()
 	fw := firewall.New()
 	appliers := reconcile.Appliers{
 		Firewall: func(ctx context.Context, s *stackfile.Stack) error {
-			return firewall.ApplyForHost(ctx, s, hostView(s, host), b.log, b.loadModule)
+			return firewall.ApplyForHost(ctx, s, hostView(s, host, servers), b.log, b.loadModule)
 		},
 		Allow: func(ctx context.Context, add, remove []netip.Prefix) error {
 			return fw.UpdateAllow(ctx, add, remove)
