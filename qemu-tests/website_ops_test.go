@@ -38,7 +38,7 @@ const (
 // opsStack is the website stack on a test LAN: one site whose maintenance
 // allow-list holds the staff client, a VPN peer and an SSH user whose keys
 // the test holds.
-func opsStack(serverKey, clientKey wgtypes.Key, userKey ssh.PublicKey) string {
+func opsStack(serverKey, clientKey wgtypes.Key, userKey, adminKey ssh.PublicKey) string {
 	return fmt.Sprintf(`
 stack: webops
 hosts:
@@ -55,6 +55,9 @@ vpn:
 users:
   - name: alice
     keys: [%q]
+  - name: ops
+    admin: true
+    keys: [%q]
 sites:
   - group: shop
     name: www
@@ -68,7 +71,8 @@ roles:
   acc: {count: 1, image: acc}
   monitor: {count: 1, image: monitor}
 `, opsMAC, opsHost, serverKey.String(), clientKey.PublicKey().String(),
-		strings.TrimSpace(string(ssh.MarshalAuthorizedKey(userKey)))+" alice@test", opsSite, opsStaff)
+		strings.TrimSpace(string(ssh.MarshalAuthorizedKey(userKey)))+" alice@test",
+		strings.TrimSpace(string(ssh.MarshalAuthorizedKey(adminKey)))+" ops@test", opsSite, opsStaff)
 }
 
 // opsIndex is the site's page, deployed by the test as a site owner would:
@@ -104,7 +108,10 @@ func TestWebsiteOperations(t *testing.T) {
 	signer, _ := ssh.NewSignerFromKey(userPriv)
 	_, strangerPriv, _ := ed25519.GenerateKey(rand.Reader)
 	stranger, _ := ssh.NewSignerFromKey(strangerPriv)
-	stack := opsStack(serverKey, clientKey, sshPub)
+	adminPub, adminPriv, _ := ed25519.GenerateKey(rand.Reader)
+	adminSSH, _ := ssh.NewPublicKey(adminPub)
+	admin, _ := ssh.NewSignerFromKey(adminPriv)
+	stack := opsStack(serverKey, clientKey, sshPub, adminSSH)
 	st, err := stackfile.Parse("webops.yaml", []byte(stack))
 	if err != nil {
 		t.Fatalf("test stack is invalid: %v", err)
@@ -207,7 +214,7 @@ func TestWebsiteOperations(t *testing.T) {
 		if _, err := pub.Run("ip", "route", "add", "172.16.0.0/24", "via", opsHost); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := sshRun(pub, accSSH, signer, "hostname", 5*time.Second); err == nil {
+		if _, err := sshRun(pub, accSSH, "alice", signer, "hostname", 5*time.Second); err == nil {
 			t.Errorf("public client logged in to acc at %s", accSSH)
 		} else {
 			t.Logf("public side: %v", err)
@@ -218,15 +225,24 @@ func TestWebsiteOperations(t *testing.T) {
 		var out string
 		var err error
 		for deadline := time.Now().Add(qemu.Scale(time.Minute)); time.Now().Before(deadline); time.Sleep(2 * time.Second) {
-			if out, err = sshRun(staff, accSSH, signer, "cat /etc/hostname; id -un", 20*time.Second); err == nil {
+			if out, err = sshRun(staff, accSSH, "alice", signer, "cat /etc/hostname; id -un; echo home=$HOME; echo kept > ~/deployed && cat ~/deployed", 20*time.Second); err == nil {
 				break
 			}
 		}
-		if err != nil || !strings.Contains(out, "acc1") {
-			t.Fatalf("ssh with alice's key over the VPN: %q %v", out, err)
+		// alice has an account of her own, home on acc's volume.
+		if err != nil || !strings.Contains(out, "acc1") || !strings.Contains(out, "\nalice\n") ||
+			!strings.Contains(out, "home=/data/home/alice") || !strings.Contains(out, "kept") {
+			t.Fatalf("ssh as alice over the VPN: %q %v", out, err)
 		}
 		t.Logf("over the VPN: %q", out)
-		if _, err := sshRun(staff, accSSH, stranger, "hostname", 20*time.Second); err == nil || !strings.Contains(err.Error(), "unable to authenticate") {
+		// root takes the admins' keys only.
+		if _, err := sshRun(staff, accSSH, "root", signer, "hostname", 20*time.Second); err == nil || !strings.Contains(err.Error(), "unable to authenticate") {
+			t.Errorf("alice's key (not an admin) as root: want authentication refused, got %v", err)
+		}
+		if out, err := sshRun(staff, accSSH, "root", admin, "id -un", 20*time.Second); err != nil || strings.TrimSpace(out) != "root" {
+			t.Errorf("the admin's key as root: %q %v", out, err)
+		}
+		if _, err := sshRun(staff, accSSH, "alice", stranger, "hostname", 20*time.Second); err == nil || !strings.Contains(err.Error(), "unable to authenticate") {
 			t.Errorf("a key not in the stack file: want authentication refused, got %v", err)
 		}
 	})
@@ -331,6 +347,19 @@ func TestWebsiteOperations(t *testing.T) {
 		}
 		if _, err := fwDial(staff, addr["acc1"]+":22", qemu.Scale(20*time.Second)); err != nil {
 			t.Errorf("acc's sshd not reachable over the VPN after its restart: %v", err)
+		}
+		// A restart of the whole role starts from a fresh writable layer:
+		// alice's account is made again, her home (acc's volume) is kept.
+		con.run("magestack restart acc1 && echo restarted", `^restarted$`)
+		var out string
+		var err error
+		for deadline := time.Now().Add(qemu.Scale(2 * time.Minute)); time.Now().Before(deadline); time.Sleep(3 * time.Second) {
+			if out, err = sshRun(staff, addr["acc1"]+":22", "alice", signer, "cat ~/deployed", 20*time.Second); err == nil {
+				break
+			}
+		}
+		if err != nil || strings.TrimSpace(out) != "kept" {
+			t.Errorf("alice's file after acc1 restarted: %q %v", out, err)
 		}
 	})
 }
@@ -497,8 +526,8 @@ func pollSite(t *testing.T, ns *qemu.Namespace, url string) func() []string {
 	}
 }
 
-// sshRun logs in to addr from inside ns with key as root and runs cmd.
-func sshRun(ns *qemu.Namespace, addr string, key ssh.Signer, cmd string, timeout time.Duration) (string, error) {
+// sshRun logs in to addr from inside ns with key as user and runs cmd.
+func sshRun(ns *qemu.Namespace, addr, user string, key ssh.Signer, cmd string, timeout time.Duration) (string, error) {
 	h, err := netns.GetFromName(ns.Name)
 	if err != nil {
 		return "", err
@@ -512,7 +541,7 @@ func sshRun(ns *qemu.Namespace, addr string, key ssh.Signer, cmd string, timeout
 	}
 	defer conn.Close()
 	conn.SetDeadline(time.Now().Add(qemu.Scale(timeout)))
-	cc, chans, reqs, err := ssh.NewClientConn(conn, addr, &ssh.ClientConfig{User: "root", Auth: []ssh.AuthMethod{ssh.PublicKeys(key)},
+	cc, chans, reqs, err := ssh.NewClientConn(conn, addr, &ssh.ClientConfig{User: user, Auth: []ssh.AuthMethod{ssh.PublicKeys(key)},
 		HostKeyCallback: ssh.InsecureIgnoreHostKey(), Timeout: qemu.Scale(timeout)})
 	if err != nil {
 		return "", err

@@ -116,11 +116,27 @@ exec /usr/sbin/postfix start-fg
 				Health: realTCP("127.0.0.1:25")},
 		}},
 	"acc": {Caps: caps("CAP_SYS_CHROOT", "CAP_AUDIT_WRITE", "CAP_DAC_READ_SEARCH"),
-		Files: []File{script(libexec+"sshd", `mkdir -p /run/sshd /data/ssh
+		Files: []File{script(libexec+"accounts", `# The stack file's users (rendered to /etc/magestack/users as "name uid"):
+# an account each, home on the role's volume so it outlives restarts and
+# failovers. The password field is '*' (no password, not locked: sshd
+# without PAM refuses locked accounts even with a valid key).
+mkdir -p /data/home
+while read -r name uid; do
+	[ -n "$name" ] || continue
+	getent group "$name" >/dev/null || groupadd -g "$uid" "$name"
+	getent passwd "$name" >/dev/null || useradd -u "$uid" -g "$uid" -d "/data/home/$name" -M -s /bin/bash -p '*' "$name"
+	if [ ! -d "/data/home/$name" ]; then
+		mkdir -p "/data/home/$name"
+		chown "$uid:$uid" "/data/home/$name"
+		chmod 0750 "/data/home/$name"
+	fi
+done < /etc/magestack/users
+`), script(libexec+"sshd", `mkdir -p /run/sshd /data/ssh
 chmod 0700 /data/ssh
 # Host keys are made once and kept on the role's volume: clients keep
 # trusting acc across restarts and failovers.
 [ -f /data/ssh/ssh_host_ed25519_key ] || ssh-keygen -q -t ed25519 -N '' -f /data/ssh/ssh_host_ed25519_key
+/bin/sh `+libexec+`accounts
 /usr/sbin/sshd -t -f /etc/ssh/sshd_config
 exec /usr/sbin/sshd -D -e -f /etc/ssh/sshd_config
 `)},

@@ -275,7 +275,7 @@ func instanceChange(old, new *Stack, a, b Instance) InstanceChange {
 	}
 	if a.Role == "acc" {
 		add("users", !slices.EqualFunc(old.Users, new.Users, func(x, y User) bool {
-			return x.Name == y.Name && slices.Equal(x.Keys, y.Keys)
+			return x.Name == y.Name && x.Admin == y.Admin && slices.Equal(x.Keys, y.Keys)
 		}), false)
 	}
 	add("volume", ra.Volume != rb.Volume, true)

@@ -7,6 +7,7 @@ package stackfile
 //go:generate go run ./internal/gendoc -dir . -out ../../docs/stackfile.md
 
 import (
+	"hash/fnv"
 	"bytes"
 	"fmt"
 	"net/netip"
@@ -233,14 +234,33 @@ type Site struct {
 	MaintenanceAllow []netip.Prefix `yaml:"maintenanceallow,omitempty"`
 }
 
-// User is a person who may log in to acc.
+// User is a person who may log in to acc, with an account of their own
+// (home /data/home/<name> on acc's volume).
 type User struct {
-	// Name is the login name: lower-case letters, digits, '_' and '-'.
-	// Required.
+	// Name is the login name: lower-case letters, digits, '_' and '-';
+	// not a system account's name (root, www-data, ...). Required.
 	Name string `yaml:"name"`
 	// Keys are the user's OpenSSH public keys (authorized_keys lines).
 	Keys []string `yaml:"keys"`
+	// Admin lets the user's keys log in as root too.
+	Admin bool `yaml:"admin,omitempty"`
 }
+
+// UID is the user's numeric id in acc: a hash of the name, so it stays the
+// same when users are added or reordered and files in a home keep their
+// owner. Validation refuses two names that hash to one id.
+func (u User) UID() int {
+	h := fnv.New32a()
+	h.Write([]byte(u.Name))
+	return firstUserUID + int(h.Sum32()%userUIDSpan)
+}
+
+// The range user ids are hashed into: above Debian's dynamic range for
+// local users (1000-59999 is adduser's default; images make none there).
+const (
+	firstUserUID = 20000
+	userUIDSpan  = 40000
+)
 
 // Duration is a time.Duration written as "100ms", "1s", "1m".
 type Duration time.Duration

@@ -561,18 +561,35 @@ func (v *validator) roles() {
 	}
 }
 
+// systemUsers are the accounts the role images already have (or their
+// daemons run as): a stack user of that name would take them over.
+var systemUsers = map[string]bool{
+	"root": true, "daemon": true, "bin": true, "sys": true, "sync": true, "games": true, "man": true, "lp": true,
+	"mail": true, "news": true, "uucp": true, "proxy": true, "www-data": true, "backup": true, "list": true,
+	"irc": true, "gnats": true, "nobody": true, "_apt": true, "sshd": true, "messagebus": true, "mysql": true,
+	"redis": true, "memcache": true, "postfix": true, "varnish": true, "vcache": true, "haproxy": true,
+	"ftp": true, "systemd-network": true, "systemd-resolve": true, "systemd-timesync": true, "nginx": true,
+}
+
 func (v *validator) users() {
 	seen := map[string]int{}
+	uids := map[int]string{}
 	for i, u := range v.s.Users {
 		p := fmt.Sprintf("users[%d]", i)
 		switch {
 		case !userRE.MatchString(u.Name):
 			v.errf(p+".name", "%q is not a valid user name: lower-case letters, digits, '_' and '-', starting with a letter or '_'", u.Name)
+		case systemUsers[u.Name]:
+			v.errf(p+".name", "%q is a system account of the role images; choose another name (admins log in as root with admin: true)", u.Name)
 		case seen[u.Name] > 0:
 			v.errf(p+".name", "user %q is already defined at users[%d]", u.Name, seen[u.Name]-1)
+		case uids[u.UID()] != "":
+			v.errf(p+".name", "user %q would get the same uid (%d) as %q; rename one of them", u.Name, u.UID(), uids[u.UID()])
 		default:
 			seen[u.Name] = i + 1
+			uids[u.UID()] = u.Name
 		}
+
 		for j, k := range u.Keys {
 			if _, _, _, _, err := ssh.ParseAuthorizedKey([]byte(k)); err != nil {
 				v.errf(fmt.Sprintf("%s.keys[%d]", p, j), "not an OpenSSH public key (like \"ssh-ed25519 AAAA... alice@laptop\")")

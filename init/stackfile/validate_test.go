@@ -2,6 +2,7 @@ package stackfile
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"strings"
 	"testing"
@@ -212,6 +213,8 @@ func TestParseErrors(t *testing.T) {
 			[]string{`stack.yaml:4:30: users[0].keys[0]: not an OpenSSH public key (like "ssh-ed25519 AAAA... alice@laptop")`}},
 		{"user duplicate", one + "users: [{name: al}, {name: al}]\n",
 			[]string{`stack.yaml:4:22: users[1].name: user "al" is already defined at users[0]`}},
+		{"user takes a system account", one + "users: [{name: ok}, {name: www-data}]\n",
+			[]string{`stack.yaml:4:22: users[1].name: "www-data" is a system account of the role images; choose another name (admins log in as root with admin: true)`}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -417,4 +420,30 @@ func indent(s, prefix string) string {
 		}
 	}
 	return b.String()
+}
+
+// Two user names whose uids collide are refused with both named; the uid
+// does not depend on the list's order.
+func TestUserUIDs(t *testing.T) {
+	byUID := map[int]string{}
+	var a, b string
+	for i := 0; a == ""; i++ {
+		n := fmt.Sprintf("u%d", i)
+		u := User{Name: n}.UID()
+		if u < 20000 || u >= 60000 {
+			t.Fatalf("uid %d of %s is outside 20000..59999", u, n)
+		}
+		if prev, ok := byUID[u]; ok {
+			a, b = prev, n
+		}
+		byUID[u] = n
+	}
+	const head = "stack: s\nhosts:\n  - {name: dh1, mac: \"52:54:00:00:00:01\"}\n"
+	_, err := Parse("stack.yaml", []byte(head+"users: [{name: "+a+"}, {name: "+b+"}]\n"))
+	if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("user %q would get the same uid", b)) || !strings.Contains(err.Error(), a) {
+		t.Fatalf("colliding users %s and %s: err = %v", a, b, err)
+	}
+	if (User{Name: "alice"}).UID() != (User{Name: "alice", Admin: true, Keys: []string{"x"}}).UID() {
+		t.Error("the uid depends on more than the name")
+	}
 }

@@ -102,9 +102,14 @@ func TestRenderedConfigsPassTheDaemonsOwnChecks(t *testing.T) {
 		"lb":      {"haproxy -c -f /etc/haproxy/haproxy.cfg", "varnishd -C -f /etc/varnish/magestack.vcl -n /tmp/v >/dev/null"},
 		"web":     {"mkdir -p /run/nginx /run/php && nginx -t -c /etc/nginx/nginx.conf", "php-fpm8.2 -t --fpm-config /etc/php/8.2/fpm/php-fpm.conf", "php -m | grep -qx mysqli"},
 		"monitor": {"mkdir -p /run/nginx && nginx -t -c /etc/nginx/nginx.conf"},
-		"acc":     {"mkdir -p /run/sshd /data/ssh && ssh-keygen -q -t ed25519 -N '' -f /data/ssh/ssh_host_ed25519_key && sshd -t -f /etc/ssh/sshd_config"},
-		"mail":    {"postfix check"},
-		"db":      {"mariadbd --defaults-file=/etc/mysql/magestack.cnf --user=mysql --help --verbose >/dev/null", "redis-server --version && memcached -V"},
+		"acc": {"mkdir -p /run/sshd /data/ssh && ssh-keygen -q -t ed25519 -N '' -f /data/ssh/ssh_host_ed25519_key && sshd -t -f /etc/ssh/sshd_config",
+			// alice gets her account (twice: a restart finds it made), and
+			// sshd would let her key in as her, not as root.
+			"sh /usr/libexec/magestack/accounts && sh /usr/libexec/magestack/accounts && id alice && test -d /data/home/alice && " +
+				"getent passwd alice | grep -q ':/data/home/alice:/bin/bash$' && getent shadow alice | grep -q '^alice:\\*:' && " +
+				"sshd -T -f /etc/ssh/sshd_config -C user=alice,host=x,addr=10.8.0.2 | grep -qx 'authorizedkeysfile /etc/magestack/authorized_keys/%u'"},
+		"mail": {"postfix check"},
+		"db":   {"mariadbd --defaults-file=/etc/mysql/magestack.cnf --user=mysql --help --verbose >/dev/null", "redis-server --version && memcached -V"},
 	}
 	sec := testSecrets(t)
 	for role, cmds := range checks {

@@ -91,7 +91,6 @@ type data struct {
 	Redis       []Cache
 	Memcached   []Cache
 	Relayhost   string
-	Keys        []string
 	Instances   []stackfile.Instance
 	Settings    map[string]string
 	Site        site // the site a per-site file is rendered for
@@ -253,15 +252,10 @@ func PayloadWith(p services.Payload, stack *stackfile.Stack, inst stackfile.Inst
 			return p, err
 		}
 	case "acc":
-		for _, u := range stack.Users {
-			for _, k := range u.Keys {
-				d.Keys = append(d.Keys, strings.TrimSpace(k)+" "+u.Name)
-			}
-		}
-		if err := firstErr(add("/etc/ssh/sshd_config", "sshd_config.tmpl", 0o644),
-			add("/etc/magestack/authorized_keys/root", "authorized_keys.tmpl", 0o644)); err != nil {
+		if err := add("/etc/ssh/sshd_config", "sshd_config.tmpl", 0o644); err != nil {
 			return p, err
 		}
+		files = append(files, accUsers(stack.Users)...)
 	case "monitor":
 		if err := firstErr(add("/etc/nginx/nginx.conf", "nginx-monitor.conf.tmpl", 0o644),
 			add("/srv/status/index.html", "status.html.tmpl", 0o644)); err != nil {
@@ -365,4 +359,30 @@ func (d *data) addCaches(sec Secrets) error {
 		d.Memcached = append(d.Memcached, Cache{Name: c.Name, Port: c.Port, MemoryMB: uint64(c.Memory) >> 20})
 	}
 	return nil
+}
+
+// accUsers are acc's account files: /etc/magestack/users (name and uid per
+// line, which acc's start script turns into accounts with homes on its
+// volume), each user's own authorized_keys, and root's, which holds the
+// admins' keys only. Every key line ends with its owner's name, so sshd's
+// log says whose key logged in.
+func accUsers(users []stackfile.User) []services.File {
+	var list, root strings.Builder
+	var files []services.File
+	for _, u := range users {
+		fmt.Fprintf(&list, "%s %d\n", u.Name, u.UID())
+		var keys strings.Builder
+		for _, k := range u.Keys {
+			line := strings.TrimSpace(k) + " " + u.Name + "\n"
+			keys.WriteString(line)
+			if u.Admin {
+				root.WriteString(line)
+			}
+		}
+		files = append(files, services.File{Path: "/etc/magestack/authorized_keys/" + u.Name, Mode: 0o644, Content: escape(keys.String())})
+	}
+	files = append(files,
+		services.File{Path: "/etc/magestack/authorized_keys/root", Mode: 0o644, Content: escape(root.String())},
+		services.File{Path: "/etc/magestack/users", Mode: 0o644, Content: escape(list.String())})
+	return files
 }

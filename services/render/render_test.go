@@ -1,6 +1,7 @@
 package render
 
 import (
+	"fmt"
 	"os"
 	"strings"
 	"testing"
@@ -164,11 +165,23 @@ func TestWebSitesLayout(t *testing.T) {
 	}
 }
 
-func TestAccKeysAndMail(t *testing.T) {
+// Each user logs in to an account of their own; root takes the admins'
+// keys only.
+func TestAccAccountsAndMail(t *testing.T) {
 	stack := parse(t, threeWebs)
+	const bobKey = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHfdVX2PUBzrqpvNxKzQBQ1yGcdBpmBDL2MpOtYqDEiq bob@desk"
+	stack.Users = append(stack.Users, stackfile.User{Name: "bob", Admin: true, Keys: []string{bobKey}})
 	acc := renderRole(t, stack, testSecrets(t), "acc1")
-	if k := content(t, acc, "/etc/magestack/authorized_keys/root"); !strings.Contains(k, "ssh-ed25519 AAAA") || !strings.Contains(k, " alice") {
-		t.Errorf("authorized keys: %q", k)
+	alice := content(t, acc, "/etc/magestack/authorized_keys/alice")
+	if !strings.HasPrefix(alice, "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAZ96") || !strings.HasSuffix(alice, " alice\n") {
+		t.Errorf("alice's keys: %q", alice)
+	}
+	if root := content(t, acc, "/etc/magestack/authorized_keys/root"); root != bobKey+" bob\n" {
+		t.Errorf("root's keys are the admins' only, got %q", root)
+	}
+	want := fmt.Sprintf("alice %d\nbob %d\n", stack.Users[0].UID(), stack.Users[1].UID())
+	if list := content(t, acc, "/etc/magestack/users"); list != want {
+		t.Errorf("users file %q, want %q", list, want)
 	}
 	mail := renderRole(t, stack, testSecrets(t), "mail1")
 	if c := content(t, mail, "/etc/postfix/main.cf"); !strings.Contains(c, "mynetworks = 127.0.0.0/8 172.16.0.0/24") {
