@@ -7,9 +7,9 @@ package stackfile
 //go:generate go run ./internal/gendoc -dir . -out ../../docs/stackfile.md
 
 import (
-	"hash/fnv"
 	"bytes"
 	"fmt"
+	"hash/fnv"
 	"net/netip"
 	"reflect"
 	"slices"
