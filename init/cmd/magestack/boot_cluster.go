@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"magestack/init/cluster"
+	"magestack/init/clusterauth"
 	"magestack/init/clusterconf"
 	"magestack/init/failover"
 	"magestack/init/fence"
@@ -194,8 +195,8 @@ type clusterHooks struct {
 // startCluster joins the cluster and runs the failover controller, which
 // starts this host's share of the role instances. It returns once the
 // controller runs; readiness of the instances follows from the controller.
-func startCluster(ctx context.Context, log *slog.Logger, st *stackfile.Stack, host string, sup *supervise.Supervisor,
-	opts roleenv.Options, dataDir string, publicLink func() string, hooks clusterHooks) (*clusterMember, error) {
+func startCluster(ctx context.Context, log *slog.Logger, st *stackfile.Stack, host string, creds *clusterauth.Credentials,
+	sup *supervise.Supervisor, opts roleenv.Options, dataDir string, publicLink func() string, hooks clusterHooks) (*clusterMember, error) {
 	h, idx, ok := st.HostByName(host)
 	if !ok {
 		return nil, fmt.Errorf("cluster: host %q is not in the stack", host)
@@ -223,6 +224,8 @@ func startCluster(ctx context.Context, log *slog.Logger, st *stackfile.Stack, ho
 	cfg.DataDir = dataDir
 	cfg.Logger = log
 	cfg.OnSetting = hooks.OnSetting
+	cfg.ServerTLS = creds.ServerConfig(conf.IDs())
+	cfg.ClientTLS = creds.ClientConfig(conf.IDs(), "")
 	lanBind := cfg.Bind
 	if pairRaft != "" {
 		// Listen on the pair link too; the firewall admits the cluster

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"magestack/init/cluster"
+	"magestack/init/clusterauth"
 	"magestack/init/clusterconf"
 	"magestack/init/failover"
 	"magestack/init/heartbeat"
@@ -26,6 +27,7 @@ func witnessMain(args []string) int {
 	fs := flag.NewFlagSet("witness", flag.ContinueOnError)
 	stackPath := fs.String("stack", "", "stack file (required): its witness: entry says where to listen")
 	dataDir := fs.String("data", "/var/lib/magestack/witness", `raft state directory ("" keeps it in memory)`)
+	credsPath := fs.String("credentials", "", "the witness's cluster credentials (required; `magestack secrets member witness` makes them)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -36,6 +38,15 @@ func witnessMain(args []string) int {
 	if *stackPath == "" {
 		fs.Usage()
 		return fail("--stack is required")
+	}
+	if *credsPath == "" {
+		fs.Usage()
+		return fail("--credentials is required: the hosts refuse a witness that cannot prove it is a member; " +
+			"make its file where the stack secret is kept with `magestack secrets member witness -secret FILE -o witness.pem`")
+	}
+	creds, err := witnessCredentials(*credsPath)
+	if err != nil {
+		return fail("%v", err)
 	}
 	data, err := os.ReadFile(*stackPath)
 	if err != nil {
@@ -65,6 +76,8 @@ func witnessMain(args []string) int {
 	cfg := conf.Self
 	cfg.DataDir = *dataDir
 	cfg.Logger = log
+	cfg.ServerTLS = creds.ServerConfig(conf.IDs())
+	cfg.ClientTLS = creds.ClientConfig(conf.IDs(), "")
 	node, err := cluster.Start(cfg)
 	if err != nil {
 		return fail("%v", err)
@@ -85,7 +98,21 @@ func witnessMain(args []string) int {
 		go srv.Serve(ln)
 		defer srv.Close()
 	}
-	fmt.Printf("magestack witness: voting for stack %s at %s\n", stack.Name, cfg.Bind)
+	fmt.Printf("magestack witness: voting for stack %s at %s (stack id %s)\n", stack.Name, cfg.Bind, creds.StackID())
 	ctl.Run(ctx)
 	return 0
+}
+
+// witnessCredentials loads the witness's credentials file and checks it
+// was made for the witness.
+func witnessCredentials(path string) (*clusterauth.Credentials, error) {
+	c, err := clusterauth.Load(path)
+	if err != nil {
+		return nil, err
+	}
+	if c.Member() != clusterconf.WitnessID {
+		return nil, fmt.Errorf("%s: credentials of member %q, not of the %s (make them with `magestack secrets member %s`)",
+			path, c.Member(), clusterconf.WitnessID, clusterconf.WitnessID)
+	}
+	return c, nil
 }
