@@ -7,7 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/http"
 	"sort"
 	"strconv"
 	"strings"
@@ -291,7 +290,7 @@ func startCluster(ctx context.Context, log *slog.Logger, st *stackfile.Stack, ho
 		return d, ok
 	}
 	if m.ctl, err = failover.New(failover.Config{Self: host, Stack: st, Cluster: m.node, Peer: m.hb.Peer, Runtime: m.rt,
-		Fence: fenceFor, VIP: holdVIP, LeaderAddr: m.node.LeaderAddr, Lease: conf.Timing.Lease, Logger: log}); err != nil {
+		Fence: fenceFor, VIP: holdVIP, LeaderAddr: m.node.LeaderAddr, Lease: conf.Timing.Lease, Logger: log, Credentials: creds}); err != nil {
 		return nil, err
 	}
 	if wd, err := watchdog.Open("/dev/watchdog", 10*time.Second); err == nil {
@@ -319,13 +318,11 @@ func startCluster(ctx context.Context, log *slog.Logger, st *stackfile.Stack, ho
 		m.ctl.Run(ctx)
 	}()
 	rpcAddr := net.JoinHostPort(hostOf(lanBind), strconv.Itoa(failover.RPCPort))
-	if ln, err := net.Listen("tcp", rpcAddr); err != nil {
-		log.Error("cluster: rpc listener", "addr", rpcAddr, "err", err)
-	} else {
-		srv := &http.Server{Handler: m.ctl.RPCHandler(), ReadHeaderTimeout: 5 * time.Second}
-		go srv.Serve(ln)
-		go func() { <-ctx.Done(); srv.Close() }()
-	}
+	go func() {
+		if err := m.ctl.ServeRPC(ctx, rpcAddr); err != nil {
+			log.Error("cluster: rpc listener", "addr", rpcAddr, "err", err)
+		}
+	}()
 	return m, nil
 }
 

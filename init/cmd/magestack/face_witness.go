@@ -6,12 +6,10 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"os/signal"
 	"strconv"
 	"syscall"
-	"time"
 
 	"magestack/init/cluster"
 	"magestack/init/clusterauth"
@@ -84,20 +82,18 @@ func witnessMain(args []string) int {
 	}
 	defer node.Shutdown()
 	ctl, err := failover.New(failover.Config{Self: clusterconf.WitnessID, Stack: stack, Cluster: node, Peer: hb.Peer,
-		Lease: conf.Timing.Lease, Logger: log})
+		Lease: conf.Timing.Lease, Logger: log, Credentials: creds})
 	if err != nil {
 		return fail("%v", err)
 	}
 	// The witness may lead: hosts then ask it for the ownership table
 	// before starting an instance, and forward operator requests to it.
 	rpcAddr := net.JoinHostPort(hostOf(cfg.Bind), strconv.Itoa(failover.RPCPort))
-	if ln, err := net.Listen("tcp", rpcAddr); err != nil {
-		log.Error("witness: cluster rpc listener", "addr", rpcAddr, "err", err)
-	} else {
-		srv := &http.Server{Handler: ctl.RPCHandler(), ReadHeaderTimeout: 5 * time.Second}
-		go srv.Serve(ln)
-		defer srv.Close()
-	}
+	go func() {
+		if err := ctl.ServeRPC(ctx, rpcAddr); err != nil {
+			log.Error("witness: cluster rpc listener", "addr", rpcAddr, "err", err)
+		}
+	}()
 	fmt.Printf("magestack witness: voting for stack %s at %s (stack id %s)\n", stack.Name, cfg.Bind, creds.StackID())
 	ctl.Run(ctx)
 	return 0
