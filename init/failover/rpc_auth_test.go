@@ -15,8 +15,8 @@ import (
 	"magestack/init/cluster"
 	"magestack/init/clusterauth"
 	"magestack/init/heartbeat"
-	"magestack/init/stacksecret"
 	"magestack/init/stackfile"
+	"magestack/init/stacksecret"
 )
 
 func parsePair(t *testing.T) *stackfile.Stack {

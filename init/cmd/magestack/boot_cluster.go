@@ -216,7 +216,7 @@ func startCluster(ctx context.Context, log *slog.Logger, st *stackfile.Stack, ho
 	// LAN then costs the pair neither its majority nor its roles.
 	pairRaft := pairRaftAddr(st, h)
 	if m.hb, err = heartbeat.New(heartbeat.Config{ID: host, Paths: conf.Paths, Interval: st.Cluster.Heartbeat.D(),
-		Suspect: st.Cluster.Suspect.D(), Dead: st.Cluster.Dead.D(), Logger: log}); err != nil {
+		Suspect: st.Cluster.Suspect.D(), Dead: st.Cluster.Dead.D(), Logger: log, Key: creds.HeartbeatKey()}); err != nil {
 		return nil, err
 	}
 	cfg := conf.Self
@@ -334,7 +334,10 @@ type clusterStatus struct {
 	Majority  bool                   `json:"in_majority"`
 	Ownership []ownershipRow         `json:"ownership"`
 	Peers     []heartbeat.PeerStatus `json:"peers"`
-	Local     failover.Status        `json:"local"`
+	// HeartbeatDrops counts datagrams on the heartbeat port that were not
+	// authentic, fresh heartbeats of a member.
+	HeartbeatDrops heartbeat.Drops `json:"heartbeat_drops"`
+	Local          failover.Status `json:"local"`
 	// Settings are the cluster-wide switches (maintenance modes, the
 	// hold-down's last moves).
 	Settings []cluster.Setting `json:"settings,omitempty"`
@@ -356,7 +359,8 @@ func (m *clusterMember) status() clusterStatus {
 		rows = append(rows, row)
 	}
 	return clusterStatus{State: m.node.State(), Leader: m.node.Leader(), Voters: m.node.Voters(),
-		Majority: m.node.InMajority(), Ownership: rows, Peers: m.hb.Status(), Local: m.ctl.Status(), Settings: m.node.Settings()}
+		Majority: m.node.InMajority(), Ownership: rows, Peers: m.hb.Status(), HeartbeatDrops: m.hb.Drops(),
+		Local: m.ctl.Status(), Settings: m.node.Settings()}
 }
 
 // writeCluster prints the cluster section of `magestack status`.
@@ -389,6 +393,10 @@ func writeCluster(w io.Writer, c clusterStatus) {
 		fmt.Fprintf(tw, "%s\t%s\t%s\n", p.Peer, p.State, strings.Join(paths, " "))
 	}
 	tw.Flush()
+	if d := c.HeartbeatDrops; d != (heartbeat.Drops{}) {
+		fmt.Fprintf(w, "heartbeats dropped: forged %d, replayed %d, stale %d, stranger %d, malformed %d\n",
+			d.Forged, d.Replayed, d.Stale, d.Stranger, d.Malformed)
+	}
 	if len(c.Settings) > 0 {
 		tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "SETTING\tVALUE\tSINCE")

@@ -66,7 +66,8 @@ func witnessMain(args []string) int {
 	defer stop()
 
 	hb, err := heartbeat.New(heartbeat.Config{ID: clusterconf.WitnessID, Paths: conf.Paths,
-		Interval: stack.Cluster.Heartbeat.D(), Suspect: stack.Cluster.Suspect.D(), Dead: stack.Cluster.Dead.D(), Logger: log})
+		Interval: stack.Cluster.Heartbeat.D(), Suspect: stack.Cluster.Suspect.D(), Dead: stack.Cluster.Dead.D(), Logger: log,
+		Key: creds.HeartbeatKey()})
 	if err != nil {
 		return fail("%v", err)
 	}
