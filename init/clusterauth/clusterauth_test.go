@@ -245,3 +245,28 @@ func TestRefusalLogIsRateLimited(t *testing.T) {
 		t.Errorf("total %d, want 100", l.Total())
 	}
 }
+
+// BenchmarkHandshake is one mutual TLS handshake between two members
+// (both ends' CPU), the cost raft pays per new connection.
+func BenchmarkHandshake(b *testing.B) {
+	s, err := stacksecret.New()
+	if err != nil {
+		b.Fatal(err)
+	}
+	dh1, _ := Derive(s, "dh1")
+	dh2, _ := Derive(s, "dh2")
+	server, client := dh1.ServerConfig(members), dh2.ClientConfig(members, "dh1")
+	for b.Loop() {
+		c1, c2 := net.Pipe()
+		done := make(chan error, 1)
+		go func() { done <- tls.Server(c1, server).Handshake() }()
+		if err := tls.Client(c2, client).Handshake(); err != nil {
+			b.Fatal(err)
+		}
+		if err := <-done; err != nil {
+			b.Fatal(err)
+		}
+		c1.Close()
+		c2.Close()
+	}
+}
