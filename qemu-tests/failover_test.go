@@ -88,6 +88,13 @@ func startPairRigWith(t *testing.T, o pairRigOptions) *pairRig {
 	if im, err = im.WithStackSecret(t.TempDir(), secret.Marshal(st.Name)); err != nil {
 		t.Fatal(err)
 	}
+	// The witness gets its cluster credentials, never the secret, made
+	// from the same secret with the operator's command; outside dir,
+	// which the witness's machine serves over HTTP.
+	witnessCreds, err := witnessCredentials(im.Binary, secret, st.Name, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
 	n := qemu.NewNet(t, "pair")
 	// The pair link is a second bridge in the same namespace.
 	for _, args := range [][]string{
@@ -106,7 +113,7 @@ func startPairRigWith(t *testing.T, o pairRigOptions) *pairRig {
 	w := n.AddClient("witness", "192.0.2.5/24")
 	var wlog qemu.LockedBuffer
 	if !o.NoWitness {
-		cmd := exec.Command(im.Binary, "witness", "--stack", stackPath, "--data", "")
+		cmd := exec.Command(im.Binary, "witness", "--stack", stackPath, "--data", "", "--credentials", witnessCreds)
 		cmd.Stdout, cmd.Stderr = &wlog, &wlog
 		if err := w.Start(cmd); err != nil {
 			t.Fatal(err)
@@ -354,4 +361,19 @@ func TestFailoverPairLinkCutPlannedMoveHardwareLoss(t *testing.T) {
 			t.Errorf("magestack status on dh1: %v", err)
 		}
 	}
+}
+
+// witnessCredentials writes secret to dir and makes the witness's cluster
+// credentials from it with `magestack secrets member`, as an operator
+// does; it returns the credentials file's path.
+func witnessCredentials(binary string, secret stacksecret.Secret, stack, dir string) (string, error) {
+	secretPath := filepath.Join(dir, "stack.secret")
+	if err := secret.Save(secretPath, stack); err != nil {
+		return "", err
+	}
+	out := filepath.Join(dir, "witness.pem")
+	if b, err := exec.Command(binary, "secrets", "member", "witness", "-secret", secretPath, "-o", out).CombinedOutput(); err != nil {
+		return "", fmt.Errorf("magestack secrets member witness: %v: %s", err, b)
+	}
+	return out, nil
 }

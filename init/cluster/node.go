@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -56,6 +57,10 @@ type Config struct {
 	// OnSetting is told of every setting applied (a cleared one with an
 	// empty value), on raft's apply path: it must not block.
 	OnSetting func(Setting)
+	// ServerTLS and ClientTLS authenticate the raft port both ways
+	// (clusterauth's member configs); both are required: a connection
+	// whose peer cannot prove it is a member never reaches raft.
+	ServerTLS, ClientTLS *tls.Config
 	// Route, when set, names the address to dial a member at instead of
 	// its Members address ("" for that one): the two hosts of a pair talk
 	// over their pair link while it is up, off the public LAN.

@@ -41,7 +41,7 @@ func startCluster(t *testing.T, ids []string, dirs []string) (map[string]*Node, 
 		if dirs != nil {
 			dir = dirs[i]
 		}
-		n, err := Start(Config{ID: id, Bind: addrs[i], Members: members, DataDir: dir})
+		n, err := Start(withTLS(Config{ID: id, Bind: addrs[i], Members: members, DataDir: dir}))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -162,7 +162,7 @@ func TestClusterKeepsStateAcrossRestart(t *testing.T) {
 			told[id] = s.Value
 			mu.Unlock()
 		}
-		n, err := Start(Config{ID: id, Bind: members[i].Addr, Members: members, DataDir: dirs[i], OnSetting: onSetting})
+		n, err := Start(withTLS(Config{ID: id, Bind: members[i].Addr, Members: members, DataDir: dirs[i], OnSetting: onSetting}))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -220,7 +220,7 @@ func TestLeaderLossKeepsSurvivorsInMajority(t *testing.T) {
 	}
 	nodes := map[string]*Node{}
 	for i, id := range ids {
-		n, err := Start(Config{ID: id, Bind: addrs[i], Members: members, Timing: timing})
+		n, err := Start(withTLS(Config{ID: id, Bind: addrs[i], Members: members, Timing: timing}))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -260,7 +260,7 @@ func TestLeaderLossKeepsSurvivorsInMajority(t *testing.T) {
 		// Bring the lost member back (in memory: it rejoins empty) for the
 		// next round.
 		i := slicesIndex(ids, lost)
-		n, err := Start(Config{ID: lost, Bind: addrs[i], Members: members, Timing: timing})
+		n, err := Start(withTLS(Config{ID: lost, Bind: addrs[i], Members: members, Timing: timing}))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -7,6 +7,8 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
+
+	"magestack/init/clusterauth"
 )
 
 // routeProvider tells raft's transport where to dial each member: where
@@ -31,9 +33,14 @@ func (p routeProvider) ServerAddr(id raft.ServerID) (raft.ServerAddress, error) 
 }
 
 // newTransport listens on cfg.Bind and dials members at their addresses,
-// or along cfg.Route when set.
+// or along cfg.Route when set, over mutual TLS both ways.
 func newTransport(cfg Config, advertise net.Addr, logger hclog.Logger) (*raft.NetworkTransport, error) {
-	tc := &raft.NetworkTransportConfig{MaxPool: 3, Timeout: 2 * time.Second, Logger: logger}
+	refused := &clusterauth.RefusalLog{Log: cfg.Logger, What: "raft"}
+	stream, err := newTLSStream(cfg.Bind, advertise, cfg.ServerTLS, cfg.ClientTLS, refused)
+	if err != nil {
+		return nil, err
+	}
+	tc := &raft.NetworkTransportConfig{Stream: stream, MaxPool: 3, Timeout: 2 * time.Second, Logger: logger}
 	if cfg.Route != nil {
 		addrs := map[string]string{}
 		for _, m := range cfg.Members {
@@ -45,5 +52,5 @@ func newTransport(cfg Config, advertise net.Addr, logger hclog.Logger) (*raft.Ne
 		// the peer's lease runs out.
 		tc.Timeout = max(cfg.Timing.Lease/2, 100*time.Millisecond)
 	}
-	return raft.NewTCPTransportWithConfig(cfg.Bind, advertise, tc)
+	return raft.NewNetworkTransportWithConfig(tc), nil
 }

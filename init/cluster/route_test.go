@@ -29,7 +29,7 @@ func TestRouteDialsMembersWhereRouteSays(t *testing.T) {
 		if m.ID == "dh2" {
 			bind = real2
 		}
-		n, err := Start(Config{ID: m.ID, Bind: bind, Members: members, Route: route})
+		n, err := Start(withTLS(Config{ID: m.ID, Bind: bind, Members: members, Route: route}))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -80,7 +80,7 @@ func TestSteppedDownLeaderKeepsItsLease(t *testing.T) {
 	timing := Timing{Heartbeat: 200 * time.Millisecond, Lease: 3 * time.Second}
 	nodes := map[string]*Node{}
 	for i, id := range ids {
-		n, err := Start(Config{ID: id, Bind: addrs[i], Members: members, Timing: timing})
+		n, err := Start(withTLS(Config{ID: id, Bind: addrs[i], Members: members, Timing: timing}))
 		if err != nil {
 			t.Fatal(err)
 		}

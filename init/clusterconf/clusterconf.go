@@ -134,3 +134,13 @@ func For(s *stackfile.Stack, self string) (Member, error) {
 	m.Paths = append(m.Paths, lan)
 	return m, nil
 }
+
+// IDs lists the cluster's member IDs: who may prove itself on the
+// cluster ports (clusterauth checks a peer's certificate names one).
+func (m Member) IDs() []string {
+	ids := make([]string, 0, len(m.Self.Members))
+	for _, mem := range m.Self.Members {
+		ids = append(ids, mem.ID)
+	}
+	return ids
+}

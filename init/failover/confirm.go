@@ -36,7 +36,7 @@ func (c *Controller) leaderTable(ctx context.Context) ([]cluster.Ownership, erro
 		return nil, err
 	}
 	var table []cluster.Ownership
-	if err := c.callRPC(ctx, http.MethodGet, host, "/v1/ownership", nil, &table); err != nil {
+	if err := c.callRPC(ctx, http.MethodGet, "", host, "/v1/ownership", nil, &table); err != nil {
 		return nil, fmt.Errorf("asking the leader: %w", err)
 	}
 	return table, nil

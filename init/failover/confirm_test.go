@@ -90,7 +90,7 @@ func followerDH1(t *testing.T, stack *stackfile.Stack, table *followerTable, rpc
 	rt := &recordingRuntime{}
 	c, err := New(Config{Self: "dh1", Stack: stack, Cluster: table, Runtime: rt, Lease: time.Second,
 		Peer:       func(string) heartbeat.State { return heartbeat.Alive },
-		LeaderAddr: func() string { return "127.0.0.1:7700" }})
+		LeaderAddr: func() string { return "127.0.0.1:7700" }, Credentials: testCreds("dh1")})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -126,11 +126,26 @@ func TestSettingForwardedToTheLeader(t *testing.T) {
 // it returns the server and its port.
 func leaderRPC(t *testing.T, stack *stackfile.Stack, table *leaderTable) (*httptest.Server, string) {
 	t.Helper()
-	ctl, err := New(Config{Self: "dh2", Stack: stack, Cluster: table, Peer: func(string) heartbeat.State { return heartbeat.Alive }})
+	ctl, err := New(Config{Self: "dh2", Stack: stack, Cluster: table, Peer: func(string) heartbeat.State { return heartbeat.Alive },
+		Credentials: testCreds("dh2")})
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(ctl.RPCHandler())
+	return serveRPCTLS(t, ctl)
+}
+
+// serveRPCTLS serves ctl's cluster RPC as RPCServer configures it, on
+// loopback; it returns the server and its port.
+func serveRPCTLS(t *testing.T, ctl *Controller) (*httptest.Server, string) {
+	t.Helper()
+	conf, err := ctl.RPCServer()
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewUnstartedServer(conf.Handler)
+	srv.TLS = conf.TLSConfig
+	srv.Config.ErrorLog = conf.ErrorLog
+	srv.StartTLS()
 	t.Cleanup(srv.Close)
 	_, port, _ := net.SplitHostPort(srv.Listener.Addr().String())
 	return srv, port

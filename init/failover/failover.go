@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"net/http"
 	"runtime/debug"
 	"slices"
 	"strings"
@@ -25,6 +26,7 @@ import (
 	"time"
 
 	"magestack/init/cluster"
+	"magestack/init/clusterauth"
 	"magestack/init/fence"
 	"magestack/init/heartbeat"
 	"magestack/init/stackfile"
@@ -77,7 +79,13 @@ type Config struct {
 	FenceDelay time.Duration
 	Tick       time.Duration
 	Logger     *slog.Logger
+	// Credentials prove this member on the cluster RPC and check the
+	// members it talks to; without them the RPC neither serves nor calls.
+	Credentials *clusterauth.Credentials
 }
+
+// witnessID is the witness's member ID (clusterconf.WitnessID).
+const witnessID = "witness"
 
 // DefaultFenceDelay is longer than a BMC takes to act on a power off, so
 // the host with the head start has powered its peer off before the peer's
@@ -108,6 +116,11 @@ type Controller struct {
 	// rpcPort is the peers' cluster RPC port; 0 means RPCPort (tests set
 	// a loopback server's).
 	rpcPort int
+	// rpcClients are the cluster RPC's HTTPS clients, by the member that
+	// must answer ("" for any); under rpcMu, apart from mu since calls
+	// are made with mu held or not.
+	rpcMu      sync.Mutex
+	rpcClients map[string]*http.Client
 
 	mu        sync.Mutex
 	running   map[string]bool

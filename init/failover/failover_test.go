@@ -117,7 +117,7 @@ func startPair(t *testing.T, w *world, v *views) map[string]*member {
 	}
 	out := map[string]*member{}
 	for i, id := range ids {
-		n, err := cluster.Start(cluster.Config{ID: id, Bind: members[i].Addr, Members: members})
+		n, err := cluster.Start(withTLS(cluster.Config{ID: id, Bind: members[i].Addr, Members: members}))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -34,7 +34,7 @@ func startMembers(t *testing.T, w *world, v *views, holdDown time.Duration, up .
 				addr = m.Addr
 			}
 		}
-		n, err := cluster.Start(cluster.Config{ID: id, Bind: addr, Members: members})
+		n, err := cluster.Start(withTLS(cluster.Config{ID: id, Bind: addr, Members: members}))
 		if err != nil {
 			t.Fatal(err)
 		}

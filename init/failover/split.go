@@ -63,14 +63,15 @@ func (c *Controller) servePairView(w http.ResponseWriter, _ *http.Request) {
 	writeJSON(w, http.StatusOK, c.pairView())
 }
 
-// fetchPairView asks host over HTTP at its stack address.
+// fetchPairView asks host over the cluster RPC at its stack address; only
+// host itself may answer.
 func (c *Controller) fetchPairView(ctx context.Context, host string) (PairView, error) {
 	h, _, ok := c.cfg.Stack.HostByName(host)
 	if !ok || !h.Address.IsValid() {
 		return PairView{}, fmt.Errorf("pair view of %s: no fixed address in the stack", host)
 	}
 	var v PairView
-	if err := c.callRPC(ctx, http.MethodGet, h.Address.Addr().String(), "/v1/pair", nil, &v); err != nil {
+	if err := c.callRPC(ctx, http.MethodGet, host, h.Address.Addr().String(), "/v1/pair", nil, &v); err != nil {
 		return PairView{}, fmt.Errorf("pair view of %s: %w", host, err)
 	}
 	if v.Host != host {

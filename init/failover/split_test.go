@@ -5,8 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
-	"net/http/httptest"
 	"slices"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -207,23 +207,27 @@ func TestPairViewOverRPC(t *testing.T) {
 				return heartbeat.Dead
 			}
 			return heartbeat.Alive
-		}})
+		}, Credentials: testCreds("dh1")})
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(c.RPCHandler())
-	defer srv.Close()
-	resp, err := http.Get(srv.URL + "/v1/pair")
+	_, port := serveRPCTLS(t, c)
+	asker, err := New(Config{Self: "witness", Stack: stack, Cluster: &leaderTable{t: map[string]cluster.Ownership{}},
+		Peer: func(string) heartbeat.State { return heartbeat.Alive }, Credentials: testCreds("witness")})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer resp.Body.Close()
+	asker.rpcPort, _ = strconv.Atoi(port)
 	var v PairView
-	if err := json.NewDecoder(resp.Body).Decode(&v); err != nil {
+	if err := asker.callRPC(context.Background(), http.MethodGet, "dh1", "127.0.0.1", "/v1/pair", nil, &v); err != nil {
 		t.Fatal(err)
 	}
 	if v != (PairView{Host: "dh1", Peer: "dh2", State: heartbeat.Dead}) {
 		t.Errorf("GET /v1/pair = %+v", v)
+	}
+	// Only dh1 may answer for dh1.
+	if err := asker.callRPC(context.Background(), http.MethodGet, "dh2", "127.0.0.1", "/v1/pair", nil, &v); err == nil {
+		t.Error("dh1 answered a call meant for dh2")
 	}
 }
 

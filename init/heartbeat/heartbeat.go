@@ -3,11 +3,15 @@
 // each network path it has (the pair link and the public LAN). A peer is
 // suspect when no path has carried its heartbeat for the suspect time, and
 // dead after the dead time. Losing one path is reported, never acted on.
+//
+// Heartbeats are authenticated (HMAC-SHA256 under the stack's heartbeat
+// key, see package clusterauth) and carry the sender's incarnation and
+// sequence, so a forged or replayed datagram cannot make a dead peer look
+// alive; such datagrams are dropped and counted.
 package heartbeat
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -17,9 +21,6 @@ import (
 	"sync"
 	"time"
 )
-
-// magic starts every heartbeat datagram.
-var magic = [4]byte{'M', 'S', 'H', 'B'}
 
 // State is what a member knows of a peer or a path.
 type State string
@@ -51,6 +52,25 @@ type Config struct {
 	// changes.
 	OnChange func(Change)
 	Logger   *slog.Logger
+	// Key authenticates heartbeats (the stack's heartbeat key, at least
+	// MinKeyLen bytes): required.
+	Key []byte
+	// MaxSkew is how far a restarted sender's clock may be from this one's
+	// for its first heartbeats to count (default DefaultMaxSkew).
+	MaxSkew time.Duration
+}
+
+// DefaultMaxSkew bounds replays after a restart, and is loose enough for
+// hosts whose clocks are not synchronised to the second.
+const DefaultMaxSkew = time.Minute
+
+// Drops counts the datagrams a Monitor refused, by why.
+type Drops struct {
+	Malformed uint64 `json:"malformed"` // not a heartbeat
+	Forged    uint64 `json:"forged"`    // failed authentication
+	Replayed  uint64 `json:"replayed"`  // an authentic one heard before
+	Stale     uint64 `json:"stale"`     // a new incarnation, not fresh
+	Stranger  uint64 `json:"stranger"`  // authentic, from an unlisted peer or address or another path
 }
 
 // Change is a state transition.
@@ -84,11 +104,17 @@ type Monitor struct {
 	srcs  []from // per path, resolved once: receive runs per packet
 	start time.Time
 
+	// epoch is this incarnation, sent in every heartbeat.
+	epoch uint64
+
 	mu       sync.Mutex
 	lastEval time.Time
 	seen     map[string]map[string]time.Time // peer → path → last heard
 	state    map[string]State                // peer → overall, and peer+"/"+path
 	seq      uint64
+	last     map[string]lastHeard // peer+"/"+path → last accepted
+	drops    Drops
+	lastWarn time.Time
 }
 
 type peerAddr struct {
@@ -119,7 +145,14 @@ func New(cfg Config) (*Monitor, error) {
 	if len(cfg.ID) > 255 {
 		return nil, errors.New("heartbeat: member ID longer than 255 bytes")
 	}
-	m := &Monitor{cfg: cfg, log: cfg.Logger, seen: map[string]map[string]time.Time{}, state: map[string]State{}}
+	if len(cfg.Key) < MinKeyLen {
+		return nil, fmt.Errorf("heartbeat: a key of at least %d bytes is required (the stack's heartbeat key)", MinKeyLen)
+	}
+	if cfg.MaxSkew == 0 {
+		cfg.MaxSkew = DefaultMaxSkew
+	}
+	m := &Monitor{cfg: cfg, log: cfg.Logger, seen: map[string]map[string]time.Time{}, state: map[string]State{},
+		last: map[string]lastHeard{}, epoch: uint64(time.Now().UnixNano())}
 	for _, p := range cfg.Paths {
 		laddr, err := net.ResolveUDPAddr("udp", p.Local)
 		if err != nil {
@@ -191,45 +224,15 @@ func (m *Monitor) send() {
 	m.seq++
 	seq := m.seq
 	m.mu.Unlock()
+	now := time.Now().UnixNano()
 	for i, conn := range m.conns {
-		pkt := encode(m.cfg.ID, m.cfg.Paths[i].Name, seq)
+		pkt := encode(m.cfg.Key, packet{ID: m.cfg.ID, Path: m.cfg.Paths[i].Name, Epoch: m.epoch, Seq: seq, Time: now})
 		for _, d := range m.dsts[i] {
 			// A down path fails here (no route, unreachable): that is what
 			// the receiver notices, so the error needs no handling.
 			conn.WriteToUDP(pkt, d.addr)
 		}
 	}
-}
-
-func encode(id, path string, seq uint64) []byte {
-	b := make([]byte, 0, 4+1+8+2+len(id)+len(path))
-	b = append(b, magic[:]...)
-	b = append(b, 1) // version
-	b = binary.BigEndian.AppendUint64(b, seq)
-	b = append(b, byte(len(id)))
-	b = append(b, id...)
-	b = append(b, byte(len(path)))
-	b = append(b, path...)
-	return b
-}
-
-// decode parses a heartbeat; anything malformed is an error.
-func decode(b []byte) (id, path string, seq uint64, err error) {
-	if len(b) < 15 || [4]byte(b[:4]) != magic || b[4] != 1 {
-		return "", "", 0, errors.New("not a heartbeat")
-	}
-	seq = binary.BigEndian.Uint64(b[5:13])
-	n := int(b[13])
-	if len(b) < 14+n+1 {
-		return "", "", 0, errors.New("short heartbeat")
-	}
-	id = string(b[14 : 14+n])
-	rest := b[14+n:]
-	pn := int(rest[0])
-	if len(rest) != 1+pn {
-		return "", "", 0, errors.New("bad heartbeat path")
-	}
-	return id, string(rest[1:]), seq, nil
 }
 
 func (m *Monitor) receive(ctx context.Context, i int) {
@@ -239,7 +242,6 @@ func (m *Monitor) receive(ctx context.Context, i int) {
 		}
 	}()
 	conn := m.conns[i]
-	path := m.cfg.Paths[i]
 	buf := make([]byte, 600)
 	for {
 		n, src, err := conn.ReadFromUDP(buf)
@@ -249,21 +251,67 @@ func (m *Monitor) receive(ctx context.Context, i int) {
 			}
 			continue
 		}
-		id, pname, _, err := decode(buf[:n])
-		if err != nil || pname != path.Name {
-			continue
-		}
-		// Only listed peers count, and only from their address on this path.
-		if want, ok := m.srcs[i][id]; !ok || !want.Equal(src.IP) {
-			continue
-		}
-		m.mu.Lock()
-		if m.seen[id] == nil {
-			m.seen[id] = map[string]time.Time{}
-		}
-		m.seen[id][path.Name] = time.Now()
-		m.mu.Unlock()
+		m.accept(i, buf[:n], src.IP, time.Now())
 	}
+}
+
+// accept takes one datagram received on path i from src: an authentic,
+// fresh heartbeat of a listed peer from its address on this path counts;
+// anything else is dropped and counted.
+func (m *Monitor) accept(i int, b []byte, src net.IP, now time.Time) {
+	path := m.cfg.Paths[i].Name
+	p, err := decode(m.cfg.Key, b)
+	if err == nil && p.Path != path {
+		err = fmt.Errorf("heartbeat for path %q on path %q", p.Path, path)
+	}
+	if err == nil {
+		// Only listed peers count, and only from their address on this path.
+		if want, ok := m.srcs[i][p.ID]; !ok || !want.Equal(src) {
+			err = fmt.Errorf("heartbeat of %q from %s: not a listed peer at that address", p.ID, src)
+		}
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err == nil {
+		key := p.ID + "/" + path
+		last, heard := m.last[key]
+		if err = fresh(p, last, heard, now, m.cfg.MaxSkew); err == nil {
+			m.last[key] = lastHeard{epoch: p.Epoch, seq: p.Seq}
+			if m.seen[p.ID] == nil {
+				m.seen[p.ID] = map[string]time.Time{}
+			}
+			m.seen[p.ID][path] = now
+			return
+		}
+	}
+	m.countDrop(err)
+	if now.Sub(m.lastWarn) >= 10*time.Second {
+		m.lastWarn = now
+		m.log.Warn("heartbeat: dropped a datagram", "path", path, "from", src.String(), "err", err, "drops", m.drops)
+	}
+}
+
+// countDrop counts a refused datagram by why (m.mu held).
+func (m *Monitor) countDrop(err error) {
+	switch {
+	case errors.Is(err, errMalformed):
+		m.drops.Malformed++
+	case errors.Is(err, errForged):
+		m.drops.Forged++
+	case errors.Is(err, errReplayed):
+		m.drops.Replayed++
+	case errors.Is(err, errStale):
+		m.drops.Stale++
+	default:
+		m.drops.Stranger++
+	}
+}
+
+// Drops returns how many datagrams were refused so far, by why.
+func (m *Monitor) Drops() Drops {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.drops
 }
 
 func (m *Monitor) classify(age time.Duration, heard bool) State {

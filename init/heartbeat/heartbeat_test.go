@@ -14,28 +14,6 @@ import (
 	"magestack/init/nsdo"
 )
 
-func TestEncodeDecode(t *testing.T) {
-	id, path, seq, err := decode(encode("dh1", "pair", 42))
-	if err != nil || id != "dh1" || path != "pair" || seq != 42 {
-		t.Fatalf("round trip: %q %q %d %v", id, path, seq, err)
-	}
-	for _, bad := range [][]byte{nil, []byte("MSHB"), []byte("XXXX\x01........\x03dh1\x04pair"), append(encode("dh1", "pair", 1), 'x')} {
-		if _, _, _, err := decode(bad); err == nil {
-			t.Errorf("decode(%q) accepted", bad)
-		}
-	}
-}
-
-func FuzzDecode(f *testing.F) {
-	f.Add(encode("dh1", "lan", 7))
-	f.Fuzz(func(t *testing.T, b []byte) {
-		id, path, seq, err := decode(b)
-		if err == nil && string(encode(id, path, seq)) != string(b) {
-			t.Fatalf("decode accepted a non-canonical packet %q", b)
-		}
-	})
-}
-
 func sh(t *testing.T, args ...string) {
 	t.Helper()
 	if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
@@ -108,12 +86,12 @@ func monitorIn(t *testing.T, ns netns.NsHandle, cfg Config) *Monitor {
 
 func TestOnePathLostIsReportedBothLostIsDead(t *testing.T) {
 	a, b, na, _ := twoHosts(t)
-	monitorIn(t, a, Config{ID: "dh1", Paths: []Path{
+	monitorIn(t, a, Config{ID: "dh1", Key: testKey, Paths: []Path{
 		{Name: "pair", Local: "10.98.1.1:7701", Peers: map[string]string{"dh2": "10.98.1.2:7701"}},
 		{Name: "lan", Local: "10.98.2.1:7701", Peers: map[string]string{"dh2": "10.98.2.2:7701"}},
 	}})
 	var rec recorder
-	mb := monitorIn(t, b, Config{ID: "dh2", OnChange: rec.add, Paths: []Path{
+	mb := monitorIn(t, b, Config{ID: "dh2", Key: testKey, OnChange: rec.add, Paths: []Path{
 		{Name: "pair", Local: "10.98.1.2:7701", Peers: map[string]string{"dh1": "10.98.1.1:7701"}},
 		{Name: "lan", Local: "10.98.2.2:7701", Peers: map[string]string{"dh1": "10.98.2.1:7701"}},
 	}})
@@ -144,9 +122,9 @@ func TestStrangersAndSpoofedPathsAreIgnored(t *testing.T) {
 	a, b, _, _ := twoHosts(t)
 	// dh9 is not a listed peer of dh2: its heartbeats, from the address dh2
 	// expects dh1 at, must not make dh1 look alive.
-	monitorIn(t, a, Config{ID: "dh9", Paths: []Path{
+	monitorIn(t, a, Config{ID: "dh9", Key: testKey, Paths: []Path{
 		{Name: "pair", Local: "10.98.1.1:7701", Peers: map[string]string{"dh2": "10.98.1.2:7701"}}}})
-	mb := monitorIn(t, b, Config{ID: "dh2", Paths: []Path{
+	mb := monitorIn(t, b, Config{ID: "dh2", Key: testKey, Paths: []Path{
 		{Name: "pair", Local: "10.98.1.2:7701", Peers: map[string]string{"dh1": "10.98.1.1:7701"}}}})
 	time.Sleep(1500 * time.Millisecond)
 	if st := mb.Peer("dh1"); st != Dead {
@@ -173,7 +151,7 @@ func waitFor(t *testing.T, what string, within time.Duration, cond func() bool) 
 // TestOwnStallIsNotPeersDeath: when the observer itself was not running
 // for longer than the dead time, the peer is not declared dead for it.
 func TestOwnStallIsNotPeersDeath(t *testing.T) {
-	m, err := New(Config{ID: "dh2", Paths: []Path{{Name: "lan", Local: "127.0.0.1:0", Peers: map[string]string{"dh1": "127.0.0.1:9"}}}})
+	m, err := New(Config{ID: "dh2", Key: testKey, Paths: []Path{{Name: "lan", Local: "127.0.0.1:0", Peers: map[string]string{"dh1": "127.0.0.1:9"}}}})
 	if err != nil {
 		t.Fatal(err)
 	}

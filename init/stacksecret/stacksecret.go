@@ -192,6 +192,21 @@ func (s Secret) ECDSAKey(name string) (*ecdsa.PrivateKey, error) {
 	return nil, fmt.Errorf("key %s: no valid P-256 scalar derived", name)
 }
 
+// ClusterKey is the n-byte key (16 to 64 bytes) the cluster's own
+// credentials derive from, called label (package clusterauth names them:
+// its CA key, each member's key, the heartbeat key). Its purposes live
+// apart from every other derived value's, so no label here can yield a
+// password, TLS key or WireGuard key.
+func (s Secret) ClusterKey(label string, n int) ([]byte, error) {
+	if label == "" || len(label) > 128 || strings.ContainsAny(label, "\x00\n") {
+		return nil, fmt.Errorf("cluster key label %q: want 1 to 128 bytes on one line", label)
+	}
+	if n < 16 || n > 64 {
+		return nil, fmt.Errorf("cluster key %s: %d bytes: want 16 to 64", label, n)
+	}
+	return s.derive("cluster "+label, n), nil
+}
+
 // certEpoch is every derived certificate's NotBefore: fixed, so that the
 // certificate is the same bytes on every host and after every restart.
 var certEpoch = time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)

@@ -216,3 +216,27 @@ func TestLocate(t *testing.T) {
 		t.Errorf("err = %v, want ErrMissing", err)
 	}
 }
+
+func TestClusterKey(t *testing.T) {
+	s, err := New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := s.ClusterKey("heartbeat", 32)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := s.ClusterKey("heartbeat", 32)
+	c, _ := s.ClusterKey("ca", 32)
+	if string(a) != string(b) || string(a) == string(c) {
+		t.Error("cluster keys are not deterministic per label, or two labels collide")
+	}
+	for _, tc := range []struct {
+		label string
+		n     int
+	}{{"", 32}, {"a\nb", 32}, {strings.Repeat("x", 129), 32}, {"ca", 8}, {"ca", 65}} {
+		if _, err := s.ClusterKey(tc.label, tc.n); err == nil {
+			t.Errorf("ClusterKey(%q, %d) accepted", tc.label, tc.n)
+		}
+	}
+}

@@ -129,7 +129,18 @@ func startMagestackRig(ctx context.Context, dead, dir string, timeout time.Durat
 	if err != nil {
 		return fail(err)
 	}
-	cmd := exec.Command(im.Binary, "witness", "--stack", stackPath, "--data", "")
+	// The witness gets its cluster credentials, never the secret, made
+	// from the same secret with the operator's command (in dir, not the
+	// served stackDir).
+	secretPath := filepath.Join(dir, "stack.secret")
+	if err := secret.Save(secretPath, "pair"); err != nil {
+		return fail(err)
+	}
+	credsPath := filepath.Join(dir, "witness.pem")
+	if b, err := exec.Command(im.Binary, "secrets", "member", "witness", "-secret", secretPath, "-o", credsPath, "-force").CombinedOutput(); err != nil {
+		return fail(fmt.Errorf("magestack secrets member witness: %v: %s", err, b))
+	}
+	cmd := exec.Command(im.Binary, "witness", "--stack", stackPath, "--data", "", "--credentials", credsPath)
 	cmd.Stdout = io.MultiWriter(r.witness, wlog)
 	cmd.Stderr = cmd.Stdout
 	if err := wns.Start(cmd); err != nil {

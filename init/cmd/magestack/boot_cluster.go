@@ -7,7 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/http"
 	"sort"
 	"strconv"
 	"strings"
@@ -19,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"magestack/init/cluster"
+	"magestack/init/clusterauth"
 	"magestack/init/clusterconf"
 	"magestack/init/failover"
 	"magestack/init/fence"
@@ -194,8 +194,8 @@ type clusterHooks struct {
 // startCluster joins the cluster and runs the failover controller, which
 // starts this host's share of the role instances. It returns once the
 // controller runs; readiness of the instances follows from the controller.
-func startCluster(ctx context.Context, log *slog.Logger, st *stackfile.Stack, host string, sup *supervise.Supervisor,
-	opts roleenv.Options, dataDir string, publicLink func() string, hooks clusterHooks) (*clusterMember, error) {
+func startCluster(ctx context.Context, log *slog.Logger, st *stackfile.Stack, host string, creds *clusterauth.Credentials,
+	sup *supervise.Supervisor, opts roleenv.Options, dataDir string, publicLink func() string, hooks clusterHooks) (*clusterMember, error) {
 	h, idx, ok := st.HostByName(host)
 	if !ok {
 		return nil, fmt.Errorf("cluster: host %q is not in the stack", host)
@@ -216,13 +216,15 @@ func startCluster(ctx context.Context, log *slog.Logger, st *stackfile.Stack, ho
 	// LAN then costs the pair neither its majority nor its roles.
 	pairRaft := pairRaftAddr(st, h)
 	if m.hb, err = heartbeat.New(heartbeat.Config{ID: host, Paths: conf.Paths, Interval: st.Cluster.Heartbeat.D(),
-		Suspect: st.Cluster.Suspect.D(), Dead: st.Cluster.Dead.D(), Logger: log}); err != nil {
+		Suspect: st.Cluster.Suspect.D(), Dead: st.Cluster.Dead.D(), Logger: log, Key: creds.HeartbeatKey()}); err != nil {
 		return nil, err
 	}
 	cfg := conf.Self
 	cfg.DataDir = dataDir
 	cfg.Logger = log
 	cfg.OnSetting = hooks.OnSetting
+	cfg.ServerTLS = creds.ServerConfig(conf.IDs())
+	cfg.ClientTLS = creds.ClientConfig(conf.IDs(), "")
 	lanBind := cfg.Bind
 	if pairRaft != "" {
 		// Listen on the pair link too; the firewall admits the cluster
@@ -288,7 +290,7 @@ func startCluster(ctx context.Context, log *slog.Logger, st *stackfile.Stack, ho
 		return d, ok
 	}
 	if m.ctl, err = failover.New(failover.Config{Self: host, Stack: st, Cluster: m.node, Peer: m.hb.Peer, Runtime: m.rt,
-		Fence: fenceFor, VIP: holdVIP, LeaderAddr: m.node.LeaderAddr, Lease: conf.Timing.Lease, Logger: log}); err != nil {
+		Fence: fenceFor, VIP: holdVIP, LeaderAddr: m.node.LeaderAddr, Lease: conf.Timing.Lease, Logger: log, Credentials: creds}); err != nil {
 		return nil, err
 	}
 	if wd, err := watchdog.Open("/dev/watchdog", 10*time.Second); err == nil {
@@ -316,13 +318,11 @@ func startCluster(ctx context.Context, log *slog.Logger, st *stackfile.Stack, ho
 		m.ctl.Run(ctx)
 	}()
 	rpcAddr := net.JoinHostPort(hostOf(lanBind), strconv.Itoa(failover.RPCPort))
-	if ln, err := net.Listen("tcp", rpcAddr); err != nil {
-		log.Error("cluster: rpc listener", "addr", rpcAddr, "err", err)
-	} else {
-		srv := &http.Server{Handler: m.ctl.RPCHandler(), ReadHeaderTimeout: 5 * time.Second}
-		go srv.Serve(ln)
-		go func() { <-ctx.Done(); srv.Close() }()
-	}
+	go func() {
+		if err := m.ctl.ServeRPC(ctx, rpcAddr); err != nil {
+			log.Error("cluster: rpc listener", "addr", rpcAddr, "err", err)
+		}
+	}()
 	return m, nil
 }
 
@@ -334,7 +334,10 @@ type clusterStatus struct {
 	Majority  bool                   `json:"in_majority"`
 	Ownership []ownershipRow         `json:"ownership"`
 	Peers     []heartbeat.PeerStatus `json:"peers"`
-	Local     failover.Status        `json:"local"`
+	// HeartbeatDrops counts datagrams on the heartbeat port that were not
+	// authentic, fresh heartbeats of a member.
+	HeartbeatDrops heartbeat.Drops `json:"heartbeat_drops"`
+	Local          failover.Status `json:"local"`
 	// Settings are the cluster-wide switches (maintenance modes, the
 	// hold-down's last moves).
 	Settings []cluster.Setting `json:"settings,omitempty"`
@@ -356,7 +359,8 @@ func (m *clusterMember) status() clusterStatus {
 		rows = append(rows, row)
 	}
 	return clusterStatus{State: m.node.State(), Leader: m.node.Leader(), Voters: m.node.Voters(),
-		Majority: m.node.InMajority(), Ownership: rows, Peers: m.hb.Status(), Local: m.ctl.Status(), Settings: m.node.Settings()}
+		Majority: m.node.InMajority(), Ownership: rows, Peers: m.hb.Status(), HeartbeatDrops: m.hb.Drops(),
+		Local: m.ctl.Status(), Settings: m.node.Settings()}
 }
 
 // writeCluster prints the cluster section of `magestack status`.
@@ -389,6 +393,10 @@ func writeCluster(w io.Writer, c clusterStatus) {
 		fmt.Fprintf(tw, "%s\t%s\t%s\n", p.Peer, p.State, strings.Join(paths, " "))
 	}
 	tw.Flush()
+	if d := c.HeartbeatDrops; d != (heartbeat.Drops{}) {
+		fmt.Fprintf(w, "heartbeats dropped: forged %d, replayed %d, stale %d, stranger %d, malformed %d\n",
+			d.Forged, d.Replayed, d.Stale, d.Stranger, d.Malformed)
+	}
 	if len(c.Settings) > 0 {
 		tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "SETTING\tVALUE\tSINCE")

@@ -9,6 +9,7 @@ import (
 
 	"magestack/init/cluster"
 	"magestack/init/failover"
+	"magestack/init/heartbeat"
 )
 
 // TestWriteClusterSaysWhatThisHostRuns: an operator reads from status
@@ -43,5 +44,18 @@ func TestWriteClusterShowsSettings(t *testing.T) {
 	writeCluster(&b, clusterStatus{State: "Leader", Leader: "dh1"})
 	if strings.Contains(b.String(), "SETTING") {
 		t.Errorf("an empty settings table was printed:\n%s", b.String())
+	}
+}
+
+func TestWriteClusterShowsHeartbeatDrops(t *testing.T) {
+	var b bytes.Buffer
+	writeCluster(&b, clusterStatus{State: "Leader", Leader: "dh1", HeartbeatDrops: heartbeat.Drops{Forged: 3, Replayed: 2}})
+	if !strings.Contains(b.String(), "heartbeats dropped: forged 3, replayed 2") {
+		t.Errorf("status lacks the dropped heartbeats:\n%s", b.String())
+	}
+	b.Reset()
+	writeCluster(&b, clusterStatus{State: "Leader", Leader: "dh1"})
+	if strings.Contains(b.String(), "dropped") {
+		t.Errorf("status shows drops when there are none:\n%s", b.String())
 	}
 }

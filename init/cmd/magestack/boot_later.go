@@ -381,7 +381,11 @@ func (b *bootEnv) clusterRoles(ctx context.Context, st *stackfile.Stack, host st
 			}
 		}
 		hooks := clusterHooks{OnSetting: func(cluster.Setting) { poke() }, OnStarted: func(string) { poke() }}
-		m, err = startCluster(b.ctx, b.log, st, host, sup, opts, dataDir, b.publicLink, hooks)
+		creds, err := b.clusterCredentials(host)
+		if err != nil {
+			return err
+		}
+		m, err = startCluster(b.ctx, b.log, st, host, creds, sup, opts, dataDir, b.publicLink, hooks)
 		if err != nil {
 			return fmt.Errorf("cluster: %w", err)
 		}

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"magestack/init/clusterauth"
 	"magestack/init/pid1"
 	"magestack/init/stacksecret"
 )
@@ -75,6 +76,22 @@ func (b *bootEnv) stackSecret() stacksecret.Secret {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.secret
+}
+
+// clusterCredentials are this host's cluster member credentials, derived
+// from the stack secret: without them no other member would let it speak
+// raft, the cluster RPC or heartbeats.
+func (b *bootEnv) clusterCredentials(host string) (*clusterauth.Credentials, error) {
+	sec := b.stackSecret()
+	if !sec.Valid() {
+		return nil, errors.New("cluster: no stack secret on this host yet (see the secrets boot step): " +
+			"its cluster credentials derive from it")
+	}
+	c, err := clusterauth.Derive(sec, host)
+	if err != nil {
+		return nil, fmt.Errorf("cluster: %w", err)
+	}
+	return c, nil
 }
 
 // secretStatus is the status API's view: which secret (its public ID) and

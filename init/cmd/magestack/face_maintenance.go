@@ -27,6 +27,7 @@ import (
 
 	"magestack/init/api"
 	"magestack/init/cluster"
+	"magestack/init/failover"
 	"magestack/init/pid1"
 	"magestack/init/stackfile"
 	"magestack/services/render"
@@ -148,7 +149,7 @@ func (b *bootEnv) maintenanceStatePath(s stackfile.Site) string {
 }
 
 // maintenanceKey is a site's switch among the cluster settings.
-func maintenanceKey(s stackfile.Site) string { return "maintenance/" + render.SiteID(s) }
+func maintenanceKey(s stackfile.Site) string { return failover.MaintenancePrefix + render.SiteID(s) }
 
 // maintenanceOn is the recorded switch; render asks it when a web
 // instance starts.

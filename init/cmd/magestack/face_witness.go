@@ -2,12 +2,10 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"os/signal"
 	"strconv"
@@ -15,6 +13,7 @@ import (
 	"time"
 
 	"magestack/init/cluster"
+	"magestack/init/clusterauth"
 	"magestack/init/clusterconf"
 	"magestack/init/failover"
 	"magestack/init/firewall"
@@ -23,7 +22,7 @@ import (
 	"magestack/services"
 )
 
-const witnessUsage = `usage: magestack witness --stack FILE [--data DIR] [--firewall=false]
+const witnessUsage = `usage: magestack witness --stack FILE --credentials FILE [--data DIR] [--firewall=false]
 
 The tie-breaker vote for a pair: a raft voter with heartbeats to every
 paired host, which runs no roles. Run it on a third machine (a systemd
@@ -53,14 +52,15 @@ var witnessExit = os.Exit
 
 // witnessOpts are the witness's flags.
 type witnessOpts struct {
-	stack, data string
-	firewall    bool
+	stack, data, credentials string
+	firewall                 bool
 }
 
 func witnessFlagSet(o *witnessOpts) *flag.FlagSet {
 	fs := flag.NewFlagSet("witness", flag.ContinueOnError)
 	fs.StringVar(&o.stack, "stack", "", "stack file (required): its witness: entry says where to listen")
 	fs.StringVar(&o.data, "data", "/var/lib/magestack/witness", `raft state directory ("" keeps it in memory)`)
+	fs.StringVar(&o.credentials, "credentials", "", "the witness's cluster credentials file (required; made by: magestack secrets member witness -secret FILE -o FILE)")
 	fs.BoolVar(&o.firewall, "firewall", true, "apply the witness's nftables table (cluster ports from the hosts only); false when the machine's operator manages nftables")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), witnessUsage)
@@ -86,6 +86,15 @@ func witnessMain(args []string) int {
 		fs.Usage()
 		return fail("--stack is required")
 	}
+	if opts.credentials == "" {
+		fs.Usage()
+		return fail("--credentials is required: the hosts refuse a witness that cannot prove it is a member; " +
+			"make its file where the stack secret is kept with `magestack secrets member witness -secret FILE -o witness.pem`")
+	}
+	creds, err := witnessCredentials(opts.credentials)
+	if err != nil {
+		return fail("%v", err)
+	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	// Signals first: a stop asked for while raft starts must not kill the
 	// process halfway (and must not be lost).
@@ -105,7 +114,7 @@ func witnessMain(args []string) int {
 	} else {
 		log.Warn("witness: --firewall=false: the cluster ports are open to whatever this machine's own ruleset allows")
 	}
-	if err := runWitness(ctx, stack, conf, *dataDir, log); err != nil {
+	if err := runWitness(ctx, stack, conf, creds, *dataDir, log); err != nil {
 		return fail("%v", err)
 	}
 	log.Info("witness: stopped")
@@ -215,9 +224,10 @@ func applyWitnessFirewall(ctx context.Context, stack *stackfile.Stack, bind stri
 }
 
 // runWitness votes until ctx ends, then shuts raft and the listeners down.
-func runWitness(ctx context.Context, stack *stackfile.Stack, conf clusterconf.Member, dataDir string, log *slog.Logger) error {
+func runWitness(ctx context.Context, stack *stackfile.Stack, conf clusterconf.Member, creds *clusterauth.Credentials, dataDir string, log *slog.Logger) error {
 	hb, err := heartbeat.New(heartbeat.Config{ID: clusterconf.WitnessID, Paths: conf.Paths,
-		Interval: stack.Cluster.Heartbeat.D(), Suspect: stack.Cluster.Suspect.D(), Dead: stack.Cluster.Dead.D(), Logger: log})
+		Interval: stack.Cluster.Heartbeat.D(), Suspect: stack.Cluster.Suspect.D(), Dead: stack.Cluster.Dead.D(), Logger: log,
+		Key: creds.HeartbeatKey()})
 	if err != nil {
 		return err
 	}
@@ -225,6 +235,8 @@ func runWitness(ctx context.Context, stack *stackfile.Stack, conf clusterconf.Me
 	cfg := conf.Self
 	cfg.DataDir = dataDir
 	cfg.Logger = log
+	cfg.ServerTLS = creds.ServerConfig(conf.IDs())
+	cfg.ClientTLS = creds.ClientConfig(conf.IDs(), "")
 	node, err := cluster.Start(cfg)
 	if err != nil {
 		return err
@@ -235,25 +247,33 @@ func runWitness(ctx context.Context, stack *stackfile.Stack, conf clusterconf.Me
 		}
 	}()
 	ctl, err := failover.New(failover.Config{Self: clusterconf.WitnessID, Stack: stack, Cluster: node, Peer: hb.Peer,
-		Lease: conf.Timing.Lease, Logger: log})
+		Lease: conf.Timing.Lease, Logger: log, Credentials: creds})
 	if err != nil {
 		return err
 	}
 	// The witness may lead: hosts then ask it for the ownership table
 	// before starting an instance, and forward operator requests to it.
 	rpcAddr := net.JoinHostPort(hostOf(cfg.Bind), strconv.Itoa(failover.RPCPort))
-	if ln, err := net.Listen("tcp", rpcAddr); err != nil {
-		log.Error("witness: cluster rpc listener", "addr", rpcAddr, "err", err)
-	} else {
-		srv := &http.Server{Handler: ctl.RPCHandler(), ReadHeaderTimeout: 5 * time.Second}
-		go func() {
-			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				log.Error("witness: cluster rpc", "err", err)
-			}
-		}()
-		defer srv.Close()
-	}
-	fmt.Printf("magestack witness: voting for stack %s at %s\n", stack.Name, cfg.Bind)
+	go func() {
+		if err := ctl.ServeRPC(ctx, rpcAddr); err != nil {
+			log.Error("witness: cluster rpc listener", "addr", rpcAddr, "err", err)
+		}
+	}()
+	fmt.Printf("magestack witness: voting for stack %s at %s (stack id %s)\n", stack.Name, cfg.Bind, creds.StackID())
 	ctl.Run(ctx)
 	return nil
+}
+
+// witnessCredentials loads the witness's credentials file and checks it
+// was made for the witness.
+func witnessCredentials(path string) (*clusterauth.Credentials, error) {
+	c, err := clusterauth.Load(path)
+	if err != nil {
+		return nil, err
+	}
+	if c.Member() != clusterconf.WitnessID {
+		return nil, fmt.Errorf("%s: credentials of member %q, not of the %s (make them with `magestack secrets member %s`)",
+			path, c.Member(), clusterconf.WitnessID, clusterconf.WitnessID)
+	}
+	return c, nil
 }

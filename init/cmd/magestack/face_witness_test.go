@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"io"
 	"context"
 	"fmt"
 	"log/slog"
@@ -19,9 +20,11 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"magestack/init/cluster"
+	"magestack/init/clusterauth"
 	"magestack/init/clusterconf"
 	"magestack/init/heartbeat"
 	"magestack/init/stackfile"
+	"magestack/init/stacksecret"
 )
 
 // witnessHelperEnv makes the test binary run witnessMain itself (the
@@ -55,6 +58,10 @@ func TestWitnessHelperProcess(t *testing.T) {
 // cluster that has a leader.
 const memberHelperEnv = "MAGESTACK_MEMBER_HELPER"
 
+// memberSecretEnv names the stack secret file a member helper derives its
+// cluster credentials from (the witness gets its file from the same one).
+const memberSecretEnv = "MAGESTACK_MEMBER_SECRET"
+
 func runTestMember(name, stackPath string) int {
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	_, conf, err := loadWitnessStack(stackPath)
@@ -69,7 +76,17 @@ func runTestMember(name, stackPath string) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
 	defer stop()
-	hb, err := heartbeat.New(heartbeat.Config{ID: name, Paths: conf.Paths, Logger: log})
+	secret, err := stacksecret.Load(os.Getenv(memberSecretEnv))
+	if err != nil {
+		log.Error("member", "err", err)
+		return 1
+	}
+	creds, err := clusterauth.Derive(secret, name)
+	if err != nil {
+		log.Error("member", "err", err)
+		return 1
+	}
+	hb, err := heartbeat.New(heartbeat.Config{ID: name, Paths: conf.Paths, Logger: log, Key: creds.HeartbeatKey()})
 	if err != nil {
 		log.Error("member", "err", err)
 		return 1
@@ -77,6 +94,8 @@ func runTestMember(name, stackPath string) int {
 	go hb.Run(ctx)
 	cfg := conf.Self
 	cfg.Logger = log
+	cfg.ServerTLS = creds.ServerConfig(conf.IDs())
+	cfg.ClientTLS = creds.ClientConfig(conf.IDs(), "")
 	node, err := cluster.Start(cfg)
 	if err != nil {
 		log.Error("member", "err", err)
@@ -94,6 +113,17 @@ func runTestMember(name, stackPath string) int {
 			fmt.Printf("member %s: state=%s leader=%q\n", name, node.State(), node.Leader())
 		}
 	}
+}
+
+// newSecretFile is a fresh stack secret in a file of its own.
+func newSecretFile(t *testing.T) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "stack.secret")
+	var errb bytes.Buffer
+	if code := secretsFace([]string{"init", "-o", p}, io.Discard, &errb); code != 0 {
+		t.Fatalf("secrets init: exit %d: %s", code, errb.String())
+	}
+	return p
 }
 
 func mustStack(path string) *stackfile.Stack {
@@ -142,12 +172,13 @@ func (l *lockedBuffer) String() string {
 // waits until it votes.
 func startWitness(t *testing.T, extra ...string) (*exec.Cmd, *lockedBuffer) {
 	t.Helper()
-	return startWitnessIn(t, "", witnessTestStack, extra...)
+	return startWitnessIn(t, "", witnessTestStack, "", extra...)
 }
 
 // startWitnessIn is startWitness in the named namespace ns ("" a new one)
-// with the given stack file.
-func startWitnessIn(t *testing.T, ns, stackYAML string, extra ...string) (*exec.Cmd, *lockedBuffer) {
+// with the given stack file, and credentials derived from the stack secret
+// file at secret ("" a new secret).
+func startWitnessIn(t *testing.T, ns, stackYAML, secret string, extra ...string) (*exec.Cmd, *lockedBuffer) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root for a network namespace")
@@ -157,7 +188,15 @@ func startWitnessIn(t *testing.T, ns, stackYAML string, extra ...string) (*exec.
 	if err := os.WriteFile(stack, []byte(stackYAML), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	args := append([]string{"-test.run=^TestWitnessHelperProcess$", "--", "--stack", stack, "--data", filepath.Join(dir, "raft")}, extra...)
+	if secret == "" {
+		secret = newSecretFile(t)
+	}
+	creds := filepath.Join(dir, "witness.pem")
+	var errb bytes.Buffer
+	if code := secretsFace([]string{"member", "witness", "-secret", secret, "-o", creds}, io.Discard, &errb); code != 0 {
+		t.Fatalf("secrets member witness: exit %d: %s", code, errb.String())
+	}
+	args := append([]string{"-test.run=^TestWitnessHelperProcess$", "--", "--stack", stack, "--data", filepath.Join(dir, "raft"), "--credentials", creds}, extra...)
 	cmd := exec.Command(os.Args[0], args...)
 	if ns == "" {
 		cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNET}
@@ -306,14 +345,15 @@ func witnessInCluster(t *testing.T, witnessFirst bool) {
 	}
 	var cmd *exec.Cmd
 	var logs *lockedBuffer
+	secret := newSecretFile(t)
 	if witnessFirst {
-		cmd, logs = startWitnessIn(t, ns, witnessClusterStack)
+		cmd, logs = startWitnessIn(t, ns, witnessClusterStack, secret)
 		time.Sleep(1500 * time.Millisecond)
 	}
 	members := map[string]*lockedBuffer{}
 	for _, name := range []string{"dh1", "dh2"} {
 		cmd := exec.Command("ip", "netns", "exec", ns, os.Args[0], "-test.run=^TestWitnessHelperProcess$", "--", name, stack)
-		cmd.Env = append(os.Environ(), witnessHelperEnv+"=1", memberHelperEnv+"="+name)
+		cmd.Env = append(os.Environ(), witnessHelperEnv+"=1", memberHelperEnv+"="+name, memberSecretEnv+"="+secret)
 		members[name] = &lockedBuffer{}
 		cmd.Stdout, cmd.Stderr = members[name], members[name]
 		if err := cmd.Start(); err != nil {
@@ -322,7 +362,7 @@ func witnessInCluster(t *testing.T, witnessFirst bool) {
 		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
 	}
 	if !witnessFirst {
-		cmd, logs = startWitnessIn(t, ns, witnessClusterStack)
+		cmd, logs = startWitnessIn(t, ns, witnessClusterStack, secret)
 	}
 	// Wait for a working cluster: some member has won an election and the
 	// witness has heard the hosts' heartbeats.
