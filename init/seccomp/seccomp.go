@@ -36,32 +36,60 @@ func install(flags uintptr) error {
 	return nil
 }
 
-// buildDenyFilter returns a BPF program that answers EPERM to every syscall
-// in deny, to any syscall of a foreign architecture (i386, x32 numbers) and
-// allows the rest.
-func buildDenyFilter(arch uint32, x32Bit uint32, deny []uint32) []unix.SockFilter {
-	stmt := func(code uint16, k uint32) unix.SockFilter { return unix.SockFilter{Code: code, K: k} }
-	jump := func(code uint16, k uint32, jt, jf uint8) unix.SockFilter {
-		return unix.SockFilter{Code: code, Jt: jt, Jf: jf, K: k}
-	}
+// policy is what a filter refuses.
+type policy struct {
+	arch   uint32   // the only audit architecture allowed (AUDIT_ARCH_*)
+	x32Bit uint32   // syscall numbers at or above this are x32: refused
+	deny   []uint32 // refused with EPERM
+	// clone is the clone syscall's number; a call whose flags (first
+	// argument, low 32 bits) have any of cloneDeny set is refused with
+	// EPERM. Threads and forks pass.
+	clone, cloneDeny uint32
+}
+
+// build returns the BPF program for p. Instructions are laid out as
+//
+//	ld arch; jeq arch else DENY; ld nr; jge x32 DENY
+//	jeq deny[i] DENY ...; jeq clone else ALLOW
+//	ld args[0]; jset cloneDeny DENY else ALLOW
+//	ALLOW: ret allow; DENY: ret EPERM
+//
+// and every jump is computed from those labels (BPF jumps only forward).
+func (p policy) build() []unix.SockFilter {
 	const (
-		ldAbs = unix.BPF_LD | unix.BPF_W | unix.BPF_ABS
-		jeq   = unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K
-		jge   = unix.BPF_JMP | unix.BPF_JGE | unix.BPF_K
-		ret   = unix.BPF_RET | unix.BPF_K
+		ldAbs  = unix.BPF_LD | unix.BPF_W | unix.BPF_ABS
+		jeq    = unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K
+		jge    = unix.BPF_JMP | unix.BPF_JGE | unix.BPF_K
+		jset   = unix.BPF_JMP | unix.BPF_JSET | unix.BPF_K
+		ret    = unix.BPF_RET | unix.BPF_K
+		offNr  = 0
+		offArc = 4
+		offArg = 16 // seccomp_data.args[0], low half on little-endian
 	)
-	// Layout: 0 ld arch; 1 jeq arch; 2 ld nr; 3 jge x32; 4.. jeq nr; allow; deny.
-	n := len(deny)
-	denyAt := 4 + n + 1
-	p := []unix.SockFilter{
-		stmt(ldAbs, 4), // seccomp_data.arch
-		jump(jeq, arch, 0, uint8(denyAt-2)),
-		stmt(ldAbs, 0), // seccomp_data.nr
-		jump(jge, x32Bit, uint8(denyAt-4), 0),
+	n := 4 + len(p.deny) + 3
+	allow, deny := n, n+1
+	var prog []unix.SockFilter
+	// to is the jump offset from the instruction being appended to target.
+	to := func(target int) uint8 { return uint8(target - len(prog) - 1) }
+	add := func(code uint16, k uint32, jt, jf int) {
+		ins := unix.SockFilter{Code: code, K: k}
+		if code&0x07 == unix.BPF_JMP {
+			ins.Jt, ins.Jf = to(jt), to(jf)
+		}
+		prog = append(prog, ins)
 	}
-	for i, nr := range deny {
-		p = append(p, jump(jeq, nr, uint8(denyAt-(4+i)-1), 0))
+	next := func() int { return len(prog) + 1 }
+	add(ldAbs, offArc, 0, 0)
+	add(jeq, p.arch, next(), deny)
+	add(ldAbs, offNr, 0, 0)
+	add(jge, p.x32Bit, deny, next())
+	for _, nr := range p.deny {
+		add(jeq, nr, deny, next())
 	}
-	p = append(p, stmt(ret, unix.SECCOMP_RET_ALLOW), stmt(ret, unix.SECCOMP_RET_ERRNO|uint32(unix.EPERM)))
-	return p
+	add(jeq, p.clone, next(), allow)
+	add(ldAbs, offArg, 0, 0)
+	add(jset, p.cloneDeny, deny, allow)
+	add(ret, unix.SECCOMP_RET_ALLOW, 0, 0)
+	add(ret, unix.SECCOMP_RET_ERRNO|uint32(unix.EPERM), 0, 0)
+	return prog
 }

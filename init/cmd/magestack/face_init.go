@@ -28,6 +28,7 @@ import (
 	"magestack/init/reap"
 	"magestack/init/reconcile"
 	"magestack/init/stackfile"
+	"magestack/init/sysctl"
 	"magestack/init/stacksecret"
 	"magestack/init/supervise"
 	"magestack/init/timeline"
@@ -278,6 +279,11 @@ func (b *bootEnv) mountStep(ctx context.Context) error {
 	}
 	if err != nil {
 		return fmt.Errorf("mount boot filesystems: %w", err)
+	}
+	// Before any child exists (once /proc is there): no role process may
+	// start from a user namespace or read kernel addresses.
+	if err := sysctl.Apply("/proc/sys", sysctl.Hardening); err != nil {
+		b.log.Error("kernel settings not applied", "err", err)
 	}
 	return nil
 }
