@@ -250,19 +250,7 @@ func writeFiles(root string, s *Spec) error {
 		}{f.Path, b, mode})
 	}
 	for _, f := range files {
-		p := filepath.Join(root, filepath.Clean("/"+f.path))
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			return fmt.Errorf("write %s: %w", f.path, err)
-		}
-		// A symlink in the image must not redirect the write out of the
-		// root: refuse to follow one at the last component.
-		if fi, err := os.Lstat(p); err == nil && fi.Mode()&os.ModeSymlink != 0 {
-			return fmt.Errorf("write %s: is a symlink in the image", f.path)
-		}
-		if err := os.WriteFile(p, f.data, f.mode); err != nil {
-			return fmt.Errorf("write %s: %w", f.path, err)
-		}
-		if err := os.Chmod(p, f.mode); err != nil {
+		if err := writeInRoot(root, f.path, f.data, f.mode); err != nil {
 			return fmt.Errorf("write %s: %w", f.path, err)
 		}
 	}
