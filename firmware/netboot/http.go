@@ -249,7 +249,23 @@ func (s *Server) serveRoleImage(w http.ResponseWriter, r *http.Request) {
 	http.ServeContent(w, r, im.File, st.ModTime(), f)
 }
 
+// serveStack answers the stack file to the hosts it names only: it holds
+// the fence devices' credentials. As for the secret, the caller is known
+// by the MAC behind its address (this server's leases, else the ARP
+// table), which binds the file to the LAN's addressing, not to a machine.
 func (s *Server) serveStack(w http.ResponseWriter, r *http.Request) {
+	mac, err := net.ParseMAC(clientMAC(r, s))
+	if err == nil {
+		_, _, known := lookupMAC(s.stack, mac)
+		if !known {
+			err = errors.New("not a host of the stack")
+		}
+	}
+	if err != nil {
+		s.log.Warn("netboot: stack file refused", "from", r.RemoteAddr, "err", err)
+		http.Error(w, "refused: the stack file is served to the stack's hosts only", http.StatusForbidden)
+		return
+	}
 	w.Header().Set("Content-Type", "application/yaml")
 	w.Header().Set("Cache-Control", "no-store")
 	w.Write(s.stackYAML)

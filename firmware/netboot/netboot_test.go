@@ -246,9 +246,18 @@ func TestFullModeBootsKnownHostThroughEveryProtocol(t *testing.T) {
 		t.Errorf("the served initrd does not hold the stack secret: %v", err)
 	}
 	// Anyone but the address leased to that MAC is refused: here the
-	// server's own namespace asks.
-	if _, err := get(nsHTTPClient(t, srvNS), secretURL, ""); err == nil {
-		t.Error("the secret was served to an address not leased to its host")
+	// server's own namespace asks, for the secret and for the stack file
+	// (fence credentials).
+	for _, u := range []string{secretURL, "http://10.77.0.1:8080/stack.yaml"} {
+		if _, err := get(nsHTTPClient(t, srvNS), u, ""); err == nil {
+			t.Errorf("%s was served to an address not leased to a host", u)
+		}
+	}
+	if err := inNS(t, cliNS, func() error {
+		_, err := get(nsHTTPClient(t, cliNS), "http://10.77.0.1:8080/stack.yaml", "")
+		return err
+	}); err != nil {
+		t.Errorf("the known host could not fetch its stack file: %v", err)
 	}
 	if strings.Index(script, "initrd --name secret.cpio "+secretURL) > strings.Index(script, "initrd http://10.77.0.1:8080/image/initramfs.img") {
 		t.Errorf("the secret's initrd must come first:\n%s", script)
