@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -94,6 +95,14 @@ func New(opts Options) *Fetcher {
 	return &Fetcher{opts: opts, last: map[string]Revision{}, etag: map[string]string{}}
 }
 
+// WithSignedBy is a fetcher like f that accepts only revisions signed by
+// one of keys (armored OpenPGP public keys).
+func (f *Fetcher) WithSignedBy(keys []string) *Fetcher {
+	opts := f.opts
+	opts.SignedBy = slices.Clone(keys)
+	return New(opts)
+}
+
 // Fetch fetches source with default options.
 func Fetch(ctx context.Context, source string) (Revision, error) {
 	return New(Options{}).Fetch(ctx, source)
@@ -104,6 +113,11 @@ func (f *Fetcher) Fetch(ctx context.Context, source string) (Revision, error) {
 	src, err := Parse(source)
 	if err != nil {
 		return Revision{}, err
+	}
+	// Only a Git commit carries a signature; a file in the host's own
+	// image (a path) is as trusted as the image.
+	if len(f.opts.SignedBy) > 0 && src.Kind == KindHTTP {
+		return Revision{}, fmt.Errorf("fetch %s: config.signedby is set: only signed commits from a Git source are accepted, not a plain file over http(s)", source)
 	}
 	ctx, cancel := context.WithTimeout(ctx, f.opts.Timeout)
 	defer cancel()

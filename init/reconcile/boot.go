@@ -35,6 +35,12 @@ func Initial(ctx context.Context, log *slog.Logger, fetcher *configsource.Fetche
 	}
 	var problems []error
 	if source != "" && fetcher != nil {
+		// The last good revision's signers bind what boot accepts, as they
+		// bind every later poll: whoever can answer for the source's
+		// address must not change the stack by rebooting a host.
+		if keys := lastGoodSigners(store); len(keys) > 0 {
+			fetcher = fetcher.WithSignedBy(keys)
+		}
 		rev, err := fetcher.Fetch(ctx, source)
 		if err == nil {
 			s, perr := stackfile.Parse(fileName(rev), rev.Data)
@@ -67,6 +73,23 @@ func Initial(ctx context.Context, log *slog.Logger, fetcher *configsource.Fetche
 	}
 	rev := BuiltinRevision()
 	return rev, stackfile.Default(), FromBuiltin, errors.Join(problems...)
+}
+
+// lastGoodSigners is config.signedby of the store's last good revision
+// (nil without one).
+func lastGoodSigners(store *configstore.Store) []string {
+	if store == nil {
+		return nil
+	}
+	rev, err := store.LastGood()
+	if err != nil {
+		return nil
+	}
+	s, err := stackfile.Parse(fileName(rev), rev.Data)
+	if err != nil {
+		return nil
+	}
+	return s.Config.SignedBy
 }
 
 // PollSettings says where and how a host polls for new revisions once it

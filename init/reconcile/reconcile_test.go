@@ -7,6 +7,9 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -531,5 +534,50 @@ func TestInstancesApplierTakesAddedAndRemoved(t *testing.T) {
 	}
 	if !slices.Equal(sets, []string{"web1", "web1 web2"}) {
 		t.Errorf("instance sets %v, want web1 then web1 web2 again", sets)
+	}
+}
+
+// A host whose last good revision names signers does not boot an unsigned
+// revision, wherever it comes from: a forged file served at the config URL
+// (or an unsigned commit) falls back to the last good revision.
+func TestInitialBoundByLastGoodSigners(t *testing.T) {
+	e, err := openpgp.NewEntity("ops", "", "ops@example.net", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var armored bytes.Buffer
+	w, _ := armor.Encode(&armored, openpgp.PublicKeyType, nil)
+	e.Serialize(w)
+	w.Close()
+	signed := base + "config:\n  signedby:\n    - |\n" + indentLines(armored.String(), "      ")
+	dir := t.TempDir()
+	store, err := configstore.Open(filepath.Join(dir, "store"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	good := configsource.Revision{ID: "600d600d600d", Source: "git+https://git.example/s.git#main", Data: []byte(signed)}
+	if err := store.MarkApplied(good); err != nil {
+		t.Fatal(err)
+	}
+	// The forged revision: a valid stack, no signers, one more role.
+	forged := strings.Replace(base, "stack: shop1", "stack: shop1\n# forged", 1)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, forged) }))
+	defer srv.Close()
+	repo := filepath.Join(dir, "repo")
+	r, _ := git.PlainInit(repo, false)
+	wt, _ := r.Worktree()
+	os.WriteFile(filepath.Join(repo, "stack.yaml"), []byte(forged), 0o644)
+	wt.Add("stack.yaml")
+	if _, err := wt.Commit("unsigned", &git.CommitOptions{Author: &object.Signature{Name: "t", Email: "t@example.net", When: time.Now()}}); err != nil {
+		t.Fatal(err)
+	}
+	for _, src := range []string{srv.URL + "/stack.yaml", "git+file://" + repo + "#master"} {
+		rev, s, origin, err := Initial(context.Background(), nil, configsource.New(configsource.Options{}), src, store)
+		if origin != FromLastGood || rev.ID != good.ID || len(s.Config.SignedBy) != 1 {
+			t.Errorf("%s: booted %s revision %s, want the last good one", src, origin, rev.ID)
+		}
+		if err == nil {
+			t.Errorf("%s: no reason given for passing the source over", src)
+		}
 	}
 }
