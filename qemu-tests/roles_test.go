@@ -28,6 +28,36 @@ func unitEvent(kind, unit string) string {
 	return fmt.Sprintf(unitEventPattern, regexp.QuoteMeta(kind), regexp.QuoteMeta(unit))
 }
 
+// checkRolesReady asserts, from a console that has printed the ready line,
+// that every instance became ready, and dependents only after what they
+// start after: web after db, lb after web (roles start in parallel
+// otherwise, so the other ready lines come in any order).
+func checkRolesReady(t *testing.T, console string, insts []stackfile.Instance) {
+	t.Helper()
+	readyAt := map[string]int{}
+	for _, in := range insts {
+		loc := regexp.MustCompile(unitEvent("ready", in.Name)).FindStringIndex(console)
+		if loc == nil {
+			t.Errorf("%s never became ready before the ready line", in.Name)
+			continue
+		}
+		readyAt[in.Name] = loc[0]
+	}
+	for _, dep := range [][2]string{{"db1", "web1"}, {"web1", "lb1"}} {
+		started := regexp.MustCompile(unitEvent("started", dep[1])).FindStringIndex(console)
+		if _, ok := readyAt[dep[0]]; ok && started != nil && started[0] < readyAt[dep[0]] {
+			t.Errorf("%s started before %s was ready", dep[1], dep[0])
+		}
+	}
+	if ready := strings.Index(console, "magestack: stack ready"); ready >= 0 {
+		for n, at := range readyAt {
+			if at > ready {
+				t.Errorf("%s became ready after the ready line", n)
+			}
+		}
+	}
+}
+
 // freeLoopbackPort returns a TCP port on 127.0.0.1 nobody listens on now.
 func freeLoopbackPort(t *testing.T) int {
 	t.Helper()
@@ -97,14 +127,10 @@ func TestRolesAllSevenReadyAndServing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, in := range insts {
-		if _, err := vm.Expect(4*time.Minute, unitEvent("ready", in.Name)); err != nil {
-			t.Fatalf("%s never became ready (roles start in order %v): %v", in.Name, stackfile.RoleNames(), err)
-		}
-	}
-	if _, err := vm.Expect(2*time.Minute, qemu.ReadyPattern); err != nil {
+	if _, err := vm.Expect(6*time.Minute, qemu.ReadyPattern); err != nil {
 		t.Fatal(err)
 	}
+	checkRolesReady(t, vm.Console(), insts)
 	body := waitBody(t, url, "website via lb1", time.Minute)
 	if !strings.Contains(body, "stack default") {
 		t.Errorf("lb1 page does not name the stack: %q", body)

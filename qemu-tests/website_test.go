@@ -37,15 +37,11 @@ func TestWebsiteEndToEnd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, in := range insts {
-		if _, err := vm.Expect(8*time.Minute, unitEvent("ready", in.Name)); err != nil {
-			t.Fatalf("%s never became ready: %v", in.Name, err)
-		}
-	}
-	ready, err := vm.Expect(4*time.Minute, qemu.ReadyPattern)
+	ready, err := vm.Expect(10*time.Minute, qemu.ReadyPattern)
 	if err != nil {
 		t.Fatal(err)
 	}
+	checkRolesReady(t, vm.Console(), insts)
 	t.Logf("stack ready at guest uptime %s ms", ready[1])
 	// Every role runs its real image (fw's work is the host's: built in).
 	for _, in := range insts {

@@ -33,6 +33,11 @@ type Role struct {
 	Management []Port
 	// Needs lists what this role may connect to inside the stack.
 	Needs []Need
+	// StartAfter lists the roles whose instances on the same host must be
+	// ready before this role's start: those it cannot serve without (web
+	// without its database, lb without a web to send to). Every other role
+	// starts at once, in parallel.
+	StartAfter []string
 }
 
 func tcp(port uint16, name string) Port { return Port{Proto: "tcp", Port: port, Name: name} }
@@ -46,11 +51,11 @@ var (
 // catalog is indexed by role name. Every role may relay mail through mail.
 var catalog = map[string]Role{
 	"fw": {Name: "fw", Needs: []Need{{Role: "mail", Ports: []Port{smtp}}}},
-	"lb": {Name: "lb",
+	"lb": {Name: "lb", StartAfter: []string{"web"},
 		Public:     []Port{tcp(80, "http"), tcp(443, "https")},
 		Management: []Port{tcp(8404, "haproxy-stats")},
 		Needs:      []Need{{Role: "web", Ports: []Port{tcp(80, "http")}}, {Role: "mail", Ports: []Port{smtp}}}},
-	"web": {Name: "web",
+	"web": {Name: "web", StartAfter: []string{"db"},
 		Needs: []Need{{Role: "db", Ports: []Port{mysql}, Caches: true}, {Role: "mail", Ports: []Port{smtp}}}},
 	"db": {Name: "db",
 		Management: []Port{mysql},

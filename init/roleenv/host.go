@@ -5,9 +5,11 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"slices"
 
 	"magestack/init/stackfile"
 	"magestack/init/supervise"
+	"magestack/services"
 )
 
 // Adder is what AddHostRoles needs of a supervisor.
@@ -17,10 +19,10 @@ type Adder interface {
 
 // AddHostRoles prepares this host for roles (internal bridge with the
 // host's address, IPv4 forwarding on, state, log and volume roots) and adds one unit per role
-// instance placed on host, in the stack's start order: every instance
-// waits (After) for all instances of the nearest earlier role on this host,
-// so the supervisor starts fw, mail, db, web, lb, acc, monitor in turn and
-// StopAll stops them in reverse. It returns the unit names in start order.
+// instance placed on host, in the stack's start order. An instance waits
+// (After) only for the instances on this host of the roles its role starts
+// after (services.Role.StartAfter: web after db, lb after web); the rest
+// start together. StopAll stops them in reverse start order.
 //
 // PID 1 then runs sup.StartAll and sup.WaitReady(names...) and gives
 // opts.ServiceSocket to the API so "web1/http" names reach role-init.
@@ -50,31 +52,34 @@ func AddHostRoles(log *slog.Logger, opts Options, stack *stackfile.Stack, host s
 		return nil, fmt.Errorf("roles: %w", err)
 	}
 	var envs []*Env
-	var prev, cur []string // instance names of the previous and current role
-	curRole := ""
 	for _, in := range insts {
 		if in.Host != host {
 			continue
-		}
-		if in.Role != curRole {
-			if len(cur) > 0 {
-				prev = cur
-			}
-			cur, curRole = nil, in.Role
 		}
 		env, err := New(log, opts, stack, idx, in)
 		if err != nil {
 			return nil, err
 		}
 		unit := env.Unit()
-		unit.After = append([]string(nil), prev...)
+		unit.After = startAfter(insts, host, in.Role)
 		if err := sup.Add(unit); err != nil {
 			return nil, fmt.Errorf("roles: %s: %w", in.Name, err)
 		}
 		envs = append(envs, env)
-		cur = append(cur, in.Name)
 	}
 	return envs, nil
+}
+
+// startAfter names the instances on host of the roles role starts after.
+func startAfter(insts []stackfile.Instance, host, role string) []string {
+	def, _ := services.Lookup(role)
+	var after []string
+	for _, in := range insts {
+		if in.Host == host && slices.Contains(def.StartAfter, in.Role) {
+			after = append(after, in.Name)
+		}
+	}
+	return after
 }
 
 // Name is the instance's name (the unit's name).
