@@ -188,15 +188,20 @@ fuzz:
 		$(GO) test -run '^$$' -fuzz "^$$target\$$" -fuzztime $(FUZZTIME) $$pkg || { echo "fuzz: FAIL $$pkg $$target"; exit 1; }; \
 	done <<<"$$targets"; echo "fuzz: all $$n targets passed"
 
-# The VM scenarios: the full log is kept in build/test-qemu.log and the
-# failures are repeated at the end so they are not lost in the scroll.
-# QEMU_RUN=<regexp> runs only the matching scenarios.
+# The VM scenarios: the full log is kept in build/test-qemu.log; the
+# summary at the end lists every scenario (top-level test) with its result
+# and duration, slowest last, so what each costs and what failed are not
+# lost in the scroll. QEMU_RUN=<regexp> runs only the matching scenarios.
 QEMU_RUN ?=
 test-qemu: image images
-	@set -o pipefail; MAGESTACK_QEMU=1 MAGESTACK_BUILD=$(BUILD) \
+	@set -o pipefail; start=$$(date +%s); MAGESTACK_QEMU=1 MAGESTACK_BUILD=$(BUILD) \
 		$(GO) test -p 1 -count=1 -timeout 80m -v $(if $(QEMU_RUN),-run '$(QEMU_RUN)') ./qemu-tests/... 2>&1 | tee $(BUILD)/test-qemu.log; \
-	rc=$$?; echo "---- test-qemu summary (full log: build/test-qemu.log) ----"; \
-	grep -E '^(--- FAIL|FAIL|ok|panic:)' $(BUILD)/test-qemu.log || true; exit $$rc
+	rc=$$?; wall=$$(( $$(date +%s) - start )); \
+	echo "---- test-qemu summary (full log: build/test-qemu.log) ----"; \
+	sed -nE 's/^--- (PASS|FAIL|SKIP): ([^ ]+) \(([0-9.]+)s\)$$/\3 \1 \2/p' $(BUILD)/test-qemu.log | sort -n | \
+		awk '{ printf "%9.1fs  %-4s  %s\n", $$1, $$2, $$3; sum += $$1; n[$$2]++ } \
+		END { printf "total: %d scenarios (%d passed, %d failed, %d skipped), %.1fs in scenarios, '"$$wall"'s wall\n", NR, n["PASS"], n["FAIL"], n["SKIP"], sum }'; \
+	grep -E '^(FAIL|ok|panic:)|^\s+Test[A-Za-z0-9_/]+ \([0-9.hms]+\)$$' $(BUILD)/test-qemu.log || true; exit $$rc
 
 bench: deps image images
 	MAGESTACK_BUILD=$(BUILD) $(GORUN) ./qemu-tests/bench
