@@ -178,15 +178,27 @@ test-race: $(BUILD)/vmlinuz $(BUILD)/images.img
 # Every fuzz target in the module, one at a time (go test -fuzz takes one
 # target per run), FUZZTIME each; a failing input is kept under the
 # package's testdata/fuzz/ for `go test` to replay. Not part of make test.
+# Go 1.26's fuzz coordinator can end a run at the FUZZTIME deadline with a
+# bare "context deadline exceeded" and no input (golang/go#75804, fixed in
+# Go 1.27; seen here on FuzzPacket under load): such a run is reported
+# and not counted as a failure, since it wrote no failing input; any other
+# failure, or any new file in testdata/fuzz/, fails.
 FUZZTIME ?= 20s
 fuzz:
 	@targets=$$(grep -rEo --include='*_test.go' '^func Fuzz[A-Za-z0-9_]+' . | sort | \
 		sed -E 's#^\./(.*)/[^/]*:func (Fuzz.*)#./\1 \2#'); \
 	n=$$(grep -c . <<<"$$targets"); echo "fuzz: $$n targets, $(FUZZTIME) each"; \
+	out=$$(mktemp); trap 'rm -f $$out' EXIT; raced=0; \
 	while read -r pkg target; do \
-		echo "fuzz: $$pkg $$target"; \
-		$(GO) test -run '^$$' -fuzz "^$$target\$$" -fuzztime $(FUZZTIME) $$pkg || { echo "fuzz: FAIL $$pkg $$target"; exit 1; }; \
-	done <<<"$$targets"; echo "fuzz: all $$n targets passed"
+		echo "fuzz: $$pkg $$target"; corpus=$$pkg/testdata/fuzz/$$target; \
+		before=$$(ls $$corpus 2>/dev/null); \
+		$(GO) test -run '^$$' -fuzz "^$$target\$$" -fuzztime $(FUZZTIME) $$pkg </dev/null 2>&1 | tee $$out; \
+		[ $${PIPESTATUS[0]} = 0 ] && continue; \
+		if [ "$$before" = "$$(ls $$corpus 2>/dev/null)" ] && grep -qx '    context deadline exceeded' $$out && \
+			[ $$(grep -c '^    ' $$out) = 1 ]; then \
+			echo "fuzz: $$pkg $$target: stopped by Go's fuzztime race (golang/go#75804), no failing input"; raced=$$((raced+1)); \
+		else echo "fuzz: FAIL $$pkg $$target"; exit 1; fi; \
+	done <<<"$$targets"; echo "fuzz: all $$n targets passed ($$raced stopped by golang/go#75804)"
 
 # The VM scenarios: the full log is kept in build/test-qemu.log; the
 # summary at the end lists every scenario (top-level test) with its result
