@@ -16,13 +16,15 @@ cd "$(dirname "$0")/.."
 # for fixtures, wireguard-tools + wireguard-go for the VPN client side,
 # fdisk/mount/util-linux (sfdisk, losetup, nsenter) for disk and namespace
 # fixtures, openipmi (ipmi_sim) as the BMC the IPMI fence is tested against,
-# haproxy for the lb runtime-API tests, keepalived for the failover bench.
+# haproxy for the lb runtime-API tests, keepalived for the failover bench,
+# nmap for the public exposure scan (a scanner nobody here wrote). gcc and
+# libc6-dev: cgo for the race detector run (make test-race).
 pkgs=(make git ca-certificates curl unzip dpkg apt
       qemu-system-x86 qemu-utils ipxe-qemu ipxe ovmf
       busybox-static drbd-utils e2fsprogs kmod mmdebstrap squashfs-tools
       nftables iproute2 dnsmasq-base wireguard-tools wireguard-go fdisk mount util-linux
       cpio zstd xz-utils lz4
-      s6 runit openipmi haproxy keepalived)
+      s6 runit openipmi haproxy keepalived nmap gcc libc6-dev)
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")

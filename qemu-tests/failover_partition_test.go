@@ -24,7 +24,11 @@ import (
 //   - the paths restored: the cluster settles with one owner per instance.
 func TestFailoverLossyLANThenPartition(t *testing.T) {
 	qemu.Require(t)
-	r := startPairRigWith(t, pairRigOptions{Cabled: []string{"dh1"}})
+	stack := strings.Replace(pairStackYAML, "cluster: {suspect: 1s, dead: 3s}", lossyClusterTiming, 1)
+	if stack == pairStackYAML {
+		t.Fatal("pairStackYAML no longer has the cluster line this scenario widens")
+	}
+	r := startPairRigWith(t, pairRigOptions{Stack: stack, Cabled: []string{"dh1"}})
 	start := time.Now()
 	r.prober.waitOK(t, start, pairMAC["dh1"], 3*time.Minute)
 	insts := pairInstances(t)
@@ -32,9 +36,21 @@ func TestFailoverLossyLANThenPartition(t *testing.T) {
 	settled := waitOneOwnerEach(t, r, insts, 10*time.Minute)
 	t.Logf("before the impairments: %s", settled)
 
-	t.Run("lossy LAN: no failover", func(t *testing.T) { lossyLANMinute(t, r) })
+	t.Run("lossy LAN: no failover", func(t *testing.T) { lossyLANMinute(t, r, stack) })
 	t.Run("partition: one owner", func(t *testing.T) { partitionPair(t, r, insts) })
 }
+
+// lossyClusterTiming is the lossy-LAN scenario's cluster timing, wider
+// than pairStackYAML's 3 s on purpose. Under TCG on this shared 2-core
+// machine a guest freezes for up to 3.4 s (measured), and the lossy path's
+// TCP retransmissions (20% loss, 50 ms delay, 200 ms minimum RTO) delay
+// raft's traffic to the witness by a second or more on top: with a 3 s
+// dead time (lease 2.4 s, raft follower timeout 0.6 s) a freeze alone
+// stops roles, whatever the LAN does. 10 s (lease 8 s, follower timeout
+// 2 s) leaves the scenario about the lossy LAN, and it then asserts no
+// failover, no stopped instance and a website that keeps answering,
+// without exceptions. Real hardware runs the 1 s default.
+const lossyClusterTiming = "cluster: {suspect: 3s, dead: 10s}"
 
 // pairInstances lists the instances of the pair stack.
 func pairInstances(t *testing.T) []string {
@@ -81,7 +97,7 @@ func pairMemberLogs(r *pairRig) map[string]string {
 	return map[string]string{"dh1": r.vms["dh1"].Console(), "dh2": r.vms["dh2"].Console(), "witness": r.witness.String()}
 }
 
-func lossyLANMinute(t *testing.T, r *pairRig) {
+func lossyLANMinute(t *testing.T, r *pairRig, stack string) {
 	c := r.cables["dh1"]
 	before := pairMemberLogs(r)
 	from := time.Now()
@@ -106,31 +122,25 @@ func lossyLANMinute(t *testing.T, r *pairRig) {
 		t.Errorf("the cable lost nothing: the impairment did not act")
 	}
 
-	// This machine is shared by many VMs under TCG: a VM may freeze for
-	// seconds. A member frozen past the lease must stop its roles, past the
-	// dead time its peers may take them over: that is the product working,
-	// not the lossy LAN, so such a minute is reported as inconclusive.
-	timing := pairTiming(t)
+	// Decided from what the members' logs and the client show, never from
+	// the product's own report that it stalled: the stack's timing is
+	// wide enough for this machine's freezes (lossyClusterTiming).
+	timing := pairTiming(t, stack)
 	after := pairMemberLogs(r)
 	var maxStall time.Duration
 	for _, m := range []string{"dh1", "dh2", "witness"} {
 		maxStall = max(maxStall, longestStall(after[m][len(before[m]):]))
 	}
-	stalledPastLease, stalledPastDead := maxStall >= timing.Lease, maxStall >= timing.Dead
-	t.Logf("longest VM freeze during the minute: %v (lease %v, dead %v)", maxStall, timing.Lease, timing.Dead)
+	// For whoever reads a failure: the members' own stall reports are
+	// context only.
+	t.Logf("longest freeze the members reported during the minute: %v (lease %v, dead %v)", maxStall, timing.Lease, timing.Dead)
 	for _, m := range []string{"dh1", "dh2", "witness"} {
 		counts := countEvents(after[m][len(before[m]):], clusterEvents)
 		t.Logf("%s during the lossy minute: %v", m, counts)
-		switch {
-		case counts["failovers"] != 0 && stalledPastDead:
-			t.Logf("INCONCLUSIVE: %s: %d failovers, after a member froze for %v (past the dead time)", m, counts["failovers"], maxStall)
-		case counts["failovers"] != 0:
+		if counts["failovers"] != 0 {
 			t.Errorf("%s: %d failovers under a lossy LAN, want 0", m, counts["failovers"])
 		}
-		switch {
-		case counts["stops"] != 0 && stalledPastLease:
-			t.Logf("INCONCLUSIVE: %s stopped %d instances, after a member froze for %v (past the lease)", m, counts["stops"], maxStall)
-		case counts["stops"] != 0:
+		if counts["stops"] != 0 {
 			t.Errorf("%s: stopped %d instances under a lossy LAN (lost the majority), want 0", m, counts["stops"])
 		}
 	}
@@ -142,14 +152,7 @@ func lossyLANMinute(t *testing.T, r *pairRig) {
 	// (500 ms client timeout, TCP's first retransmission after 1 s). The
 	// website must still answer throughout.
 	if ok == 0 || gap > qemu.Scale(20*time.Second) {
-		if stalledPastLease {
-			t.Logf("INCONCLUSIVE: longest website gap %v, after a member froze for %v", gap, maxStall)
-		} else {
-			t.Errorf("the website stopped answering under a lossy LAN: %d/%d answered, longest gap %v", ok, total, gap)
-		}
-	}
-	if stalledPastDead {
-		return
+		t.Errorf("the website stopped answering under a lossy LAN: %d/%d answered, longest gap %v", ok, total, gap)
 	}
 	if len(macs) != 1 || macs[0] != pairMAC["dh1"] {
 		t.Errorf("the VIP answered from %v during the lossy minute, want only dh1 %s", macs, pairMAC["dh1"])
@@ -169,9 +172,9 @@ func longestStall(log string) time.Duration {
 	return longest
 }
 
-// pairTiming is the cluster timing of the pair stack.
-func pairTiming(t *testing.T) struct{ Lease, Dead time.Duration } {
-	st, err := stackfile.Parse("pair.yaml", []byte(pairStackYAML))
+// pairTiming is the cluster timing of a pair stack.
+func pairTiming(t *testing.T, stack string) struct{ Lease, Dead time.Duration } {
+	st, err := stackfile.Parse("pair.yaml", []byte(stack))
 	if err != nil {
 		t.Fatal(err)
 	}

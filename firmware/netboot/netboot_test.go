@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -89,35 +90,74 @@ func testFiles(t *testing.T) (stack, images, boot string) {
 	return stack, images, boot
 }
 
-// magestackBin is the product binary, built once: the server runs as the
+// magestackBin is the product binary, built once, on first use (fuzz
+// workers run TestMain too and never need it): the server runs as the
 // real `magestack netboot` command inside the server namespace (its TFTP
 // transfers open sockets on goroutines, which must all live in that
 // namespace, as they do for a real process).
-var magestackBin string
+var (
+	magestackBin  string
+	buildOnce     sync.Once
+	buildErr      error
+	magestackTemp string
+)
+
+func buildMagestack(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "netboot-test")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		magestackTemp = dir
+		magestackBin = filepath.Join(dir, "magestack")
+		build := exec.Command("go", "build", "-o", magestackBin, "magestack/init/cmd/magestack")
+		build.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := build.CombinedOutput(); err != nil {
+			buildErr = fmt.Errorf("building magestack: %w\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return magestackBin
+}
 
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "netboot-test")
-	if err != nil {
-		panic(err)
-	}
-	magestackBin = filepath.Join(dir, "magestack")
-	build := exec.Command("go", "build", "-o", magestackBin, "magestack/init/cmd/magestack")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "building magestack: %v\n%s", err, out)
-		os.Exit(1)
-	}
 	code := m.Run()
-	os.RemoveAll(dir)
+	if magestackTemp != "" {
+		os.RemoveAll(magestackTemp)
+	}
 	os.Exit(code)
 }
 
+// lockedBuffer collects a child's output: exec copies into it from its own
+// goroutine while the test reads it (the race detector caught a bare
+// bytes.Buffer here).
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
 // startServer runs `magestack netboot` in ns and waits for its HTTP side.
-func startServer(t *testing.T, ns netns.NsHandle, args ...string) *bytes.Buffer {
+func startServer(t *testing.T, ns netns.NsHandle, args ...string) *lockedBuffer {
 	t.Helper()
-	var out bytes.Buffer
-	cmd := exec.Command("ip", append([]string{"netns", "exec", nsName(t, ns), magestackBin, "netboot"}, args...)...)
-	cmd.Stdout, cmd.Stderr = &out, &out
+	out := &lockedBuffer{}
+	cmd := exec.Command("ip", append([]string{"netns", "exec", nsName(t, ns), buildMagestack(t), "netboot"}, args...)...)
+	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -139,7 +179,7 @@ func startServer(t *testing.T, ns netns.NsHandle, args ...string) *bytes.Buffer 
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		if _, err := get(client, "http://10.77.0.1:8080/status", ""); err == nil {
-			return &out
+			return out
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("netboot did not come up within 20s:\n%s", out.String())

@@ -83,7 +83,13 @@ func TestServesRoleImagesToHosts(t *testing.T) {
 	if err != nil || string(b) != web {
 		t.Fatalf("fetched web image: %d bytes, %v", len(b), err)
 	}
+	// The server logs from its own process: wait for the line rather than
+	// read whatever has arrived through the pipe so far.
 	log := out.String()
+	for deadline := time.Now().Add(5 * time.Second); !strings.Contains(log, "role image requested") && time.Now().Before(deadline); {
+		time.Sleep(50 * time.Millisecond)
+		log = out.String()
+	}
 	if !strings.Contains(log, "role image requested") || strings.Contains(log, "file=db.squashfs") {
 		t.Errorf("the server's log should show web requested and db never:\n%s", log)
 	}

@@ -75,7 +75,9 @@ func CleanName(name string) (string, error) {
 		}
 	}
 	clean := path.Clean(rel)
-	if clean == "." || strings.HasPrefix(clean, "../") {
+	// Only one leading slash is the ROM's: "//x" would still be absolute
+	// here (found by FuzzCleanName).
+	if clean == "." || strings.HasPrefix(clean, "../") || path.IsAbs(clean) {
 		return "", fmt.Errorf("bad file name %q", name)
 	}
 	return clean, nil

@@ -25,6 +25,8 @@ func TestCleanName(t *testing.T) {
 		{"..\\..\\x", "", false},
 		{"", "", false},
 		{"a\x00b", "", false},
+		{"//", "", false},
+		{"//etc/passwd", "", false},
 	} {
 		got, err := CleanName(tc.in)
 		if (err == nil) != tc.ok || got != tc.want {

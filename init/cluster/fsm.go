@@ -189,6 +189,19 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	if err != nil {
 		return fmt.Errorf("restore cluster snapshot: %w", err)
 	}
+	// Refuse entries no command could have produced (a corrupt or foreign
+	// snapshot) before touching the table: a member that restored them
+	// would disagree with those that applied the log.
+	for i, o := range snap.Owned {
+		if o.Instance == "" || o.Epoch == 0 {
+			return fmt.Errorf("restore cluster snapshot: owned[%d]: instance %q epoch %d: want a name and an epoch above 0", i, o.Instance, o.Epoch)
+		}
+	}
+	for i, s := range snap.Settings {
+		if s.Key == "" {
+			return fmt.Errorf("restore cluster snapshot: settings[%d]: no key", i)
+		}
+	}
 	f.mu.Lock()
 	f.owned = map[string]Ownership{}
 	for _, o := range snap.Owned {
@@ -197,6 +210,10 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	old := f.settings
 	f.settings = map[string]Setting{}
 	for _, s := range snap.Settings {
+		// An empty value is no setting, as when a command clears one.
+		if s.Value == "" {
+			continue
+		}
 		f.settings[s.Key] = s
 	}
 	f.mu.Unlock()
