@@ -28,9 +28,9 @@ import (
 	"magestack/init/reap"
 	"magestack/init/reconcile"
 	"magestack/init/stackfile"
-	"magestack/init/sysctl"
 	"magestack/init/stacksecret"
 	"magestack/init/supervise"
+	"magestack/init/sysctl"
 	"magestack/init/timeline"
 )
 

@@ -186,7 +186,10 @@ func (b *bootEnv) webTargets() ([]roleTarget, error) {
 		if in.Role != "web" {
 			continue
 		}
-		if t, _, err := b.runningInstance(in.Name); err == nil {
+		// One still starting may not have its root yet (nothing to exec
+		// there); it renders its flags from the recorded switches, and
+		// the cluster's follower checks it once it is ready.
+		if t, _, err := b.runningInstance(in.Name); err == nil && t.ready {
 			out = append(out, t)
 		}
 	}

@@ -73,8 +73,9 @@ func reloadFace(args []string, stdout, stderr io.Writer) int {
 
 // roleTarget is a running role instance on this host.
 type roleTarget struct {
-	inst stackfile.Instance
-	pid  int // role-init's host pid
+	inst  stackfile.Instance
+	pid   int // role-init's host pid
+	ready bool
 }
 
 // runningInstance finds a role instance this host runs now.
@@ -121,7 +122,7 @@ func (b *bootEnv) runningInstance(name string) (roleTarget, int, error) {
 	if us.PID == 0 || (us.State != supervise.StateReady && us.State != supervise.StateRunning) {
 		return roleTarget{}, http.StatusConflict, fmt.Errorf("instance %s is %s: it must be running", name, us.State)
 	}
-	return roleTarget{inst: *inst, pid: us.PID}, 0, nil
+	return roleTarget{inst: *inst, pid: us.PID, ready: us.State == supervise.StateReady}, 0, nil
 }
 
 // execIn runs argv inside the role through the host's reaper.

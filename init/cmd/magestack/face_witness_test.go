@@ -3,9 +3,9 @@ package main
 import (
 	"bufio"
 	"bytes"
-	"io"
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/exec"
