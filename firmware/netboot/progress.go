@@ -21,7 +21,14 @@ type HostProgress struct {
 	Last     string               `json:"last"`
 	Error    string               `json:"error,omitempty"`
 	Hardware map[string]any       `json:"hardware,omitempty"`
+
+	touched time.Time // last step or update, for evicting the stalest
 }
+
+// maxTracked bounds the live view: every DHCP client on the provisioning
+// LAN gets an entry (a stranger's too), so a flood of made-up MACs must not
+// grow the server without end.
+const maxTracked = 1024
 
 // Progress records each host's boot steps and prints them as they happen.
 type Progress struct {
@@ -40,11 +47,7 @@ func NewProgress(out io.Writer) *Progress {
 func (p *Progress) Step(mac, host, step, detail string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	h := p.hosts[mac]
-	if h == nil {
-		h = &HostProgress{MAC: mac, Steps: map[string]time.Time{}}
-		p.hosts[mac] = h
-	}
+	h := p.entryLocked(mac)
 	if host != "" {
 		h.Host = host
 	}
@@ -63,12 +66,29 @@ func (p *Progress) Step(mac, host, step, detail string) {
 func (p *Progress) Update(mac string, fn func(*HostProgress)) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	fn(p.entryLocked(mac))
+}
+
+// entryLocked is mac's record, made when missing. At maxTracked records the
+// stalest is dropped first, a machine the stack does not name before a
+// known host.
+func (p *Progress) entryLocked(mac string) *HostProgress {
 	h := p.hosts[mac]
 	if h == nil {
+		if len(p.hosts) >= maxTracked {
+			var victim *HostProgress
+			for _, c := range p.hosts {
+				if victim == nil || dropsBefore(c, victim) {
+					victim = c
+				}
+			}
+			delete(p.hosts, victim.MAC)
+		}
 		h = &HostProgress{MAC: mac, Steps: map[string]time.Time{}}
 		p.hosts[mac] = h
 	}
-	fn(h)
+	h.touched = p.now()
+	return h
 }
 
 // Snapshot returns every host's progress, sorted by host then MAC.
@@ -118,4 +138,13 @@ func WriteTable(w io.Writer, hosts []HostProgress) {
 		}
 		fmt.Fprintf(w, "%-8s %-17s %-15s %-8s %v\n", name, h.MAC, h.Addr, h.Firmware, steps)
 	}
+}
+
+// dropsBefore says a is evicted before b: a machine the stack does not name
+// before a known host, then the one not heard from for longer.
+func dropsBefore(a, b *HostProgress) bool {
+	if (a.Host == "") != (b.Host == "") {
+		return a.Host == ""
+	}
+	return a.touched.Before(b.touched)
 }
