@@ -18,6 +18,7 @@ import (
 
 	"magestack/images/manifest"
 	"magestack/init/bootreport"
+	"magestack/init/stackfile"
 )
 
 // maxReport bounds what a host may POST to /report.
@@ -70,6 +71,20 @@ func macFile(mac net.HardwareAddr) string {
 	return strings.ReplaceAll(mac.String(), ":", "-") + ".cpio"
 }
 
+// knownCaller is the stack file's host behind the request's address (this
+// server's leases, else the ARP table) and its MAC, or why there is none.
+func (s *Server) knownCaller(r *http.Request) (stackfile.Host, net.HardwareAddr, error) {
+	mac, err := net.ParseMAC(clientMAC(r, s))
+	if err != nil {
+		return stackfile.Host{}, nil, errors.New("no MAC known for the caller's address")
+	}
+	h, _, known := lookupMAC(s.stack, mac)
+	if !known {
+		return stackfile.Host{}, nil, fmt.Errorf("%s is not a host of the stack", mac)
+	}
+	return h, mac, nil
+}
+
 // serveSecret answers /secret/<mac>.cpio with the stack secret as a cpio
 // initrd, only to a host the stack file knows and only from the address
 // this server's DHCP gave that MAC. That binds the secret to a lease, not to
@@ -86,9 +101,12 @@ func (s *Server) serveSecret(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "want /secret/<mac>.cpio", http.StatusNotFound)
 		return
 	}
-	h, _, known := lookupMAC(s.stack, mac)
-	if !known || clientMAC(r, s) != mac.String() {
-		s.log.Warn("netboot: secret refused", "mac", mac.String(), "known", known, "from", r.RemoteAddr)
+	h, caller, err := s.knownCaller(r)
+	if err == nil && caller.String() != mac.String() {
+		err = fmt.Errorf("asks for %s's secret", mac)
+	}
+	if err != nil {
+		s.log.Warn("netboot: secret refused", "mac", mac.String(), "from", r.RemoteAddr, "err", err)
 		http.Error(w, "refused", http.StatusForbidden)
 		return
 	}
@@ -254,14 +272,7 @@ func (s *Server) serveRoleImage(w http.ResponseWriter, r *http.Request) {
 // by the MAC behind its address (this server's leases, else the ARP
 // table), which binds the file to the LAN's addressing, not to a machine.
 func (s *Server) serveStack(w http.ResponseWriter, r *http.Request) {
-	mac, err := net.ParseMAC(clientMAC(r, s))
-	if err == nil {
-		_, _, known := lookupMAC(s.stack, mac)
-		if !known {
-			err = errors.New("not a host of the stack")
-		}
-	}
-	if err != nil {
+	if _, _, err := s.knownCaller(r); err != nil {
 		s.log.Warn("netboot: stack file refused", "from", r.RemoteAddr, "err", err)
 		http.Error(w, "refused: the stack file is served to the stack's hosts only", http.StatusForbidden)
 		return

@@ -106,7 +106,21 @@ func (f *Firewall) Close() error {
 // Apply replaces the table inet magestack with rs in one netlink batch:
 // the kernel commits a batch entirely or not at all, so on any error the
 // previous table (or its absence) stays exactly as it was.
-func (f *Firewall) Apply(ctx context.Context, rs *Ruleset) (err error) {
+func (f *Firewall) Apply(ctx context.Context, rs *Ruleset) error {
+	return f.batch(ctx, func(c *nftables.Conn) error {
+		if err := queue(c, rs); err != nil {
+			return fmt.Errorf("firewall: build batch: %w", err)
+		}
+		if err := c.Flush(); err != nil {
+			return fmt.Errorf("firewall: apply table inet %s (previous ruleset kept)%s: %w", rs.TableOrDefault(), hint(err), err)
+		}
+		return nil
+	})
+}
+
+// batch runs one netlink batch on the kept connection under f.mu, and
+// drops the connection when the batch fails.
+func (f *Firewall) batch(ctx context.Context, run func(c *nftables.Conn) error) (err error) {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -117,35 +131,21 @@ func (f *Firewall) Apply(ctx context.Context, rs *Ruleset) (err error) {
 		return err
 	}
 	defer func() { f.release(err) }()
-	if err := queue(c, rs); err != nil {
-		return fmt.Errorf("firewall: build batch: %w", err)
-	}
-	if err := c.Flush(); err != nil {
-		return fmt.Errorf("firewall: apply table inet %s (previous ruleset kept)%s: %w", rs.TableOrDefault(), hint(err), err)
-	}
-	return nil
+	return run(c)
 }
 
 // RemoveTable deletes the inet table name, if it exists, in one batch
 // (add then delete, as Apply does, so a missing table is no error).
-func (f *Firewall) RemoveTable(ctx context.Context, name string) (err error) {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	c, err := f.conn()
-	if err != nil {
-		return err
-	}
-	defer func() { f.release(err) }()
-	t := &nftables.Table{Family: nftables.TableFamilyINet, Name: name}
-	c.AddTable(t)
-	c.DelTable(t)
-	if err := c.Flush(); err != nil {
-		return fmt.Errorf("firewall: remove table inet %s: %w", name, err)
-	}
-	return nil
+func (f *Firewall) RemoveTable(ctx context.Context, name string) error {
+	return f.batch(ctx, func(c *nftables.Conn) error {
+		t := &nftables.Table{Family: nftables.TableFamilyINet, Name: name}
+		c.AddTable(t)
+		c.DelTable(t)
+		if err := c.Flush(); err != nil {
+			return fmt.Errorf("firewall: remove table inet %s: %w", name, err)
+		}
+		return nil
+	})
 }
 
 // Read returns the live table decoded from the kernel.

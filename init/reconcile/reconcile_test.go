@@ -458,15 +458,8 @@ func TestPollSettings(t *testing.T) {
 }
 
 func TestPollSettingsEnforceSignedBy(t *testing.T) {
-	e, err := openpgp.NewEntity("ops", "", "ops@example.net", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var armored bytes.Buffer
-	w, _ := armor.Encode(&armored, openpgp.PublicKeyType, nil)
-	e.Serialize(w)
-	w.Close()
-	doc := base + "config:\n  signedby:\n    - |\n" + indentLines(armored.String(), "      ")
+	armored := armoredKey(t)
+	doc := base + "config:\n  signedby:\n    - |\n" + indentLines(armored, "      ")
 	s, err := stackfile.Parse("s.yaml", []byte(doc))
 	if err != nil {
 		t.Fatal(err)
@@ -483,6 +476,26 @@ func TestPollSettingsEnforceSignedBy(t *testing.T) {
 	if _, err := f.Fetch(context.Background(), src); !errors.Is(err, configsource.ErrUnsigned) {
 		t.Errorf("unsigned commit with config.signedby set: %v", err)
 	}
+}
+
+// armoredKey is a fresh OpenPGP public key, armored as config.signedby
+// takes it.
+func armoredKey(t *testing.T) string {
+	t.Helper()
+	e, err := openpgp.NewEntity("ops", "", "ops@example.net", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b bytes.Buffer
+	w, err := armor.Encode(&b, openpgp.PublicKeyType, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Serialize(w); err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+	return b.String()
 }
 
 func indentLines(s, prefix string) string {
@@ -541,15 +554,8 @@ func TestInstancesApplierTakesAddedAndRemoved(t *testing.T) {
 // revision, wherever it comes from: a forged file served at the config URL
 // (or an unsigned commit) falls back to the last good revision.
 func TestInitialBoundByLastGoodSigners(t *testing.T) {
-	e, err := openpgp.NewEntity("ops", "", "ops@example.net", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var armored bytes.Buffer
-	w, _ := armor.Encode(&armored, openpgp.PublicKeyType, nil)
-	e.Serialize(w)
-	w.Close()
-	signed := base + "config:\n  signedby:\n    - |\n" + indentLines(armored.String(), "      ")
+	armored := armoredKey(t)
+	signed := base + "config:\n  signedby:\n    - |\n" + indentLines(armored, "      ")
 	dir := t.TempDir()
 	store, err := configstore.Open(filepath.Join(dir, "store"))
 	if err != nil {

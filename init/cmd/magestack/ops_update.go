@@ -176,7 +176,7 @@ type roleFile struct {
 // renderedFiles are the files a fresh start of inst would write.
 func (b *bootEnv) renderedFiles(s *stackfile.Stack, inst stackfile.Instance) ([]roleFile, error) {
 	role := s.Roles[inst.Role]
-	image := services.ImageFor(inst.Role, role.Image, b.roleOptions().DefaultImage)
+	image := services.ImageFor(inst.Role, role.Image, b.testImage())
 	p, err := services.PayloadFor(image, inst.Role, role.Settings)
 	if err != nil {
 		return nil, err
