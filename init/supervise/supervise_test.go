@@ -598,12 +598,16 @@ func TestCgroupPlacementAndKill(t *testing.T) {
 	s := newSup(t, Options{})
 	// The shell ignores SIGTERM and starts a child in its own session, out
 	// of reach of a process-group kill: only the cgroup catches it.
-	script := "busybox setsid busybox sleep 1000 & trap '' TERM; while :; do busybox sleep 0.05; done"
+	// The marker says the trap is set: a SIGTERM before that would end the
+	// shell at once, and the exit would not be the grace's SIGKILL.
+	armed := filepath.Join(t.TempDir(), "armed")
+	script := "trap '' TERM; busybox setsid busybox sleep 1000 & : > " + armed + "; while :; do busybox sleep 0.05; done"
 	s.Add(Spec{Name: "grouped", Cgroup: cg, Command: sh(script), StopGrace: 300 * time.Millisecond,
 		Env:       []string{"PATH=/bin"},
 		AfterStop: func() error { return os.Remove(cg) }}) // needs the cgroup empty
 	s.Start(context.Background(), "grouped")
 	waitFor(t, "two processes in the cgroup", 20*time.Second, func() bool { return len(cgroupProcs(cg)) >= 2 })
+	waitFor(t, "trap set", 20*time.Second, func() bool { _, err := os.Stat(armed); return err == nil })
 	st := unitStatus(t, s, "grouped")
 	found := false
 	for _, p := range cgroupProcs(cg) {
@@ -675,9 +679,14 @@ func TestCgroupOOMReported(t *testing.T) {
 func TestStartDuringStopStartsAfresh(t *testing.T) {
 	needBusybox(t)
 	s := newSup(t, Options{})
-	s.Add(Spec{Name: "slowstop", Command: sh(`trap "sleep 0.3; exit 0" TERM; while :; do sleep 0.05; done`), StopGrace: 5 * time.Second})
+	// The unit is ready as soon as it runs, before the shell has set its
+	// trap: a SIGTERM in that window ends it at once and there is no
+	// "stopping" to see. The marker says the trap is set.
+	armed := filepath.Join(t.TempDir(), "armed")
+	s.Add(Spec{Name: "slowstop", Command: sh(`trap "sleep 0.3; exit 0" TERM; : > ` + armed + `; while :; do sleep 0.05; done`), StopGrace: 5 * time.Second})
 	s.Start(context.Background(), "slowstop")
 	waitFor(t, "ready", 10*time.Second, func() bool { return unitStatus(t, s, "slowstop").State == StateReady })
+	waitFor(t, "trap set", 10*time.Second, func() bool { _, err := os.Stat(armed); return err == nil })
 	old := unitStatus(t, s, "slowstop").PID
 	stopped := make(chan error, 1)
 	go func() { stopped <- s.Stop(context.Background(), "slowstop") }()
