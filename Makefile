@@ -29,7 +29,7 @@ kver = $$(cat $(KERNEL_VERSION_FILE))
 # dispatches to its -84 helpers for the kernel's in-tree DRBD 8.4).
 INITRAMFS_BINS ?= /usr/sbin/drbdsetup /usr/sbin/drbdmeta /usr/sbin/drbdadm \
 	/usr/lib/drbd/drbdsetup-84 /usr/lib/drbd/drbdadm-84 \
-	/usr/sbin/mke2fs /usr/sbin/e2fsck
+	/usr/sbin/mke2fs /usr/sbin/e2fsck /usr/sbin/resize2fs
 # drbdsetup/drbdadm exec their -84 helpers through PATH.
 INITRAMFS_LINKS ?= /usr/sbin/drbdsetup-84:../lib/drbd/drbdsetup-84 /usr/sbin/drbdadm-84:../lib/drbd/drbdadm-84
 # Test role image tree (images/cmd/mkimage busybox).
