@@ -63,6 +63,9 @@ type pairRigOptions struct {
 	// Cabled hosts have their LAN NIC on a qemu.Cable (tap tl-<host> on
 	// br0 still), whose loss and delay the test can set.
 	Cabled []string
+	// DataDisks gives each host a blank data disk: role volumes are DRBD
+	// resources replicated over the pair link.
+	DataDisks bool
 }
 
 func startPairRig(t *testing.T) *pairRig {
@@ -155,6 +158,16 @@ func startPairRigWith(t *testing.T, o pairRigOptions) *pairRig {
 		opts.NICs = []qemu.NIC{lan, {Tap: "tp-" + host, MAC: fmt.Sprintf("52:54:00:aa:02:0%d", i+1), ROM: "none"}}
 		if o.QEMUArgs != nil {
 			opts.ExtraArgs = append(opts.ExtraArgs, o.QEMUArgs(host)...)
+		}
+		if o.DataDisks {
+			data := filepath.Join(t.TempDir(), host+"-data.img")
+			if err := os.WriteFile(data, nil, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Truncate(data, 3<<30); err != nil {
+				t.Fatal(err)
+			}
+			opts.Drives = append(opts.Drives, qemu.Drive{File: data, Format: "raw"})
 		}
 		r.vms[host] = qemu.Start(t, opts)
 	}
@@ -269,13 +282,24 @@ func (p *prober) macs(since time.Time) []string {
 // TestFailoverPairLinkCutPlannedMoveHardwareLoss: cutting only the pair link
 // changes nothing; `magestack failover --to dh2` moves everything to dh2 on
 // purpose; then dh2's hardware is lost and dh1 takes everything back, the
-// website answering through the VIP from whichever host holds lb.
+// website answering through the VIP from whichever host holds lb. db1's
+// volume is replicated over the pair link (blank data disks, DRBD protocol
+// C): a synced write made on dh1 is on dh2 after the planned move, and one
+// made on dh2 is on dh1 after dh2's hardware is lost.
 func TestFailoverPairLinkCutPlannedMoveHardwareLoss(t *testing.T) {
 	qemu.Require(t)
 	// The hosts poll the stack file often: a change is applied below.
-	r := startPairRigWith(t, pairRigOptions{Stack: pairStackYAML + "config: {poll: 2s}\n"})
+	r := startPairRigWith(t, pairRigOptions{Stack: pairStackYAML + "config: {poll: 2s}\n", DataDisks: true})
 	start := time.Now()
 	r.prober.waitOK(t, start, pairMAC["dh1"], 2*time.Minute)
+	// db1 runs on dh1 by placement; its volume is mounted on the host at
+	// /run/magestack/volumes/db1 while dh1 is Primary.
+	vols := consoleRunUntil(t, r.vms["dh1"], "magestack volumes", `(?m)^db1\s.*Primary\s+UpToDate\s+UpToDate\s+Connected`, 2*time.Minute)
+	t.Logf("dh1 volumes:\n%s", vols)
+	if !strings.Contains(r.vms["dh1"].Console(), "volume: formatted volume=db1") {
+		t.Error("dh1 did not format db1's new volume")
+	}
+	consoleRun(t, r.vms["dh1"], "echo written-on-dh1 > /run/magestack/volumes/db1/order-1 && sync")
 
 	// Cut only the pair link: heartbeats still flow over the LAN.
 	if err := r.vms["dh1"].SetLink("net1", false); err != nil {
@@ -312,6 +336,13 @@ func TestFailoverPairLinkCutPlannedMoveHardwareLoss(t *testing.T) {
 	}
 	moved := r.prober.waitOK(t, planned, pairMAC["dh2"], 2*time.Minute)
 	t.Logf("planned move: website answered from dh2 %v after the command", moved.Sub(planned))
+	// db1 moved with its data: dh1 demoted, dh2 promoted without a check
+	// having anything to repair.
+	consoleRunUntil(t, r.vms["dh2"], "cat /run/magestack/volumes/db1/order-1 2>&1", `written-on-dh1`, 2*time.Minute)
+	if strings.Contains(r.vms["dh2"].Console(), "volume: filesystem repaired volume=db1") {
+		t.Error("the planned move needed a filesystem repair of db1")
+	}
+	consoleRun(t, r.vms["dh2"], "echo written-on-dh2 > /run/magestack/volumes/db1/order-2 && sync")
 
 	// A new revision of the stack file: a second web instance and web's
 	// memory limit. The cluster places web2 where the stack file says
@@ -332,6 +363,9 @@ func TestFailoverPairLinkCutPlannedMoveHardwareLoss(t *testing.T) {
 	r.vms["dh2"].Kill()
 	back := r.prober.waitOK(t, lost, pairMAC["dh1"], 3*time.Minute)
 	t.Logf("website answered again from dh1 %v after dh2 was lost", back.Sub(lost))
+	// The write dh2 synced before it died is on dh1's copy.
+	consoleRunUntil(t, r.vms["dh1"], "cat /run/magestack/volumes/db1/order-2 2>&1", `written-on-dh2`, 2*time.Minute)
+	t.Logf("dh1 volumes after the loss:\n%s", consoleRun(t, r.vms["dh1"], "magestack volumes"))
 	// The raft leader decides: dh1 itself, or the witness.
 	decided := regexp.MustCompile(`failover: moving instances.*from=dh2 to=dh1`)
 	if !decided.MatchString(r.vms["dh1"].Console()) && !decided.MatchString(r.witness.String()) {

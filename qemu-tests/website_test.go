@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -80,6 +81,21 @@ func TestWebsiteEndToEnd(t *testing.T) {
 	}
 	if certs := resp.TLS.PeerCertificates; len(certs) == 0 || !key.PublicKey.Equal(certs[0].PublicKey) {
 		t.Errorf("the certificate on 443 is not the one derived from the stack secret")
+	}
+	// db1's and acc1's data are DRBD volumes on the data disk (a single
+	// host: Primary, unreplicated), and db1's rows outlive its restart.
+	vols := consoleRun(t, vm, "magestack volumes")
+	t.Logf("magestack volumes:\n%s", vols)
+	for _, name := range []string{"db1", "acc1"} {
+		if !regexp.MustCompile(`(?m)^` + name + `\s+1\.00G\s+\S+\s+Primary\s+UpToDate\s+\S+\s+unreplicated`).MatchString(vols) {
+			t.Errorf("%s is not a Primary, UpToDate volume:\n%s", name, vols)
+		}
+	}
+	consoleRun(t, vm, "magestack restart db1")
+	third := waitBody(t, base+"?check=1", "db check ok", 3*time.Minute)
+	// Rows 1-3 came from the checks above (http twice, https once).
+	if !strings.Contains(third, "row=4 ") {
+		t.Errorf("after restarting db1 the next row is not row 4 (data lost?): %q", third)
 	}
 	if strings.Contains(vm.Console(), "image refused") {
 		t.Errorf("an image failed verification:\n%s", vm.Console())

@@ -71,9 +71,23 @@ type Options struct {
 	// each environment is described (services/render: configuration files
 	// of the real images). nil: the payload as the image defines it.
 	Render func(p services.Payload, stack *stackfile.Stack, inst stackfile.Instance) (services.Payload, error)
+	// Volumes brings an instance's data volume up at VolumeRoot/<instance>
+	// before each start and releases it after each stop; nil: the volume is
+	// a plain directory there.
+	Volumes Volumes
 	// NoSeccomp and the limits switch are for hosts that lack the facility.
 	NoSeccomp bool
 	NoLimits  bool // create cgroups without cpu/memory/pids limits
+}
+
+// Volumes mounts instances' data volumes on the host (init/volume: DRBD
+// on the data disk).
+type Volumes interface {
+	// Up mounts the instance's volume at VolumeRoot/<instance>; managed
+	// false says the instance has none here and gets a plain directory.
+	Up(ctx context.Context, instance string) (managed bool, err error)
+	// Down unmounts it and lets the peer take it.
+	Down(ctx context.Context, instance string) error
 }
 
 func (o Options) withDefaults() Options {
@@ -309,10 +323,8 @@ func (e *Env) prepare() (*syscall.SysProcAttr, error) {
 			return nil, fmt.Errorf("role %s: %w", e.inst.Name, err)
 		}
 	}
-	if e.spec.Volume != "" {
-		if err := os.MkdirAll(e.spec.Volume, 0o755); err != nil {
-			return nil, fmt.Errorf("role %s: volume: %w", e.inst.Name, err)
-		}
+	if err := e.volumeUp(); err != nil {
+		return nil, err
 	}
 	// The image is looked up again at each start: images fetched after the
 	// role was set up (a slow image server) are used by the next attempt.
@@ -451,6 +463,29 @@ func pinMAC(h *netlink.Handle, port netlink.Link, mac net.HardwareAddr) error {
 	return nil
 }
 
+// volumeUp mounts the instance's data volume, or makes its directory when
+// it has no managed volume.
+func (e *Env) volumeUp() error {
+	if e.spec.Volume == "" {
+		return nil
+	}
+	if e.opts.Volumes != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+		managed, err := e.opts.Volumes.Up(ctx, e.inst.Name)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("role %s: volume: %w", e.inst.Name, err)
+		}
+		if managed {
+			return nil
+		}
+	}
+	if err := os.MkdirAll(e.spec.Volume, 0o755); err != nil {
+		return fmt.Errorf("role %s: volume: %w", e.inst.Name, err)
+	}
+	return nil
+}
+
 // cleanup removes what a run leaves on the host: the veth (its role end
 // died with the namespace, or is still here if the start failed), the
 // cgroup tree and the scratch state. Volume and logs stay.
@@ -483,6 +518,15 @@ func (e *Env) cleanup() error {
 	// side is an empty directory and the spec file.
 	if err := os.RemoveAll(e.dir); err != nil && !errors.Is(err, os.ErrNotExist) {
 		errs = append(errs, err)
+	}
+	// Last: the volume is busy until every process of the role is gone.
+	if e.spec.Volume != "" && e.opts.Volumes != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		err := e.opts.Volumes.Down(ctx, e.inst.Name)
+		cancel()
+		if err != nil {
+			errs = append(errs, err)
+		}
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("role %s: cleanup: %w", e.inst.Name, err)

@@ -284,6 +284,11 @@ func (m *Manager) Promote(ctx context.Context, s Spec) error {
 			if err != nil {
 				return fmt.Errorf("volume %s: %w", s.Name, err)
 			}
+			if never && s.Peer != nil && st.Connection != "Connected" {
+				// A new pair boots together: waiting a little for the peer
+				// spares a full initial sync of blocks never written.
+				st = m.awaitPeer(ctx, s, firstPeerWait)
+			}
 			if !never || st.PeerDisk == "UpToDate" {
 				return fmt.Errorf("volume %s: this host's copy is %s (peer's %s, link %s): promoting it could serve old data; wait for the resync or for the peer",
 					s.Name, st.Disk, st.PeerDisk, st.Connection)
@@ -317,6 +322,24 @@ func (m *Manager) Promote(ctx context.Context, s Spec) error {
 		m.log.Info("volume: formatted", "volume", s.Name)
 	}
 	return m.mount(ctx, s)
+}
+
+// firstPeerWait bounds how long a new volume's first Primary waits for its
+// new peer before going ahead alone (the peer then syncs in full).
+const firstPeerWait = 90 * time.Second
+
+// awaitPeer polls until the volume is connected or the bound passes, and
+// returns the last state seen.
+func (m *Manager) awaitPeer(ctx context.Context, s Spec, limit time.Duration) State {
+	m.log.Info("volume: new; waiting for the new peer to skip the initial sync", "volume", s.Name, "peer", s.Peer.Remote, "limit", limit)
+	deadline := time.Now().Add(limit)
+	for {
+		st, _, err := m.state(s.Minor)
+		if err == nil && st.Connection == "Connected" || time.Now().After(deadline) || ctx.Err() != nil {
+			return st
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
 }
 
 func (m *Manager) mount(ctx context.Context, s Spec) error {

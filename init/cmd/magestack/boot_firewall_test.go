@@ -9,7 +9,8 @@ import (
 )
 
 // TestHostViewRoleForbidden: the provisioning servers reach the firewall
-// on paired and single hosts alike.
+// on paired and single hosts alike; a paired host opens its cluster and
+// volume replication ports to its peers.
 func TestHostViewRoleForbidden(t *testing.T) {
 	servers := []netip.Prefix{netip.MustParsePrefix("10.0.2.2/32")}
 	single := stackfile.Default()
@@ -23,7 +24,12 @@ func TestHostViewRoleForbidden(t *testing.T) {
 		{Name: "dh2", Address: netip.MustParsePrefix("192.0.2.12/24"), Pair: "dh1"},
 	}
 	v = hostView(pair, "dh1", servers)
-	if !slices.Equal(v.RoleForbidden, servers) || len(v.ClusterPorts) != 3 {
+	var ports []uint16
+	for _, p := range v.ClusterPorts {
+		ports = append(ports, p.Port)
+	}
+	// raft, heartbeats, cluster RPC, and db1's and acc1's DRBD ports.
+	if !slices.Equal(v.RoleForbidden, servers) || !slices.Equal(ports, []uint16{7700, 7701, 7702, 7840, 7860}) {
 		t.Fatalf("paired host: %+v", v)
 	}
 }

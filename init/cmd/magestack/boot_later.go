@@ -32,6 +32,7 @@ import (
 	"magestack/init/roleenv"
 	"magestack/init/stackfile"
 	"magestack/init/supervise"
+	"magestack/init/volume"
 	"magestack/init/vpn"
 	"magestack/services"
 	"magestack/services/render"
@@ -96,6 +97,7 @@ func (b *bootEnv) apiStep(ctx context.Context) error {
 	}
 	srv := api.NewServer(api.Options{Timeline: b.TimelineSnapshot, Log: b.log})
 	srv.AddStatus("secrets", b.secretStatus)
+	srv.AddStatus("volumes", b.volumeStatuses)
 	srv.AddStatus("network", func(context.Context) (any, error) {
 		if n := b.Network(); n != nil {
 			return n.Snapshot(), nil
@@ -176,6 +178,13 @@ func hostView(st *stackfile.Stack, host string, servers []netip.Prefix) firewall
 		{Proto: "udp", Port: clusterconf.HeartbeatPort, Name: "heartbeat"},
 		{Proto: "tcp", Port: failover.RPCPort, Name: "cluster-rpc"},
 	}
+	// Each volume's DRBD replication port; the plan's secrets play no part.
+	noSecret := func(string) (string, error) { return "-", nil }
+	if plan, err := volume.PlanFor(st, host, volumePaths(), noSecret); err == nil {
+		for _, p := range plan.Ports() {
+			v.ClusterPorts = append(v.ClusterPorts, services.Port{Proto: "tcp", Port: p, Name: "drbd"})
+		}
+	}
 	if h.PairLink != nil {
 		if name, err := linkByMAC(h.PairLink.MAC); err == nil {
 			v.PairIfaces = []string{name}
@@ -255,8 +264,8 @@ func (b *bootEnv) imagesStep(ctx context.Context) error {
 // from the stack secret).
 func (b *bootEnv) roleOptions() roleenv.Options {
 	opts := roleenv.Options{DefaultImage: b.testImage()}
-	if isMountPoint(stateDir) {
-		opts.VolumeRoot = filepath.Join(stateDir, "volumes")
+	if v := b.volumes(); v != nil {
+		opts.Volumes = v
 	}
 	opts.Render = render.FuncWith(render.Options{Secrets: secretsOf{b}, Maintenance: b.maintenanceOn})
 	b.mu.Lock()
@@ -306,6 +315,13 @@ func (b *bootEnv) rolesStep(ctx context.Context) error {
 		if srv != nil {
 			srv.SetUnits(sup, opts.ServiceSocket)
 		}
+		// Registered first, so it runs after the roles stopped.
+		b.shutdown.OnShutdown("volumes", 30*time.Second, func(ctx context.Context) error {
+			if v := b.volumes(); v != nil {
+				return v.releaseAll(ctx)
+			}
+			return nil
+		})
 		b.shutdown.OnShutdown("roles", roleenv.StopGrace+30*time.Second, func(ctx context.Context) error {
 			b.mu.Lock()
 			m := b.cluster
@@ -328,6 +344,10 @@ func (b *bootEnv) rolesStep(ctx context.Context) error {
 			return err
 		}
 		host = st.Hosts[0].Name
+	}
+	if err := b.ensureVolumes(ctx, st, host); err != nil {
+		// Instances whose volume is ready start; the others say why.
+		b.log.Error("roles: some volumes are not ready", "err", err)
 	}
 	opts := b.roleOptions()
 	b.overlayUp(st, host)

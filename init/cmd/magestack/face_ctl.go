@@ -177,6 +177,13 @@ func writeStatusTable(w io.Writer, st *api.StatusReply) {
 			fmt.Fprintf(w, "\nstack secret: id %s (%s)\n", sec.ID, sec.Source)
 		}
 	}
+	if raw, ok := st.Sections["volumes"]; ok && string(raw) != "null" {
+		var vols []volumeStatus
+		if err := json.Unmarshal(raw, &vols); err == nil && len(vols) > 0 {
+			fmt.Fprintln(w)
+			writeVolumes(w, vols)
+		}
+	}
 	if raw, ok := st.Sections["cluster"]; ok && string(raw) != "null" {
 		var c clusterStatus
 		if err := json.Unmarshal(raw, &c); err == nil {

@@ -74,6 +74,9 @@ type bootEnv struct {
 	// the secrets step; the zero Secret before).
 	secret       stacksecret.Secret
 	secretSource stacksecret.Source
+	// vols are the role volumes on the data disk (nil without one; see
+	// volumes()).
+	vols *hostVolumes
 }
 
 // Stack is the stack in force: the revision the reconciler runs once the

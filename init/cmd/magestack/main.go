@@ -34,6 +34,7 @@ func faces() []face {
 		{"restart", "restart a unit (also revives a failed one): <role>[/<service>]", restartMain},
 		{"logs", "a unit's recent log lines: <role>[/<service>] [-f] [-n LINES]", logsMain},
 		{"boot", "the boot timeline [-o json]", bootMain},
+		{"volumes", "role data volumes: size, use, DRBD role, disk and link state, resync progress [-o json]", volumesMain},
 		{"firewall", "the live nftables policy: show | check | allow add|remove PREFIX...", firewallMain},
 		{"secrets", "the stack secret every password, certificate and key derives from: init -o FILE | id FILE", secretsMain},
 		{"vpn", "management VPN: add-peer NAME prints a client config", vpnMain},

@@ -1,0 +1,129 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"text/tabwriter"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"magestack/init/api"
+	"magestack/init/volume"
+)
+
+// volumeStatus is one volume as `magestack volumes` and the status
+// section "volumes" show it.
+type volumeStatus struct {
+	Name   string `json:"name"`
+	Size   int64  `json:"size"`
+	Used   int64  `json:"used,omitempty"` // bytes in use; only where mounted (Primary)
+	Device string `json:"device"`
+	Peer   string `json:"peer,omitempty"` // replication peer address; "" unreplicated
+	Error  string `json:"error,omitempty"`
+	volume.State
+}
+
+// volumeStatuses is the "volumes" status section: the plan joined with
+// what the kernel says.
+func (b *bootEnv) volumeStatuses(context.Context) (any, error) {
+	v := b.volumes()
+	if v == nil {
+		return nil, nil
+	}
+	var out []volumeStatus
+	for _, s := range v.Plan().Specs {
+		vs := volumeStatus{Name: s.Name, Size: s.Size, Device: s.Device()}
+		if s.Peer != nil {
+			vs.Peer = s.Peer.Remote.String()
+		}
+		st, known, err := v.mgr.State(s.Minor)
+		switch {
+		case err != nil:
+			vs.Error = err.Error()
+		case !known:
+			vs.Error = "not set up (see the log)"
+		default:
+			vs.State = st
+		}
+		var fs unix.Statfs_t
+		if st.Role == "Primary" && unix.Statfs(s.Mount, &fs) == nil {
+			vs.Used = int64(fs.Blocks-fs.Bfree) * fs.Bsize
+		}
+		out = append(out, vs)
+	}
+	return out, nil
+}
+
+func volumesMain(args []string) int { return ctlVolumes(args, os.Stdout, os.Stderr) }
+
+func ctlVolumes(args []string, stdout, stderr io.Writer) int {
+	c := newCtlFlags("volumes", "[-o json] [--socket PATH]", stderr, true)
+	pos, err := c.parse(args)
+	if err == nil && len(pos) > 0 {
+		err = fmt.Errorf("unexpected argument %q", pos[0])
+	}
+	if err != nil {
+		return usageError(c, stderr, err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	st, err := api.NewClient(*c.socket).Status(ctx)
+	if err != nil {
+		return apiError(stderr, "volumes", err)
+	}
+	var vols []volumeStatus
+	if raw, ok := st.Sections["volumes"]; ok {
+		if err := json.Unmarshal(raw, &vols); err != nil {
+			fmt.Fprintf(stderr, "magestack volumes: %v\n", err)
+			return 1
+		}
+	}
+	if c.json() {
+		if vols == nil {
+			vols = []volumeStatus{}
+		}
+		writeJSON(stdout, vols)
+		return 0
+	}
+	if len(vols) == 0 {
+		fmt.Fprintln(stdout, "no volumes on this host (no data disk, or no role with a volume)")
+		return 0
+	}
+	writeVolumes(stdout, vols)
+	return 0
+}
+
+// writeVolumes prints the volumes table: size and use, DRBD role and
+// disk state on both sides, the link, and a running resync's progress.
+func writeVolumes(w io.Writer, vols []volumeStatus) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "VOLUME\tSIZE\tUSED\tROLE\tDISK\tPEER-DISK\tLINK\tSYNC")
+	for _, v := range vols {
+		used := "-"
+		if v.Used > 0 {
+			used = formatBytes(uint64(v.Used))
+		}
+		sync := "-"
+		if v.Syncing() {
+			sync = fmt.Sprintf("%.1f%% eta %s", v.Synced, orDash(v.Finish))
+		} else if v.OutOfSync > 0 && v.Peer != "" {
+			sync = fmt.Sprintf("%s out of sync", formatBytes(uint64(v.OutOfSync)<<10))
+		}
+		link := orDash(v.Connection)
+		if v.Peer == "" && v.Error == "" {
+			link = "unreplicated"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", v.Name, formatBytes(uint64(v.Size)), used,
+			orDash(v.Role), orDash(v.Disk), orDash(v.PeerDisk), link, sync)
+	}
+	tw.Flush()
+	for _, v := range vols {
+		if v.Error != "" {
+			fmt.Fprintf(w, "%s: %s\n", v.Name, v.Error)
+		}
+	}
+}
