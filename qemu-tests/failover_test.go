@@ -338,7 +338,7 @@ func TestFailoverPairLinkCutPlannedMoveHardwareLoss(t *testing.T) {
 	t.Logf("planned move: website answered from dh2 %v after the command", moved.Sub(planned))
 	// db1 moved with its data: dh1 demoted, dh2 promoted without a check
 	// having anything to repair.
-	consoleRunUntil(t, r.vms["dh2"], "cat /run/magestack/volumes/db1/order-1 2>&1", `written-on-dh1`, 2*time.Minute)
+	consoleRunUntil(t, r.vms["dh2"], "cat /run/magestack/volumes/db1/order-1 2>&1; true", `written-on-dh1`, 2*time.Minute)
 	if strings.Contains(r.vms["dh2"].Console(), "volume: filesystem repaired volume=db1") {
 		t.Error("the planned move needed a filesystem repair of db1")
 	}
@@ -364,7 +364,7 @@ func TestFailoverPairLinkCutPlannedMoveHardwareLoss(t *testing.T) {
 	back := r.prober.waitOK(t, lost, pairMAC["dh1"], 3*time.Minute)
 	t.Logf("website answered again from dh1 %v after dh2 was lost", back.Sub(lost))
 	// The write dh2 synced before it died is on dh1's copy.
-	consoleRunUntil(t, r.vms["dh1"], "cat /run/magestack/volumes/db1/order-2 2>&1", `written-on-dh2`, 2*time.Minute)
+	consoleRunUntil(t, r.vms["dh1"], "cat /run/magestack/volumes/db1/order-2 2>&1; true", `written-on-dh2`, 2*time.Minute)
 	t.Logf("dh1 volumes after the loss:\n%s", consoleRun(t, r.vms["dh1"], "magestack volumes"))
 	// The raft leader decides: dh1 itself, or the witness.
 	decided := regexp.MustCompile(`failover: moving instances.*from=dh2 to=dh1`)

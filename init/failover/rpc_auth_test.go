@@ -65,6 +65,12 @@ func TestCheckSetting(t *testing.T) {
 		{"stack/instances", `[{"name":"web1","host":"dh1"}] []`, false},
 		{"stack/instances", `[` + strings.Repeat(`{"name":"web1","host":"dh1"},`, 2000) + `{"name":"web2","host":"dh1"}]`, false},
 		{"stack/other", "x", false},
+		{"volume-outdated/db1", "dh2", true},
+		{"volume-outdated/db1", "", true},
+		{"volume-outdated/db1", "dh9", false},
+		{"volume-outdated/db1", "dh2\n", false},
+		{"volume-outdated/../db1", "dh2", false},
+		{"volume-outdated/", "dh2", false},
 		{"", "", false},
 		{strings.Repeat("maintenance/", 30), "on", false},
 	} {

@@ -23,6 +23,11 @@ const (
 	MaintenancePrefix = "maintenance/"
 	// MaintenanceOn is the value of a switched-on maintenance setting.
 	MaintenanceOn = "on"
+	// OutdatedPrefix, followed by an instance name, records whose copy of
+	// the instance's volume is outdated: the host named in the value, which
+	// the owner wrote without (DRBD resource-level fencing). That host may
+	// not promote its copy; "" clears it once the copies are in sync.
+	OutdatedPrefix = "volume-outdated/"
 )
 
 // Bounds of a setting.
@@ -66,9 +71,24 @@ func CheckSetting(st *stackfile.Stack, key, value string, now time.Time) error {
 	case key == InstancesKey:
 		_, err := ParseInstances(st, value)
 		return err
+	case strings.HasPrefix(key, OutdatedPrefix):
+		return checkOutdated(st, key, value)
 	}
-	return fmt.Errorf("%w: unknown key %q (known: %s<group>/<name>, %s<host>, %s)",
-		ErrBadSetting, key, MaintenancePrefix, lastMoveKey, InstancesKey)
+	return fmt.Errorf("%w: unknown key %q (known: %s<group>/<name>, %s<host>, %s, %s<instance>)",
+		ErrBadSetting, key, MaintenancePrefix, lastMoveKey, InstancesKey, OutdatedPrefix)
+}
+
+func checkOutdated(st *stackfile.Stack, key, value string) error {
+	if inst := strings.TrimPrefix(key, OutdatedPrefix); !instanceRE.MatchString(inst) {
+		return fmt.Errorf("%w: %q: want %s<instance>", ErrBadSetting, key, OutdatedPrefix)
+	}
+	if value == "" {
+		return nil
+	}
+	if _, _, ok := st.HostByName(value); !hostRE.MatchString(value) || !ok {
+		return fmt.Errorf("%w: %s: %q is not a host of stack %s", ErrBadSetting, key, value, st.Name)
+	}
+	return nil
 }
 
 func checkMaintenance(key, value string) error {

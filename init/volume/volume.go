@@ -137,6 +137,14 @@ func (m *Manager) Ensure(ctx context.Context, s Spec) error {
 			return fmt.Errorf("volume %s: attach %s: %w", s.Name, dev, err)
 		}
 	}
+	if s.Peer != nil {
+		// Resource-level fencing: when the link breaks, a Primary freezes
+		// its writes and calls the fence-peer handler, which resumes them
+		// only once the cluster has recorded the peer's copy as outdated.
+		if _, err := drbdsetup(ctx, "disk-options", fmt.Sprint(s.Minor), "--fencing=resource-and-stonith"); err != nil {
+			return fmt.Errorf("volume %s: fencing: %w", s.Name, err)
+		}
+	}
 	switch {
 	case s.Peer != nil && st.Connection == "StandAlone":
 		if err := m.connect(ctx, s); err != nil {

@@ -189,6 +189,9 @@ type clusterHooks struct {
 	OnSetting func(cluster.Setting)
 	// OnStarted is told of each instance this host started, once ready.
 	OnStarted func(instance string)
+	// BeforeRun gets the member before its controller starts any
+	// instance.
+	BeforeRun func(m *clusterMember)
 }
 
 // startCluster joins the cluster and runs the failover controller, which
@@ -311,6 +314,9 @@ func startCluster(ctx context.Context, log *slog.Logger, st *stackfile.Stack, ho
 		}()
 	} else {
 		log.Warn("cluster: no hardware watchdog; a hung PID 1 is not reset", "err", err)
+	}
+	if hooks.BeforeRun != nil {
+		hooks.BeforeRun(m)
 	}
 	go m.hb.Run(ctx)
 	go func() {

@@ -98,6 +98,7 @@ func (b *bootEnv) apiStep(ctx context.Context) error {
 	srv := api.NewServer(api.Options{Timeline: b.TimelineSnapshot, Log: b.log})
 	srv.AddStatus("secrets", b.secretStatus)
 	srv.AddStatus("volumes", b.volumeStatuses)
+	srv.Handle("POST /v1/volumes/event", http.HandlerFunc(b.serveVolumeEvent))
 	srv.AddStatus("network", func(context.Context) (any, error) {
 		if n := b.Network(); n != nil {
 			return n.Snapshot(), nil
@@ -400,7 +401,12 @@ func (b *bootEnv) clusterRoles(ctx context.Context, st *stackfile.Stack, host st
 			default:
 			}
 		}
-		hooks := clusterHooks{OnSetting: func(cluster.Setting) { poke() }, OnStarted: func(string) { poke() }}
+		hooks := clusterHooks{OnSetting: func(cluster.Setting) { poke() }, OnStarted: func(string) { poke() },
+			BeforeRun: func(m *clusterMember) {
+				if v := b.volumes(); v != nil {
+					v.setFence(clusterVolumeFence(m, host))
+				}
+			}}
 		creds, err := b.clusterCredentials(host)
 		if err != nil {
 			return err

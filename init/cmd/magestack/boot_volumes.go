@@ -2,12 +2,19 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
+	"io"
 	"log/slog"
+	"net/http"
+	"os"
 	"path/filepath"
 	"sync"
 	"time"
 
+	"magestack/init/api"
+	"magestack/init/failover"
 	"magestack/init/pid1"
 
 	"magestack/init/roleenv"
@@ -24,6 +31,21 @@ type hostVolumes struct {
 	mu       sync.Mutex
 	plan     volume.Plan
 	watching bool
+	// fence answers for the cluster: whose copies are outdated.
+	fence volumeFence
+}
+
+// volumeFence is what volumes need of the cluster; nil functions on a
+// host without a pair.
+type volumeFence struct {
+	host string
+	// outdated returns the host whose copy of the instance's volume the
+	// cluster records as outdated, and since when ("" for none).
+	outdated func(instance string) (string, time.Time)
+	// record sets (host) or clears ("") that record.
+	record func(ctx context.Context, instance, host string) error
+	// owner is the instance's owner in the ownership table.
+	owner func(instance string) string
 }
 
 func (v *hostVolumes) spec(instance string) (volume.Spec, bool) {
@@ -36,6 +58,15 @@ func (v *hostVolumes) Up(ctx context.Context, instance string) (bool, error) {
 	s, ok := v.spec(instance)
 	if !ok {
 		return false, nil
+	}
+	f := v.fenceHooks()
+	if f.outdated != nil {
+		if who, since := f.outdated(instance); who == f.host {
+			// DRBD alone would promote it: it does not know the owner
+			// went on writing without this copy.
+			return true, fmt.Errorf("volume %s: this host's copy is outdated: its peer went on writing without it (recorded %s); it is not promoted. Bring the peer back: this copy resyncs and the instance starts",
+				instance, since.UTC().Format(time.RFC3339))
+		}
 	}
 	return true, v.mgr.Promote(ctx, s)
 }
@@ -53,6 +84,45 @@ func (v *hostVolumes) Plan() volume.Plan {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	return v.plan
+}
+
+func (v *hostVolumes) setFence(f volumeFence) {
+	v.mu.Lock()
+	v.fence = f
+	v.mu.Unlock()
+}
+
+func (v *hostVolumes) fenceHooks() volumeFence {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.fence
+}
+
+// clusterVolumeFence keeps the volumes' outdated records in the cluster's
+// settings, replicated by raft like the ownership table.
+func clusterVolumeFence(m *clusterMember, host string) volumeFence {
+	return volumeFence{
+		host: host,
+		outdated: func(instance string) (string, time.Time) {
+			s, ok := m.node.Setting(failover.OutdatedPrefix + instance)
+			if !ok {
+				return "", time.Time{}
+			}
+			return s.Value, s.Since
+		},
+		record: func(ctx context.Context, instance, outdated string) error {
+			_, err := m.ctl.SubmitSetting(ctx, failover.OutdatedPrefix+instance, outdated, m.node.LeaderAddr())
+			return err
+		},
+		owner: func(instance string) string {
+			for _, o := range m.node.Table() {
+				if o.Instance == instance {
+					return o.Owner
+				}
+			}
+			return ""
+		},
+	}
 }
 
 // releaseAll takes every volume down (shutdown).
@@ -106,6 +176,13 @@ func (b *bootEnv) ensureVolumes(ctx context.Context, st *stackfile.Stack, host s
 	if err := b.loadModule(ctx, "drbd"); err != nil {
 		return err
 	}
+	if plan.Ports() != nil {
+		if err := setDRBDHandler(); err != nil {
+			// Without the handler a Primary that loses its peer keeps its
+			// writes frozen: safe, and said.
+			b.log.Error("volumes: DRBD's fence-peer handler is not in place", "err", err)
+		}
+	}
 	// DRBD binds the pair-link address to listen; the cluster step would
 	// put it there later.
 	if h, _, ok := st.HostByName(host); ok && h.PairLink != nil {
@@ -147,6 +224,7 @@ func (v *hostVolumes) watch(ctx context.Context, log *slog.Logger) {
 			return
 		case <-tick.C:
 		}
+		f := v.fenceHooks()
 		for _, s := range v.Plan().Specs {
 			st, known, err := v.mgr.State(s.Minor)
 			if err != nil || !known {
@@ -162,6 +240,20 @@ func (v *hostVolumes) watch(ctx context.Context, log *slog.Logger) {
 					log.Info("volume: resync done", "volume", s.Name, "disk", st.Disk+"/"+st.PeerDisk)
 				}
 			}
+			// Both copies are connected and UpToDate: a record that one of
+			// them is outdated is obsolete, whichever host sees it first
+			// (after a planned move neither may be Primary).
+			if f.outdated != nil && st.Connection == "Connected" && st.Disk == "UpToDate" && st.PeerDisk == "UpToDate" {
+				if who, _ := f.outdated(s.Name); who != "" {
+					cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+					if err := f.record(cctx, s.Name, ""); err != nil {
+						log.Warn("volume: the peer is in sync again, but the cluster did not take it", "volume", s.Name, "err", err)
+					} else {
+						log.Info("volume: both copies are in sync again; outdated record cleared", "volume", s.Name, "was", who)
+					}
+					cancel()
+				}
+			}
 			if s.Peer != nil && st.Connection == "StandAlone" && time.Since(lastTry[s.Name]) > 10*time.Second {
 				lastTry[s.Name] = time.Now()
 				cctx, cancel := context.WithTimeout(ctx, time.Minute)
@@ -172,4 +264,96 @@ func (v *hostVolumes) watch(ctx context.Context, log *slog.Logger) {
 			}
 		}
 	}
+}
+
+// setDRBDHandler makes the kernel's DRBD module run this binary's
+// drbd-handler face for its events (fence-peer, split-brain).
+func setDRBDHandler() error {
+	exe, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(drbdHandlerLink), 0o755); err != nil {
+		return err
+	}
+	os.Remove(drbdHandlerLink)
+	if err := os.Symlink(exe, drbdHandlerLink); err != nil {
+		return err
+	}
+	return os.WriteFile("/sys/module/drbd/parameters/usermode_helper", []byte(drbdHandlerLink), 0)
+}
+
+// serveVolumeEvent takes the DRBD handler's events. fence-peer: this host
+// is Primary and lost its peer; its writes are frozen until the cluster
+// records the peer's copy as outdated, which only the instance's owner
+// may do (a host that lost the instance must not mark the new owner's
+// copy stale). The answer's status is the handler's verdict.
+func (b *bootEnv) serveVolumeEvent(w http.ResponseWriter, r *http.Request) {
+	var req volumeEventRequest
+	dec := json.NewDecoder(io.LimitReader(r.Body, 1024))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		api.WriteError(w, http.StatusBadRequest, "bad volume event: "+err.Error())
+		return
+	}
+	v := b.volumes()
+	var spec volume.Spec
+	found := false
+	if v != nil {
+		for _, s := range v.Plan().Specs {
+			if s.Minor == req.Minor || (req.Resource != "" && s.Resource() == req.Resource) {
+				spec, found = s, true
+			}
+		}
+	}
+	if !found {
+		api.WriteError(w, http.StatusNotFound, fmt.Sprintf("no volume %q (minor %d) here", req.Resource, req.Minor))
+		return
+	}
+	switch req.Event {
+	case "fence-peer":
+	case "split-brain", "pri-lost-after-sb":
+		b.log.Error("volume: split brain: both copies wrote without the other; DRBD keeps both and stays disconnected",
+			"volume", spec.Name, "event", req.Event, "see", "docs/operations.md: split brain")
+		api.WriteJSON(w, http.StatusOK, map[string]string{})
+		return
+	default:
+		b.log.Info("volume: DRBD event", "volume", spec.Name, "event", req.Event)
+		api.WriteJSON(w, http.StatusOK, map[string]string{})
+		return
+	}
+	f := v.fenceHooks()
+	if f.record == nil {
+		api.WriteError(w, http.StatusServiceUnavailable, "fence-peer: this host is not in a cluster yet")
+		return
+	}
+	st := b.Stack()
+	h, _, _ := st.HostByName(f.host)
+	if h == nil || h.Pair == "" {
+		api.WriteError(w, http.StatusConflict, "fence-peer: this host has no peer")
+		return
+	}
+	if owner := f.owner(spec.Name); owner != f.host {
+		b.log.Error("volume: writes stay frozen: the link to the peer broke, and this host no longer owns the instance",
+			"volume", spec.Name, "owner", owner)
+		api.WriteError(w, http.StatusConflict, fmt.Sprintf("fence-peer: %s is owned by %q, not this host", spec.Name, owner))
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 45*time.Second)
+	defer cancel()
+	for {
+		err := f.record(ctx, spec.Name, h.Pair)
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			b.log.Error("volume: writes stay frozen: the cluster did not record the peer's copy as outdated", "volume", spec.Name, "err", err)
+			api.WriteError(w, http.StatusServiceUnavailable, "fence-peer: "+err.Error())
+			return
+		}
+		time.Sleep(time.Second)
+	}
+	b.log.Warn("volume: the peer's copy is outdated (recorded in the cluster); writes go on here alone",
+		"volume", spec.Name, "peer", h.Pair)
+	api.WriteJSON(w, http.StatusOK, map[string]string{"outdated": h.Pair})
 }

@@ -24,6 +24,9 @@ type volumeStatus struct {
 	Device string `json:"device"`
 	Peer   string `json:"peer,omitempty"` // replication peer address; "" unreplicated
 	Error  string `json:"error,omitempty"`
+	// Outdated names the host whose copy the cluster records as outdated
+	// (the owner wrote without it); that host does not promote it.
+	Outdated string `json:"outdated,omitempty"`
 	volume.State
 }
 
@@ -39,6 +42,9 @@ func (b *bootEnv) volumeStatuses(context.Context) (any, error) {
 		vs := volumeStatus{Name: s.Name, Size: s.Size, Device: s.Device()}
 		if s.Peer != nil {
 			vs.Peer = s.Peer.Remote.String()
+		}
+		if f := v.fenceHooks(); f.outdated != nil {
+			vs.Outdated, _ = f.outdated(s.Name)
 		}
 		st, known, err := v.mgr.State(s.Minor)
 		switch {
@@ -124,6 +130,9 @@ func writeVolumes(w io.Writer, vols []volumeStatus) {
 	for _, v := range vols {
 		if v.Error != "" {
 			fmt.Fprintf(w, "%s: %s\n", v.Name, v.Error)
+		}
+		if v.Outdated != "" {
+			fmt.Fprintf(w, "%s: %s's copy is outdated (the owner wrote without it); it is not promoted until it has resynced\n", v.Name, v.Outdated)
 		}
 	}
 }

@@ -24,6 +24,7 @@ func faces() []face {
 	return []face{
 		{"init", "PID 1 of a dedicated host (chosen automatically when the pid is 1)", initMain},
 		{"modprobe", "load a kernel module and its dependencies (the kernel's modprobe helper)", modprobeMain},
+		{"drbd-handler", "DRBD's event handler: fence-peer, split-brain (run by the kernel)", drbdHandlerMain},
 		{"role-init", "PID 1 inside a role environment (started by init with a spec file)", roleInitMain},
 		{"failover", "move roles between paired hosts: --to HOST (planned) or --force (no witness, no fence)", failoverMain},
 		{"witness", "the tie-breaker vote for a pair; runs on any third machine", witnessMain},
