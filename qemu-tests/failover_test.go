@@ -49,6 +49,15 @@ type pairRig struct {
 	cables  map[string]*qemu.Cable // LAN cables of pairRigOptions.Cabled hosts
 	// stackPath is the stack file the witness's machine serves the hosts.
 	stackPath string
+	// opts boot each host again (restart).
+	opts map[string]qemu.Options
+}
+
+// restart boots a host whose VM was killed again on the same disks, as
+// after a repair.
+func (r *pairRig) restart(t *testing.T, host string) {
+	t.Helper()
+	r.vms[host] = qemu.Start(t, r.opts[host])
 }
 
 // pairRigOptions varies the pair rig; the zero value is the default rig
@@ -139,7 +148,8 @@ func startPairRigWith(t *testing.T, o pairRigOptions) *pairRig {
 		}
 	})
 
-	r := &pairRig{net: n, vms: map[string]*qemu.VM{}, witness: &wlog, cables: map[string]*qemu.Cable{}, stackPath: stackPath}
+	r := &pairRig{net: n, vms: map[string]*qemu.VM{}, witness: &wlog, cables: map[string]*qemu.Cable{}, stackPath: stackPath,
+		opts: map[string]qemu.Options{}}
 	for i, host := range []string{"dh1", "dh2"} {
 		var lan qemu.NIC
 		if slices.Contains(o.Cabled, host) {
@@ -169,6 +179,7 @@ func startPairRigWith(t *testing.T, o pairRigOptions) *pairRig {
 			}
 			opts.Drives = append(opts.Drives, qemu.Drive{File: data, Format: "raw"})
 		}
+		r.opts[host] = opts
 		r.vms[host] = qemu.Start(t, opts)
 	}
 	for _, host := range []string{"dh1", "dh2"} {

@@ -2,6 +2,7 @@ package qemutests
 
 import (
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -57,5 +58,38 @@ func TestFailoverOutdatedCopyNotPromoted(t *testing.T) {
 	status := consoleRun(t, r.vms["dh2"], "magestack status")
 	if !strings.Contains(status, "copy is outdated") {
 		t.Errorf("magestack status on dh2 does not say why db1 is down:\n%s", status)
+	}
+	// A planned move onto the outdated copy is refused too.
+	if out := consoleRun(t, r.vms["dh2"], "magestack failover --to dh2 2>&1; true"); !strings.Contains(out, "refused") {
+		t.Errorf("failover --to dh2 onto an outdated copy:\n%s", out)
+	}
+
+	// dh1 is repaired and boots again: its newer copy resyncs dh2's (only
+	// the blocks written since the cut), the record goes, and dh2, which
+	// owns db1 now, starts it with every acknowledged write.
+	r.restart(t, "dh1")
+	if _, err := r.vms["dh1"].Expect(10*time.Minute, qemu.ReadyPattern); err != nil {
+		t.Fatalf("dh1 after the repair: %v", err)
+	}
+	got := consoleRunUntil(t, r.vms["dh2"], "cat /run/magestack/volumes/db1/order-1 /run/magestack/volumes/db1/order-2 2>&1; true",
+		`before-cut\s+after-cut`, 3*time.Minute)
+	t.Logf("db1 on dh2 after the resync: %q", strings.TrimSpace(got))
+	// One line (the console interleaves log lines between lines).
+	js := consoleRun(t, r.vms["dh2"], `magestack volumes -o json | tr -d ' \n' | grep -o '"name":"db1"[^}]*'`)
+	field := func(name string) string {
+		m := regexp.MustCompile(`"` + name + `":"?([0-9A-Za-z.]+)`).FindStringSubmatch(js)
+		if m == nil {
+			t.Fatalf("no %s in db1's entry of magestack volumes -o json: %s", name, js)
+		}
+		return m[1]
+	}
+	received, _ := strconv.ParseInt(field("received_kib"), 10, 64)
+	size, _ := strconv.ParseInt(field("size"), 10, 64)
+	t.Logf("db1 resync after the outage: %d KiB received of a %d KiB volume", received, size>>10)
+	if received == 0 || received > size>>10/4 {
+		t.Errorf("db1 resync received %d KiB: want the changed blocks only, not the volume", received)
+	}
+	if disk := field("disk"); disk != "UpToDate" || strings.Contains(js, `"outdated"`) {
+		t.Errorf("db1 on dh2 after the resync: %s", js)
 	}
 }

@@ -106,11 +106,12 @@ func (m *Manager) Ensure(ctx context.Context, s Spec) error {
 		}
 	}
 	marker := s.Backing + ".new"
+	// drbdmeta (run by drbdsetup attach too) locks the minor under
+	// /var/lock, absent in an initramfs.
+	if err := os.MkdirAll("/var/lock", 0o755); err != nil {
+		return fmt.Errorf("volume %s: %w", s.Name, err)
+	}
 	if fresh {
-		// drbdmeta locks the minor under /var/lock, absent in an initramfs.
-		if err := os.MkdirAll("/var/lock", 0o755); err != nil {
-			return fmt.Errorf("volume %s: %w", s.Name, err)
-		}
 		if _, err := run(ctx, time.Minute, "drbdmeta", "--force", fmt.Sprint(s.Minor), "v08", dev, "internal", "create-md"); err != nil {
 			return fmt.Errorf("volume %s: DRBD metadata: %w", s.Name, err)
 		}
@@ -133,6 +134,12 @@ func (m *Manager) Ensure(ctx context.Context, s Spec) error {
 		st.Disk, st.Connection = "Diskless", "StandAlone"
 	}
 	if st.Disk == "Diskless" {
+		// After a crash the activity log holds the extents that may
+		// differ from the peer: applied to the bitmap before attaching
+		// (as drbdadm attach does), they resync.
+		if _, err := run(ctx, time.Minute, "drbdmeta", fmt.Sprint(s.Minor), "v08", dev, "internal", "apply-al"); err != nil {
+			return fmt.Errorf("volume %s: apply the activity log: %w", s.Name, err)
+		}
 		if _, err := drbdsetup(ctx, "attach", fmt.Sprint(s.Minor), dev, dev, "internal", "--on-io-error=detach"); err != nil {
 			return fmt.Errorf("volume %s: attach %s: %w", s.Name, dev, err)
 		}
@@ -255,16 +262,62 @@ func allocate(path string, size int64) error {
 	return f.Sync()
 }
 
-func (m *Manager) connect(ctx context.Context, s Spec) error {
-	_, err := drbdsetup(ctx, "connect", s.Resource(),
-		"ipv4:"+s.Peer.Local.String(), "ipv4:"+s.Peer.Remote.String(),
+// DiscardLocal resolves a split brain against this host's copy: the
+// writes made here since the link broke are thrown away and the copy
+// resyncs from the peer's. Only a Secondary's copy may be discarded.
+func (m *Manager) DiscardLocal(ctx context.Context, s Spec) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if s.Peer == nil {
+		return fmt.Errorf("volume %s has no peer to resync from", s.Name)
+	}
+	st, known, err := m.state(s.Minor)
+	switch {
+	case err != nil:
+		return err
+	case !known:
+		return fmt.Errorf("volume %s: DRBD minor %d is not set up", s.Name, s.Minor)
+	case st.Role == "Primary":
+		return fmt.Errorf("volume %s is Primary here (its instance runs on this host): move the instance first", s.Name)
+	}
+	if st.Connection != "StandAlone" {
+		if _, err := drbdsetup(ctx, "disconnect", s.Resource()); err != nil {
+			return fmt.Errorf("volume %s: %w", s.Name, err)
+		}
+	}
+	if err := m.connect(ctx, s, "--discard-my-data=yes"); err != nil {
+		return err
+	}
+	m.log.Warn("volume: this host's copy is discarded; it resyncs from the peer", "volume", s.Name, "peer", s.Peer.Remote)
+	return nil
+}
+
+// Generation is the volume's current data generation (DRBD's current
+// UUID): two hosts showing the same one hold the same data; after a split
+// brain they differ.
+func (m *Manager) Generation(ctx context.Context, minor int) (string, error) {
+	return generation(ctx, minor)
+}
+
+func generation(ctx context.Context, minor int) (string, error) {
+	out, err := drbdsetup(ctx, "get-gi", fmt.Sprint(minor))
+	if err != nil {
+		return "", err
+	}
+	cur, _, _ := strings.Cut(strings.TrimSpace(string(out)), ":")
+	return cur, nil
+}
+
+func (m *Manager) connect(ctx context.Context, s Spec, extra ...string) error {
+	_, err := drbdsetup(ctx, append([]string{"connect", s.Resource(),
+		"ipv4:" + s.Peer.Local.String(), "ipv4:" + s.Peer.Remote.String(),
 		// C: a write is complete once it is on both disks.
 		"--protocol=C",
-		"--cram-hmac-alg=sha256", "--shared-secret="+s.Secret,
+		"--cram-hmac-alg=sha256", "--shared-secret=" + s.Secret,
 		// After a split brain neither side's writes are thrown away: the
 		// connection stays down until an operator chooses.
 		"--after-sb-0pri=disconnect", "--after-sb-1pri=disconnect", "--after-sb-2pri=disconnect",
-		"--connect-int=2", "--ping-int=2")
+		"--connect-int=2", "--ping-int=2"}, extra...)...)
 	if err != nil {
 		return fmt.Errorf("volume %s: connect to %s: %w", s.Name, s.Peer.Remote, err)
 	}
@@ -369,6 +422,15 @@ func (m *Manager) mount(ctx context.Context, s Spec) error {
 	if err := unix.Mount(s.Device(), s.Mount, "ext4", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOATIME, ""); err != nil {
 		return fmt.Errorf("volume %s: mount %s on %s: %w", s.Name, s.Device(), s.Mount, err)
 	}
+	// The device may have grown while the filesystem was not mounted here
+	// (a revision applied while the instance was stopped, or on the peer).
+	out, err := run(ctx, 5*time.Minute, "resize2fs", s.Device())
+	if err != nil {
+		return fmt.Errorf("volume %s: grow the filesystem: %w", s.Name, err)
+	}
+	if strings.Contains(string(out), "is now") {
+		m.log.Info("volume: filesystem grown to the volume", "volume", s.Name, "resize2fs", strings.TrimSpace(string(out)))
+	}
 	return nil
 }
 
@@ -453,11 +515,10 @@ func (m *Manager) state(minor int) (State, bool, error) {
 // neverHeldData reports whether the minor's current data generation is
 // DRBD's "just created" one: no node has ever been Primary on it.
 func neverHeldData(ctx context.Context, minor int) (bool, error) {
-	out, err := drbdsetup(ctx, "get-gi", fmt.Sprint(minor))
+	cur, err := generation(ctx, minor)
 	if err != nil {
 		return false, err
 	}
-	cur, _, _ := strings.Cut(strings.TrimSpace(string(out)), ":")
 	return strings.TrimLeft(cur, "0") == "4", nil
 }
 

@@ -99,6 +99,7 @@ func (b *bootEnv) apiStep(ctx context.Context) error {
 	srv.AddStatus("secrets", b.secretStatus)
 	srv.AddStatus("volumes", b.volumeStatuses)
 	srv.Handle("POST /v1/volumes/event", http.HandlerFunc(b.serveVolumeEvent))
+	srv.Handle("POST /v1/volumes/discard", http.HandlerFunc(b.serveVolumeDiscard))
 	srv.AddStatus("network", func(context.Context) (any, error) {
 		if n := b.Network(); n != nil {
 			return n.Snapshot(), nil
@@ -143,6 +144,14 @@ func (b *bootEnv) serveFailover(w http.ResponseWriter, r *http.Request) {
 	if err := json.NewDecoder(io.LimitReader(r.Body, 4096)).Decode(&req); err != nil {
 		api.WriteError(w, http.StatusBadRequest, "bad failover request: "+err.Error())
 		return
+	}
+	if v := b.volumes(); v != nil && req.To != "" {
+		// A planned move to a host whose copies are behind would stop the
+		// site until they resync (or, without the check, serve old data).
+		if err := v.readyFor(req.To); err != nil {
+			api.WriteError(w, http.StatusConflict, fmt.Sprintf("failover --to %s refused: %v", req.To, err))
+			return
+		}
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Minute)
 	defer cancel()
@@ -503,6 +512,11 @@ func (b *bootEnv) reconcileStep(ctx context.Context) error {
 		appliers.StartInstance = func(ctx context.Context, s *stackfile.Stack, inst stackfile.Instance) error {
 			if inst.Host != host {
 				return nil
+			}
+			// The revision's volumes first: a new instance's is created, a
+			// changed size applied (a shrink refuses the revision).
+			if err := b.ensureVolumes(ctx, s, host); err != nil {
+				return err
 			}
 			_, idx, _ := s.HostByName(host)
 			env, err := roleenv.New(b.log, b.roleOptions(), s, idx, inst)

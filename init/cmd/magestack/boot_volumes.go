@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -125,6 +126,46 @@ func clusterVolumeFence(m *clusterMember, host string) volumeFence {
 	}
 }
 
+// readyFor says whether target's copy of every volume of the pair is
+// UpToDate, as this host sees it (its own disk, or its peer's over the
+// link), and not recorded as outdated.
+func (v *hostVolumes) readyFor(target string) error {
+	f := v.fenceHooks()
+	var behind []string
+	for _, s := range v.Plan().Specs {
+		st, known, err := v.mgr.State(s.Minor)
+		if err != nil || !known {
+			behind = append(behind, fmt.Sprintf("%s is not set up on this host", s.Name))
+			continue
+		}
+		if s.Peer == nil {
+			behind = append(behind, fmt.Sprintf("%s is not replicated: %s would start it on its own, different copy", s.Name, target))
+			continue
+		}
+		disk := st.PeerDisk
+		if target == f.host {
+			disk = st.Disk
+		}
+		if disk != "UpToDate" {
+			what := fmt.Sprintf("%s's copy of %s is %s (link %s", target, s.Name, disk, st.Connection)
+			if st.Syncing() {
+				what += fmt.Sprintf(", resync %.1f%% done, eta %s", st.Synced, st.Finish)
+			}
+			behind = append(behind, what+")")
+			continue
+		}
+		if f.outdated != nil {
+			if who, _ := f.outdated(s.Name); who == target {
+				behind = append(behind, fmt.Sprintf("%s's copy of %s is recorded as outdated", target, s.Name))
+			}
+		}
+	}
+	if len(behind) > 0 {
+		return fmt.Errorf("its data is not in sync: %s; wait for the resync (magestack volumes)", strings.Join(behind, "; "))
+	}
+	return nil
+}
+
 // releaseAll takes every volume down (shutdown).
 func (v *hostVolumes) releaseAll(ctx context.Context) error {
 	var errs []error
@@ -227,7 +268,22 @@ func (v *hostVolumes) watch(ctx context.Context, log *slog.Logger) {
 		f := v.fenceHooks()
 		for _, s := range v.Plan().Specs {
 			st, known, err := v.mgr.State(s.Minor)
-			if err != nil || !known {
+			if err != nil {
+				continue
+			}
+			if !known || st.Disk == "Diskless" {
+				// Set-up failed at boot (or the disk was detached after an
+				// I/O error): try again, bounded and spaced.
+				if time.Since(lastTry[s.Name]) > 10*time.Second {
+					lastTry[s.Name] = time.Now()
+					cctx, cancel := context.WithTimeout(ctx, time.Minute)
+					if err := v.mgr.Ensure(cctx, s); err != nil {
+						log.Warn("volume: still not ready", "volume", s.Name, "err", err)
+					} else {
+						log.Info("volume: ready", "volume", s.Name)
+					}
+					cancel()
+				}
 				continue
 			}
 			prev, seen := last[s.Name]
@@ -356,4 +412,36 @@ func (b *bootEnv) serveVolumeEvent(w http.ResponseWriter, r *http.Request) {
 	b.log.Warn("volume: the peer's copy is outdated (recorded in the cluster); writes go on here alone",
 		"volume", spec.Name, "peer", h.Pair)
 	api.WriteJSON(w, http.StatusOK, map[string]string{"outdated": h.Pair})
+}
+
+// serveVolumeDiscard resolves a split brain against this host's copy of a
+// volume (`magestack volumes discard`).
+func (b *bootEnv) serveVolumeDiscard(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		Volume string `json:"volume"`
+	}
+	dec := json.NewDecoder(io.LimitReader(r.Body, 1024))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		api.WriteError(w, http.StatusBadRequest, "bad discard request: "+err.Error())
+		return
+	}
+	v := b.volumes()
+	if v == nil {
+		api.WriteError(w, http.StatusNotFound, "this host has no volumes (no data disk)")
+		return
+	}
+	s, ok := v.spec(req.Volume)
+	if !ok {
+		api.WriteError(w, http.StatusNotFound, fmt.Sprintf("no volume %q on this host", req.Volume))
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 50*time.Second)
+	defer cancel()
+	if err := v.mgr.DiscardLocal(ctx, s); err != nil {
+		api.WriteError(w, http.StatusConflict, err.Error())
+		return
+	}
+	b.log.Warn("volume: split brain resolved by the operator: this host's copy discarded", "volume", s.Name)
+	api.WriteJSON(w, http.StatusOK, map[string]string{"message": fmt.Sprintf("%s: this host's copy is discarded and resyncs from %s (magestack volumes shows the progress)", s.Name, s.Peer.Remote.Addr())})
 }

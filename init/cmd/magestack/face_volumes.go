@@ -27,12 +27,16 @@ type volumeStatus struct {
 	// Outdated names the host whose copy the cluster records as outdated
 	// (the owner wrote without it); that host does not promote it.
 	Outdated string `json:"outdated,omitempty"`
+	// Generation is the copy's data generation (DRBD's current UUID):
+	// equal on both hosts when in sync; after a split brain, compare them
+	// to see which host has which data.
+	Generation string `json:"generation,omitempty"`
 	volume.State
 }
 
 // volumeStatuses is the "volumes" status section: the plan joined with
 // what the kernel says.
-func (b *bootEnv) volumeStatuses(context.Context) (any, error) {
+func (b *bootEnv) volumeStatuses(ctx context.Context) (any, error) {
 	v := b.volumes()
 	if v == nil {
 		return nil, nil
@@ -55,6 +59,11 @@ func (b *bootEnv) volumeStatuses(context.Context) (any, error) {
 		default:
 			vs.State = st
 		}
+		if known {
+			gctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			vs.Generation, _ = v.mgr.Generation(gctx, s.Minor)
+			cancel()
+		}
 		var fs unix.Statfs_t
 		if st.Role == "Primary" && unix.Statfs(s.Mount, &fs) == nil {
 			vs.Used = int64(fs.Blocks-fs.Bfree) * fs.Bsize
@@ -67,8 +76,12 @@ func (b *bootEnv) volumeStatuses(context.Context) (any, error) {
 func volumesMain(args []string) int { return ctlVolumes(args, os.Stdout, os.Stderr) }
 
 func ctlVolumes(args []string, stdout, stderr io.Writer) int {
-	c := newCtlFlags("volumes", "[-o json] [--socket PATH]", stderr, true)
+	c := newCtlFlags("volumes", "[-o json] [--socket PATH] | discard INSTANCE --yes", stderr, true)
+	yes := c.fs.Bool("yes", false, "discard: confirm that this host's writes since the link broke are thrown away")
 	pos, err := c.parse(args)
+	if err == nil && len(pos) > 0 && pos[0] == "discard" {
+		return ctlVolumeDiscard(c, pos[1:], *yes, stdout, stderr)
+	}
 	if err == nil && len(pos) > 0 {
 		err = fmt.Errorf("unexpected argument %q", pos[0])
 	}
@@ -107,7 +120,7 @@ func ctlVolumes(args []string, stdout, stderr io.Writer) int {
 // disk state on both sides, the link, and a running resync's progress.
 func writeVolumes(w io.Writer, vols []volumeStatus) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "VOLUME\tSIZE\tUSED\tROLE\tDISK\tPEER-DISK\tLINK\tSYNC")
+	fmt.Fprintln(tw, "VOLUME\tSIZE\tUSED\tROLE\tDISK\tPEER-DISK\tLINK\tSYNC\tGENERATION")
 	for _, v := range vols {
 		used := "-"
 		if v.Used > 0 {
@@ -123,8 +136,8 @@ func writeVolumes(w io.Writer, vols []volumeStatus) {
 		if v.Peer == "" && v.Error == "" {
 			link = "unreplicated"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", v.Name, formatBytes(uint64(v.Size)), used,
-			orDash(v.Role), orDash(v.Disk), orDash(v.PeerDisk), link, sync)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", v.Name, formatBytes(uint64(v.Size)), used,
+			orDash(v.Role), orDash(v.Disk), orDash(v.PeerDisk), link, sync, orDash(v.Generation))
 	}
 	tw.Flush()
 	for _, v := range vols {
@@ -135,4 +148,25 @@ func writeVolumes(w io.Writer, vols []volumeStatus) {
 			fmt.Fprintf(w, "%s: %s's copy is outdated (the owner wrote without it); it is not promoted until it has resynced\n", v.Name, v.Outdated)
 		}
 	}
+}
+
+// ctlVolumeDiscard resolves a split brain: run on the host whose writes
+// since the link broke are to be thrown away.
+func ctlVolumeDiscard(c *ctlFlags, pos []string, yes bool, stdout, stderr io.Writer) int {
+	if len(pos) != 1 {
+		return usageError(c, stderr, fmt.Errorf("discard wants one instance, e.g. discard db1 --yes"))
+	}
+	if !yes {
+		fmt.Fprintf(stderr, "magestack volumes discard %s: this throws away every write made to %s on this host since the link broke, "+
+			"and resyncs it from the peer; compare the GENERATION both hosts show first. Add --yes to do it.\n", pos[0], pos[0])
+		return 1
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var rep map[string]string
+	if err := api.NewClient(*c.socket).Do(ctx, "POST", "/v1/volumes/discard", map[string]string{"volume": pos[0]}, &rep); err != nil {
+		return apiError(stderr, "volumes discard", err)
+	}
+	fmt.Fprintln(stdout, rep["message"])
+	return 0
 }

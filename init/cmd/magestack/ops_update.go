@@ -10,6 +10,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -41,6 +42,18 @@ func (b *bootEnv) updateByReload(here func(stackfile.Instance) bool, stop func(c
 				return err
 			}
 			return start(ctx, s, ch.New)
+		}
+		if slices.Contains(ch.Fields, "volume") && b.volumes() != nil {
+			// A DRBD volume grows online under the running instance; a
+			// shrink is refused here, before the instance is touched.
+			if err := b.ensureVolumes(ctx, s, b.Hostname()); err != nil {
+				return fmt.Errorf("update %s: %w", ch.New.Name, err)
+			}
+			b.log.Info("config: volume grown online", "instance", ch.New.Name, "size", int64(s.Roles[ch.New.Role].Volume))
+			ch.Fields = slices.DeleteFunc(slices.Clone(ch.Fields), func(f string) bool { return f == "volume" })
+			if len(ch.Fields) == 0 {
+				return nil
+			}
 		}
 		for _, f := range ch.Fields {
 			if !reloadFields[f] {

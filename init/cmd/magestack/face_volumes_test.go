@@ -1,0 +1,44 @@
+package main
+
+import (
+	"bytes"
+	"regexp"
+	"strings"
+	"testing"
+
+	"magestack/init/volume"
+)
+
+func TestWriteVolumes(t *testing.T) {
+	vols := []volumeStatus{
+		{Name: "db1", Size: 1 << 30, Used: 80 << 20, Peer: "10.99.0.2:7840", Generation: "A1B2",
+			State: volume.State{Connection: "SyncSource", Role: "Primary", Disk: "UpToDate", PeerDisk: "Inconsistent", Synced: 42.5, Finish: "0:01:10", OutOfSync: 4096}},
+		{Name: "acc1", Size: 1 << 30, Outdated: "dh2", Peer: "10.99.0.2:7860",
+			State: volume.State{Connection: "WFConnection", Role: "Secondary", Disk: "UpToDate", PeerDisk: "DUnknown"}},
+		{Name: "mail1", Size: 256 << 20, State: volume.State{Connection: "StandAlone", Role: "Primary", Disk: "UpToDate", PeerDisk: "DUnknown", OutOfSync: 9}},
+		{Name: "monitor1", Size: 256 << 20, Error: "not set up (see the log)"},
+	}
+	var b bytes.Buffer
+	writeVolumes(&b, vols)
+	out := b.String()
+	for _, want := range []string{
+		`(?m)^VOLUME\s+SIZE\s+USED\s+ROLE\s+DISK\s+PEER-DISK\s+LINK\s+SYNC\s+GENERATION$`,
+		`(?m)^db1\s+1\.00G\s+80\.0M\s+Primary\s+UpToDate\s+Inconsistent\s+SyncSource\s+42\.5% eta 0:01:10\s+A1B2$`,
+		`(?m)^acc1\s+1\.00G\s+-\s+Secondary\s+UpToDate\s+DUnknown\s+WFConnection\s+-\s+-$`,
+		// An unreplicated volume's bitmap is not data to sync.
+		`(?m)^mail1\s+256\.0M\s+-\s+Primary\s+UpToDate\s+DUnknown\s+unreplicated\s+-\s+-$`,
+		`(?m)^acc1: dh2's copy is outdated`,
+		`(?m)^monitor1: not set up`,
+	} {
+		if !regexp.MustCompile(want).MatchString(out) {
+			t.Errorf("no %s in:\n%s", want, out)
+		}
+	}
+}
+
+func TestVolumesDiscardNeedsYes(t *testing.T) {
+	var out, errb bytes.Buffer
+	if rc := ctlVolumes([]string{"--socket", "/nonexistent", "discard", "db1"}, &out, &errb); rc != 1 || !strings.Contains(errb.String(), "Add --yes") {
+		t.Errorf("discard without --yes: rc %d, %q", rc, errb.String())
+	}
+}
