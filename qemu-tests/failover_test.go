@@ -337,6 +337,11 @@ func TestFailoverPairLinkCutPlannedMoveHardwareLoss(t *testing.T) {
 		t.Errorf("magestack reload web1 on dh1 while dh2 runs it:\n%s", out)
 	}
 
+	// The cut was fenced (dh2's copy of db1 recorded outdated); a planned
+	// move is refused until the link is back and dh2 has resynced.
+	consoleRunUntil(t, r.vms["dh1"], "magestack volumes | tee /tmp/v; grep -q 'is outdated' /tmp/v || echo no-outdated-copy",
+		`(?ms)^db1\s.*UpToDate\s+UpToDate\s+Connected.*^acc1\s.*UpToDate\s+UpToDate\s+Connected.*^no-outdated-copy`, 2*time.Minute)
+
 	// Planned move, from dh1's console.
 	planned := time.Now()
 	if err := r.vms["dh1"].SendConsole("magestack failover --to dh2; echo @@rc=$?@@\n"); err != nil {
