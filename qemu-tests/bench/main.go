@@ -88,6 +88,7 @@ func main() {
 		{"failover", func() error { return runFailover(context.Background(), os.Stdout, fo) }},
 		{"website", func() error { return websiteBench(os.Stdout, *runs) }},
 		{"images", func() error { return imagesBench(os.Stdout) }},
+		{"volumes", func() error { return volumesBench(os.Stdout) }},
 	} {
 		if only != "" && only != b.name {
 			continue
