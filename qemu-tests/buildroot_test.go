@@ -1,8 +1,6 @@
 package qemutests
 
 import (
-	"compress/gzip"
-	"io"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -10,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"magestack/buildroot/initramfs"
 	"magestack/init/firewall"
 	"magestack/qemu-tests/qemu"
 )
@@ -25,7 +22,7 @@ bb=/bin/busybox
 $bb mount -t proc proc /proc
 $bb mount -t sysfs sys /sys
 $bb mount -t devtmpfs dev /dev
-$bb mkdir -p /tmp
+$bb mkdir -p /tmp /mnt
 $bb mount -t tmpfs tmp /tmp
 check() { name=$1; shift; if out=$("$@" 2>&1); then echo "CHECK $name ok"; else echo "CHECK $name failed: $out" | $bb tr '\n' ' '; echo; fi; }
 echo "CHECK kernel $($bb uname -r) ok"
@@ -68,7 +65,11 @@ func TestImageModulesAndTools(t *testing.T) {
 		t.Fatalf("needs busybox-static at %s: %v", busybox, err)
 	}
 	initrd := filepath.Join(t.TempDir(), "initramfs-check.img")
-	if err := prependOverlay(im.Initramfs, initrd, busybox); err != nil {
+	// The modules init/firewall loads by name must all be in the image.
+	script := strings.ReplaceAll(imageCheckScript, "@FIREWALL_MODULES@", strings.Join(firewall.Modules, " "))
+	err := qemu.PrependInitramfs(initrd, im.Initramfs, []qemu.File{
+		{Path: "bin/busybox", Src: busybox}, {Path: "etc/buildroot-check.sh", Data: []byte(script)}})
+	if err != nil {
 		t.Fatal(err)
 	}
 	vm := qemu.Start(t, qemu.Options{
@@ -103,42 +104,4 @@ func TestImageModulesAndTools(t *testing.T) {
 	if code, err := vm.Wait(time.Minute); err != nil || code != 0 {
 		t.Errorf("power off: qemu exit %d, %v", code, err)
 	}
-}
-
-// prependOverlay writes a gzip'd cpio holding busybox and the check script,
-// followed by base.
-func prependOverlay(base, dst, busybox string) error {
-	out, err := os.Create(dst)
-	if err != nil {
-		return err
-	}
-	defer out.Close()
-	a := initramfs.New()
-	if err := a.File("bin/busybox", busybox); err != nil {
-		return err
-	}
-	// The modules init/firewall loads by name must all be in the image.
-	script := strings.ReplaceAll(imageCheckScript, "@FIREWALL_MODULES@", strings.Join(firewall.Modules, " "))
-	if err := a.Bytes("etc/buildroot-check.sh", []byte(script), 0o755); err != nil {
-		return err
-	}
-	if err := a.Dir("mnt", 0o755); err != nil {
-		return err
-	}
-	zw := gzip.NewWriter(out)
-	if err := a.Write(zw); err != nil {
-		return err
-	}
-	if err := zw.Close(); err != nil {
-		return err
-	}
-	in, err := os.Open(base)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	if _, err := io.Copy(out, in); err != nil {
-		return err
-	}
-	return out.Close()
 }

@@ -1,16 +1,12 @@
 package qemutests
 
 import (
-	"compress/gzip"
-	"io"
-	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
 	"time"
 
-	"magestack/buildroot/initramfs"
 	"magestack/qemu-tests/qemu"
 )
 
@@ -26,7 +22,7 @@ func TestVolumesOnDRBD(t *testing.T) {
 	dir := t.TempDir()
 	bin := guestTestBinary(t, dir, "./init/volume")
 	initrd := filepath.Join(dir, "initramfs-volume.img")
-	if err := prependBinary(im.Initramfs, initrd, "volume.test", bin); err != nil {
+	if err := qemu.PrependInitramfs(initrd, im.Initramfs, []qemu.File{{Path: "volume.test", Src: bin}}); err != nil {
 		t.Fatal(err)
 	}
 	vm := qemu.Start(t, qemu.Options{Name: "volume", Kernel: im.Kernel, Initrd: initrd, Memory: 1024, SMP: 2, NoReboot: true,
@@ -57,34 +53,4 @@ func TestVolumesOnDRBD(t *testing.T) {
 	if _, err := vm.Wait(qemu.Scale(time.Minute)); err != nil {
 		t.Errorf("guest did not power off: %v", err)
 	}
-}
-
-// prependBinary writes a gzip'd cpio holding bin at name, followed by base
-// (the kernel unpacks concatenated archives in order).
-func prependBinary(base, dst, name, bin string) error {
-	out, err := os.Create(dst)
-	if err != nil {
-		return err
-	}
-	defer out.Close()
-	a := initramfs.New()
-	if err := a.File(name, bin); err != nil {
-		return err
-	}
-	zw := gzip.NewWriter(out)
-	if err := a.Write(zw); err != nil {
-		return err
-	}
-	if err := zw.Close(); err != nil {
-		return err
-	}
-	in, err := os.Open(base)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	if _, err := io.Copy(out, in); err != nil {
-		return err
-	}
-	return out.Close()
 }

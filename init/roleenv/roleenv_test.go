@@ -29,6 +29,7 @@ import (
 	"magestack/images/squash"
 	"magestack/init/api"
 	"magestack/init/cgroup"
+	"magestack/init/internal/guest"
 	"magestack/init/logbuf"
 	"magestack/init/overlay"
 	"magestack/init/roleinit"
@@ -42,9 +43,7 @@ func TestMain(m *testing.M) {
 	if len(os.Args) > 1 && os.Args[1] == "role-init" {
 		os.Exit(roleinit.Main(os.Args[2:]))
 	}
-	if os.Getpid() == 1 && os.Getenv(GuestEnv) != "" {
-		guestMain(m) // never returns
-	}
+	guest.Main(m, "roleenv", GuestEnv, guestSetup)
 	os.Exit(m.Run())
 }
 

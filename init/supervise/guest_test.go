@@ -1,13 +1,10 @@
 package supervise
 
 import (
-	"flag"
-	"fmt"
 	"os"
 	"testing"
 
-	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
+	"magestack/init/internal/guest"
 )
 
 // GuestEnv, when set in PID 1's environment (a kernel command line
@@ -21,42 +18,17 @@ const (
 )
 
 func TestMain(m *testing.M) {
-	if os.Getpid() != 1 || os.Getenv(GuestEnv) == "" {
-		os.Exit(m.Run())
-	}
-	if err := guestSetup(); err != nil {
-		fmt.Printf("supervise-guest: setup: %v\n", err)
-	}
-	flag.Parse()
-	flag.Set("test.v", "true")
-	code := m.Run()
-	fmt.Printf(GuestResultLine+"\n", code)
-	unix.Sync()
-	unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF)
-	select {}
+	guest.Main(m, "supervise", GuestEnv, guestSetup)
+	os.Exit(m.Run())
 }
 
 func guestSetup() error {
-	mounts := []struct{ src, dst, fs string }{
-		{"proc", "/proc", "proc"},
-		{"sysfs", "/sys", "sysfs"},
-		{"devtmpfs", "/dev", "devtmpfs"},
-		{"cgroup2", "/sys/fs/cgroup", "cgroup2"},
-		{"tmpfs", "/tmp", "tmpfs"},
-	}
-	for _, mt := range mounts {
-		os.MkdirAll(mt.dst, 0o755)
-		if err := unix.Mount(mt.src, mt.dst, mt.fs, 0, ""); err != nil && err != unix.EBUSY {
-			return fmt.Errorf("mount %s: %w", mt.dst, err)
-		}
+	if err := guest.MountAll(guest.Basic(guest.Mount{Source: "cgroup2", Target: "/sys/fs/cgroup", FSType: "cgroup2"})); err != nil {
+		return err
 	}
 	// The health tests listen on 127.0.0.1.
-	lo, err := netlink.LinkByName("lo")
-	if err != nil {
-		return fmt.Errorf("loopback: %w", err)
-	}
-	if err := netlink.LinkSetUp(lo); err != nil {
-		return fmt.Errorf("loopback up: %w", err)
+	if err := guest.LoopbackUp(); err != nil {
+		return err
 	}
 	os.Setenv("PATH", "/bin")
 	os.Setenv("TMPDIR", "/tmp")

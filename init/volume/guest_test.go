@@ -2,7 +2,6 @@ package volume
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -14,9 +13,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"magestack/init/internal/guest"
 	"magestack/init/kmod"
 )
 
@@ -31,35 +30,15 @@ const (
 )
 
 func TestMain(m *testing.M) {
-	if os.Getpid() != 1 || os.Getenv(GuestEnv) == "" {
-		os.Exit(m.Run())
-	}
-	if err := guestSetup(); err != nil {
-		fmt.Printf("volume-guest: setup: %v\n", err)
-	}
-	flag.Parse()
-	flag.Set("test.v", "true")
-	code := m.Run()
-	fmt.Printf(GuestResultLine+"\n", code)
-	unix.Sync()
-	unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF)
-	select {}
+	guest.Main(m, "volume", GuestEnv, guestSetup)
+	os.Exit(m.Run())
 }
 
 func guestSetup() error {
-	for _, mt := range []struct{ src, dst, fs string }{
-		{"proc", "/proc", "proc"}, {"sysfs", "/sys", "sysfs"}, {"devtmpfs", "/dev", "devtmpfs"}, {"tmpfs", "/tmp", "tmpfs"},
-	} {
-		os.MkdirAll(mt.dst, 0o755)
-		if err := unix.Mount(mt.src, mt.dst, mt.fs, 0, ""); err != nil && err != unix.EBUSY {
-			return fmt.Errorf("mount %s: %w", mt.dst, err)
-		}
-	}
-	lo, err := netlink.LinkByName("lo")
-	if err != nil {
+	if err := guest.MountAll(guest.Basic()); err != nil {
 		return err
 	}
-	if err := netlink.LinkSetUp(lo); err != nil {
+	if err := guest.LoopbackUp(); err != nil {
 		return err
 	}
 	os.Setenv("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
@@ -74,8 +53,8 @@ func guestSetup() error {
 	}
 	l := kmod.NewLoader(ix, slog.New(slog.NewTextHandler(os.Stdout, nil)))
 	// libcrc32c needs crc32c at init, a soft dependency the loader does not
-	// follow without PID 1's modprobe helper.
-	// virtio_blk: the bench's scratch disk.
+	// follow without PID 1's modprobe helper; virtio_blk: the bench's
+	// scratch disk.
 	for _, mod := range []string{"crc32c_generic", "loop", "drbd", "ext4", "virtio_pci", "virtio_blk"} {
 		if _, err := l.Load(context.Background(), mod, ""); err != nil {
 			return fmt.Errorf("load %s: %w", mod, err)

@@ -3,7 +3,6 @@ package vpn
 import (
 	"bufio"
 	"context"
-	"flag"
 	"fmt"
 	"net"
 	"net/netip"
@@ -20,6 +19,7 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"magestack/init/firewall"
+	"magestack/init/internal/guest"
 	"magestack/init/stackfile"
 )
 
@@ -35,58 +35,23 @@ const (
 )
 
 func TestMain(m *testing.M) {
-	if os.Getpid() == 1 && os.Getenv(GuestEnv) != "" {
-		if err := guestSetup(); err != nil {
-			fmt.Printf("vpn-guest: setup: %v\n", err)
-		}
-		flag.Parse()
-		flag.Set("test.v", "true")
-		code := m.Run()
-		fmt.Printf(GuestResultLine+"\n", code)
-		unix.Sync()
-		unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF)
-		select {}
-	}
+	guest.Main(m, "vpn", GuestEnv, guestSetup)
 	os.Exit(m.Run())
 }
 
 func guestSetup() error {
-	for _, mt := range []struct{ src, dst, fs string }{
-		{"proc", "/proc", "proc"}, {"sysfs", "/sys", "sysfs"}, {"devtmpfs", "/dev", "devtmpfs"},
-		{"tmpfs", "/tmp", "tmpfs"}, {"tmpfs", "/run", "tmpfs"},
-	} {
-		os.MkdirAll(mt.dst, 0o755)
-		if err := unix.Mount(mt.src, mt.dst, mt.fs, 0, ""); err != nil && err != unix.EBUSY {
-			return fmt.Errorf("mount %s: %w", mt.dst, err)
-		}
+	if err := guest.MountAll(guest.Basic(guest.Mount{Source: "tmpfs", Target: "/run", FSType: "tmpfs"})); err != nil {
+		return err
 	}
 	order, err := os.ReadFile("/lib/modules/order")
 	if err != nil {
 		return err
 	}
-	for _, mod := range strings.Fields(string(order)) {
-		f, err := os.Open("/lib/modules/" + mod + ".ko")
-		if err != nil {
-			return fmt.Errorf("module %s: %w", mod, err)
-		}
-		err = unix.FinitModule(int(f.Fd()), "", 0)
-		f.Close()
-		if err == unix.ENODEV {
-			// hardware-specific variants (crc32c_intel without SSE4.2
-			// under TCG); the generic ones are in the list too
-			fmt.Printf("vpn-guest: module %s: no such device, skipped\n", mod)
-			continue
-		}
-		if err != nil && err != unix.EEXIST {
-			return fmt.Errorf("load module %s: %w", mod, err)
-		}
-	}
-	lo, err := netlink.LinkByName("lo")
-	if err != nil {
+	if err := guest.InsertModules(strings.Fields(string(order)), true); err != nil {
 		return err
 	}
 	os.Setenv("TMPDIR", "/tmp")
-	return netlink.LinkSetUp(lo)
+	return guest.LoopbackUp()
 }
 
 // guestNS creates an unnamed network namespace without moving the caller.

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"compress/gzip"
 	"context"
 	"fmt"
 	"io"
@@ -12,7 +11,6 @@ import (
 	"strconv"
 	"time"
 
-	"magestack/buildroot/initramfs"
 	"magestack/qemu-tests/qemu"
 )
 
@@ -46,7 +44,7 @@ func volumesBench(w io.Writer) error {
 		return fmt.Errorf("go test -c ./init/volume: %v\n%s", err, out)
 	}
 	initrd := filepath.Join(work, "initramfs.img")
-	if err := prependInit(filepath.Join(build, "initramfs.img"), initrd, "volume.test", bin); err != nil {
+	if err := qemu.PrependInitramfs(initrd, filepath.Join(build, "initramfs.img"), []qemu.File{{Path: "volume.test", Src: bin}}); err != nil {
 		return err
 	}
 	disk := filepath.Join(work, "scratch.img")
@@ -91,34 +89,4 @@ func volumesBench(w io.Writer) error {
 		fmt.Fprintf(w, "%-34s %10.0f %10.0f %10.0f %11.2fx\n", name, v[0], v[1], v[2], v[2]/base[2])
 	}
 	return nil
-}
-
-// prependInit writes a gzip'd cpio holding bin at name, then base: the
-// kernel unpacks concatenated archives in order.
-func prependInit(base, dst, name, bin string) error {
-	out, err := os.Create(dst)
-	if err != nil {
-		return err
-	}
-	defer out.Close()
-	a := initramfs.New()
-	if err := a.File(name, bin); err != nil {
-		return err
-	}
-	zw := gzip.NewWriter(out)
-	if err := a.Write(zw); err != nil {
-		return err
-	}
-	if err := zw.Close(); err != nil {
-		return err
-	}
-	in, err := os.Open(base)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	if _, err := io.Copy(out, in); err != nil {
-		return err
-	}
-	return out.Close()
 }

@@ -3,6 +3,7 @@ package qemu
 import (
 	"compress/gzip"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path"
@@ -125,4 +126,29 @@ func (im Image) WithStackSecret(dir string, secret []byte) (Image, error) {
 	}
 	im.Initramfs = out
 	return im, nil
+}
+
+// PrependInitramfs writes files as an archive (WriteInitramfs) followed by
+// the image base: the kernel unpacks concatenated archives in order, and
+// an LZ4 legacy stream (Debian's, magestack's) has no end marker, so the
+// image must come last. Tests put a test binary or a script in front of
+// build/initramfs.img this way.
+func PrependInitramfs(dst, base string, files []File) error {
+	if err := WriteInitramfs(dst, files); err != nil {
+		return err
+	}
+	in, err := os.Open(base)
+	if err != nil {
+		return fmt.Errorf("initramfs %s: %w", dst, err)
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		return fmt.Errorf("initramfs %s: %w", dst, err)
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return fmt.Errorf("initramfs %s: append %s: %w", dst, base, err)
+	}
+	return out.Close()
 }
