@@ -91,6 +91,13 @@ func TestWebsiteEndToEnd(t *testing.T) {
 			t.Errorf("%s is not a Primary, UpToDate volume:\n%s", name, vols)
 		}
 	}
+	// acc's root is kept on its volume: a file written through acc's own
+	// root (as a package a user installs) is there after a restart.
+	consoleRun(t, vm, `pid=$(magestack status | awk '$1=="acc1" && $2=="ready"{print $3}'); echo kept > /proc/$pid/root/opt/installed-by-a-user && sync`)
+	consoleRun(t, vm, "magestack restart acc1")
+	kept := consoleRunUntil(t, vm, `pid=$(magestack status | awk '$1=="acc1" && $2=="ready"{print $3}'); [ -n "$pid" ] && cat /proc/$pid/root/opt/installed-by-a-user 2>&1; true`,
+		`(?m)^kept`, 3*time.Minute)
+	t.Logf("acc1's root after a restart: %q", strings.TrimSpace(kept))
 	consoleRun(t, vm, "magestack restart db1")
 	third := waitBody(t, base+"?check=1", "db check ok", 3*time.Minute)
 	// Rows 1-3 came from the checks above (http twice, https once).

@@ -38,6 +38,10 @@ type Role struct {
 	// without its database, lb without a web to send to). Every other role
 	// starts at once, in parallel.
 	StartAfter []string
+	// KeepsRoot keeps the role's writable root layer on its volume
+	// (/data/.root) instead of a tmpfs wiped at every start: what people
+	// install in acc stays, through restarts and failovers.
+	KeepsRoot bool
 }
 
 func tcp(port uint16, name string) Port { return Port{Proto: "tcp", Port: port, Name: name} }
@@ -61,7 +65,7 @@ var catalog = map[string]Role{
 		Management: []Port{mysql},
 		Needs:      []Need{{Role: "mail", Ports: []Port{smtp}}}},
 	"mail": {Name: "mail"},
-	"acc": {Name: "acc",
+	"acc": {Name: "acc", KeepsRoot: true,
 		Management: []Port{ssh},
 		Needs: []Need{
 			{Role: "web", Ports: []Port{tcp(80, "http"), ssh}},

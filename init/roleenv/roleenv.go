@@ -204,6 +204,8 @@ func New(log *slog.Logger, opts Options, stack *stackfile.Stack, hostIndex int, 
 	}
 	if role.Volume != 0 {
 		e.spec.Volume = filepath.Join(opts.VolumeRoot, inst.Name)
+		def, _ := services.Lookup(inst.Role)
+		e.spec.KeepRoot = def.KeepsRoot
 	}
 	if opts.CgroupRoot != "" {
 		e.spec.Cgroup = filepath.Join(opts.CgroupRoot, e.cgrel)

@@ -151,6 +151,7 @@ func TestSpecValidate(t *testing.T) {
 		{func(s *Spec) { s.Image = filepath.Join(img, "missing") }, "not a directory or squashfs"},
 		{func(s *Spec) { s.StateDir = "" }, "state_dir"},
 		{func(s *Spec) { s.Volume = "data" }, "volume"},
+		{func(s *Spec) { s.KeepRoot = true }, "keep_root needs a volume"},
 		{func(s *Spec) { s.APISocket = "x.sock" }, "api_socket"},
 		{func(s *Spec) { s.Payload.Caps = []string{"CAP_SYS_ADMIN"} }, "CAP_SYS_ADMIN"},
 	}

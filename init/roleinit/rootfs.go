@@ -44,6 +44,18 @@ func buildRoot(s *Spec) (string, error) {
 			return "", fmt.Errorf("scratch: %w", err)
 		}
 	}
+	if s.KeepRoot {
+		// The layer lives on the volume, outside /data's own tree (the
+		// role sees /data/.root; overlayfs needs upper and work on one
+		// filesystem).
+		kept := filepath.Join(s.Volume, ".root")
+		upper, work = filepath.Join(kept, "upper"), filepath.Join(kept, "work")
+		for _, d := range []string{upper, work} {
+			if err := os.MkdirAll(d, 0o755); err != nil {
+				return "", fmt.Errorf("kept root on the volume: %w", err)
+			}
+		}
+	}
 	lower := s.Image
 	if isFile(s.Image) {
 		lower = filepath.Join(scratch, "image")
@@ -91,6 +103,13 @@ func buildRoot(s *Spec) (string, error) {
 		// A bind mount takes its flags only on a remount.
 		if err := unix.Mount("", filepath.Join(root, "data"), "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_NOSUID|unix.MS_NODEV, ""); err != nil {
 			return "", fmt.Errorf("volume %s: remount nosuid,nodev: %w", s.Volume, err)
+		}
+		if s.KeepRoot {
+			// The kept layer is the overlay's own: changed behind its back
+			// (through /data) its behaviour is undefined. Hidden.
+			if err := unix.Mount("kept-root", filepath.Join(root, "data", ".root"), "tmpfs", unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "size=4k,mode=0500"); err != nil {
+				return "", fmt.Errorf("hide the kept root layer: %w", err)
+			}
 		}
 	}
 	if err := writeFiles(root, s); err != nil {
@@ -355,7 +374,8 @@ func moveRoot(root string) error {
 }
 
 // roleMounts are the mount points a role's tree has, seen from inside.
-var roleMounts = []string{"/proc", "/sys", "/dev", "/dev/pts", "/dev/shm", "/tmp", "/run", "/data"}
+// /data/.root: the mask over a kept root layer (Spec.KeepRoot).
+var roleMounts = []string{"/proc", "/sys", "/dev", "/dev/pts", "/dev/shm", "/tmp", "/run", "/data", "/data/.root"}
 
 func isRoleMount(mp string) bool {
 	for _, m := range roleMounts {

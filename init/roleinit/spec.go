@@ -38,6 +38,9 @@ type Spec struct {
 	ScratchSize uint64 `json:"scratch_size,omitempty"`
 	// Volume is a host directory mounted at /data; "" for none.
 	Volume string `json:"volume,omitempty"`
+	// KeepRoot puts the root's writable layer on the volume
+	// (<Volume>/.root), kept across starts, instead of the scratch tmpfs.
+	KeepRoot bool `json:"keep_root,omitempty"`
 	// Cgroup is the host path of the role's cgroup v2 directory; role-init
 	// moves itself into its "init" leaf and puts each service in a sibling.
 	// "" runs without cgroups.
@@ -78,6 +81,8 @@ func (s *Spec) Validate() error {
 		return fmt.Errorf("spec %s: state_dir %q must be an absolute path", s.Name, s.StateDir)
 	case s.Volume != "" && !filepath.IsAbs(s.Volume):
 		return fmt.Errorf("spec %s: volume %q must be an absolute path", s.Name, s.Volume)
+	case s.KeepRoot && s.Volume == "":
+		return fmt.Errorf("spec %s: keep_root needs a volume", s.Name)
 	case s.Cgroup != "" && !filepath.IsAbs(s.Cgroup):
 		return fmt.Errorf("spec %s: cgroup %q must be an absolute path", s.Name, s.Cgroup)
 	case s.APISocket != "" && !filepath.IsAbs(s.APISocket):
