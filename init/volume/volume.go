@@ -329,6 +329,15 @@ func (m *Manager) connect(ctx context.Context, s Spec, extra ...string) error {
 // that is not UpToDate is refused, except a volume that never held data on
 // either side, which is formatted.
 func (m *Manager) Promote(ctx context.Context, s Spec) error {
+	// A new pair boots together: waiting a little for the peer spares a
+	// full initial sync of blocks never written. Outside the lock, so the
+	// other volumes go on meanwhile.
+	if st, known, err := m.state(s.Minor); err == nil && known && s.Peer != nil &&
+		st.Role != "Primary" && st.Disk != "UpToDate" && st.Connection != "Connected" {
+		if never, err := neverHeldData(ctx, s.Minor); err == nil && never {
+			m.awaitPeer(ctx, s, firstPeerWait)
+		}
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	st, known, err := m.state(s.Minor)
@@ -344,11 +353,6 @@ func (m *Manager) Promote(ctx context.Context, s Spec) error {
 			never, err := neverHeldData(ctx, s.Minor)
 			if err != nil {
 				return fmt.Errorf("volume %s: %w", s.Name, err)
-			}
-			if never && s.Peer != nil && st.Connection != "Connected" {
-				// A new pair boots together: waiting a little for the peer
-				// spares a full initial sync of blocks never written.
-				st = m.awaitPeer(ctx, s, firstPeerWait)
 			}
 			if !never || st.PeerDisk == "UpToDate" {
 				return fmt.Errorf("volume %s: this host's copy is %s (peer's %s, link %s): promoting it could serve old data; wait for the resync or for the peer",
@@ -389,15 +393,14 @@ func (m *Manager) Promote(ctx context.Context, s Spec) error {
 // new peer before going ahead alone (the peer then syncs in full).
 const firstPeerWait = 90 * time.Second
 
-// awaitPeer polls until the volume is connected or the bound passes, and
-// returns the last state seen.
-func (m *Manager) awaitPeer(ctx context.Context, s Spec, limit time.Duration) State {
+// awaitPeer polls until the volume is connected or the bound passes.
+func (m *Manager) awaitPeer(ctx context.Context, s Spec, limit time.Duration) {
 	m.log.Info("volume: new; waiting for the new peer to skip the initial sync", "volume", s.Name, "peer", s.Peer.Remote, "limit", limit)
 	deadline := time.Now().Add(limit)
 	for {
 		st, _, err := m.state(s.Minor)
 		if err == nil && st.Connection == "Connected" || time.Now().After(deadline) || ctx.Err() != nil {
-			return st
+			return
 		}
 		time.Sleep(250 * time.Millisecond)
 	}
@@ -441,19 +444,8 @@ func (m *Manager) Demote(ctx context.Context, s Spec) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if mounted(s.Mount) {
-		var err error
-		for i := 0; i < 50; i++ {
-			if err = unix.Unmount(s.Mount, 0); err == nil || errors.Is(err, unix.EINVAL) {
-				err = nil
-				break
-			}
-			if !errors.Is(err, unix.EBUSY) {
-				break
-			}
-			time.Sleep(200 * time.Millisecond)
-		}
-		if err != nil {
-			return fmt.Errorf("volume %s: unmount %s: %w", s.Name, s.Mount, err)
+		if err := unmount(s.Mount, 10*time.Second); err != nil {
+			return fmt.Errorf("volume %s: %w", s.Name, err)
 		}
 	}
 	st, known, err := m.state(s.Minor)
@@ -465,6 +457,39 @@ func (m *Manager) Demote(ctx context.Context, s Spec) error {
 	}
 	m.log.Info("volume: secondary here", "volume", s.Name)
 	return nil
+}
+
+// unmount unmounts path, retrying while it is busy, within limit. The
+// syscall itself can block (a volume whose writes are frozen flushes
+// nothing): it runs aside, and the caller gets an error at the bound
+// rather than hang with it.
+func unmount(path string, limit time.Duration) error {
+	done := make(chan error, 1)
+	go func() {
+		var err error
+		deadline := time.Now().Add(limit)
+		for {
+			err = unix.Unmount(path, 0)
+			if err == nil || errors.Is(err, unix.EINVAL) {
+				err = nil
+				break
+			}
+			if !errors.Is(err, unix.EBUSY) || time.Now().After(deadline) {
+				break
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			return fmt.Errorf("unmount %s: %w", path, err)
+		}
+		return nil
+	case <-time.After(limit + 5*time.Second):
+		return fmt.Errorf("unmount %s: still blocked after %v (writes frozen?)", path, limit+5*time.Second)
+	}
 }
 
 // growOnline makes DRBD and the mounted filesystem use a grown backing

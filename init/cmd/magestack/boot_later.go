@@ -100,6 +100,7 @@ func (b *bootEnv) apiStep(ctx context.Context) error {
 	srv.AddStatus("volumes", b.volumeStatuses)
 	srv.Handle("POST /v1/volumes/event", http.HandlerFunc(b.serveVolumeEvent))
 	srv.Handle("POST /v1/volumes/discard", http.HandlerFunc(b.serveVolumeDiscard))
+	srv.Handle("POST /v1/volumes/accept-outdated", http.HandlerFunc(b.serveVolumeAcceptOutdated))
 	srv.AddStatus("network", func(context.Context) (any, error) {
 		if n := b.Network(); n != nil {
 			return n.Snapshot(), nil

@@ -65,7 +65,7 @@ func (v *hostVolumes) Up(ctx context.Context, instance string) (bool, error) {
 		if who, since := f.outdated(instance); who == f.host {
 			// DRBD alone would promote it: it does not know the owner
 			// went on writing without this copy.
-			return true, fmt.Errorf("volume %s: this host's copy is outdated: its peer went on writing without it (recorded %s); it is not promoted. Bring the peer back: this copy resyncs and the instance starts",
+			return true, fmt.Errorf("volume %s: this host's copy is outdated: its peer went on writing without it (recorded %s); it is not promoted. Bring the peer back: this copy resyncs and the instance starts (if it is gone for good: magestack volumes accept-outdated %[1]s --yes)",
 				instance, since.UTC().Format(time.RFC3339))
 		}
 	}
@@ -296,11 +296,13 @@ func (v *hostVolumes) watch(ctx context.Context, log *slog.Logger) {
 					log.Info("volume: resync done", "volume", s.Name, "disk", st.Disk+"/"+st.PeerDisk)
 				}
 			}
-			// Both copies are connected and UpToDate: a record that one of
-			// them is outdated is obsolete, whichever host sees it first
-			// (after a planned move neither may be Primary).
+			// Both copies are connected and UpToDate again: the record is
+			// obsolete. Only the host that kept writing may say so: the
+			// outdated host's own view lags (it may still show the link it
+			// has not yet noticed is gone, and clear a record just made).
+			// That host may be Secondary by now (a planned move).
 			if f.outdated != nil && st.Connection == "Connected" && st.Disk == "UpToDate" && st.PeerDisk == "UpToDate" {
-				if who, _ := f.outdated(s.Name); who != "" {
+				if who, _ := f.outdated(s.Name); who != "" && who != f.host {
 					cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 					if err := f.record(cctx, s.Name, ""); err != nil {
 						log.Warn("volume: the peer is in sync again, but the cluster did not take it", "volume", s.Name, "err", err)
@@ -414,26 +416,65 @@ func (b *bootEnv) serveVolumeEvent(w http.ResponseWriter, r *http.Request) {
 	api.WriteJSON(w, http.StatusOK, map[string]string{"outdated": h.Pair})
 }
 
-// serveVolumeDiscard resolves a split brain against this host's copy of a
-// volume (`magestack volumes discard`).
-func (b *bootEnv) serveVolumeDiscard(w http.ResponseWriter, r *http.Request) {
+// volumeRequest reads an operator's request naming one of this host's
+// volumes; false when it answered with the error.
+func (b *bootEnv) volumeRequest(w http.ResponseWriter, r *http.Request) (*hostVolumes, volume.Spec, bool) {
 	var req struct {
 		Volume string `json:"volume"`
 	}
 	dec := json.NewDecoder(io.LimitReader(r.Body, 1024))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&req); err != nil {
-		api.WriteError(w, http.StatusBadRequest, "bad discard request: "+err.Error())
-		return
+		api.WriteError(w, http.StatusBadRequest, "bad volume request: "+err.Error())
+		return nil, volume.Spec{}, false
 	}
 	v := b.volumes()
 	if v == nil {
 		api.WriteError(w, http.StatusNotFound, "this host has no volumes (no data disk)")
-		return
+		return nil, volume.Spec{}, false
 	}
 	s, ok := v.spec(req.Volume)
 	if !ok {
 		api.WriteError(w, http.StatusNotFound, fmt.Sprintf("no volume %q on this host", req.Volume))
+		return nil, volume.Spec{}, false
+	}
+	return v, s, true
+}
+
+// serveVolumeAcceptOutdated clears the record that this host's copy is
+// outdated (`magestack volumes accept-outdated`): the operator knows the
+// host that wrote on is gone for good and takes the older copy.
+func (b *bootEnv) serveVolumeAcceptOutdated(w http.ResponseWriter, r *http.Request) {
+	v, s, ok := b.volumeRequest(w, r)
+	if !ok {
+		return
+	}
+	f := v.fenceHooks()
+	if f.outdated == nil {
+		api.WriteError(w, http.StatusConflict, "this host is not in a cluster yet")
+		return
+	}
+	who, since := f.outdated(s.Name)
+	if who != f.host {
+		api.WriteError(w, http.StatusConflict, fmt.Sprintf("%s: this host's copy is not recorded as outdated (record: %q)", s.Name, who))
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
+	defer cancel()
+	if err := f.record(ctx, s.Name, ""); err != nil {
+		api.WriteError(w, http.StatusServiceUnavailable, fmt.Sprintf("%s: the cluster did not take it: %v", s.Name, err))
+		return
+	}
+	b.log.Error("volume: the operator accepted this host's outdated copy; the peer's writes since the break are lost unless it returns",
+		"volume", s.Name, "outdated_since", since.UTC().Format(time.RFC3339))
+	api.WriteJSON(w, http.StatusOK, map[string]string{"message": fmt.Sprintf("%s: this host's copy may be promoted now (writes made on the peer since %s are not in it)", s.Name, since.UTC().Format(time.RFC3339))})
+}
+
+// serveVolumeDiscard resolves a split brain against this host's copy of a
+// volume (`magestack volumes discard`).
+func (b *bootEnv) serveVolumeDiscard(w http.ResponseWriter, r *http.Request) {
+	v, s, ok := b.volumeRequest(w, r)
+	if !ok {
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), 50*time.Second)

@@ -76,11 +76,11 @@ func (b *bootEnv) volumeStatuses(ctx context.Context) (any, error) {
 func volumesMain(args []string) int { return ctlVolumes(args, os.Stdout, os.Stderr) }
 
 func ctlVolumes(args []string, stdout, stderr io.Writer) int {
-	c := newCtlFlags("volumes", "[-o json] [--socket PATH] | discard INSTANCE --yes", stderr, true)
+	c := newCtlFlags("volumes", "[-o json] [--socket PATH] | discard INSTANCE --yes | accept-outdated INSTANCE --yes", stderr, true)
 	yes := c.fs.Bool("yes", false, "discard: confirm that this host's writes since the link broke are thrown away")
 	pos, err := c.parse(args)
-	if err == nil && len(pos) > 0 && pos[0] == "discard" {
-		return ctlVolumeDiscard(c, pos[1:], *yes, stdout, stderr)
+	if err == nil && len(pos) > 0 && (pos[0] == "discard" || pos[0] == "accept-outdated") {
+		return ctlVolumeOverride(c, pos[0], pos[1:], *yes, stdout, stderr)
 	}
 	if err == nil && len(pos) > 0 {
 		err = fmt.Errorf("unexpected argument %q", pos[0])
@@ -150,22 +150,28 @@ func writeVolumes(w io.Writer, vols []volumeStatus) {
 	}
 }
 
-// ctlVolumeDiscard resolves a split brain: run on the host whose writes
-// since the link broke are to be thrown away.
-func ctlVolumeDiscard(c *ctlFlags, pos []string, yes bool, stdout, stderr io.Writer) int {
+// ctlVolumeOverride runs an operator's decision on a volume, on the host
+// it concerns: discard (after a split brain, this host's writes since the
+// link broke go and its copy resyncs from the peer's) or accept-outdated
+// (this host's copy is recorded outdated and the peer that wrote on is not
+// coming back: promote it anyway, losing those writes).
+func ctlVolumeOverride(c *ctlFlags, what string, pos []string, yes bool, stdout, stderr io.Writer) int {
 	if len(pos) != 1 {
-		return usageError(c, stderr, fmt.Errorf("discard wants one instance, e.g. discard db1 --yes"))
+		return usageError(c, stderr, fmt.Errorf("%s wants one instance, e.g. %s db1 --yes", what, what))
 	}
 	if !yes {
-		fmt.Fprintf(stderr, "magestack volumes discard %s: this throws away every write made to %s on this host since the link broke, "+
-			"and resyncs it from the peer; compare the GENERATION both hosts show first. Add --yes to do it.\n", pos[0], pos[0])
+		risk := "this throws away every write made to %s on this host since the link broke, and resyncs it from the peer; compare the GENERATION both hosts show first"
+		if what == "accept-outdated" {
+			risk = "this lets this host promote its outdated copy of %s: every write the peer made since the link broke is lost unless the peer comes back (then the copies have split and one side must be discarded)"
+		}
+		fmt.Fprintf(stderr, "magestack volumes %s %s: "+risk+". Add --yes to do it.\n", what, pos[0], pos[0])
 		return 1
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	var rep map[string]string
-	if err := api.NewClient(*c.socket).Do(ctx, "POST", "/v1/volumes/discard", map[string]string{"volume": pos[0]}, &rep); err != nil {
-		return apiError(stderr, "volumes discard", err)
+	if err := api.NewClient(*c.socket).Do(ctx, "POST", "/v1/volumes/"+what, map[string]string{"volume": pos[0]}, &rep); err != nil {
+		return apiError(stderr, "volumes "+what, err)
 	}
 	fmt.Fprintln(stdout, rep["message"])
 	return 0

@@ -36,9 +36,11 @@ func TestWriteVolumes(t *testing.T) {
 	}
 }
 
-func TestVolumesDiscardNeedsYes(t *testing.T) {
-	var out, errb bytes.Buffer
-	if rc := ctlVolumes([]string{"--socket", "/nonexistent", "discard", "db1"}, &out, &errb); rc != 1 || !strings.Contains(errb.String(), "Add --yes") {
-		t.Errorf("discard without --yes: rc %d, %q", rc, errb.String())
+func TestVolumeOverridesNeedYes(t *testing.T) {
+	for _, what := range []string{"discard", "accept-outdated"} {
+		var out, errb bytes.Buffer
+		if rc := ctlVolumes([]string{"--socket", "/nonexistent", what, "db1"}, &out, &errb); rc != 1 || !strings.Contains(errb.String(), "Add --yes") {
+			t.Errorf("%s without --yes: rc %d, %q", what, rc, errb.String())
+		}
 	}
 }
