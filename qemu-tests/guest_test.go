@@ -4,7 +4,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"strings"
 	"testing"
+	"time"
 
 	"magestack/qemu-tests/qemu"
 )
@@ -30,4 +33,40 @@ func guestTestBinary(t *testing.T, dir, pkg string) string {
 		t.Fatalf("go test -c %s: %v\n%s", pkg, err, out)
 	}
 	return bin
+}
+
+// guestTests waits for the result line of a guest running a package's
+// tests (init/internal/guest: "<name>-guest: tests exit code N"), fails t
+// for each of mustPass that did not pass, for every failed test and for a
+// failed setup, logs the console lines show picks (nil: none), and
+// returns the console.
+func guestTests(t *testing.T, vm *qemu.VM, name string, mustPass []string, show func(line string) bool) string {
+	t.Helper()
+	m, err := vm.Expect(qemu.Scale(10*time.Minute), name+`-guest: tests exit code (\d+)`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	console := vm.Console()
+	for _, test := range mustPass {
+		if !regexp.MustCompile(`--- PASS: ` + regexp.QuoteMeta(test) + ` `).MatchString(console) {
+			t.Errorf("%s did not pass in the guest", test)
+		}
+	}
+	var shown []string
+	for _, l := range strings.Split(console, "\n") {
+		l = strings.TrimSpace(l)
+		switch {
+		case strings.Contains(l, "--- FAIL") || strings.Contains(l, name+"-guest: setup:"):
+			t.Errorf("guest: %s", l)
+		case show != nil && show(l):
+			shown = append(shown, l)
+		}
+	}
+	if len(shown) > 0 {
+		t.Logf("guest:\n%s", strings.Join(shown, "\n"))
+	}
+	if m[1] != "0" {
+		t.Errorf("the %s tests exited %s in the guest", name, m[1])
+	}
+	return console
 }

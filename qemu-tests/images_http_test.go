@@ -95,7 +95,9 @@ func TestImagesOverHTTPCachedForReboot(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.Truncate(1 << 30) // blank and sparse: magestack partitions and formats it
+	// Blank and sparse: magestack partitions and formats it; the default
+	// volumes (db1, acc1: 1 GiB each) are preallocated on it.
+	f.Truncate(4 << 30)
 	f.Close()
 
 	boot := func(name string) *qemu.VM {

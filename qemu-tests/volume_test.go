@@ -2,7 +2,6 @@ package qemutests
 
 import (
 	"path/filepath"
-	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -27,29 +26,9 @@ func TestVolumesOnDRBD(t *testing.T) {
 	}
 	vm := qemu.Start(t, qemu.Options{Name: "volume", Kernel: im.Kernel, Initrd: initrd, Memory: 1024, SMP: 2, NoReboot: true,
 		Append: "console=ttyS0 quiet panic=-1 rdinit=/volume.test MAGESTACK_VOLUME_GUEST=1"})
-	m, err := vm.Expect(qemu.Scale(10*time.Minute), `volume-guest: tests exit code (\d+)`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	console := vm.Console()
-	for _, name := range []string{"TestGuestVolumeLifecycle", "TestGuestVolumePairReplicates"} {
-		if !regexp.MustCompile(`--- PASS: ` + name + ` `).MatchString(console) {
-			t.Errorf("%s did not pass in the guest", name)
-		}
-	}
-	var summary []string
-	for _, l := range strings.Split(console, "\n") {
-		if strings.Contains(l, "--- ") || strings.Contains(l, "grown online:") || strings.Contains(l, "synced:") || strings.Contains(l, "refused") {
-			summary = append(summary, strings.TrimSpace(l))
-		}
-		if strings.Contains(l, "--- FAIL") {
-			t.Errorf("guest: %s", strings.TrimSpace(l))
-		}
-	}
-	t.Logf("guest results:\n%s", strings.Join(summary, "\n"))
-	if m[1] != "0" {
-		t.Errorf("the volume tests exited %s in the guest", m[1])
-	}
+	guestTests(t, vm, "volume", []string{"TestGuestVolumeLifecycle", "TestGuestVolumePairReplicates"}, func(l string) bool {
+		return strings.Contains(l, "--- ") || strings.Contains(l, "grown online:") || strings.Contains(l, "synced:") || strings.Contains(l, "refused")
+	})
 	if _, err := vm.Wait(qemu.Scale(time.Minute)); err != nil {
 		t.Errorf("guest did not power off: %v", err)
 	}

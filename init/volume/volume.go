@@ -494,13 +494,19 @@ func unmount(path string, limit time.Duration) error {
 
 // growOnline makes DRBD and the mounted filesystem use a grown backing
 // file. Connected, DRBD takes the smaller of the two copies, so the volume
-// grows once both hosts grew theirs; without a peer it is told the peer
-// (a later one) will have the room.
+// grows once both hosts grew theirs.
 func (m *Manager) growOnline(ctx context.Context, s Spec, st State) error {
 	before, _ := blockDevSize(s.Device())
 	args := []string{"resize", fmt.Sprint(s.Minor)}
-	if st.Connection != "Connected" {
+	switch {
+	case s.Peer == nil:
+		// A peer added later syncs onto a copy at least this large.
 		args = append(args, "--assume-peer-has-space=yes")
+	case st.Connection != "Connected":
+		// DRBD sizes a pair to the smaller copy when they connect: the
+		// volume grows then, once the peer grew its own.
+		m.log.Info("volume: grown here; the volume grows when the peer has grown too and they connect", "volume", s.Name)
+		return nil
 	}
 	if _, err := drbdsetup(ctx, args...); err != nil {
 		return fmt.Errorf("volume %s: resize: %w", s.Name, err)

@@ -356,8 +356,10 @@ func (b *bootEnv) rolesStep(ctx context.Context) error {
 		}
 		host = st.Hosts[0].Name
 	}
-	if err := b.ensureVolumes(ctx, st, host); err != nil {
-		// Instances whose volume is ready start; the others say why.
+	// Instances whose volume is ready start; the others say why.
+	if failed, err := b.ensureVolumes(ctx, st, host); err != nil {
+		b.log.Error("roles: no volumes", "err", err)
+	} else if err := failed.all(); err != nil {
 		b.log.Error("roles: some volumes are not ready", "err", err)
 	}
 	opts := b.roleOptions()
@@ -516,7 +518,11 @@ func (b *bootEnv) reconcileStep(ctx context.Context) error {
 			}
 			// The revision's volumes first: a new instance's is created, a
 			// changed size applied (a shrink refuses the revision).
-			if err := b.ensureVolumes(ctx, s, host); err != nil {
+			failed, err := b.ensureVolumes(ctx, s, host)
+			if err == nil {
+				err = failed.of(inst.Name)
+			}
+			if err != nil {
 				return err
 			}
 			_, idx, _ := s.HostByName(host)

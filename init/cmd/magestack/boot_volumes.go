@@ -193,29 +193,45 @@ func (b *bootEnv) volumes() *hostVolumes {
 	return b.vols
 }
 
+// volumeErrors are the volumes that could not be set up, by instance.
+type volumeErrors map[string]error
+
+// of is instance's error, nil when its volume is fine.
+func (e volumeErrors) of(instance string) error { return e[instance] }
+
+// all joins every error.
+func (e volumeErrors) all() error {
+	var errs []error
+	for _, err := range e {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
 // ensureVolumes sets up every volume this host holds in st (created,
 // grown, attached, connected to the peer) before roles start. A volume
-// that fails is reported and its instance stays down: it must not run on
-// an empty directory.
-func (b *bootEnv) ensureVolumes(ctx context.Context, st *stackfile.Stack, host string) error {
+// that fails is reported (and returned by instance): its instance stays
+// down, for it must not run on an empty directory; the others go on. err
+// is for the plan as a whole.
+func (b *bootEnv) ensureVolumes(ctx context.Context, st *stackfile.Stack, host string) (volumeErrors, error) {
 	v := b.volumes()
 	if v == nil {
 		b.log.Warn("volumes: no data disk: role data lives in memory and is not replicated")
-		return nil
+		return nil, nil
 	}
 	sec := b.stackSecret()
 	plan, err := volume.PlanFor(st, host, volumePaths(), sec.Secret)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if len(plan.Specs) == 0 {
-		return nil
+		return nil, nil
 	}
 	if plan.Unreplicated != "" {
 		b.log.Warn("volumes: not replicated", "reason", plan.Unreplicated)
 	}
 	if err := b.loadModule(ctx, "drbd"); err != nil {
-		return err
+		return nil, err
 	}
 	if plan.Ports() != nil {
 		if err := setDRBDHandler(); err != nil {
@@ -231,11 +247,11 @@ func (b *bootEnv) ensureVolumes(ctx context.Context, st *stackfile.Stack, host s
 			b.log.Warn("volumes: the pair link is not up; replication waits for it", "err", err)
 		}
 	}
-	var errs []error
+	failed := volumeErrors{}
 	for _, s := range plan.Specs {
 		if err := v.mgr.Ensure(ctx, s); err != nil {
 			b.log.Error("volume: not ready; its instance stays down", "volume", s.Name, "err", err)
-			errs = append(errs, err)
+			failed[s.Name] = err
 		}
 	}
 	v.mu.Lock()
@@ -246,7 +262,7 @@ func (b *bootEnv) ensureVolumes(ctx context.Context, st *stackfile.Stack, host s
 	if first {
 		pid1.Go(b.log, "volume watch", func() { v.watch(b.ctx, b.log) })
 	}
-	return errors.Join(errs...)
+	return failed, nil
 }
 
 // watch logs every change of a volume's DRBD state (link, roles, disks,

@@ -77,7 +77,7 @@ func volumesMain(args []string) int { return ctlVolumes(args, os.Stdout, os.Stde
 
 func ctlVolumes(args []string, stdout, stderr io.Writer) int {
 	c := newCtlFlags("volumes", "[-o json] [--socket PATH] | discard INSTANCE --yes | accept-outdated INSTANCE --yes", stderr, true)
-	yes := c.fs.Bool("yes", false, "discard: confirm that this host's writes since the link broke are thrown away")
+	yes := c.fs.Bool("yes", false, "discard, accept-outdated: confirm the writes the command says are lost")
 	pos, err := c.parse(args)
 	if err == nil && len(pos) > 0 && (pos[0] == "discard" || pos[0] == "accept-outdated") {
 		return ctlVolumeOverride(c, pos[0], pos[1:], *yes, stdout, stderr)

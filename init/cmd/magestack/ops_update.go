@@ -46,7 +46,11 @@ func (b *bootEnv) updateByReload(here func(stackfile.Instance) bool, stop func(c
 		if slices.Contains(ch.Fields, "volume") && b.volumes() != nil {
 			// A DRBD volume grows online under the running instance; a
 			// shrink is refused here, before the instance is touched.
-			if err := b.ensureVolumes(ctx, s, b.Hostname()); err != nil {
+			failed, err := b.ensureVolumes(ctx, s, b.Hostname())
+			if err == nil {
+				err = failed.of(ch.New.Name)
+			}
+			if err != nil {
 				return fmt.Errorf("update %s: %w", ch.New.Name, err)
 			}
 			b.log.Info("config: volume grown online", "instance", ch.New.Name, "size", int64(s.Roles[ch.New.Role].Volume))
