@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -600,6 +601,19 @@ func WriteError(w http.ResponseWriter, code int, msg string) { writeError(w, cod
 
 // WriteJSON answers with v as JSON.
 func WriteJSON(w http.ResponseWriter, code int, v any) { writeJSON(w, code, v) }
+
+// ReadJSON decodes a request body of at most limit bytes into v, unknown
+// fields refused. On failure it has answered 400 naming what (a "bad
+// <what>: ..." error) and returns false.
+func ReadJSON(w http.ResponseWriter, r *http.Request, limit int64, what string, v any) bool {
+	dec := json.NewDecoder(io.LimitReader(r.Body, limit))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		writeError(w, http.StatusBadRequest, "bad "+what+": "+err.Error())
+		return false
+	}
+	return true
+}
 
 func writeError(w http.ResponseWriter, code int, msg string) {
 	writeJSON(w, code, ErrorReply{Error: msg})

@@ -42,6 +42,12 @@ type Instance struct {
 // FQDN is the instance's name inside the stack, e.g. web2.i.
 func (i Instance) FQDN() string { return i.Name + ".i" }
 
+// Offset is the instance's fixed position inside the internal subnet
+// (its address's offset): unique per instance and stable as instances
+// are added, so other per-instance numbers (a volume's DRBD minor and
+// port) derive from it.
+func (i Instance) Offset() int { return roleOffset[i.Role] + i.N - 1 }
+
 // offsetAddr returns the address at offset off inside prefix p.
 func offsetAddr(p netip.Prefix, off int) (netip.Addr, error) {
 	p = p.Masked()

@@ -22,3 +22,25 @@ func TestHostByMAC(t *testing.T) {
 		}
 	}
 }
+
+// Offset is the instance's address's position in the internal subnet, for
+// every role, as instances are added.
+func TestInstanceOffsetMatchesAddress(t *testing.T) {
+	s := Default()
+	web := s.Roles["web"]
+	web.Count = 3
+	s.Roles["web"] = web
+	insts, err := s.Instances()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, in := range insts {
+		want, err := offsetAddr(s.Internal, in.Offset())
+		if err != nil || want != in.Addr {
+			t.Errorf("%s: offset %d is %v (%v), address %v", in.Name, in.Offset(), want, err, in.Addr)
+		}
+	}
+	if len(insts) < 9 {
+		t.Fatalf("%d instances", len(insts))
+	}
+}

@@ -31,7 +31,8 @@ type Paths struct {
 // PlanFor lists the volumes host holds in stack: one per instance with a
 // volume that this host or its pair peer runs by placement (either may run
 // it after a failover, so both keep a copy). secret names the peers'
-// shared secret of a volume; nil for a host without a pair.
+// shared secret of a volume; nil leaves the secrets out (enough to know
+// the ports).
 func PlanFor(stack *stackfile.Stack, host string, paths Paths, secret func(name string) (string, error)) (Plan, error) {
 	h, _, ok := stack.HostByName(host)
 	if !ok {
@@ -61,10 +62,7 @@ func PlanFor(stack *stackfile.Stack, host string, paths Paths, secret func(name 
 		if size == 0 || (in.Host != host && (h.Pair == "" || in.Host != h.Pair)) {
 			continue
 		}
-		off, err := offset(stack.Internal, in.Addr)
-		if err != nil {
-			return Plan{}, fmt.Errorf("volume %s: %w", in.Name, err)
-		}
+		off := in.Offset()
 		s := Spec{
 			Name:    in.Name,
 			Minor:   off,
@@ -78,8 +76,11 @@ func PlanFor(stack *stackfile.Stack, host string, paths Paths, secret func(name 
 				return Plan{}, fmt.Errorf("volume %s: replication port %d out of range", in.Name, port)
 			}
 			s.Peer = &Link{Local: netip.AddrPortFrom(local, uint16(port)), Remote: netip.AddrPortFrom(remote, uint16(port))}
-			if s.Secret, err = secret("drbd." + in.Name); err != nil {
-				return Plan{}, fmt.Errorf("volume %s: %w", in.Name, err)
+			if secret != nil {
+				var err error
+				if s.Secret, err = secret("drbd." + in.Name); err != nil {
+					return Plan{}, fmt.Errorf("volume %s: %w", in.Name, err)
+				}
 			}
 		}
 		plan.Specs = append(plan.Specs, s)
@@ -106,15 +107,4 @@ func (p Plan) Spec(instance string) (Spec, bool) {
 		}
 	}
 	return Spec{}, false
-}
-
-// offset is a's position inside the internal prefix.
-func offset(internal netip.Prefix, a netip.Addr) (int, error) {
-	base := internal.Masked().Addr()
-	if !internal.Contains(a) || !a.Is4() {
-		return 0, fmt.Errorf("address %s outside the internal network %s", a, internal)
-	}
-	b, x := base.As4(), a.As4()
-	d := (int(x[0])-int(b[0]))<<24 | (int(x[1])-int(b[1]))<<16 | (int(x[2])-int(b[2]))<<8 | (int(x[3]) - int(b[3]))
-	return d, nil
 }

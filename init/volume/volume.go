@@ -526,18 +526,28 @@ func (m *Manager) growOnline(ctx context.Context, s Spec, st State) error {
 // State returns the kernel's view of the volume's minor.
 func (m *Manager) State(minor int) (State, bool, error) { return m.state(minor) }
 
-func (m *Manager) state(minor int) (State, bool, error) {
+// States returns the kernel's view of every configured minor, from one
+// read of /proc/drbd (for callers that look at all volumes at once).
+func (m *Manager) States() (map[int]State, error) {
 	f, err := os.Open(m.procDRBD)
 	if errors.Is(err, os.ErrNotExist) {
-		return State{}, false, fmt.Errorf("DRBD is not loaded (%s missing)", m.procDRBD)
+		return nil, fmt.Errorf("DRBD is not loaded (%s missing)", m.procDRBD)
 	}
 	if err != nil {
-		return State{}, false, err
+		return nil, err
 	}
 	defer f.Close()
 	all, err := parseProcDRBD(f)
 	if err != nil {
-		return State{}, false, fmt.Errorf("read %s: %w", m.procDRBD, err)
+		return nil, fmt.Errorf("read %s: %w", m.procDRBD, err)
+	}
+	return all, nil
+}
+
+func (m *Manager) state(minor int) (State, bool, error) {
+	all, err := m.States()
+	if err != nil {
+		return State{}, false, err
 	}
 	st, ok := all[minor]
 	return st, ok, nil

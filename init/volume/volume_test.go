@@ -122,7 +122,7 @@ hosts:
 						t.Errorf("%s: secret %q", s.Name, s.Secret)
 					}
 				}
-				got = append(got, strings.Join([]string{s.Name, itoa(s.Minor), itoa(int(s.Size)), peer}, ":"))
+				got = append(got, strings.Join([]string{s.Name, strconv.Itoa(s.Minor), strconv.Itoa(int(s.Size)), peer}, ":"))
 				if s.Backing != "/data/volumes/"+s.Name+".img" || s.Mount != "/run/v/"+s.Name {
 					t.Errorf("%s: paths %s %s", s.Name, s.Backing, s.Mount)
 				}
@@ -139,8 +139,6 @@ hosts:
 		t.Error("unknown host accepted")
 	}
 }
-
-func itoa(n int) string { return strconv.Itoa(n) }
 
 // TestBackingRefusals: a volume the disk cannot hold and a shrink are
 // refused before anything is written.

@@ -189,9 +189,8 @@ func hostView(st *stackfile.Stack, host string, servers []netip.Prefix) firewall
 		{Proto: "udp", Port: clusterconf.HeartbeatPort, Name: "heartbeat"},
 		{Proto: "tcp", Port: failover.RPCPort, Name: "cluster-rpc"},
 	}
-	// Each volume's DRBD replication port; the plan's secrets play no part.
-	noSecret := func(string) (string, error) { return "-", nil }
-	if plan, err := volume.PlanFor(st, host, volumePaths(), noSecret); err == nil {
+	// Each volume's DRBD replication port.
+	if plan, err := volume.PlanFor(st, host, volumePaths(), nil); err == nil {
 		for _, p := range plan.Ports() {
 			v.ClusterPorts = append(v.ClusterPorts, services.Port{Proto: "tcp", Port: p, Name: "drbd"})
 		}
@@ -357,7 +356,7 @@ func (b *bootEnv) rolesStep(ctx context.Context) error {
 		host = st.Hosts[0].Name
 	}
 	// Instances whose volume is ready start; the others say why.
-	if failed, err := b.ensureVolumes(ctx, st, host); err != nil {
+	if failed, err := b.ensureVolumes(ctx, st, host, ""); err != nil {
 		b.log.Error("roles: no volumes", "err", err)
 	} else if err := failed.all(); err != nil {
 		b.log.Error("roles: some volumes are not ready", "err", err)
@@ -518,7 +517,7 @@ func (b *bootEnv) reconcileStep(ctx context.Context) error {
 			}
 			// The revision's volumes first: a new instance's is created, a
 			// changed size applied (a shrink refuses the revision).
-			failed, err := b.ensureVolumes(ctx, s, host)
+			failed, err := b.ensureVolumes(ctx, s, host, inst.Name)
 			if err == nil {
 				err = failed.of(inst.Name)
 			}

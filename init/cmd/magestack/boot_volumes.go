@@ -2,10 +2,8 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/http"
 	"os"
@@ -17,7 +15,6 @@ import (
 	"magestack/init/api"
 	"magestack/init/failover"
 	"magestack/init/pid1"
-
 	"magestack/init/roleenv"
 	"magestack/init/stackfile"
 	"magestack/init/volume"
@@ -87,6 +84,17 @@ func (v *hostVolumes) Plan() volume.Plan {
 	return v.plan
 }
 
+// setPlan puts plan in force and reports whether it is the first (the
+// watcher is to start).
+func (v *hostVolumes) setPlan(plan volume.Plan) (first bool) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.plan = plan
+	first = !v.watching && len(plan.Specs) > 0
+	v.watching = v.watching || first
+	return first
+}
+
 func (v *hostVolumes) setFence(f volumeFence) {
 	v.mu.Lock()
 	v.fence = f
@@ -116,12 +124,8 @@ func clusterVolumeFence(m *clusterMember, host string) volumeFence {
 			return err
 		},
 		owner: func(instance string) string {
-			for _, o := range m.node.Table() {
-				if o.Instance == instance {
-					return o.Owner
-				}
-			}
-			return ""
+			o, _ := m.node.Get(instance)
+			return o.Owner
 		},
 	}
 }
@@ -131,10 +135,14 @@ func clusterVolumeFence(m *clusterMember, host string) volumeFence {
 // link), and not recorded as outdated.
 func (v *hostVolumes) readyFor(target string) error {
 	f := v.fenceHooks()
+	all, err := v.mgr.States()
+	if err != nil {
+		return err
+	}
 	var behind []string
 	for _, s := range v.Plan().Specs {
-		st, known, err := v.mgr.State(s.Minor)
-		if err != nil || !known {
+		st, known := all[s.Minor]
+		if !known {
 			behind = append(behind, fmt.Sprintf("%s is not set up on this host", s.Name))
 			continue
 		}
@@ -208,15 +216,18 @@ func (e volumeErrors) all() error {
 	return errors.Join(errs...)
 }
 
-// ensureVolumes sets up every volume this host holds in st (created,
-// grown, attached, connected to the peer) before roles start. A volume
-// that fails is reported (and returned by instance): its instance stays
-// down, for it must not run on an empty directory; the others go on. err
-// is for the plan as a whole.
-func (b *bootEnv) ensureVolumes(ctx context.Context, st *stackfile.Stack, host string) (volumeErrors, error) {
+// ensureVolumes sets up the volumes this host holds in st (created,
+// grown, attached, connected to the peer): every one before roles start,
+// or only instance's when a revision starts or changes that instance
+// ("" for all). A volume that fails is reported (and returned by
+// instance): its instance stays down, for it must not run on an empty
+// directory; the others go on. err is for the plan as a whole.
+func (b *bootEnv) ensureVolumes(ctx context.Context, st *stackfile.Stack, host, instance string) (volumeErrors, error) {
 	v := b.volumes()
 	if v == nil {
-		b.log.Warn("volumes: no data disk: role data lives in memory and is not replicated")
+		if instance == "" {
+			b.log.Warn("volumes: no data disk: role data lives in memory and is not replicated")
+		}
 		return nil, nil
 	}
 	sec := b.stackSecret()
@@ -224,7 +235,8 @@ func (b *bootEnv) ensureVolumes(ctx context.Context, st *stackfile.Stack, host s
 	if err != nil {
 		return nil, err
 	}
-	if len(plan.Specs) == 0 {
+	if _, has := plan.Spec(instance); len(plan.Specs) == 0 || (instance != "" && !has) {
+		v.setPlan(plan)
 		return nil, nil
 	}
 	if plan.Unreplicated != "" {
@@ -249,27 +261,23 @@ func (b *bootEnv) ensureVolumes(ctx context.Context, st *stackfile.Stack, host s
 	}
 	failed := volumeErrors{}
 	for _, s := range plan.Specs {
+		if instance != "" && s.Name != instance {
+			continue
+		}
 		if err := v.mgr.Ensure(ctx, s); err != nil {
 			b.log.Error("volume: not ready; its instance stays down", "volume", s.Name, "err", err)
 			failed[s.Name] = err
 		}
 	}
-	v.mu.Lock()
-	v.plan = plan
-	first := !v.watching
-	v.watching = true
-	v.mu.Unlock()
-	if first {
+	if v.setPlan(plan) {
 		pid1.Go(b.log, "volume watch", func() { v.watch(b.ctx, b.log) })
 	}
 	return failed, nil
 }
 
 // watch logs every change of a volume's DRBD state (link, roles, disks,
-// resync start and end) and reconnects a replicated volume DRBD left
-// StandAlone (the peer's address was not up yet, a network error). After
-// a split brain DRBD drops the link again at once and says so in the
-// kernel log: no data is discarded by trying.
+// resync end), sets up again a volume that is not (or is no longer)
+// attached or connected, and clears fence records that are obsolete.
 func (v *hostVolumes) watch(ctx context.Context, log *slog.Logger) {
 	last := map[string]volume.State{}
 	tick := time.NewTicker(2 * time.Second)
@@ -282,25 +290,29 @@ func (v *hostVolumes) watch(ctx context.Context, log *slog.Logger) {
 		case <-tick.C:
 		}
 		f := v.fenceHooks()
+		all, err := v.mgr.States()
+		if err != nil {
+			continue
+		}
 		for _, s := range v.Plan().Specs {
-			st, known, err := v.mgr.State(s.Minor)
-			if err != nil {
-				continue
-			}
-			if !known || st.Disk == "Diskless" {
-				// Set-up failed at boot (or the disk was detached after an
-				// I/O error): try again, bounded and spaced.
+			st, known := all[s.Minor]
+			// Set-up failed at boot, the disk was detached after an I/O
+			// error, or DRBD left a replicated volume StandAlone (the
+			// peer's address was not up yet, a network error): set it up
+			// again, spaced. After a split brain DRBD drops the link again
+			// at once and says so: no data is discarded by trying.
+			if !known || st.Disk == "Diskless" || (s.Peer != nil && st.Connection == "StandAlone") {
 				if time.Since(lastTry[s.Name]) > 10*time.Second {
 					lastTry[s.Name] = time.Now()
 					cctx, cancel := context.WithTimeout(ctx, time.Minute)
 					if err := v.mgr.Ensure(cctx, s); err != nil {
-						log.Warn("volume: still not ready", "volume", s.Name, "err", err)
-					} else {
-						log.Info("volume: ready", "volume", s.Name)
+						log.Warn("volume: not ready; trying again", "volume", s.Name, "err", err)
 					}
 					cancel()
 				}
-				continue
+				if !known || st.Disk == "Diskless" {
+					continue
+				}
 			}
 			prev, seen := last[s.Name]
 			last[s.Name] = st
@@ -328,14 +340,6 @@ func (v *hostVolumes) watch(ctx context.Context, log *slog.Logger) {
 					cancel()
 				}
 			}
-			if s.Peer != nil && st.Connection == "StandAlone" && time.Since(lastTry[s.Name]) > 10*time.Second {
-				lastTry[s.Name] = time.Now()
-				cctx, cancel := context.WithTimeout(ctx, time.Minute)
-				if err := v.mgr.Ensure(cctx, s); err != nil {
-					log.Warn("volume: reconnect failed", "volume", s.Name, "err", err)
-				}
-				cancel()
-			}
 		}
 	}
 }
@@ -343,6 +347,10 @@ func (v *hostVolumes) watch(ctx context.Context, log *slog.Logger) {
 // setDRBDHandler makes the kernel's DRBD module run this binary's
 // drbd-handler face for its events (fence-peer, split-brain).
 func setDRBDHandler() error {
+	const param = "/sys/module/drbd/parameters/usermode_helper"
+	if cur, err := os.ReadFile(param); err == nil && strings.TrimSpace(string(cur)) == drbdHandlerLink {
+		return nil
+	}
 	exe, err := os.Executable()
 	if err != nil {
 		return err
@@ -354,7 +362,7 @@ func setDRBDHandler() error {
 	if err := os.Symlink(exe, drbdHandlerLink); err != nil {
 		return err
 	}
-	return os.WriteFile("/sys/module/drbd/parameters/usermode_helper", []byte(drbdHandlerLink), 0)
+	return os.WriteFile(param, []byte(drbdHandlerLink), 0)
 }
 
 // serveVolumeEvent takes the DRBD handler's events. fence-peer: this host
@@ -364,10 +372,7 @@ func setDRBDHandler() error {
 // copy stale). The answer's status is the handler's verdict.
 func (b *bootEnv) serveVolumeEvent(w http.ResponseWriter, r *http.Request) {
 	var req volumeEventRequest
-	dec := json.NewDecoder(io.LimitReader(r.Body, 1024))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&req); err != nil {
-		api.WriteError(w, http.StatusBadRequest, "bad volume event: "+err.Error())
+	if !api.ReadJSON(w, r, 1024, "volume event", &req) {
 		return
 	}
 	v := b.volumes()
@@ -438,10 +443,7 @@ func (b *bootEnv) volumeRequest(w http.ResponseWriter, r *http.Request) (*hostVo
 	var req struct {
 		Volume string `json:"volume"`
 	}
-	dec := json.NewDecoder(io.LimitReader(r.Body, 1024))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&req); err != nil {
-		api.WriteError(w, http.StatusBadRequest, "bad volume request: "+err.Error())
+	if !api.ReadJSON(w, r, 1024, "volume request", &req) {
 		return nil, volume.Spec{}, false
 	}
 	v := b.volumes()

@@ -12,7 +12,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -360,10 +359,7 @@ func (b *bootEnv) serveMaintenanceStatus(w http.ResponseWriter, r *http.Request)
 
 func (b *bootEnv) serveMaintenanceSet(w http.ResponseWriter, r *http.Request) {
 	var req MaintenanceRequest
-	dec := json.NewDecoder(io.LimitReader(r.Body, 4096))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&req); err != nil {
-		api.WriteError(w, http.StatusBadRequest, "bad maintenance request: "+err.Error())
+	if !api.ReadJSON(w, r, 4096, "maintenance request", &req) {
 		return
 	}
 	st := b.Stack()

@@ -41,16 +41,18 @@ func (b *bootEnv) volumeStatuses(ctx context.Context) (any, error) {
 	if v == nil {
 		return nil, nil
 	}
+	f := v.fenceHooks()
+	all, err := v.mgr.States()
 	var out []volumeStatus
 	for _, s := range v.Plan().Specs {
 		vs := volumeStatus{Name: s.Name, Size: s.Size, Device: s.Device()}
 		if s.Peer != nil {
 			vs.Peer = s.Peer.Remote.String()
 		}
-		if f := v.fenceHooks(); f.outdated != nil {
+		if f.outdated != nil {
 			vs.Outdated, _ = f.outdated(s.Name)
 		}
-		st, known, err := v.mgr.State(s.Minor)
+		st, known := all[s.Minor]
 		switch {
 		case err != nil:
 			vs.Error = err.Error()

@@ -46,7 +46,7 @@ func (b *bootEnv) updateByReload(here func(stackfile.Instance) bool, stop func(c
 		if slices.Contains(ch.Fields, "volume") && b.volumes() != nil {
 			// A DRBD volume grows online under the running instance; a
 			// shrink is refused here, before the instance is touched.
-			failed, err := b.ensureVolumes(ctx, s, b.Hostname())
+			failed, err := b.ensureVolumes(ctx, s, b.Hostname(), ch.New.Name)
 			if err == nil {
 				err = failed.of(ch.New.Name)
 			}
