@@ -8,10 +8,12 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 
 	"magestack/init/nsdo"
 )
@@ -144,7 +146,7 @@ func waitFor(t *testing.T, what string, within time.Duration, cond func() bool) 
 func TestHostGivingUpTheVIPDoesNotPullNeighboursBack(t *testing.T) {
 	names, macs := bridgeLAN(t, "vipr", 96, 1)
 	vipAddr := netip.MustParsePrefix("10.96.0.50/24")
-	hold := func(host string) {
+	hold := func(host string, defendAfter time.Duration) {
 		ns, err := netns.GetFromName(names[host])
 		if err != nil {
 			t.Fatal(err)
@@ -158,13 +160,16 @@ func TestHostGivingUpTheVIPDoesNotPullNeighboursBack(t *testing.T) {
 		}); err != nil {
 			t.Fatal(err)
 		}
+		h.DefendAfter = defendAfter
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan error, 1)
 		go func() { done <- h.Hold(ctx); h.Close() }()
 		t.Cleanup(func() { cancel(); <-done })
 	}
 	neigh := func() string { return ip(t, "-n", names["c"], "neigh", "show", "10.96.0.50") }
-	hold("a")
+	// A steps down well before it would answer B's announcement (the
+	// moment it has is what this test is about).
+	hold("a", time.Hour)
 	c, err := netns.GetFromName(names["c"])
 	if err != nil {
 		t.Fatal(err)
@@ -181,7 +186,7 @@ func TestHostGivingUpTheVIPDoesNotPullNeighboursBack(t *testing.T) {
 		})
 		return strings.Contains(neigh(), macs["a"])
 	})
-	hold("b") // B takes over and announces it
+	hold("b", time.Second) // B takes over and announces it
 	waitFor(t, "client's entry for the VIP at B", 5*time.Second, func() bool { return strings.Contains(neigh(), macs["b"]) })
 	// Past the neighbour lock time (1 s) an ARP request from A naming the
 	// VIP would move the client's entry back to A.
@@ -208,5 +213,127 @@ func TestHostGivingUpTheVIPDoesNotPullNeighboursBack(t *testing.T) {
 	})
 	if got := neigh(); !strings.Contains(got, macs["b"]) {
 		t.Fatalf("the client's entry for the VIP left B after A sent from it: %s", got)
+	}
+}
+
+// TestHolderAnswersAnotherHostsAnnouncement: B holds the VIP; A, resumed
+// from a pause and not yet stepped down, announces it from a timer that was
+// due and the client follows A. B answers with its own announcement and the
+// client's entry is back at B within a couple of seconds; a holder that may
+// no longer hold the address (Allowed false) does not answer.
+func TestHolderAnswersAnotherHostsAnnouncement(t *testing.T) {
+	names, macs := bridgeLAN(t, "vipd", 95, 2)
+	vipAddr := netip.MustParsePrefix("10.95.0.50/24")
+	var allowed atomic.Bool
+	allowed.Store(true)
+	b, err := netns.GetFromName(names["b"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	var h *Holder
+	if err := nsdo.Do(b, func() error {
+		var err error
+		h, err = New("eth0", vipAddr, nil)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	h.Allowed = allowed.Load
+	// One announcement when taken and no refresh: only an answer to A can
+	// bring the client back.
+	h.Burst, h.Every = []time.Duration{0}, time.Hour
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- h.Hold(ctx); h.Close() }()
+	defer func() { cancel(); <-done }()
+
+	neigh := func() string { return ip(t, "-n", names["c"], "neigh", "show", "10.95.0.50") }
+	c, err := netns.GetFromName(names["c"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	waitFor(t, "client resolves the VIP at B", 5*time.Second, func() bool {
+		nsdo.Do(c, func() error {
+			conn, err := net.Dial("udp4", "10.95.0.50:9")
+			if err == nil {
+				conn.Write([]byte("x"))
+				conn.Close()
+			}
+			return err
+		})
+		return strings.Contains(neigh(), macs["b"])
+	})
+	a, err := netns.GetFromName(names["a"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	staleAnnounce := func() {
+		t.Helper()
+		// Past the client's neighbour lock time (1 s), or it ignores A.
+		time.Sleep(1200 * time.Millisecond)
+		if err := nsdo.Do(a, func() error { return sendGARP("eth0", macs["a"], vipAddr.Addr()) }); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, "client follows A's announcement", 2*time.Second, func() bool { return strings.Contains(neigh(), macs["a"]) })
+	}
+	staleAnnounce()
+	waitFor(t, "B answers and the client's entry is back at B", 5*time.Second, func() bool { return strings.Contains(neigh(), macs["b"]) })
+
+	allowed.Store(false)
+	staleAnnounce()
+	time.Sleep(3 * h.DefendAfter)
+	if got := neigh(); !strings.Contains(got, macs["a"]) {
+		t.Fatalf("a holder that may no longer hold the address answered A: %s", got)
+	}
+}
+
+// sendGARP announces ip at mac on link from the calling namespace.
+func sendGARP(link, mac string, ip netip.Addr) error {
+	hw, err := net.ParseMAC(mac)
+	if err != nil {
+		return err
+	}
+	ifi, err := net.InterfaceByName(link)
+	if err != nil {
+		return err
+	}
+	fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, int(htons(unix.ETH_P_ARP)))
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	to := &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ARP), Ifindex: ifi.Index, Halen: 6,
+		Addr: [8]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}}
+	return unix.Sendto(fd, garp(hw, ip), 0, to)
+}
+
+func TestClaims(t *testing.T) {
+	vip := netip.MustParseAddr("192.0.2.50")
+	mac, _ := net.ParseMAC("02:00:00:00:00:0b")
+	reply := garp(mac, vip)
+	reply[7] = 2
+	other := garp(mac, netip.MustParseAddr("192.0.2.11"))
+	rarp := garp(mac, vip)
+	rarp[7] = 3
+	for _, tc := range []struct {
+		name string
+		pkt  []byte
+		want bool
+	}{
+		{"gratuitous request", garp(mac, vip), true},
+		{"reply", reply, true},
+		{"another address", other, false},
+		{"reverse ARP", rarp, false},
+		{"truncated", garp(mac, vip)[:20], false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, ok := claims(tc.pkt, vip)
+			if ok != tc.want || (ok && got.String() != mac.String()) {
+				t.Fatalf("claims = %v %v, want %v at %v", got, ok, tc.want, mac)
+			}
+		})
 	}
 }
