@@ -213,7 +213,8 @@ test-qemu: image images
 	sed -nE 's/^--- (PASS|FAIL|SKIP): ([^ ]+) \(([0-9.]+)s\)$$/\3 \1 \2/p' $(BUILD)/test-qemu.log | sort -n | \
 		awk '{ printf "%9.1fs  %-4s  %s\n", $$1, $$2, $$3; sum += $$1; n[$$2]++ } \
 		END { printf "total: %d scenarios (%d passed, %d failed, %d skipped), %.1fs in scenarios, '"$$wall"'s wall\n", NR, n["PASS"], n["FAIL"], n["SKIP"], sum }'; \
-	grep -E '^(FAIL|ok|panic:)|^\s+Test[A-Za-z0-9_/]+ \([0-9.hms]+\)$$' $(BUILD)/test-qemu.log || true; exit $$rc
+	grep -E '^(FAIL|ok|panic:)|^\s+Test[A-Za-z0-9_/]+ \([0-9.hms]+\)$$' $(BUILD)/test-qemu.log || true; \
+	[ $$rc = 0 ] || awk -f qemu-tests/failures.awk $(BUILD)/test-qemu.log; exit $$rc
 
 bench: deps image images
 	MAGESTACK_BUILD=$(BUILD) $(GORUN) ./qemu-tests/bench
