@@ -102,10 +102,11 @@ func TestFailoverNoWitnessQMPFence(t *testing.T) {
 // devices. Losing dh1 must not make dh2 take over on its own (it cannot
 // know dh1 is off); the console says so and names the manual path. The
 // operator's `magestack failover --force` on dh2 then takes over, after
-// saying what it risks.
+// saying what it risks: for db1's replicated volume, the moment up to which
+// dh2's copy has every write.
 func TestFailoverNoWitnessNoFenceForce(t *testing.T) {
 	qemu.Require(t)
-	r := startPairRigWith(t, pairRigOptions{Stack: fmt.Sprintf(noWitnessStackYAML, "", ""), NoWitness: true})
+	r := startPairRigWith(t, pairRigOptions{Stack: fmt.Sprintf(noWitnessStackYAML, "", ""), NoWitness: true, DataDisks: true})
 	start := time.Now()
 	r.prober.waitOK(t, start, pairMAC["dh1"], 2*time.Minute)
 
@@ -128,6 +129,11 @@ func TestFailoverNoWitnessNoFenceForce(t *testing.T) {
 	if _, err := r.vms["dh2"].Expect(time.Minute, `If the peer is in fact running, both serve the same roles`); err != nil {
 		t.Errorf("failover --force did not say what it risks: %v", err)
 	}
+	if m, err := r.vms["dh2"].Expect(time.Minute, `db1: starts from this host's copy, which has every write up to (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) UTC`); err != nil {
+		t.Errorf("failover --force did not say up to when db1's copy is complete: %v", err)
+	} else {
+		t.Logf("failover --force: db1 has every write up to %s UTC; dh1 was lost at %s", m[1], lost.UTC().Format(time.TimeOnly))
+	}
 	if m, err := r.vms["dh2"].Expect(3*time.Minute, `@@rc=(\d+)@@`); err != nil || m[1] != "0" {
 		t.Fatalf("magestack failover --force: %v %v", m, err)
 	}
@@ -137,6 +143,14 @@ func TestFailoverNoWitnessNoFenceForce(t *testing.T) {
 	if !regexp.MustCompile(`failover: moving instances.*from=dh1 to=dh2`).MatchString(r.vms["dh2"].Console()) {
 		t.Error("dh2 did not log the move of dh1's instances")
 	}
+	// acc1 was Primary on dh2 when dh1 was lost: its writes froze until
+	// the cluster could record dh1's copy as outdated, which the forced
+	// takeover allows.
+	if _, err := r.vms["dh2"].Expect(time.Minute, `volume: frozen writes resumed: the peer's copy is recorded outdated volume=acc1`); err != nil {
+		t.Errorf("dh2 did not resume acc1's frozen writes after the forced takeover: %v", err)
+	}
+	out := consoleRunUntil(t, r.vms["dh2"], "magestack volumes", `(?m)^db1\s+\S+\s+\S+\s+Primary\s+UpToDate`, 2*time.Minute)
+	t.Logf("dh2 volumes after the forced takeover:\n%s", out)
 }
 
 // failoverLines is what a VM's console said about peers, fencing and

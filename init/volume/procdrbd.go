@@ -20,6 +20,10 @@ type State struct {
 	Received   int64   `json:"received_kib"`         // received from the peer since attach (nr)
 	Synced     float64 `json:"synced_pct,omitempty"` // resync progress while syncing
 	Finish     string  `json:"finish,omitempty"`     // resync ETA h:mm:ss
+	// Frozen: DRBD holds this copy's I/O (the flag after the protocol
+	// letter is "s"): a Primary that lost its peer waits for the fence
+	// handler's verdict, or waits on after the handler failed.
+	Frozen bool `json:"io_frozen,omitempty"`
 }
 
 // Syncing reports whether a resync is running.
@@ -52,6 +56,12 @@ func parseProcDRBD(r io.Reader) (map[int]State, error) {
 						st.Role, st.PeerRole, _ = strings.Cut(v, "/")
 					case "ds":
 						st.Disk, st.PeerDisk, _ = strings.Cut(v, "/")
+					default:
+						// The state flags: I/O running (r) or suspended
+						// (s), then five one-letter flags.
+						if len(kv) == 6 && (kv[0] == 'r' || kv[0] == 's') && !strings.Contains(kv, ":") {
+							st.Frozen = kv[0] == 's'
+						}
 					}
 				}
 				if st.Connection != "" && st.Connection != "Unconfigured" {

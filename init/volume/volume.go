@@ -459,6 +459,17 @@ func (m *Manager) Demote(ctx context.Context, s Spec) error {
 	return nil
 }
 
+// ResumeIO lets a Primary's frozen writes go on. Call it only once the
+// cluster records the peer's copy as outdated: it is what the fence
+// handler's "peer outdated" verdict does, for a verdict that came too late.
+func (m *Manager) ResumeIO(ctx context.Context, s Spec) error {
+	if _, err := drbdsetup(ctx, "resume-io", fmt.Sprint(s.Minor)); err != nil {
+		return fmt.Errorf("volume %s: %w", s.Name, err)
+	}
+	m.log.Warn("volume: frozen writes resumed: the peer's copy is recorded outdated", "volume", s.Name)
+	return nil
+}
+
 // unmount unmounts path, retrying while it is busy, within limit. The
 // syscall itself can block (a volume whose writes are frozen flushes
 // nothing): it runs aside, and the caller gets an error at the bound

@@ -24,6 +24,8 @@ srcversion: 211FB288A383ED945B83420
  2: cs:Unconfigured
  3: cs:StandAlone ro:Secondary/Unknown ds:Diskless/DUnknown   r-----
     ns:0 nr:0 dw:0 dr:0 al:0 bm:0 lo:0 pe:0 ua:0 ap:0 ep:1 wo:f oos:0
+ 4: cs:WFConnection ro:Primary/Unknown ds:UpToDate/DUnknown C s-----
+    ns:2048 nr:0 dw:4096 dr:1024 al:2 bm:0 lo:0 pe:0 ua:0 ap:1 ep:1 wo:f oos:12
 `
 
 func TestParseProcDRBD(t *testing.T) {
@@ -39,13 +41,16 @@ func TestParseProcDRBD(t *testing.T) {
 		{1, State{Minor: 1, Connection: "SyncSource", Role: "Primary", PeerRole: "Secondary", Disk: "UpToDate", PeerDisk: "Inconsistent",
 			Sent: 104448, OutOfSync: 943200, Synced: 10.4, Finish: "0:00:12"}},
 		{3, State{Minor: 3, Connection: "StandAlone", Role: "Secondary", PeerRole: "Unknown", Disk: "Diskless", PeerDisk: "DUnknown"}},
+		// A Primary whose writes are frozen (fencing: the peer is lost).
+		{4, State{Minor: 4, Connection: "WFConnection", Role: "Primary", PeerRole: "Unknown", Disk: "UpToDate", PeerDisk: "DUnknown",
+			Sent: 2048, OutOfSync: 12, Frozen: true}},
 	}
 	for _, tt := range tests {
 		if got[tt.minor] != tt.want {
 			t.Errorf("minor %d:\n got %+v\nwant %+v", tt.minor, got[tt.minor], tt.want)
 		}
 	}
-	if _, ok := got[2]; ok || len(got) != 3 {
+	if _, ok := got[2]; ok || len(got) != 4 {
 		t.Errorf("unconfigured minor listed, or extra minors: %+v", got)
 	}
 	if !got[1].Syncing() || got[0].Syncing() {

@@ -150,9 +150,14 @@ func (r *roleRuntime) Stop(ctx context.Context, name string) error {
 // pairedHost reports whether this host takes part in a cluster (it has a
 // pair peer): its roles then run where the cluster says, not where the
 // stack file places them.
-func pairedHost(st *stackfile.Stack, host string) bool {
-	h, _, ok := st.HostByName(host)
-	return ok && h.Pair != ""
+func pairedHost(st *stackfile.Stack, host string) bool { return pairOf(st, host) != "" }
+
+// pairOf is host's pair peer ("" for none).
+func pairOf(st *stackfile.Stack, host string) string {
+	if h, _, ok := st.HostByName(host); ok {
+		return h.Pair
+	}
+	return ""
 }
 
 // clusterMember is what the cluster step started, for status and shutdown.

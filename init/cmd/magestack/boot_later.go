@@ -415,7 +415,7 @@ func (b *bootEnv) clusterRoles(ctx context.Context, st *stackfile.Stack, host st
 		hooks := clusterHooks{OnSetting: func(cluster.Setting) { poke() }, OnStarted: func(string) { poke() },
 			BeforeRun: func(m *clusterMember) {
 				if v := b.volumes(); v != nil {
-					v.setFence(clusterVolumeFence(m, host))
+					v.setFence(clusterVolumeFence(m, host, pairOf(st, host)))
 				}
 			}}
 		creds, err := b.clusterCredentials(host)

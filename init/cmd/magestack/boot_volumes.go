@@ -31,12 +31,16 @@ type hostVolumes struct {
 	watching bool
 	// fence answers for the cluster: whose copies are outdated.
 	fence volumeFence
+	// inSync is, per volume, when the watcher last saw both copies
+	// connected and UpToDate: a write the peer acknowledged after it may
+	// be missing here (what `failover --force` risks).
+	inSync map[string]time.Time
 }
 
 // volumeFence is what volumes need of the cluster; nil functions on a
 // host without a pair.
 type volumeFence struct {
-	host string
+	host, peer string
 	// outdated returns the host whose copy of the instance's volume the
 	// cluster records as outdated, and since when ("" for none).
 	outdated func(instance string) (string, time.Time)
@@ -109,9 +113,10 @@ func (v *hostVolumes) fenceHooks() volumeFence {
 
 // clusterVolumeFence keeps the volumes' outdated records in the cluster's
 // settings, replicated by raft like the ownership table.
-func clusterVolumeFence(m *clusterMember, host string) volumeFence {
+func clusterVolumeFence(m *clusterMember, host, peer string) volumeFence {
 	return volumeFence{
 		host: host,
+		peer: peer,
 		outdated: func(instance string) (string, time.Time) {
 			s, ok := m.node.Setting(failover.OutdatedPrefix + instance)
 			if !ok {
@@ -282,7 +287,7 @@ func (v *hostVolumes) watch(ctx context.Context, log *slog.Logger) {
 	last := map[string]volume.State{}
 	tick := time.NewTicker(2 * time.Second)
 	defer tick.Stop()
-	lastTry := map[string]time.Time{}
+	lastTry, lastFence := map[string]time.Time{}, map[string]time.Time{}
 	for {
 		select {
 		case <-ctx.Done():
@@ -316,6 +321,9 @@ func (v *hostVolumes) watch(ctx context.Context, log *slog.Logger) {
 			}
 			prev, seen := last[s.Name]
 			last[s.Name] = st
+			if st.Connection == "Connected" && st.Disk == "UpToDate" && st.PeerDisk == "UpToDate" {
+				v.sawInSync(s.Name, time.Now())
+			}
 			if seen && (prev.Connection != st.Connection || prev.Role != st.Role || prev.PeerRole != st.PeerRole ||
 				prev.Disk != st.Disk || prev.PeerDisk != st.PeerDisk) {
 				log.Info("volume: state", "volume", s.Name, "link", st.Connection, "role", st.Role+"/"+st.PeerRole,
@@ -323,6 +331,16 @@ func (v *hostVolumes) watch(ctx context.Context, log *slog.Logger) {
 				if prev.Syncing() && !st.Syncing() {
 					log.Info("volume: resync done", "volume", s.Name, "disk", st.Disk+"/"+st.PeerDisk)
 				}
+			}
+			// Writes frozen after the fence handler gave up (the cluster had
+			// no majority to record the peer's copy as outdated): try
+			// again, spaced, and let them go on once the record is in,
+			// e.g. after an operator's `failover --force` made this host
+			// the cluster alone.
+			if st.Frozen && st.Role == "Primary" && st.Connection != "Connected" && f.record != nil && f.peer != "" &&
+				time.Since(lastFence[s.Name]) > 10*time.Second {
+				lastFence[s.Name] = time.Now()
+				v.unfreeze(ctx, s, f, log)
 			}
 			// Both copies are connected and UpToDate again: the record is
 			// obsolete. Only the host that kept writing may say so: the
@@ -342,6 +360,47 @@ func (v *hostVolumes) watch(ctx context.Context, log *slog.Logger) {
 			}
 		}
 	}
+}
+
+// unfreeze records the peer's copy of s as outdated and, once the cluster
+// holds that record, resumes the frozen writes: what the fence handler does,
+// for a record that could not be made in its time. Only the instance's
+// owner may record it.
+func (v *hostVolumes) unfreeze(ctx context.Context, s volume.Spec, f volumeFence, log *slog.Logger) {
+	if owner := f.owner(s.Name); owner != f.host {
+		log.Warn("volume: writes stay frozen: the link to the peer is down and this host does not own the instance",
+			"volume", s.Name, "owner", owner)
+		return
+	}
+	if who, _ := f.outdated(s.Name); who != f.peer {
+		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err := f.record(rctx, s.Name, f.peer)
+		cancel()
+		if err != nil {
+			log.Warn("volume: writes stay frozen: the cluster cannot record the peer's copy as outdated yet", "volume", s.Name, "err", err)
+			return
+		}
+	}
+	if err := v.mgr.ResumeIO(ctx, s); err != nil {
+		log.Error("volume: writes stay frozen", "volume", s.Name, "err", err)
+	}
+}
+
+func (v *hostVolumes) sawInSync(instance string, at time.Time) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.inSync == nil {
+		v.inSync = map[string]time.Time{}
+	}
+	v.inSync[instance] = at
+}
+
+// lastInSync is when both copies of instance's volume were last seen
+// connected and UpToDate since this host started (zero: not seen).
+func (v *hostVolumes) lastInSync(instance string) time.Time {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.inSync[instance]
 }
 
 // setDRBDHandler makes the kernel's DRBD module run this binary's

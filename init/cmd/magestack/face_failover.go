@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"os"
@@ -27,13 +28,18 @@ func failoverMain(args []string) int {
 		fmt.Fprintln(os.Stderr, "magestack failover: say --to HOST or --force")
 		return 2
 	}
-	if *force {
-		fmt.Fprintln(os.Stderr, "magestack failover --force: this host takes over its peer's roles now. If the peer is in fact running, both serve the same roles and data until it is powered off.")
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
+	client := api.NewClient(*socket)
+	if *force {
+		fmt.Fprintln(os.Stderr, "magestack failover --force: this host takes over its peer's roles now. If the peer is in fact running, both serve the same roles and data until it is powered off.")
+		self, _ := os.Hostname()
+		for _, line := range forceRisks(self, volumesOf(ctx, client)) {
+			fmt.Fprintln(os.Stderr, "  "+line)
+		}
+	}
 	var rep failover.Reply
-	if err := api.NewClient(*socket).Do(ctx, "POST", "/v1/failover", failover.Request{To: *to, Force: *force}, &rep); err != nil {
+	if err := client.Do(ctx, "POST", "/v1/failover", failover.Request{To: *to, Force: *force}, &rep); err != nil {
 		fmt.Fprintf(os.Stderr, "magestack failover: %v\n", err)
 		return 1
 	}
@@ -44,4 +50,48 @@ func failoverMain(args []string) int {
 		}
 	}
 	return 0
+}
+
+// volumesOf is the volumes section of this host's status (nil when there
+// is none or PID 1 does not answer: the takeover itself then says why).
+func volumesOf(ctx context.Context, c *api.Client) []volumeStatus {
+	st, err := c.Status(ctx)
+	if err != nil {
+		return nil
+	}
+	var vols []volumeStatus
+	if raw, ok := st.Sections["volumes"]; ok {
+		_ = json.Unmarshal(raw, &vols)
+	}
+	return vols
+}
+
+// forceRisks says, per replicated volume, what a forced takeover on host
+// self keeps and may lose. Without the peer and the witness this host cannot
+// know whether the peer went on writing after the two last saw each other
+// in sync (it may, once the cluster recorded this copy as outdated where
+// this host could not see it), so it names that moment.
+func forceRisks(self string, vols []volumeStatus) []string {
+	var out []string
+	for _, v := range vols {
+		switch {
+		case v.Peer == "":
+			continue
+		case v.Outdated == self:
+			out = append(out, fmt.Sprintf("%s: stays down: the cluster records this host's copy as outdated (the peer wrote without it); "+
+				"`magestack volumes accept-outdated %s --yes` starts it, losing those writes", v.Name, v.Name))
+		case v.Connection == "Connected":
+			out = append(out, fmt.Sprintf("%s: the peer's copy is still connected (the peer is up): DRBD lets only one host write; nothing is lost", v.Name))
+		case v.Disk != "UpToDate":
+			out = append(out, fmt.Sprintf("%s: stays down: this host's copy is %s, not a complete copy to start from", v.Name, orDash(v.Disk)))
+		case v.InSyncUntil.IsZero():
+			out = append(out, fmt.Sprintf("%s: starts from this host's copy; both copies were not seen in sync since this host started, "+
+				"so writes the peer acknowledged before that may be missing", v.Name))
+		default:
+			out = append(out, fmt.Sprintf("%s: starts from this host's copy, which has every write up to %s UTC (both copies last seen in sync); "+
+				"writes the peer acknowledged after that are lost (it made some only if it kept running and recorded this copy as outdated)",
+				v.Name, v.InSyncUntil.UTC().Format("2006-01-02 15:04:05")))
+		}
+	}
+	return out
 }

@@ -31,6 +31,10 @@ type volumeStatus struct {
 	// equal on both hosts when in sync; after a split brain, compare them
 	// to see which host has which data.
 	Generation string `json:"generation,omitempty"`
+	// InSyncUntil is when this host last saw both copies connected and
+	// UpToDate (zero: not since it started); on a pair whose link is down,
+	// writes the peer acknowledged after it may be missing here.
+	InSyncUntil time.Time `json:"in_sync_until,omitzero"`
 	volume.State
 }
 
@@ -48,6 +52,7 @@ func (b *bootEnv) volumeStatuses(ctx context.Context) (any, error) {
 		vs := volumeStatus{Name: s.Name, Size: s.Size, Device: s.Device()}
 		if s.Peer != nil {
 			vs.Peer = s.Peer.Remote.String()
+			vs.InSyncUntil = v.lastInSync(s.Name)
 		}
 		if f.outdated != nil {
 			vs.Outdated, _ = f.outdated(s.Name)
