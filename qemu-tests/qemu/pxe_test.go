@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -88,6 +89,12 @@ func testPXEBoot(t *testing.T, fw Firmware) {
 	if err := n.Start(dhcp); err != nil {
 		t.Fatal(err)
 	}
+	// iPXE gives up DHCP after about 15 s of silence and the firmware
+	// then moves on (UEFI resets, and QEMU exits): start the VM only once
+	// dnsmasq serves, so a slow start on a loaded machine is not a failure.
+	if err := waitForLog(dhcpLog.Name(), "DHCP, IP range", 30*time.Second); err != nil {
+		t.Fatalf("dnsmasq: %v", err)
+	}
 
 	vm := Start(t, Options{
 		Boot: "n", Memory: 512, NetNS: n.NetNS(), Firmware: fw,
@@ -123,4 +130,20 @@ func testPXEBoot(t *testing.T, fw Firmware) {
 		t.Fatalf("dnsmasq recorded no lease: %v", err)
 	}
 	t.Logf("lease: %s", b)
+}
+
+// waitForLog waits until the file at path contains text, within limit
+// (scaled); the error quotes what the file holds.
+func waitForLog(path, text string, limit time.Duration) error {
+	deadline := time.Now().Add(Scale(limit))
+	for {
+		b, _ := os.ReadFile(path)
+		if strings.Contains(string(b), text) {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("no %q within %v:\n%s", text, limit, b)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
