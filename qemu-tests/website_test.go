@@ -82,14 +82,22 @@ func TestWebsiteEndToEnd(t *testing.T) {
 	if certs := resp.TLS.PeerCertificates; len(certs) == 0 || !key.PublicKey.Equal(certs[0].PublicKey) {
 		t.Errorf("the certificate on 443 is not the one derived from the stack secret")
 	}
-	// db1's and acc1's data are DRBD volumes on the data disk (a single
-	// host: Primary, unreplicated), and db1's rows outlive its restart.
+	// db1's, acc1's and mail1's data are DRBD volumes on the data disk (a
+	// single host: Primary, unreplicated), and db1's rows outlive its
+	// restart.
 	vols := consoleRun(t, vm, "magestack volumes")
 	t.Logf("magestack volumes:\n%s", vols)
-	for _, name := range []string{"db1", "acc1"} {
-		if !regexp.MustCompile(`(?m)^` + name + `\s+1\.00G\s+\S+\s+Primary\s+UpToDate\s+\S+\s+unreplicated`).MatchString(vols) {
-			t.Errorf("%s is not a Primary, UpToDate volume:\n%s", name, vols)
+	for name, size := range map[string]string{"db1": `1\.00G`, "acc1": `1\.00G`, "mail1": `256\.0M`} {
+		if !regexp.MustCompile(`(?m)^` + name + `\s+` + size + `\s+\S+\s+Primary\s+UpToDate\s+\S+\s+unreplicated`).MatchString(vols) {
+			t.Errorf("%s is not a Primary, UpToDate volume of %s:\n%s", name, size, vols)
 		}
+	}
+	// Postfix's queue is on mail1's volume (made from the image's on the
+	// first start), and Postfix uses it.
+	queue := consoleRun(t, vm, "ls -ld /run/magestack/volumes/mail1/postfix/active /run/magestack/volumes/mail1/postfix/maildrop")
+	t.Logf("mail1's queue on its volume:\n%s", queue)
+	if !strings.Contains(queue, "postfix/active") || !strings.Contains(queue, "postfix/maildrop") {
+		t.Errorf("the mail queue is not on mail1's volume: %q", queue)
 	}
 	// acc's root is kept on its volume: a file written through acc's own
 	// root (as a package a user installs) is there after a restart.

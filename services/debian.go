@@ -108,7 +108,21 @@ exec /usr/sbin/mariadbd --defaults-file=/etc/mysql/magestack.cnf --user=mysql
 				Health: firstInstallStart(execCheck("/usr/bin/mysqladmin", "--socket=/run/mysqld/mysqld.sock", "ping"))},
 		}},
 	"mail": {Caps: caps(),
-		Files: []File{script(libexec+"postfix", `postfix check
+		Files: []File{script(libexec+"postfix", `# The queue lives on the role's volume: mail accepted but not yet
+# delivered outlives a restart and a failover. A fresh volume starts from
+# the image's empty queue (its directories, owners and modes).
+if [ ! -d /data/postfix/active ]; then
+	rm -rf /data/postfix.new
+	mkdir -p /data/postfix.new
+	cp -a /var/spool/postfix/. /data/postfix.new/
+	# Whatever an unfinished queue held is kept aside, never deleted.
+	if [ -e /data/postfix ]; then
+		rm -rf /data/postfix.incomplete && mv /data/postfix /data/postfix.incomplete
+	fi
+	mv /data/postfix.new /data/postfix
+fi
+postconf -e queue_directory=/data/postfix
+postfix check
 exec /usr/sbin/postfix start-fg
 `)},
 		Services: []Service{

@@ -115,7 +115,7 @@ var roleDefaults = map[string]Role{
 	"lb":      {Count: 1, CPUWeight: 200, Memory: 256 << 20, Pids: 512},
 	"web":     {Count: 1, CPUWeight: 100, Memory: 512 << 20, Pids: 1024},
 	"db":      {Count: 1, CPUWeight: 200, Memory: 1 << 30, Pids: 512, Volume: 1 << 30},
-	"mail":    {Count: 1, CPUWeight: 50, Memory: 128 << 20, Pids: 256},
+	"mail":    {Count: 1, CPUWeight: 50, Memory: 128 << 20, Pids: 256, Volume: 256 << 20},
 	"acc":     {Count: 1, CPUWeight: 50, Memory: 256 << 20, Pids: 512, Volume: 1 << 30},
 	"monitor": {Count: 1, CPUWeight: 50, Memory: 128 << 20, Pids: 256},
 }

@@ -107,10 +107,10 @@ hosts:
 		want         []string // name:minor:size:peer
 		unreplicated bool
 	}{
-		{"single host holds db and acc", single, "h1", []string{"db1:40:1073741824:", "acc1:60:1073741824:"}, false},
+		{"single host holds mail, db and acc", single, "h1", []string{"mail1:50:268435456:", "db1:40:1073741824:", "acc1:60:1073741824:"}, false},
 		{"paired: both hosts hold every volume of the pair", pair, "dh2",
 			[]string{"mail1:50:256000000:10.99.0.2:7850>10.99.0.1:7850", "db1:40:1073741824:10.99.0.2:7840>10.99.0.1:7840", "acc1:60:1073741824:10.99.0.2:7860>10.99.0.1:7860"}, false},
-		{"paired over DHCP: no address to replicate to", dhcpPair, "dh1", []string{"db1:40:1073741824:", "acc1:60:1073741824:"}, true},
+		{"paired over DHCP: no address to replicate to", dhcpPair, "dh1", []string{"mail1:50:268435456:", "db1:40:1073741824:", "acc1:60:1073741824:"}, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
