@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -64,55 +65,23 @@ func bridgeLAN(t *testing.T, prefix string, net, macByte int) (names, macs map[s
 func TestVIPMovesAndNeighboursFollow(t *testing.T) {
 	names, macs := bridgeLAN(t, "vip", 97, 0)
 	vipAddr := netip.MustParsePrefix("10.97.0.50/24")
-	hold := func(host string) (context.CancelFunc, chan error) {
-		ns, err := netns.GetFromName(names[host])
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer ns.Close()
-		var h *Holder
-		if err := nsdo.Do(ns, func() error {
-			var err error
-			h, err = New("eth0", vipAddr, nil)
-			return err
-		}); err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan error, 1)
-		go func() { done <- h.Hold(ctx); h.Close() }()
-		return cancel, done
-	}
 	neigh := func() string {
 		return ip(t, "-n", names["c"], "neigh", "show", "10.97.0.50")
 	}
-	cancelA, doneA := hold("a")
+	stopA := startHolder(t, names["a"], vipAddr, nil)
 	client, err := netns.GetFromName(names["c"])
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer client.Close()
-	waitFor(t, "client resolves the VIP at A", 5*time.Second, func() bool {
-		// Any datagram to the VIP makes the client's kernel resolve it.
-		nsdo.Do(client, func() error {
-			c, err := net.Dial("udp4", "10.97.0.50:9")
-			if err == nil {
-				c.Write([]byte("x"))
-				c.Close()
-			}
-			return err
-		})
-		return strings.Contains(neigh(), macs["a"])
-	})
-	cancelA()
-	if err := <-doneA; err != nil {
+	resolveVIP(t, client, "10.97.0.50", "A", neigh, macs["a"])
+	if err := stopA(); err != nil {
 		t.Fatal(err)
 	}
 	if out := ip(t, "-n", names["a"], "addr", "show", "eth0"); strings.Contains(out, "10.97.0.50") {
 		t.Fatalf("A still has the VIP after release:\n%s", out)
 	}
-	cancelB, doneB := hold("b")
-	defer func() { cancelB(); <-doneB }()
+	startHolder(t, names["b"], vipAddr, nil)
 	waitFor(t, "client's neighbour entry moves to B from the gratuitous ARP alone", 3*time.Second, func() bool {
 		return strings.Contains(neigh(), macs["b"])
 	})
@@ -125,6 +94,58 @@ func TestGARPPacket(t *testing.T) {
 	if string(p) != string(want) {
 		t.Fatalf("garp = % x\nwant   % x", p, want)
 	}
+}
+
+// startHolder holds addr from namespace ns (configure, if set, adjusts the
+// holder first) until the returned stop is called or the test ends; stop
+// returns Hold's error.
+func startHolder(t *testing.T, ns string, addr netip.Prefix, configure func(*Holder)) (stop func() error) {
+	t.Helper()
+	handle, err := netns.GetFromName(ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer handle.Close()
+	var h *Holder
+	if err := nsdo.Do(handle, func() error {
+		var err error
+		h, err = New("eth0", addr, nil)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if configure != nil {
+		configure(h)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- h.Hold(ctx); h.Close() }()
+	var once sync.Once
+	var holdErr error
+	stop = func() error {
+		once.Do(func() { cancel(); holdErr = <-done })
+		return holdErr
+	}
+	t.Cleanup(func() { stop() })
+	return stop
+}
+
+// resolveVIP makes the client (namespace c) resolve vip and waits until
+// its neighbour entry (neigh) names mac, the MAC of host.
+func resolveVIP(t *testing.T, c netns.NsHandle, vip, host string, neigh func() string, mac string) {
+	t.Helper()
+	waitFor(t, "client resolves the VIP at "+host, 5*time.Second, func() bool {
+		// Any datagram to the VIP makes the client's kernel resolve it.
+		nsdo.Do(c, func() error {
+			conn, err := net.Dial("udp4", vip+":9")
+			if err == nil {
+				conn.Write([]byte("x"))
+				conn.Close()
+			}
+			return err
+		})
+		return strings.Contains(neigh(), mac)
+	})
 }
 
 func waitFor(t *testing.T, what string, within time.Duration, cond func() bool) {
@@ -146,47 +167,17 @@ func waitFor(t *testing.T, what string, within time.Duration, cond func() bool) 
 func TestHostGivingUpTheVIPDoesNotPullNeighboursBack(t *testing.T) {
 	names, macs := bridgeLAN(t, "vipr", 96, 1)
 	vipAddr := netip.MustParsePrefix("10.96.0.50/24")
-	hold := func(host string, defendAfter time.Duration) {
-		ns, err := netns.GetFromName(names[host])
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer ns.Close()
-		var h *Holder
-		if err := nsdo.Do(ns, func() error {
-			var err error
-			h, err = New("eth0", vipAddr, nil)
-			return err
-		}); err != nil {
-			t.Fatal(err)
-		}
-		h.DefendAfter = defendAfter
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan error, 1)
-		go func() { done <- h.Hold(ctx); h.Close() }()
-		t.Cleanup(func() { cancel(); <-done })
-	}
 	neigh := func() string { return ip(t, "-n", names["c"], "neigh", "show", "10.96.0.50") }
-	// A steps down well before it would answer B's announcement (the
-	// moment it has is what this test is about).
-	hold("a", time.Hour)
+	// A neither announces again nor answers B's announcement: it steps
+	// down before either (the moment it has is what this test is about).
+	startHolder(t, names["a"], vipAddr, func(h *Holder) { h.Burst, h.Every, h.DefendAfter = []time.Duration{0}, time.Hour, time.Hour })
 	c, err := netns.GetFromName(names["c"])
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	waitFor(t, "client resolves the VIP at A", 5*time.Second, func() bool {
-		nsdo.Do(c, func() error {
-			conn, err := net.Dial("udp4", "10.96.0.50:9")
-			if err == nil {
-				conn.Write([]byte("x"))
-				conn.Close()
-			}
-			return err
-		})
-		return strings.Contains(neigh(), macs["a"])
-	})
-	hold("b", time.Second) // B takes over and announces it
+	resolveVIP(t, c, "10.96.0.50", "A", neigh, macs["a"])
+	startHolder(t, names["b"], vipAddr, nil) // B takes over and announces it
 	waitFor(t, "client's entry for the VIP at B", 5*time.Second, func() bool { return strings.Contains(neigh(), macs["b"]) })
 	// Past the neighbour lock time (1 s) an ARP request from A naming the
 	// VIP would move the client's entry back to A.
@@ -226,27 +217,14 @@ func TestHolderAnswersAnotherHostsAnnouncement(t *testing.T) {
 	vipAddr := netip.MustParsePrefix("10.95.0.50/24")
 	var allowed atomic.Bool
 	allowed.Store(true)
-	b, err := netns.GetFromName(names["b"])
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
-	var h *Holder
-	if err := nsdo.Do(b, func() error {
-		var err error
-		h, err = New("eth0", vipAddr, nil)
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	h.Allowed = allowed.Load
-	// One announcement when taken and no refresh: only an answer to A can
-	// bring the client back.
-	h.Burst, h.Every = []time.Duration{0}, time.Hour
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- h.Hold(ctx); h.Close() }()
-	defer func() { cancel(); <-done }()
+	var defendAfter time.Duration
+	startHolder(t, names["b"], vipAddr, func(h *Holder) {
+		h.Allowed = allowed.Load
+		// One announcement when taken and no refresh: only an answer to A
+		// can bring the client back.
+		h.Burst, h.Every = []time.Duration{0}, time.Hour
+		defendAfter = h.DefendAfter
+	})
 
 	neigh := func() string { return ip(t, "-n", names["c"], "neigh", "show", "10.95.0.50") }
 	c, err := netns.GetFromName(names["c"])
@@ -254,17 +232,7 @@ func TestHolderAnswersAnotherHostsAnnouncement(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	waitFor(t, "client resolves the VIP at B", 5*time.Second, func() bool {
-		nsdo.Do(c, func() error {
-			conn, err := net.Dial("udp4", "10.95.0.50:9")
-			if err == nil {
-				conn.Write([]byte("x"))
-				conn.Close()
-			}
-			return err
-		})
-		return strings.Contains(neigh(), macs["b"])
-	})
+	resolveVIP(t, c, "10.95.0.50", "B", neigh, macs["b"])
 	a, err := netns.GetFromName(names["a"])
 	if err != nil {
 		t.Fatal(err)
@@ -284,7 +252,7 @@ func TestHolderAnswersAnotherHostsAnnouncement(t *testing.T) {
 
 	allowed.Store(false)
 	staleAnnounce()
-	time.Sleep(3 * h.DefendAfter)
+	time.Sleep(3 * defendAfter)
 	if got := neigh(); !strings.Contains(got, macs["a"]) {
 		t.Fatalf("a holder that may no longer hold the address answered A: %s", got)
 	}
