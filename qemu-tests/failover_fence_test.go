@@ -151,6 +151,30 @@ func TestFailoverNoWitnessNoFenceForce(t *testing.T) {
 	}
 	out := consoleRunUntil(t, r.vms["dh2"], "magestack volumes", `(?m)^db1\s+\S+\s+\S+\s+Primary\s+UpToDate`, 2*time.Minute)
 	t.Logf("dh2 volumes after the forced takeover:\n%s", out)
+
+	// dh1 is repaired and boots again. dh2, the only voter since the
+	// forced takeover, adds it back once its heartbeats are steady, and it
+	// returns as a standby: the pair can fail over again. The website
+	// keeps answering from dh2 meanwhile.
+	returned := time.Now()
+	r.restart(t, "dh1")
+	if _, err := r.vms["dh2"].Expect(5*time.Minute, `cluster: a returning member is a voter again member=dh1`); err != nil {
+		t.Fatalf("dh2 did not add dh1 back as a voter: %v", err)
+	}
+	t.Logf("dh1 a voter again %v after its restart", time.Since(returned).Round(time.Second))
+	out = consoleRunUntil(t, r.vms["dh1"], "magestack status", `cluster: this host follower, .*in majority: true`, 2*time.Minute)
+	if !strings.Contains(out, "this host runs no instance: standby") {
+		t.Errorf("dh1 after rejoining is not a standby:\n%s", out)
+	}
+	if got := r.prober.macs(returned); len(got) != 1 || got[0] != pairMAC["dh2"] {
+		t.Errorf("while dh1 returned the website answered from %v; want dh2 %s only", got, pairMAC["dh2"])
+	}
+	answered, _, gap := r.prober.window(returned, time.Now())
+	t.Logf("while dh1 returned: %d answers, longest gap %v", answered, gap.Round(time.Millisecond))
+	if gap > qemu.Scale(10*time.Second) {
+		t.Errorf("the website stopped answering for %v while dh1 rejoined", gap)
+	}
+	t.Logf("dh2 volumes with dh1 back:\n%s", consoleRun(t, r.vms["dh2"], "magestack volumes"))
 }
 
 // failoverLines is what a VM's console said about peers, fencing and

@@ -324,6 +324,7 @@ func startCluster(ctx context.Context, log *slog.Logger, st *stackfile.Stack, ho
 		hooks.BeforeRun(m)
 	}
 	go m.hb.Run(ctx)
+	go rejoinLoop(ctx, log, m.node, conf.Self.Members, m.hb.Peer, host)
 	go func() {
 		defer close(m.done)
 		m.ctl.Run(ctx)
