@@ -136,11 +136,12 @@ func (h *Holder) Hold(ctx context.Context) error {
 	}
 	h.Logger.Info("vip: holding", "addr", h.Addr, "link", h.Link)
 	start := time.Now()
-	next := 0 // index into h.Burst; past it, every h.Every
-	timer := time.NewTimer(0)
+	next := 0               // index into h.Burst; past it, every h.Every
+	var first time.Duration // announce at once when no burst is set
 	if len(h.Burst) > 0 {
-		timer.Reset(h.Burst[0])
+		first = h.Burst[0]
 	}
+	timer := time.NewTimer(first)
 	defer timer.Stop()
 	var defend <-chan time.Time // pending answer to a conflict
 	for {

@@ -26,6 +26,11 @@ type State struct {
 	Frozen bool `json:"io_frozen,omitempty"`
 }
 
+// InSync reports whether both copies are connected and UpToDate.
+func (s State) InSync() bool {
+	return s.Connection == "Connected" && s.Disk == "UpToDate" && s.PeerDisk == "UpToDate"
+}
+
 // Syncing reports whether a resync is running.
 func (s State) Syncing() bool {
 	return strings.HasPrefix(s.Connection, "Sync") || strings.HasPrefix(s.Connection, "PausedSync")

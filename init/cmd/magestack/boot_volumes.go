@@ -321,7 +321,7 @@ func (v *hostVolumes) watch(ctx context.Context, log *slog.Logger) {
 			}
 			prev, seen := last[s.Name]
 			last[s.Name] = st
-			if st.Connection == "Connected" && st.Disk == "UpToDate" && st.PeerDisk == "UpToDate" {
+			if st.InSync() {
 				v.sawInSync(s.Name, time.Now())
 			}
 			if seen && (prev.Connection != st.Connection || prev.Role != st.Role || prev.PeerRole != st.PeerRole ||
@@ -337,7 +337,7 @@ func (v *hostVolumes) watch(ctx context.Context, log *slog.Logger) {
 			// again, spaced, and let them go on once the record is in,
 			// e.g. after an operator's `failover --force` made this host
 			// the cluster alone.
-			if st.Frozen && st.Role == "Primary" && st.Connection != "Connected" && f.record != nil && f.peer != "" &&
+			if st.Frozen && st.Role == "Primary" && st.Connection != "Connected" && f.record != nil &&
 				time.Since(lastFence[s.Name]) > 10*time.Second {
 				lastFence[s.Name] = time.Now()
 				v.unfreeze(ctx, s, f, log)
@@ -347,7 +347,7 @@ func (v *hostVolumes) watch(ctx context.Context, log *slog.Logger) {
 			// outdated host's own view lags (it may still show the link it
 			// has not yet noticed is gone, and clear a record just made).
 			// That host may be Secondary by now (a planned move).
-			if f.outdated != nil && st.Connection == "Connected" && st.Disk == "UpToDate" && st.PeerDisk == "UpToDate" {
+			if f.outdated != nil && st.InSync() {
 				if who, _ := f.outdated(s.Name); who != "" && who != f.host {
 					cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 					if err := f.record(cctx, s.Name, ""); err != nil {
@@ -362,22 +362,43 @@ func (v *hostVolumes) watch(ctx context.Context, log *slog.Logger) {
 	}
 }
 
-// unfreeze records the peer's copy of s as outdated and, once the cluster
-// holds that record, resumes the frozen writes: what the fence handler does,
-// for a record that could not be made in its time. Only the instance's
-// owner may record it.
-func (v *hostVolumes) unfreeze(ctx context.Context, s volume.Spec, f volumeFence, log *slog.Logger) {
-	if owner := f.owner(s.Name); owner != f.host {
-		log.Warn("volume: writes stay frozen: the link to the peer is down and this host does not own the instance",
-			"volume", s.Name, "owner", owner)
-		return
+// fenceRefusal is why this host may not record its peer's copy as
+// outdated at all (as opposed to the cluster not taking the record yet);
+// code is the fence handler's HTTP answer.
+type fenceRefusal struct {
+	code int
+	why  string
+}
+
+func (e *fenceRefusal) Error() string { return e.why }
+
+// outdatePeer records in the cluster that the peer's copy of instance's
+// volume is outdated: what lets a Primary that lost its link go on writing.
+// Only the instance's owner may (a host that lost the instance must not
+// mark the new owner's copy stale).
+func (f volumeFence) outdatePeer(ctx context.Context, instance string) error {
+	switch {
+	case f.record == nil:
+		return &fenceRefusal{http.StatusServiceUnavailable, "this host is not in a cluster yet"}
+	case f.peer == "":
+		return &fenceRefusal{http.StatusConflict, "this host has no peer"}
 	}
+	if owner := f.owner(instance); owner != f.host {
+		return &fenceRefusal{http.StatusConflict, fmt.Sprintf("%s is owned by %q, not this host", instance, owner)}
+	}
+	return f.record(ctx, instance, f.peer)
+}
+
+// unfreeze resumes a Primary's frozen writes once the cluster records the
+// peer's copy as outdated: the fence handler's work, for a record that
+// could not be made in its time.
+func (v *hostVolumes) unfreeze(ctx context.Context, s volume.Spec, f volumeFence, log *slog.Logger) {
 	if who, _ := f.outdated(s.Name); who != f.peer {
 		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		err := f.record(rctx, s.Name, f.peer)
+		err := f.outdatePeer(rctx, s.Name)
 		cancel()
 		if err != nil {
-			log.Warn("volume: writes stay frozen: the cluster cannot record the peer's copy as outdated yet", "volume", s.Name, "err", err)
+			log.Warn("volume: writes stay frozen: the peer's copy cannot be recorded as outdated yet", "volume", s.Name, "err", err)
 			return
 		}
 	}
@@ -461,28 +482,18 @@ func (b *bootEnv) serveVolumeEvent(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	f := v.fenceHooks()
-	if f.record == nil {
-		api.WriteError(w, http.StatusServiceUnavailable, "fence-peer: this host is not in a cluster yet")
-		return
-	}
-	st := b.Stack()
-	h, _, _ := st.HostByName(f.host)
-	if h == nil || h.Pair == "" {
-		api.WriteError(w, http.StatusConflict, "fence-peer: this host has no peer")
-		return
-	}
-	if owner := f.owner(spec.Name); owner != f.host {
-		b.log.Error("volume: writes stay frozen: the link to the peer broke, and this host no longer owns the instance",
-			"volume", spec.Name, "owner", owner)
-		api.WriteError(w, http.StatusConflict, fmt.Sprintf("fence-peer: %s is owned by %q, not this host", spec.Name, owner))
-		return
-	}
 	ctx, cancel := context.WithTimeout(r.Context(), 45*time.Second)
 	defer cancel()
 	for {
-		err := f.record(ctx, spec.Name, h.Pair)
+		err := f.outdatePeer(ctx, spec.Name)
 		if err == nil {
 			break
+		}
+		var refused *fenceRefusal
+		if errors.As(err, &refused) {
+			b.log.Error("volume: writes stay frozen: the link to the peer broke", "volume", spec.Name, "why", err)
+			api.WriteError(w, refused.code, "fence-peer: "+err.Error())
+			return
 		}
 		if ctx.Err() != nil {
 			b.log.Error("volume: writes stay frozen: the cluster did not record the peer's copy as outdated", "volume", spec.Name, "err", err)
@@ -492,8 +503,8 @@ func (b *bootEnv) serveVolumeEvent(w http.ResponseWriter, r *http.Request) {
 		time.Sleep(time.Second)
 	}
 	b.log.Warn("volume: the peer's copy is outdated (recorded in the cluster); writes go on here alone",
-		"volume", spec.Name, "peer", h.Pair)
-	api.WriteJSON(w, http.StatusOK, map[string]string{"outdated": h.Pair})
+		"volume", spec.Name, "peer", f.peer)
+	api.WriteJSON(w, http.StatusOK, map[string]string{"outdated": f.peer})
 }
 
 // volumeRequest reads an operator's request naming one of this host's

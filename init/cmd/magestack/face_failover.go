@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"flag"
 	"fmt"
 	"os"
@@ -59,10 +58,7 @@ func volumesOf(ctx context.Context, c *api.Client) []volumeStatus {
 	if err != nil {
 		return nil
 	}
-	var vols []volumeStatus
-	if raw, ok := st.Sections["volumes"]; ok {
-		_ = json.Unmarshal(raw, &vols)
-	}
+	vols, _ := statusVolumes(st)
 	return vols
 }
 

@@ -101,12 +101,10 @@ func ctlVolumes(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		return apiError(stderr, "volumes", err)
 	}
-	var vols []volumeStatus
-	if raw, ok := st.Sections["volumes"]; ok {
-		if err := json.Unmarshal(raw, &vols); err != nil {
-			fmt.Fprintf(stderr, "magestack volumes: %v\n", err)
-			return 1
-		}
+	vols, err := statusVolumes(st)
+	if err != nil {
+		fmt.Fprintf(stderr, "magestack volumes: %v\n", err)
+		return 1
 	}
 	if c.json() {
 		if vols == nil {
@@ -121,6 +119,20 @@ func ctlVolumes(args []string, stdout, stderr io.Writer) int {
 	}
 	writeVolumes(stdout, vols)
 	return 0
+}
+
+// statusVolumes is the "volumes" section of a status reply (nil when the
+// host has none).
+func statusVolumes(st *api.StatusReply) ([]volumeStatus, error) {
+	raw, ok := st.Sections["volumes"]
+	if !ok {
+		return nil, nil
+	}
+	var vols []volumeStatus
+	if err := json.Unmarshal(raw, &vols); err != nil {
+		return nil, fmt.Errorf("status section volumes: %w", err)
+	}
+	return vols, nil
 }
 
 // writeVolumes prints the volumes table: size and use, DRBD role and

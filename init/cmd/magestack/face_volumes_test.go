@@ -2,6 +2,9 @@ package main
 
 import (
 	"bytes"
+	"context"
+	"errors"
+	"net/http"
 	"regexp"
 	"strings"
 	"testing"
@@ -42,5 +45,39 @@ func TestVolumeOverridesNeedYes(t *testing.T) {
 		if rc := ctlVolumes([]string{"--socket", "/nonexistent", what, "db1"}, &out, &errb); rc != 1 || !strings.Contains(errb.String(), "Add --yes") {
 			t.Errorf("%s without --yes: rc %d, %q", what, rc, errb.String())
 		}
+	}
+}
+
+// outdatePeer is the fence step the DRBD handler and the volume watcher
+// share: only the owner, in a cluster, with a peer, records the peer's
+// copy as outdated, and it records the peer.
+func TestOutdatePeerOnlyByTheOwner(t *testing.T) {
+	var recorded []string
+	record := func(_ context.Context, instance, host string) error {
+		recorded = append(recorded, instance+"="+host)
+		return nil
+	}
+	owner := func(string) string { return "dh1" }
+	for _, tc := range []struct {
+		name     string
+		f        volumeFence
+		wantCode int // 0: recorded
+	}{
+		{"owner records the peer", volumeFence{host: "dh1", peer: "dh2", record: record, owner: owner}, 0},
+		{"not the owner", volumeFence{host: "dh2", peer: "dh1", record: record, owner: owner}, http.StatusConflict},
+		{"no peer", volumeFence{host: "dh1", record: record, owner: owner}, http.StatusConflict},
+		{"no cluster yet", volumeFence{host: "dh1", peer: "dh2", owner: owner}, http.StatusServiceUnavailable},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			recorded = nil
+			err := tc.f.outdatePeer(context.Background(), "db1")
+			var refused *fenceRefusal
+			switch {
+			case tc.wantCode == 0 && (err != nil || len(recorded) != 1 || recorded[0] != "db1=dh2"):
+				t.Fatalf("err %v, recorded %v; want db1=dh2", err, recorded)
+			case tc.wantCode != 0 && (!errors.As(err, &refused) || refused.code != tc.wantCode || len(recorded) != 0):
+				t.Fatalf("err %v, recorded %v; want a refusal %d and no record", err, recorded, tc.wantCode)
+			}
+		})
 	}
 }
