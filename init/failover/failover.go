@@ -127,6 +127,9 @@ type Controller struct {
 	holdVIP   bool
 	deadSince map[string]time.Time
 	lastMove  map[string]time.Time
+	// warned is under warnMu: instance starts warn from their own
+	// goroutines.
+	warnMu    sync.Mutex
 	warned    map[string]time.Time
 	failovers []Failover
 	// stopWhy is why the last enforcement stops instances (its loop only).
@@ -134,6 +137,8 @@ type Controller struct {
 	// moving holds instances released by a move in progress, so placement
 	// does not hand them back meanwhile.
 	moving map[string]bool
+	// retry backs off the starts that failed, by instance.
+	retry map[string]startRetry
 	// unownedSince is when the leader first saw each released instance
 	// without an owner (its loop only).
 	unownedSince map[string]time.Time
@@ -174,7 +179,7 @@ func New(cfg Config) (*Controller, error) {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	return &Controller{cfg: cfg, log: cfg.Logger, running: map[string]bool{}, deadSince: map[string]time.Time{},
-		lastMove: map[string]time.Time{}, warned: map[string]time.Time{}, moving: map[string]bool{}, started: time.Now(), unownedSince: map[string]time.Time{}}, nil
+		lastMove: map[string]time.Time{}, warned: map[string]time.Time{}, moving: map[string]bool{}, retry: map[string]startRetry{}, started: time.Now(), unownedSince: map[string]time.Time{}}, nil
 }
 
 // Run loops until ctx ends, then stops every local instance.
@@ -282,56 +287,19 @@ func (c *Controller) enforce(ctx context.Context, want map[string]bool) {
 	c.mu.Unlock()
 	slices.Sort(stop)
 	slices.Sort(start)
-	// Stop in reverse role order; start the website's path (lb, which the
-	// VIP follows, then web) first, the rest in role order: on a takeover
-	// the site answers before fw, db or mail are back.
-	order := instanceOrder(c.cfg.Stack)
-	slices.SortFunc(stop, func(a, b string) int { return order[b] - order[a] })
-	slices.SortFunc(start, func(a, b string) int {
-		if d := startRank(a) - startRank(b); d != 0 {
-			return d
-		}
-		return order[a] - order[b]
-	})
 	if c.cfg.Runtime != nil {
 		if len(stop) > 0 {
 			c.log.Warn("failover: stepping down", "why", c.stopWhy, "instances", strings.Join(stop, " "))
 		}
 		// The website's address goes before the lb answering on it: a host
 		// stepping down stops drawing traffic at once, not after its
-		// instances have stopped one by one.
+		// instances have stopped.
 		if !anyLB(want) {
 			c.setVIP(false)
 		}
-		for _, inst := range stop {
-			c.log.Info("failover: stopping instance", "instance", inst, "why", c.stopWhy)
-			if err := c.cfg.Runtime.Stop(ctx, inst); err != nil {
-				c.log.Error("failover: stop failed", "instance", inst, "err", err)
-				continue
-			}
-			c.mu.Lock()
-			delete(c.running, inst)
-			c.mu.Unlock()
-		}
-		for _, inst := range start {
-			if err := c.confirmedByLeader(ctx, inst, c.cfg.Cluster.Table()); err != nil {
-				c.warnOnce(inst+"confirm", "failover: not starting an instance the leader has not confirmed; retrying", "instance", inst, "err", err)
-				continue
-			}
-			c.log.Info("failover: starting instance", "instance", inst)
-			if err := c.cfg.Runtime.Start(ctx, inst); err != nil {
-				c.log.Error("failover: start failed; retrying", "instance", inst, "err", err)
-				continue
-			}
-			c.mu.Lock()
-			c.running[inst] = true
-			c.mu.Unlock()
-			// The address follows the lb as soon as it is ready, not after
-			// the instances started after it.
-			if roleOf(inst) == "lb" {
-				c.setVIP(true)
-			}
-		}
+		inParallel(ctx, c.log, stop, func(inst string) []string { return stopBefore(inst, stop) }, c.stopOne)
+		start = slices.DeleteFunc(start, c.backingOff)
+		inParallel(ctx, c.log, start, func(inst string) []string { return startAfter(inst, start) }, c.startOne)
 	}
 	c.mu.Lock()
 	running := maps.Clone(c.running)
@@ -368,26 +336,6 @@ func roleOf(instance string) string {
 		}
 	}
 	return instance
-}
-
-// startRank puts the website's path first when starting instances.
-func startRank(instance string) int {
-	switch roleOf(instance) {
-	case "lb":
-		return 0
-	case "web":
-		return 1
-	}
-	return 2
-}
-
-func instanceOrder(s *stackfile.Stack) map[string]int {
-	out := map[string]int{}
-	insts, _ := s.Instances()
-	for i, in := range insts {
-		out[in.Name] = i
-	}
-	return out
 }
 
 // alive reports whether a member is up as far as this member can tell.
@@ -578,6 +526,8 @@ func (c *Controller) isMoving(instance string) bool {
 const removedFromStack = "removed from the stack"
 
 func (c *Controller) warnOnce(key, msg string, args ...any) {
+	c.warnMu.Lock()
+	defer c.warnMu.Unlock()
 	if t, ok := c.warned[key+msg]; ok && time.Since(t) < 30*time.Second {
 		return
 	}

@@ -78,30 +78,3 @@ func TestNoStartWithoutTheMajority(t *testing.T) {
 		t.Fatalf("still running %v without the majority", c.Status().Running)
 	}
 }
-
-// TestTakeoverStartsTheWebsitePathFirst: a host taking over a set of
-// instances starts lb (the VIP follows it) and web before the others, which
-// keep role order.
-func TestTakeoverStartsTheWebsitePathFirst(t *testing.T) {
-	stack, err := stackfile.Parse("pair.yaml", []byte(pairStack))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var table []cluster.Ownership
-	for _, in := range []string{"fw1", "mail1", "db1", "web1", "lb1", "monitor1"} {
-		table = append(table, cluster.Ownership{Instance: in, Owner: "dh2", Epoch: 1})
-	}
-	rt := &slowRuntime{}
-	c, err := New(Config{Self: "dh2", Stack: stack, Cluster: &fixedCluster{majority: true, table: table}, Runtime: rt,
-		Peer: func(string) heartbeat.State { return heartbeat.Alive }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.Step(context.Background())
-	want := []string{"start lb1", "start web1", "start fw1", "start mail1", "start db1", "start monitor1"}
-	rt.mu.Lock()
-	defer rt.mu.Unlock()
-	if !slices.Equal(rt.ev, want) {
-		t.Fatalf("start order %v, want %v", rt.ev, want)
-	}
-}

@@ -96,32 +96,12 @@ func (r *roleRuntime) instance(name string) (stackfile.Instance, error) {
 	return stackfile.Instance{}, fmt.Errorf("instance %s is not in stack %s", name, r.stack.Name)
 }
 
-// Start starts the instance and waits (bounded) until it is ready.
+// Start starts the instance and waits (bounded) until it is ready. The
+// failover loop starts independent instances at once, so only building
+// the unit holds the runtime's lock, not the wait.
 func (r *roleRuntime) Start(ctx context.Context, name string) error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if from, known := r.built[name]; known && from != r.stack {
-		// Built from an older revision: build it again unless it runs.
-		if u, err := r.sup.Unit(name); err == nil && (u.State == supervise.StateStopped || u.State == supervise.StateFailed) {
-			if err := r.sup.Remove(ctx, name); err != nil {
-				return fmt.Errorf("rebuilding %s from the new revision: %w", name, err)
-			}
-			delete(r.built, name)
-		}
-	}
-	if _, known := r.built[name]; !known {
-		in, err := r.instance(name)
-		if err != nil {
-			return err
-		}
-		env, err := roleenv.New(r.log, r.opts, r.stack, r.hostIndex, in)
-		if err != nil {
-			return err
-		}
-		if err := r.sup.Add(env.Unit()); err != nil {
-			return err
-		}
-		r.built[name] = r.stack
+	if err := r.build(ctx, name); err != nil {
+		return err
 	}
 	if err := r.sup.Start(ctx, name); err != nil {
 		return err
@@ -134,6 +114,37 @@ func (r *roleRuntime) Start(ctx context.Context, name string) error {
 	if r.started != nil {
 		r.started(name)
 	}
+	return nil
+}
+
+// build adds the instance's unit from the revision in force, replacing
+// one built from an older revision unless it runs.
+func (r *roleRuntime) build(ctx context.Context, name string) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if from, known := r.built[name]; known && from != r.stack {
+		if u, err := r.sup.Unit(name); err == nil && (u.State == supervise.StateStopped || u.State == supervise.StateFailed) {
+			if err := r.sup.Remove(ctx, name); err != nil {
+				return fmt.Errorf("rebuilding %s from the new revision: %w", name, err)
+			}
+			delete(r.built, name)
+		}
+	}
+	if _, known := r.built[name]; known {
+		return nil
+	}
+	in, err := r.instance(name)
+	if err != nil {
+		return err
+	}
+	env, err := roleenv.New(r.log, r.opts, r.stack, r.hostIndex, in)
+	if err != nil {
+		return err
+	}
+	if err := r.sup.Add(env.Unit()); err != nil {
+		return err
+	}
+	r.built[name] = r.stack
 	return nil
 }
 

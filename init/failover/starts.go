@@ -1,0 +1,143 @@
+package failover
+
+import (
+	"context"
+	"log/slog"
+	"runtime/debug"
+	"slices"
+	"sync"
+	"time"
+
+	"magestack/services"
+)
+
+// Start retries back off: a start that fails (an image missing, a volume
+// the peer holds) is tried again after startRetryFirst, doubling up to
+// startRetryMax, instead of on every tick with an error line each time.
+const (
+	startRetryFirst = time.Second
+	startRetryMax   = 15 * time.Second
+)
+
+// inParallel runs do for every instance in list at once, each after the
+// instances of list that waitFor names have finished (whether or not they
+// succeeded), and returns when all have finished. A takeover then costs
+// its longest chain (db, web, lb), not the sum of every start.
+func inParallel(ctx context.Context, log *slog.Logger, list []string, waitFor func(string) []string, do func(context.Context, string)) {
+	done := make(map[string]chan struct{}, len(list))
+	for _, inst := range list {
+		done[inst] = make(chan struct{})
+	}
+	var wg sync.WaitGroup
+	for _, inst := range list {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer close(done[inst])
+			// PID 1 must outlive a bug in one start: the loop's own
+			// recover does not reach this goroutine.
+			defer func() {
+				if r := recover(); r != nil {
+					log.Error("failover: instance step panicked; retrying next tick", "instance", inst, "panic", r, "stack", string(debug.Stack()))
+				}
+			}()
+			for _, dep := range waitFor(inst) {
+				select {
+				case <-done[dep]:
+				case <-ctx.Done():
+					return
+				}
+			}
+			do(ctx, inst)
+		}()
+	}
+	wg.Wait()
+}
+
+// startAfter names the instances of list that inst starts after: those of
+// the roles its role needs ready first (services.Role.StartAfter: web after
+// db, lb after web). Instances already running or on another host are not
+// waited for.
+func startAfter(inst string, list []string) []string {
+	def, _ := services.Lookup(roleOf(inst))
+	var deps []string
+	for _, other := range list {
+		if other != inst && slices.Contains(def.StartAfter, roleOf(other)) {
+			deps = append(deps, other)
+		}
+	}
+	return deps
+}
+
+// stopBefore names the instances of list stopped before inst: those that
+// start after it (lb before web, web before db), so nothing serves while
+// what it depends on is already gone.
+func stopBefore(inst string, list []string) []string {
+	var deps []string
+	for _, other := range list {
+		if other != inst && slices.Contains(startAfter(other, list), inst) {
+			deps = append(deps, other)
+		}
+	}
+	return deps
+}
+
+// startOne starts one instance the committed table gives this host, once
+// the leader confirms it; the VIP follows an lb the moment it is ready.
+func (c *Controller) startOne(ctx context.Context, inst string) {
+	if err := c.confirmedByLeader(ctx, inst, c.cfg.Cluster.Table()); err != nil {
+		c.warnOnce(inst+"confirm", "failover: not starting an instance the leader has not confirmed; retrying", "instance", inst, "err", err)
+		return
+	}
+	c.log.Info("failover: starting instance", "instance", inst)
+	if err := c.cfg.Runtime.Start(ctx, inst); err != nil {
+		wait := c.startFailed(inst)
+		c.log.Error("failover: start failed", "instance", inst, "err", err, "retry_in", wait.String())
+		return
+	}
+	c.mu.Lock()
+	c.running[inst] = true
+	delete(c.retry, inst)
+	c.mu.Unlock()
+	if roleOf(inst) == "lb" {
+		c.setVIP(true)
+	}
+}
+
+// stopOne stops one instance this host no longer owns.
+func (c *Controller) stopOne(ctx context.Context, inst string) {
+	c.log.Info("failover: stopping instance", "instance", inst, "why", c.stopWhy)
+	if err := c.cfg.Runtime.Stop(ctx, inst); err != nil {
+		c.log.Error("failover: stop failed", "instance", inst, "err", err)
+		return
+	}
+	c.mu.Lock()
+	delete(c.running, inst)
+	c.mu.Unlock()
+}
+
+// startRetry is the back-off state of an instance whose start failed.
+type startRetry struct {
+	wait time.Duration
+	next time.Time
+}
+
+// startFailed notes a failed start and returns the wait before the next.
+func (c *Controller) startFailed(inst string) time.Duration {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	r := c.retry[inst]
+	r.wait = min(max(2*r.wait, startRetryFirst), startRetryMax)
+	r.next = time.Now().Add(r.wait)
+	c.retry[inst] = r
+	return r.wait
+}
+
+// backingOff reports whether inst's last start failed too recently to try
+// again.
+func (c *Controller) backingOff(inst string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	r, ok := c.retry[inst]
+	return ok && time.Now().Before(r.next)
+}
