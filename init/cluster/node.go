@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -81,6 +82,23 @@ type Node struct {
 	logs   raft.LogStore
 	stable raft.StableStore
 	snaps  raft.SnapshotStore
+
+	lease leaderLease
+	// stop ends confirmLeadership; closed once by Shutdown.
+	stop     chan struct{}
+	stopOnce sync.Once
+}
+
+// leaderLease is a leader's own proof of its majority: when a quorum last
+// confirmed its leadership (raft.VerifyLeader), in which term. raft steps a
+// leader down once followers go quiet, but only when its loop next runs:
+// after a stall of the host (a starved CPU), the failover loop may look
+// first and must not take a leadership nobody has confirmed since for a
+// majority, any more than a follower takes a stale leader's contact.
+type leaderLease struct {
+	mu   sync.Mutex
+	term uint64
+	at   time.Time
 }
 
 // ErrNotLeader is returned by changes proposed on a follower.
@@ -103,7 +121,7 @@ func Start(cfg Config) (*Node, error) {
 	if self < 0 {
 		return nil, fmt.Errorf("cluster: %q is not among the members %v", cfg.ID, cfg.Members)
 	}
-	n := &Node{cfg: cfg, log: cfg.Logger}
+	n := &Node{cfg: cfg, log: cfg.Logger, stop: make(chan struct{})}
 	n.f.Store(NewFSM(Hooks{OnChange: cfg.OnChange, OnSetting: cfg.OnSetting}))
 
 	rc := raft.DefaultConfig()
@@ -175,6 +193,7 @@ func Start(cfg Config) (*Node, error) {
 		return nil, fmt.Errorf("cluster: start raft: %w", err)
 	}
 	n.r.Store(r)
+	go n.confirmLeadership()
 	return n, nil
 }
 
@@ -203,12 +222,84 @@ func (n *Node) LeaderAddr() string {
 func (n *Node) InMajority() bool {
 	switch n.r.Load().State() {
 	case raft.Leader:
-		return true
+		return n.leaderConfirmed()
 	case raft.Follower, raft.Candidate:
 		last := n.r.Load().LastContact()
 		return !last.IsZero() && time.Since(last) < n.cfg.Timing.Lease
 	}
 	return false
+}
+
+// leaderConfirmed reports whether a quorum confirmed this leader within the
+// lease. A new term is a fresh confirmation: the election just won was one.
+func (n *Node) leaderConfirmed() bool {
+	term := n.r.Load().CurrentTerm()
+	n.lease.mu.Lock()
+	defer n.lease.mu.Unlock()
+	if term != n.lease.term {
+		n.lease.term, n.lease.at = term, time.Now()
+	}
+	return time.Since(n.lease.at) < n.cfg.Timing.Lease
+}
+
+// confirmLeadership asks the quorum, while this node leads, to confirm it
+// every half heartbeat, and renews the leader's lease on each answer.
+func (n *Node) confirmLeadership() {
+	t := time.NewTicker(n.cfg.Timing.Heartbeat / 2)
+	defer t.Stop()
+	for {
+		select {
+		case <-n.stop:
+			return
+		case <-t.C:
+		}
+		r := n.r.Load()
+		if r.State() != raft.Leader {
+			continue
+		}
+		term, asked := r.CurrentTerm(), time.Now()
+		if err := waitFuture(r.VerifyLeader(), n.cfg.Timing.Lease); err != nil {
+			continue
+		}
+		n.lease.mu.Lock()
+		if term == n.lease.term && asked.After(n.lease.at) {
+			n.lease.at = asked
+		}
+		n.lease.mu.Unlock()
+	}
+}
+
+// waitFuture waits for f, at most d (raft's futures have no deadline).
+func waitFuture(f raft.Future, d time.Duration) error {
+	done := make(chan error, 1)
+	go func() { done <- f.Error() }()
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(d):
+		return fmt.Errorf("no answer within %v", d)
+	}
+}
+
+// TransferLeadership hands this leader's role to member to, once raft has
+// brought it up to date; it returns when to leads or the attempt failed.
+func (n *Node) TransferLeadership(to string) error {
+	if !n.IsLeader() {
+		return ErrNotLeader
+	}
+	f := n.r.Load().GetConfiguration()
+	if err := f.Error(); err != nil {
+		return fmt.Errorf("transfer leadership to %s: %w", to, err)
+	}
+	for _, s := range f.Configuration().Servers {
+		if string(s.ID) == to && s.Suffrage == raft.Voter {
+			if err := waitFuture(n.r.Load().LeadershipTransferToServer(s.ID, s.Address), 4*n.cfg.Timing.Lease); err != nil {
+				return fmt.Errorf("transfer leadership to %s: %w", to, err)
+			}
+			return nil
+		}
+	}
+	return fmt.Errorf("transfer leadership to %s: not a voter", to)
 }
 
 // Assign commits instance's new owner, provided its epoch is still expect.
@@ -337,16 +428,11 @@ func (n *Node) Voters() []string {
 
 // Shutdown leaves the cluster cleanly (bounded).
 func (n *Node) Shutdown() error {
+	n.stopOnce.Do(func() { close(n.stop) })
 	var errs []error
 	if r := n.r.Load(); r != nil {
-		f := r.Shutdown()
-		done := make(chan error, 1)
-		go func() { done <- f.Error() }()
-		select {
-		case err := <-done:
-			errs = append(errs, err)
-		case <-time.After(5 * time.Second):
-			errs = append(errs, errors.New("raft shutdown timed out"))
+		if err := waitFuture(r.Shutdown(), 5*time.Second); err != nil {
+			errs = append(errs, fmt.Errorf("raft shutdown: %w", err))
 		}
 	}
 	if n.transport != nil {

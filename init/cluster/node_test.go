@@ -277,3 +277,41 @@ func slicesIndex(s []string, v string) int {
 	}
 	return -1
 }
+
+// TestLeaderMajorityNeedsAFreshConfirmation: a leader counts itself in the
+// majority only while a quorum confirmed it within the lease. A host that
+// stalled finds its confirmation old and, like a follower with an old
+// leader contact, is out of the majority until the quorum answers again.
+func TestLeaderMajorityNeedsAFreshConfirmation(t *testing.T) {
+	nodes, _ := startCluster(t, []string{"dh1", "dh2", "witness"}, nil)
+	leader := waitLeader(t, nodes, 10*time.Second)
+	waitFor(t, "the leader in majority", 5*time.Second, leader.InMajority)
+	leader.lease.mu.Lock()
+	leader.lease.at = time.Now().Add(-time.Hour) // as after a stall
+	leader.lease.mu.Unlock()
+	if leader.InMajority() && leader.IsLeader() {
+		t.Fatal("a leader whose last confirmation is an hour old counts itself in the majority")
+	}
+	waitFor(t, "the quorum confirms the leader again", 5*time.Second, leader.InMajority)
+}
+
+// TestTransferLeadership: the leader hands its role to a named voter.
+func TestTransferLeadership(t *testing.T) {
+	nodes, _ := startCluster(t, []string{"dh1", "dh2", "witness"}, nil)
+	leader := waitLeader(t, nodes, 10*time.Second)
+	to := "dh1"
+	if leader == nodes["dh1"] {
+		to = "dh2"
+	}
+	if err := leader.TransferLeadership("nobody"); err == nil {
+		t.Fatal("transfer to a non-member succeeded")
+	}
+	if err := nodes[to].TransferLeadership(leader.cfg.ID); !errors.Is(err, ErrNotLeader) {
+		t.Fatalf("a follower's transfer: %v, want ErrNotLeader", err)
+	}
+	if err := leader.TransferLeadership(to); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, to+" leads", 5*time.Second, nodes[to].IsLeader)
+	waitFor(t, "the old leader follows in majority", 5*time.Second, func() bool { return !leader.IsLeader() && leader.InMajority() })
+}

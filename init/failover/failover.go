@@ -46,6 +46,8 @@ type Cluster interface {
 	Assign(ctx context.Context, instance, owner string, expect uint64, reason string) (cluster.Ownership, error)
 	RecoverAlone() error
 	Voters() []string
+	// TransferLeadership hands the leader's role to voter to.
+	TransferLeadership(to string) error
 	Set(ctx context.Context, key, value string) (cluster.Setting, error)
 	Setting(key string) (cluster.Setting, bool)
 }
@@ -153,6 +155,9 @@ type Controller struct {
 	// (its loop only): a peer never heard since this host started may be
 	// booting, not lost, and is never fenced (corosync's wait_for_all).
 	peerSeen bool
+	// nextHandOff is when the witness, leading, may next offer the
+	// leadership to a host (its loop only).
+	nextHandOff time.Time
 	// fenceWaitFrom is when this host, having no head start, began
 	// waiting before fencing its peer (its loop only).
 	fenceWaitFrom time.Time
@@ -244,6 +249,7 @@ func (c *Controller) Step(ctx context.Context) {
 	}
 	if c.cfg.Cluster.IsLeader() {
 		c.lead(ctx, table)
+		c.handOff(table, now)
 	} else if len(c.cfg.Cluster.Voters()) == 2 && !c.cfg.Cluster.InMajority() && c.cfg.Runtime != nil {
 		c.fenceAndGoAlone(ctx, table)
 	}

@@ -32,10 +32,11 @@ type lonelyCluster struct {
 	table      []cluster.Ownership // last applied before the loss
 }
 
-func (c *lonelyCluster) IsLeader() bool             { return false }
-func (c *lonelyCluster) InMajority() bool           { return false }
-func (c *lonelyCluster) Table() []cluster.Ownership { return c.table }
-func (c *lonelyCluster) Voters() []string           { return []string{"dh1", "dh2"} }
+func (c *lonelyCluster) IsLeader() bool                  { return false }
+func (c *lonelyCluster) InMajority() bool                { return false }
+func (c *lonelyCluster) Table() []cluster.Ownership      { return c.table }
+func (c *lonelyCluster) Voters() []string                { return []string{"dh1", "dh2"} }
+func (c *lonelyCluster) TransferLeadership(string) error { return cluster.ErrNotLeader }
 func (c *lonelyCluster) Assign(context.Context, string, string, uint64, string) (cluster.Ownership, error) {
 	return cluster.Ownership{}, cluster.ErrNotLeader
 }
@@ -83,6 +84,7 @@ func (d *device) String() string { return "test device" }
 type nopRuntime struct{}
 
 func (nopRuntime) Start(context.Context, string) error { return nil }
+func (nopRuntime) Kill(context.Context, string) error  { return nil }
 func (nopRuntime) Stop(context.Context, string) error  { return nil }
 
 // TestNoWitnessTakeoverNeedsAConfirmedFence drives dh2's controller after

@@ -46,7 +46,8 @@ func (l *leaderTable) InMajority() bool { return true }
 func (l *leaderTable) RecoverAlone() error {
 	return errors.New("not in this test")
 }
-func (l *leaderTable) Voters() []string { return []string{"dh1", "dh2", "witness"} }
+func (l *leaderTable) Voters() []string                { return []string{"dh1", "dh2", "witness"} }
+func (l *leaderTable) TransferLeadership(string) error { return cluster.ErrNotLeader }
 func (l *leaderTable) Table() []cluster.Ownership {
 	l.mu.Lock()
 	defer l.mu.Unlock()

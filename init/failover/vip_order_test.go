@@ -50,6 +50,7 @@ func (e *eventLog) add(s string) {
 	e.ev = append(e.ev, s)
 }
 func (e *eventLog) Start(_ context.Context, inst string) error { e.add("start " + inst); return nil }
+func (e *eventLog) Kill(_ context.Context, inst string) error  { e.add("kill " + inst); return nil }
 func (e *eventLog) Stop(_ context.Context, inst string) error  { e.add("stop " + inst); return nil }
 func (e *eventLog) vip(hold bool) {
 	if hold {
