@@ -346,6 +346,18 @@ func (s *Supervisor) runOnce(ctx context.Context, u *unit) (exit ExitInfo, reque
 // period, then kills the cgroup (or the group) and waits a bounded time.
 func (s *Supervisor) stopProcess(u *unit, p *process, why string) ExitInfo {
 	spec := u.spec
+	var kill <-chan struct{}
+	s.mu.Lock()
+	if u.run != nil {
+		kill = u.run.kill
+	}
+	s.mu.Unlock()
+	select {
+	case <-kill:
+		u.log.Printf("stop: %s: killed without grace", why)
+		return s.killProcess(u, p)
+	default:
+	}
 	u.log.Printf("stop: %s: sending %v to process group %d", why, spec.StopSignal, p.pid)
 	if err := syscall.Kill(-p.pid, spec.StopSignal); err == syscall.ESRCH {
 		syscall.Kill(p.pid, spec.StopSignal)
@@ -356,8 +368,15 @@ func (s *Supervisor) stopProcess(u *unit, p *process, why string) ExitInfo {
 	case ws := <-p.wait:
 		return s.exitInfo(u, p, ws)
 	case <-grace.C:
+		u.log.Printf("stop: still running after %v grace: SIGKILL", spec.StopGrace)
+	case <-kill:
+		u.log.Printf("stop: kill asked during the grace period: SIGKILL")
 	}
-	u.log.Printf("stop: still running after %v grace: SIGKILL", spec.StopGrace)
+	return s.killProcess(u, p)
+}
+
+// killProcess kills everything of the unit and waits a bounded time.
+func (s *Supervisor) killProcess(u *unit, p *process) ExitInfo {
 	s.killAll(u, p.pid)
 	t := time.NewTimer(killWait)
 	defer t.Stop()

@@ -121,6 +121,9 @@ type runHandle struct {
 	ctx    context.Context // cancelled once a stop was asked for
 	cancel context.CancelFunc
 	done   chan struct{}
+	// kill, closed once by Kill, cuts a stop's grace period short.
+	kill     chan struct{}
+	killOnce sync.Once
 }
 
 // New returns an empty supervisor.
@@ -213,7 +216,7 @@ func (s *Supervisor) Start(ctx context.Context, name string) error {
 		s.mu.Lock()
 	}
 	lctx, cancel := context.WithCancel(context.Background())
-	h := &runHandle{ctx: lctx, cancel: cancel, done: make(chan struct{})}
+	h := &runHandle{ctx: lctx, cancel: cancel, done: make(chan struct{}), kill: make(chan struct{})}
 	u.run = h
 	u.exits = nil
 	s.setStateLocked(u, StateStarting, "")
@@ -247,6 +250,18 @@ func (s *Supervisor) order() ([]string, error) {
 
 // Stop stops a unit and waits (bounded by ctx) until its processes are gone.
 func (s *Supervisor) Stop(ctx context.Context, name string) error {
+	return s.stop(ctx, name, false)
+}
+
+// Kill stops a unit without a grace period: its cgroup is killed at once,
+// also when a graceful stop is under way. For a host that lost the right
+// to run the unit (its cluster lease ended), where every second of a
+// graceful stop is a second of two hosts running it.
+func (s *Supervisor) Kill(ctx context.Context, name string) error {
+	return s.stop(ctx, name, true)
+}
+
+func (s *Supervisor) stop(ctx context.Context, name string, kill bool) error {
 	s.mu.Lock()
 	u, ok := s.units[name]
 	if !ok {
@@ -260,6 +275,9 @@ func (s *Supervisor) Stop(ctx context.Context, name string) error {
 	s.mu.Unlock()
 	if h == nil {
 		return nil
+	}
+	if kill {
+		h.killOnce.Do(func() { close(h.kill) })
 	}
 	h.cancel()
 	select {

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -17,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"magestack/init/health"
+	"magestack/init/logbuf"
 )
 
 const busybox = "/bin/busybox"
@@ -879,4 +881,68 @@ func TestStatusDuringCleanupAfterExit(t *testing.T) {
 		st := unitStatus(t, s, "victim")
 		return st.State == StateReady && st.PID != 0 && st.PID != pid
 	})
+}
+
+// TestKillSkipsTheGrace: Kill ends a unit that ignores SIGTERM without its
+// hour of grace, asked at once or while a graceful stop waits.
+func TestKillSkipsTheGrace(t *testing.T) {
+	needBusybox(t)
+	for _, tt := range []struct {
+		name       string
+		stopFirst  bool
+		wantTERMed bool
+	}{
+		{"kill at once", false, false},
+		{"kill during a graceful stop", true, true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			s := newSup(t, Options{})
+			script := `trap "echo got TERM" TERM; sleep 1000 & echo child $!; while :; do sleep 0.05; done`
+			if err := s.Add(Spec{Name: "stubborn", Command: sh(script), StopGrace: time.Hour}); err != nil {
+				t.Fatal(err)
+			}
+			s.Start(context.Background(), "stubborn")
+			var child int
+			waitFor(t, "child pid logged", 10*time.Second, func() bool {
+				l, _ := s.Logs("stubborn")
+				for _, line := range l.Tail(0) {
+					if _, err := fmt.Sscanf(line.Text, "child %d", &child); err == nil {
+						return true
+					}
+				}
+				return false
+			})
+			pid := unitStatus(t, s, "stubborn").PID
+			// Hang bounds, not timings: the grace is an hour.
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			stopped := make(chan error, 1)
+			if tt.stopFirst {
+				go func() { stopped <- s.Stop(ctx, "stubborn") }()
+				waitFor(t, "the graceful stop under way", 10*time.Second, func() bool {
+					l, _ := s.Logs("stubborn")
+					return slices.ContainsFunc(l.Tail(0), func(line logbuf.Line) bool { return line.Text == "got TERM" })
+				})
+			}
+			if err := s.Kill(ctx, "stubborn"); err != nil {
+				t.Fatal(err)
+			}
+			if tt.stopFirst {
+				if err := <-stopped; err != nil {
+					t.Fatalf("the graceful stop: %v", err)
+				}
+			}
+			if alive(pid) || alive(child) {
+				t.Errorf("after kill: shell alive %v, its child alive %v", alive(pid), alive(child))
+			}
+			l, _ := s.Logs("stubborn")
+			termed := slices.ContainsFunc(l.Tail(0), func(line logbuf.Line) bool { return line.Text == "got TERM" })
+			if termed != tt.wantTERMed {
+				t.Errorf("SIGTERM seen %v, want %v", termed, tt.wantTERMed)
+			}
+			if st := unitStatus(t, s, "stubborn"); st.State != StateStopped || st.LastExit == nil || st.LastExit.Signal != "SIGKILL" {
+				t.Errorf("status %s, last exit %+v: want stopped by SIGKILL", st.State, st.LastExit)
+			}
+		})
+	}
 }
