@@ -338,6 +338,13 @@ func (m *Manager) Promote(ctx context.Context, s Spec) error {
 			m.awaitPeer(ctx, s, firstPeerWait)
 		}
 	}
+	// A planned move assigns the volume here once the old owner was told
+	// to stop; its services may still be shutting down (gracefully, up to
+	// their stop timeout) with the volume Primary there. Waiting for the
+	// hand-over here beats failing the start and retrying later.
+	if st, known, err := m.state(s.Minor); err == nil && known && st.Role != "Primary" && st.PeerRole == "Primary" {
+		m.awaitPeerSecondary(ctx, s, peerDemoteWait)
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	st, known, err := m.state(s.Minor)
@@ -394,6 +401,24 @@ func (m *Manager) Promote(ctx context.Context, s Spec) error {
 const firstPeerWait = 90 * time.Second
 
 // awaitPeer polls until the volume is connected or the bound passes.
+// peerDemoteWait bounds how long a promotion waits for the peer to give
+// the volume up: longer than a role's graceful stop (roleenv.StopGrace).
+const peerDemoteWait = 45 * time.Second
+
+// awaitPeerSecondary waits, at most limit, until the peer is no longer
+// Primary (it demoted, or the link went down and fencing decides).
+func (m *Manager) awaitPeerSecondary(ctx context.Context, s Spec, limit time.Duration) {
+	m.log.Info("volume: the peer still holds it Primary; waiting for it to hand over", "volume", s.Name, "limit", limit)
+	deadline := time.Now().Add(limit)
+	for {
+		st, _, err := m.state(s.Minor)
+		if err == nil && st.PeerRole != "Primary" || time.Now().After(deadline) || ctx.Err() != nil {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
 func (m *Manager) awaitPeer(ctx context.Context, s Spec, limit time.Duration) {
 	m.log.Info("volume: new; waiting for the new peer to skip the initial sync", "volume", s.Name, "peer", s.Peer.Remote, "limit", limit)
 	deadline := time.Now().Add(limit)

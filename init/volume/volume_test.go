@@ -1,6 +1,7 @@
 package volume
 
 import (
+	"context"
 	"io"
 	"log/slog"
 	"net/netip"
@@ -9,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"magestack/init/stackfile"
 )
@@ -200,5 +202,43 @@ func TestRedactKeepsSecretOutOfErrors(t *testing.T) {
 	got := strings.Join(redact([]string{"connect", "--shared-secret=hunter2", "--protocol=C"}), " ")
 	if strings.Contains(got, "hunter2") {
 		t.Errorf("secret in %q", got)
+	}
+}
+
+// TestAwaitPeerSecondary: a promotion waits while the peer still holds the
+// volume Primary (an old owner finishing its graceful stop), returns once
+// the peer demoted, and gives up at its limit.
+func TestAwaitPeerSecondary(t *testing.T) {
+	const peerPrimary = "version: 8.4.11 (api:1/proto:86-101)\n 0: cs:Connected ro:Secondary/Primary ds:UpToDate/UpToDate C r-----\n"
+	const peerSecondary = "version: 8.4.11 (api:1/proto:86-101)\n 0: cs:Connected ro:Secondary/Secondary ds:UpToDate/UpToDate C r-----\n"
+	for _, tt := range []struct {
+		name     string
+		demotes  bool
+		limit    time.Duration
+		atLeast  time.Duration
+		boundary string
+	}{
+		{"returns once the peer demotes", true, time.Minute, 300 * time.Millisecond, "demoted"},
+		{"gives up at its limit", false, 300 * time.Millisecond, 300 * time.Millisecond, "limit"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			proc := filepath.Join(t.TempDir(), "drbd")
+			if err := os.WriteFile(proc, []byte(peerPrimary), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			m := &Manager{log: slog.New(slog.DiscardHandler), procDRBD: proc}
+			if tt.demotes {
+				time.AfterFunc(tt.atLeast, func() { os.WriteFile(proc+".new", []byte(peerSecondary), 0o644); os.Rename(proc+".new", proc) })
+			}
+			start := time.Now()
+			m.awaitPeerSecondary(context.Background(), Spec{Name: "db1", Minor: 0}, tt.limit)
+			took := time.Since(start)
+			if took < tt.atLeast {
+				t.Fatalf("returned after %v, before the %s (%v)", took, tt.boundary, tt.atLeast)
+			}
+			if took > 30*time.Second { // a hang bound, not a timing
+				t.Fatalf("returned only after %v", took)
+			}
+		})
 	}
 }
