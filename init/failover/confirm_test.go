@@ -33,6 +33,7 @@ func (r *recordingRuntime) Start(_ context.Context, inst string) error {
 	r.started = append(r.started, inst)
 	return nil
 }
+func (r *recordingRuntime) Kill(context.Context, string) error { return nil }
 func (r *recordingRuntime) Stop(context.Context, string) error { return nil }
 
 // TestStaleTableStartsNothingTheLeaderDenies: dh1 hears the leader again

@@ -35,7 +35,10 @@ import (
 // Runtime starts and stops this host's role instances.
 type Runtime interface {
 	Start(ctx context.Context, instance string) error
+	// Stop stops gracefully (services flush and close).
 	Stop(ctx context.Context, instance string) error
+	// Kill stops without a grace period (a host whose lease ended).
+	Kill(ctx context.Context, instance string) error
 }
 
 // Cluster is what the controller needs of the raft node.
@@ -134,8 +137,10 @@ type Controller struct {
 	warnMu    sync.Mutex
 	warned    map[string]time.Time
 	failovers []Failover
-	// stopWhy is why the last enforcement stops instances (its loop only).
-	stopWhy string
+	// stopWhy is why the last enforcement stops instances, and stopKill
+	// whether without grace (its loop only).
+	stopWhy  string
+	stopKill bool
 	// moving holds instances released by a move in progress, so placement
 	// does not hand them back meanwhile.
 	moving map[string]bool
@@ -155,6 +160,12 @@ type Controller struct {
 	// (its loop only): a peer never heard since this host started may be
 	// booting, not lost, and is never fenced (corosync's wait_for_all).
 	peerSeen bool
+	// stepBegan is when the loop's pass under way began (zero between
+	// passes); guardAt is the guard's last pass, outSince when it first
+	// found this host out of the majority; starting and killing hold the
+	// instances being started by the loop and killed by the guard.
+	stepBegan, guardAt, outSince time.Time
+	starting, killing            map[string]bool
 	// nextHandOff is when the witness, leading, may next offer the
 	// leadership to a host (its loop only).
 	nextHandOff time.Time
@@ -184,7 +195,7 @@ func New(cfg Config) (*Controller, error) {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	return &Controller{cfg: cfg, log: cfg.Logger, running: map[string]bool{}, deadSince: map[string]time.Time{},
-		lastMove: map[string]time.Time{}, warned: map[string]time.Time{}, moving: map[string]bool{}, retry: map[string]startRetry{}, started: time.Now(), unownedSince: map[string]time.Time{}}, nil
+		lastMove: map[string]time.Time{}, warned: map[string]time.Time{}, moving: map[string]bool{}, retry: map[string]startRetry{}, starting: map[string]bool{}, killing: map[string]bool{}, started: time.Now(), unownedSince: map[string]time.Time{}}, nil
 }
 
 // Run loops until ctx ends, then stops every local instance.
@@ -192,10 +203,11 @@ func (c *Controller) Run(ctx context.Context) {
 	t := time.NewTicker(c.cfg.Tick)
 	defer t.Stop()
 	go c.pollPairViews(ctx)
+	go c.guard(ctx)
 	for {
 		select {
 		case <-ctx.Done():
-			c.stopWhy = "shutting down"
+			c.stopWhy, c.stopKill = "shutting down", false
 			stopCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			c.enforce(stopCtx, map[string]bool{})
 			cancel()
@@ -219,7 +231,15 @@ func (c *Controller) safeStep(ctx context.Context) {
 func (c *Controller) Step(ctx context.Context) {
 	// A stall is time between steps; a step's own work (stopping and
 	// starting instances takes seconds) is not one.
-	defer func() { c.lastStep = time.Now() }()
+	c.mu.Lock()
+	c.stepBegan = time.Now()
+	c.mu.Unlock()
+	defer func() {
+		c.mu.Lock()
+		c.stepBegan = time.Time{}
+		c.mu.Unlock()
+		c.lastStep = time.Now()
+	}()
 	table := c.cfg.Cluster.Table()
 	if p := c.pairOf(c.cfg.Self); p != "" && c.alive(p) {
 		c.peerSeen = true
@@ -228,13 +248,15 @@ func (c *Controller) Step(ctx context.Context) {
 	settling := c.noteStall(now)
 	if c.cfg.Runtime != nil {
 		want := map[string]bool{}
-		c.stopWhy = "lost contact with the cluster majority"
+		// Past its lease, a host may already have been replaced: what it
+		// still runs is killed, not given a graceful stop's seconds.
+		c.stopWhy, c.stopKill = "lost contact with the cluster majority", true
 		majority := c.cfg.Cluster.InMajority()
 		if !majority && settling {
 			c.warnOnce("stall", "failover: this host stalled; reading what the cluster sent meanwhile before judging its silence")
 		}
 		if majority || settling {
-			c.stopWhy = "ownership moved"
+			c.stopWhy, c.stopKill = "ownership moved", false
 			c.mu.Lock()
 			for _, o := range table {
 				// Settling only keeps what runs: a host without the
@@ -309,6 +331,10 @@ func (c *Controller) enforce(ctx context.Context, want map[string]bool) {
 	}
 	c.mu.Lock()
 	running := maps.Clone(c.running)
+	// What the lease guard is killing holds no address any more.
+	for inst := range c.killing {
+		delete(running, inst)
+	}
 	c.mu.Unlock()
 	c.setVIP(anyLB(running))
 }

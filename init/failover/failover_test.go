@@ -46,6 +46,8 @@ func (r hostRuntime) Start(_ context.Context, inst string) error {
 	return nil
 }
 
+func (r hostRuntime) Kill(ctx context.Context, inst string) error { return r.Stop(ctx, inst) }
+
 func (r hostRuntime) Stop(_ context.Context, inst string) error {
 	r.w.mu.Lock()
 	defer r.w.mu.Unlock()

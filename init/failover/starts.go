@@ -90,7 +90,14 @@ func (c *Controller) startOne(ctx context.Context, inst string) {
 		return
 	}
 	c.log.Info("failover: starting instance", "instance", inst)
-	if err := c.cfg.Runtime.Start(ctx, inst); err != nil {
+	c.mu.Lock()
+	c.starting[inst] = true
+	c.mu.Unlock()
+	err := c.cfg.Runtime.Start(ctx, inst)
+	c.mu.Lock()
+	delete(c.starting, inst)
+	c.mu.Unlock()
+	if err != nil {
 		wait := c.startFailed(inst)
 		c.log.Error("failover: start failed", "instance", inst, "err", err, "retry_in", wait.String())
 		return
@@ -106,8 +113,12 @@ func (c *Controller) startOne(ctx context.Context, inst string) {
 
 // stopOne stops one instance this host no longer owns.
 func (c *Controller) stopOne(ctx context.Context, inst string) {
-	c.log.Info("failover: stopping instance", "instance", inst, "why", c.stopWhy)
-	if err := c.cfg.Runtime.Stop(ctx, inst); err != nil {
+	stop := c.cfg.Runtime.Stop
+	if c.stopKill {
+		stop = c.cfg.Runtime.Kill
+	}
+	c.log.Info("failover: stopping instance", "instance", inst, "why", c.stopWhy, "kill", c.stopKill)
+	if err := stop(ctx, inst); err != nil {
 		c.log.Error("failover: stop failed", "instance", inst, "err", err)
 		return
 	}

@@ -76,6 +76,7 @@ func (r *gateRuntime) work(verb, inst string) error {
 }
 
 func (r *gateRuntime) Start(_ context.Context, inst string) error { return r.work("start", inst) }
+func (r *gateRuntime) Kill(_ context.Context, inst string) error  { return r.work("kill", inst) }
 func (r *gateRuntime) Stop(_ context.Context, inst string) error  { return r.work("stop", inst) }
 
 // before reports whether event a comes before event b in ev (both present).
@@ -131,35 +132,50 @@ func TestTakeoverStartsIndependentInstancesTogether(t *testing.T) {
 }
 
 // TestSteppingDownStopsDependentsFirst: stopping goes the other way (lb
-// before web, web before db), the rest at once, the VIP before anything.
+// before web, web before db), the rest at once, the VIP before anything. A
+// host that lost the majority kills (its lease ended: the peer may already
+// run them); one whose instances moved away stops them gracefully.
 func TestSteppingDownStopsDependentsFirst(t *testing.T) {
-	rt := newGateRuntime()
-	fc := &fixedCluster{majority: true, table: ownedBy("dh2", "fw1", "mail1", "db1", "web1", "lb1", "monitor1")}
-	c := takeoverController(t, rt, fc, func(hold bool) { rt.add(fmt.Sprintf("vip %v", hold)) })
-	ctx := context.Background()
-	c.Step(ctx)
-	rt.mu.Lock()
-	rt.ev = nil
-	rt.together = map[string]bool{"lb1": true, "fw1": true, "mail1": true, "monitor1": true}
-	rt.mu.Unlock()
-	fc.mu.Lock()
-	fc.majority = false
-	fc.mu.Unlock()
-	c.Step(ctx)
-	ev := rt.events()
-	if len(ev) == 0 || ev[0] != "vip false" {
-		t.Fatalf("the VIP did not go first: %v", ev)
-	}
-	for _, order := range [][2]string{
-		{"end stop lb1", "begin stop web1"},
-		{"end stop web1", "begin stop db1"},
+	insts := []string{"fw1", "mail1", "db1", "web1", "lb1", "monitor1"}
+	for _, tt := range []struct {
+		name string
+		step func(fc *fixedCluster)
+		verb string
+	}{
+		{"lost the majority: killed", func(fc *fixedCluster) { fc.majority = false }, "kill"},
+		{"ownership moved: stopped gracefully", func(fc *fixedCluster) { fc.table = ownedBy("dh1", insts...) }, "stop"},
 	} {
-		if !before(ev, order[0], order[1]) {
-			t.Errorf("want %q before %q: %v", order[0], order[1], ev)
-		}
-	}
-	if got := c.Status().Running; len(got) != 0 {
-		t.Fatalf("still running %v after stepping down: %v", got, ev)
+		t.Run(tt.name, func(t *testing.T) {
+			rt := newGateRuntime()
+			fc := &fixedCluster{majority: true, table: ownedBy("dh2", insts...)}
+			c := takeoverController(t, rt, fc, func(hold bool) { rt.add(fmt.Sprintf("vip %v", hold)) })
+			ctx := context.Background()
+			c.Step(ctx)
+			rt.mu.Lock()
+			rt.ev = nil
+			rt.together = map[string]bool{"lb1": true, "fw1": true, "mail1": true, "monitor1": true}
+			rt.mu.Unlock()
+			fc.mu.Lock()
+			tt.step(fc)
+			fc.mu.Unlock()
+			c.Step(ctx)
+			ev := rt.events()
+			if len(ev) == 0 || ev[0] != "vip false" {
+				t.Fatalf("the VIP did not go first: %v", ev)
+			}
+			v := tt.verb
+			for _, order := range [][2]string{
+				{"end " + v + " lb1", "begin " + v + " web1"},
+				{"end " + v + " web1", "begin " + v + " db1"},
+			} {
+				if !before(ev, order[0], order[1]) {
+					t.Errorf("want %q before %q: %v", order[0], order[1], ev)
+				}
+			}
+			if got := c.Status().Running; len(got) != 0 {
+				t.Fatalf("still running %v after stepping down: %v", got, ev)
+			}
+		})
 	}
 }
 

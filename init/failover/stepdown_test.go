@@ -28,6 +28,8 @@ func (r *slowRuntime) Start(_ context.Context, inst string) error {
 	return nil
 }
 
+func (r *slowRuntime) Kill(ctx context.Context, inst string) error { return r.Stop(ctx, inst) }
+
 func (r *slowRuntime) Stop(_ context.Context, inst string) error {
 	time.Sleep(r.stop)
 	r.mu.Lock()

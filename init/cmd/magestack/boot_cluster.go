@@ -150,12 +150,25 @@ func (r *roleRuntime) build(ctx context.Context, name string) error {
 
 // Stop stops the instance; its unit stays known for a later start.
 func (r *roleRuntime) Stop(ctx context.Context, name string) error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if _, known := r.built[name]; !known {
+	if !r.knows(name) {
 		return nil
 	}
 	return r.sup.Stop(ctx, name)
+}
+
+// Kill stops the instance without a grace period.
+func (r *roleRuntime) Kill(ctx context.Context, name string) error {
+	if !r.knows(name) {
+		return nil
+	}
+	return r.sup.Kill(ctx, name)
+}
+
+func (r *roleRuntime) knows(name string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	_, known := r.built[name]
+	return known
 }
 
 // pairedHost reports whether this host takes part in a cluster (it has a
@@ -169,6 +182,42 @@ func pairOf(st *stackfile.Stack, host string) string {
 		return h.Pair
 	}
 	return ""
+}
+
+// watchdogTimeout is the hardware watchdog's timeout for a dead time: a
+// PID 1 hung for three dead times is reset (at least 3 s, the watchdog
+// counting whole seconds and a healthy PID 1 kicking every half second;
+// at most a minute).
+func watchdogTimeout(dead time.Duration) time.Duration {
+	return min(max(3*dead, 3*time.Second), time.Minute).Truncate(time.Second)
+}
+
+// kickWhileGuarded kicks the watchdog while the failover controller's
+// lease guard runs its passes: the guard is what stops this host's
+// instances when it loses the majority, so a PID 1 that cannot run it
+// must be reset rather than kept alive by a kicker that still can.
+func kickWhileGuarded(ctx context.Context, log *slog.Logger, wd *watchdog.Watchdog, ctl *failover.Controller) {
+	t := time.NewTicker(500 * time.Millisecond)
+	defer t.Stop()
+	started := time.Now()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		last := ctl.GuardAlive()
+		if last.IsZero() {
+			last = started // the controller is starting
+		}
+		if since := time.Since(last); since > wd.Timeout()/2 {
+			log.Error("watchdog: the lease guard has not run; not kicking (the host resets if it stays stuck)", "since", since.Round(time.Millisecond))
+			continue
+		}
+		if err := wd.Kick(); err != nil {
+			log.Error("watchdog", "err", err)
+		}
+	}
 }
 
 // clusterMember is what the cluster step started, for status and shutdown.
@@ -312,22 +361,9 @@ func startCluster(ctx context.Context, log *slog.Logger, st *stackfile.Stack, ho
 		Fence: fenceFor, VIP: holdVIP, LeaderAddr: m.node.LeaderAddr, Lease: conf.Timing.Lease, Logger: log, Credentials: creds}); err != nil {
 		return nil, err
 	}
-	if wd, err := watchdog.Open("/dev/watchdog", 10*time.Second); err == nil {
+	if wd, err := watchdog.Open("/dev/watchdog", watchdogTimeout(st.Cluster.Dead.D())); err == nil {
 		m.wd = wd
-		go func() {
-			t := time.NewTicker(time.Second)
-			defer t.Stop()
-			for {
-				select {
-				case <-ctx.Done():
-					return
-				case <-t.C:
-					if err := wd.Kick(); err != nil {
-						log.Error("watchdog", "err", err)
-					}
-				}
-			}
-		}()
+		go kickWhileGuarded(ctx, log, wd, m.ctl)
 	} else {
 		log.Warn("cluster: no hardware watchdog; a hung PID 1 is not reset", "err", err)
 	}

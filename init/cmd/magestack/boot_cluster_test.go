@@ -59,3 +59,18 @@ func TestWriteClusterShowsHeartbeatDrops(t *testing.T) {
 		t.Errorf("status shows drops when there are none:\n%s", b.String())
 	}
 }
+
+func TestWatchdogTimeout(t *testing.T) {
+	for _, tt := range []struct{ dead, want time.Duration }{
+		{0, 3 * time.Second},
+		{time.Second, 3 * time.Second},
+		{1500 * time.Millisecond, 4 * time.Second},
+		{3 * time.Second, 9 * time.Second},
+		{10 * time.Second, 30 * time.Second},
+		{time.Hour, time.Minute},
+	} {
+		if got := watchdogTimeout(tt.dead); got != tt.want {
+			t.Errorf("watchdogTimeout(%v) = %v, want %v", tt.dead, got, tt.want)
+		}
+	}
+}
