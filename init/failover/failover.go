@@ -327,7 +327,8 @@ func (c *Controller) enforce(ctx context.Context, want map[string]bool) {
 		}
 		inParallel(ctx, c.log, stop, func(inst string) []string { return stopBefore(inst, stop) }, c.stopOne)
 		start = slices.DeleteFunc(start, c.backingOff)
-		inParallel(ctx, c.log, start, func(inst string) []string { return startAfter(inst, start) }, c.startOne)
+		served := c.servedRoles()
+		inParallel(ctx, c.log, start, func(inst string) []string { return startAfter(inst, start, served) }, c.startOne)
 	}
 	c.mu.Lock()
 	running := maps.Clone(c.running)

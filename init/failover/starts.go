@@ -56,13 +56,14 @@ func inParallel(ctx context.Context, log *slog.Logger, list []string, waitFor fu
 
 // startAfter names the instances of list that inst starts after: those of
 // the roles its role needs ready first (services.Role.StartAfter: web after
-// db, lb after web). Instances already running or on another host are not
-// waited for.
-func startAfter(inst string, list []string) []string {
+// db, lb after web), unless this host already runs one of that role (lb
+// need not wait for web1 while web2 serves here). Instances on another
+// host are not waited for.
+func startAfter(inst string, list []string, served map[string]bool) []string {
 	def, _ := services.Lookup(roleOf(inst))
 	var deps []string
 	for _, other := range list {
-		if other != inst && slices.Contains(def.StartAfter, roleOf(other)) {
+		if role := roleOf(other); other != inst && slices.Contains(def.StartAfter, role) && !served[role] {
 			deps = append(deps, other)
 		}
 	}
@@ -75,11 +76,24 @@ func startAfter(inst string, list []string) []string {
 func stopBefore(inst string, list []string) []string {
 	var deps []string
 	for _, other := range list {
-		if other != inst && slices.Contains(startAfter(other, list), inst) {
+		if other != inst && slices.Contains(startAfter(other, list, nil), inst) {
 			deps = append(deps, other)
 		}
 	}
 	return deps
+}
+
+// servedRoles are the roles of the instances this host runs.
+func (c *Controller) servedRoles() map[string]bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := map[string]bool{}
+	for inst, on := range c.running {
+		if on {
+			out[roleOf(inst)] = true
+		}
+	}
+	return out
 }
 
 // startOne starts one instance the committed table gives this host, once

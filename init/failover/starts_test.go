@@ -131,6 +131,32 @@ func TestTakeoverStartsIndependentInstancesTogether(t *testing.T) {
 	}
 }
 
+// TestLBDoesNotWaitForAWebWhileAnotherServes: this host already runs web2;
+// taking over db1, web1 and lb1, lb1 starts with db1 at once (web2 serves
+// it) while web1 still waits for db1.
+func TestLBDoesNotWaitForAWebWhileAnotherServes(t *testing.T) {
+	rt := newGateRuntime()
+	fc := &fixedCluster{majority: true, table: ownedBy("dh2", "web2")}
+	c := takeoverController(t, rt, fc, nil)
+	ctx := context.Background()
+	c.Step(ctx)
+	rt.mu.Lock()
+	rt.ev = nil
+	rt.together = map[string]bool{"db1": true, "lb1": true}
+	rt.mu.Unlock()
+	fc.mu.Lock()
+	fc.table = ownedBy("dh2", "web2", "db1", "web1", "lb1")
+	fc.mu.Unlock()
+	c.Step(ctx)
+	ev := rt.events()
+	if !before(ev, "end start db1", "begin start web1") {
+		t.Errorf("web1 did not wait for db1: %v", ev)
+	}
+	if got := c.Status().Running; len(got) != 4 {
+		t.Fatalf("running %v, want all four (lb1 fails if it waited for web1): %v", got, ev)
+	}
+}
+
 // TestSteppingDownStopsDependentsFirst: stopping goes the other way (lb
 // before web, web before db), the rest at once, the VIP before anything. A
 // host that lost the majority kills (its lease ended: the peer may already
