@@ -330,16 +330,16 @@ func TestDependencyOrder(t *testing.T) {
 	}
 }
 
-func TestStopGraceThenKill(t *testing.T) {
-	needBusybox(t)
-	s := newSup(t, Options{})
-	// The shell ignores SIGTERM (prints it) and has a child in its group.
+// startStubborn starts unit "stubborn": a shell that ignores SIGTERM
+// (it prints "got TERM") with a child in its process group; it returns
+// both pids once the child is up.
+func startStubborn(t *testing.T, s *Supervisor, grace time.Duration) (pid, child int) {
+	t.Helper()
 	script := `trap "echo got TERM" TERM; sleep 1000 & echo child $!; while :; do sleep 0.05; done`
-	if err := s.Add(Spec{Name: "stubborn", Command: sh(script), StopGrace: 500 * time.Millisecond}); err != nil {
+	if err := s.Add(Spec{Name: "stubborn", Command: sh(script), StopGrace: grace}); err != nil {
 		t.Fatal(err)
 	}
 	s.Start(context.Background(), "stubborn")
-	var child int
 	waitFor(t, "child pid logged", 10*time.Second, func() bool {
 		l, _ := s.Logs("stubborn")
 		for _, line := range l.Tail(0) {
@@ -349,7 +349,13 @@ func TestStopGraceThenKill(t *testing.T) {
 		}
 		return false
 	})
-	pid := unitStatus(t, s, "stubborn").PID
+	return unitStatus(t, s, "stubborn").PID, child
+}
+
+func TestStopGraceThenKill(t *testing.T) {
+	needBusybox(t)
+	s := newSup(t, Options{})
+	pid, child := startStubborn(t, s, 500*time.Millisecond)
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
@@ -897,22 +903,7 @@ func TestKillSkipsTheGrace(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			s := newSup(t, Options{})
-			script := `trap "echo got TERM" TERM; sleep 1000 & echo child $!; while :; do sleep 0.05; done`
-			if err := s.Add(Spec{Name: "stubborn", Command: sh(script), StopGrace: time.Hour}); err != nil {
-				t.Fatal(err)
-			}
-			s.Start(context.Background(), "stubborn")
-			var child int
-			waitFor(t, "child pid logged", 10*time.Second, func() bool {
-				l, _ := s.Logs("stubborn")
-				for _, line := range l.Tail(0) {
-					if _, err := fmt.Sscanf(line.Text, "child %d", &child); err == nil {
-						return true
-					}
-				}
-				return false
-			})
-			pid := unitStatus(t, s, "stubborn").PID
+			pid, child := startStubborn(t, s, time.Hour)
 			// Hang bounds, not timings: the grace is an hour.
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
