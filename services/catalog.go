@@ -38,6 +38,11 @@ type Role struct {
 	// without its database, lb without a web to send to). Every other role
 	// starts at once, in parallel.
 	StartAfter []string
+	// OnSitePath marks the roles a website request goes through (lb, web
+	// and the db behind it): a takeover starts them first, and the
+	// others once they are up, so on a host's few CPUs the site is back
+	// before monitoring or mail.
+	OnSitePath bool
 	// KeepsRoot keeps the role's writable root layer on its volume
 	// (/data/.root) instead of a tmpfs wiped at every start: what people
 	// install in acc stays, through restarts and failovers.
@@ -55,13 +60,13 @@ var (
 // catalog is indexed by role name. Every role may relay mail through mail.
 var catalog = map[string]Role{
 	"fw": {Name: "fw", Needs: []Need{{Role: "mail", Ports: []Port{smtp}}}},
-	"lb": {Name: "lb", StartAfter: []string{"web"},
+	"lb": {Name: "lb", StartAfter: []string{"web"}, OnSitePath: true,
 		Public:     []Port{tcp(80, "http"), tcp(443, "https")},
 		Management: []Port{tcp(8404, "haproxy-stats")},
 		Needs:      []Need{{Role: "web", Ports: []Port{tcp(80, "http")}}, {Role: "mail", Ports: []Port{smtp}}}},
-	"web": {Name: "web", StartAfter: []string{"db"},
+	"web": {Name: "web", StartAfter: []string{"db"}, OnSitePath: true,
 		Needs: []Need{{Role: "db", Ports: []Port{mysql}, Caches: true}, {Role: "mail", Ports: []Port{smtp}}}},
-	"db": {Name: "db",
+	"db": {Name: "db", OnSitePath: true,
 		Management: []Port{mysql},
 		Needs:      []Need{{Role: "mail", Ports: []Port{smtp}}}},
 	"mail": {Name: "mail"},

@@ -58,12 +58,16 @@ func inParallel(ctx context.Context, log *slog.Logger, list []string, waitFor fu
 // the roles its role needs ready first (services.Role.StartAfter: web after
 // db, lb after web), unless this host already runs one of that role (lb
 // need not wait for web1 while web2 serves here). Instances on another
-// host are not waited for.
+// host are not waited for. An instance off the website's path
+// (services.Role.OnSitePath) starts once the path's instances of list
+// have: on a takeover the few CPUs go to the site first.
 func startAfter(inst string, list []string, served map[string]bool) []string {
-	def, _ := services.Lookup(roleOf(inst))
 	var deps []string
 	for _, other := range list {
-		if role := roleOf(other); other != inst && slices.Contains(def.StartAfter, role) && !served[role] {
+		if other == inst {
+			continue
+		}
+		if needs(inst, other) && !served[roleOf(other)] || !onSitePath(inst) && onSitePath(other) {
 			deps = append(deps, other)
 		}
 	}
@@ -71,16 +75,27 @@ func startAfter(inst string, list []string, served map[string]bool) []string {
 }
 
 // stopBefore names the instances of list stopped before inst: those that
-// start after it (lb before web, web before db), so nothing serves while
-// what it depends on is already gone.
+// need it (lb before web, web before db), so nothing serves while what it
+// depends on is already gone.
 func stopBefore(inst string, list []string) []string {
 	var deps []string
 	for _, other := range list {
-		if other != inst && slices.Contains(startAfter(other, list, nil), inst) {
+		if other != inst && needs(other, inst) {
 			deps = append(deps, other)
 		}
 	}
 	return deps
+}
+
+// needs reports whether inst's role starts after other's.
+func needs(inst, other string) bool {
+	def, _ := services.Lookup(roleOf(inst))
+	return slices.Contains(def.StartAfter, roleOf(other))
+}
+
+func onSitePath(inst string) bool {
+	def, _ := services.Lookup(roleOf(inst))
+	return def.OnSitePath
 }
 
 // servedRoles are the roles of the instances this host runs.
