@@ -44,8 +44,9 @@ type Revision struct {
 
 // Defaults of Options.
 const (
-	DefaultMaxSize = 1 << 20
-	DefaultTimeout = 30 * time.Second
+	DefaultMaxSize  = 1 << 20
+	DefaultTimeout  = 30 * time.Second
+	DefaultMaxClone = 64 << 20
 )
 
 // Options tune a Fetcher. The zero value is usable.
@@ -54,6 +55,10 @@ type Options struct {
 	MaxSize int64
 	// Timeout bounds one fetch; default DefaultTimeout.
 	Timeout time.Duration
+	// MaxClone bounds the Git objects a clone may hold in memory (the
+	// whole tree at the ref, or the history down to a commit named by
+	// hash); default DefaultMaxClone.
+	MaxClone int64
 	// CABundle is PEM certificates trusted for https (http and Git) in
 	// addition to the system roots.
 	CABundle []byte
@@ -88,6 +93,9 @@ func New(opts Options) *Fetcher {
 	}
 	if opts.Timeout <= 0 {
 		opts.Timeout = DefaultTimeout
+	}
+	if opts.MaxClone <= 0 {
+		opts.MaxClone = DefaultMaxClone
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
@@ -349,7 +357,7 @@ func (f *Fetcher) fetchGit(ctx context.Context, src Source) (Revision, error) {
 	}
 	// A commit named by hash needs the history that contains it; servers
 	// rarely allow fetching an unadvertised object directly.
-	repo, err := git.CloneContext(ctx, memory.NewStorage(), nil, clone)
+	repo, err := git.CloneContext(ctx, &boundedStorage{Storage: memory.NewStorage(), limit: f.opts.MaxClone}, nil, clone)
 	if err != nil {
 		return Revision{}, fmt.Errorf("clone: %w", err)
 	}
@@ -419,4 +427,21 @@ func CheckKey(armored string) error {
 		return errors.New("the armored block holds no key")
 	}
 	return nil
+}
+
+// boundedStorage is go-git's in-memory storage with a cap on the objects a
+// clone writes into it: a config repository that also holds large files
+// or a long history (or a server that sends them) must not fill PID 1's
+// memory.
+type boundedStorage struct {
+	*memory.Storage
+	limit, used int64
+}
+
+func (s *boundedStorage) SetEncodedObject(o plumbing.EncodedObject) (plumbing.Hash, error) {
+	s.used += o.Size()
+	if s.used > s.limit {
+		return plumbing.ZeroHash, fmt.Errorf("the repository holds more than %d bytes of objects at this ref (MaxClone); keep the stack file in a small repository", s.limit)
+	}
+	return s.Storage.SetEncodedObject(o)
 }

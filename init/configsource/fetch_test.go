@@ -3,6 +3,7 @@ package configsource
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/pem"
@@ -375,4 +376,22 @@ func FuzzParseSource(f *testing.F) {
 			t.Fatalf("%q: kind %v", raw, s.Kind)
 		}
 	})
+}
+
+// TestFetchGitBoundsTheClone: a repository whose tree at the ref holds
+// more than MaxClone bytes of objects is refused with an error naming the
+// bound, and fetched once the bound allows it.
+func TestFetchGitBoundsTheClone(t *testing.T) {
+	g := newGitFixture(t)
+	big := make([]byte, 2<<20)
+	rand.Read(big) // incompressible: the pack is as large as the blob
+	g.commit(map[string]string{"stack.yaml": "stack: one\n", "assets/big.bin": string(big)})
+	source := "git+file://" + g.bare + "#main"
+	if _, err := New(Options{MaxClone: 1 << 20}).Fetch(context.Background(), source); err == nil || !strings.Contains(err.Error(), "more than 1048576 bytes of objects") {
+		t.Fatalf("clone of 2 MiB with a 1 MiB bound: %v", err)
+	}
+	rev, err := New(Options{}).Fetch(context.Background(), source)
+	if err != nil || string(rev.Data) != "stack: one\n" {
+		t.Fatalf("with the default bound: %q, %v", rev.Data, err)
+	}
 }
