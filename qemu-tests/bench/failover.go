@@ -353,7 +353,7 @@ func printFailoverTable(w io.Writer, cols []variant) {
 		}
 	}
 	fmt.Fprintln(w, "keepalived: VRRP detects and decides in one step (backup's master-down timer → MASTER); it has no commit and no guard against two masters.")
-	fmt.Fprintln(w, "client: a request every 50 ms, 1 s timeout each; magestack's website is HAProxy → nginx + PHP in a TCG guest, keepalived's a Go handler in a namespace.")
+	fmt.Fprintln(w, "client: a request every 50 ms, 1 s timeout each; magestack's roles run the busybox test image in TCG guests (no role-images disk: the HA machinery's figure, not HAProxy's or MariaDB's start), keepalived's website is a Go handler in a namespace.")
 }
 
 // ratioName is the column title of magestack/keepalived ratios: "1s/k1s".
