@@ -137,10 +137,6 @@ type Controller struct {
 	warnMu    sync.Mutex
 	warned    map[string]time.Time
 	failovers []Failover
-	// stopWhy is why the last enforcement stops instances, and stopKill
-	// whether without grace (its loop only).
-	stopWhy  string
-	stopKill bool
 	// moving holds instances released by a move in progress, so placement
 	// does not hand them back meanwhile.
 	moving map[string]bool
@@ -207,9 +203,8 @@ func (c *Controller) Run(ctx context.Context) {
 	for {
 		select {
 		case <-ctx.Done():
-			c.stopWhy, c.stopKill = "shutting down", false
 			stopCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			c.enforce(stopCtx, map[string]bool{})
+			c.enforce(stopCtx, map[string]bool{}, stopping{why: "shutting down"})
 			cancel()
 			return
 		case <-t.C:
@@ -250,13 +245,13 @@ func (c *Controller) Step(ctx context.Context) {
 		want := map[string]bool{}
 		// Past its lease, a host may already have been replaced: what it
 		// still runs is killed, not given a graceful stop's seconds.
-		c.stopWhy, c.stopKill = "lost contact with the cluster majority", true
+		how := stopping{why: "lost contact with the cluster majority", kill: true}
 		majority := c.cfg.Cluster.InMajority()
 		if !majority && settling {
 			c.warnOnce("stall", "failover: this host stalled; reading what the cluster sent meanwhile before judging its silence")
 		}
 		if majority || settling {
-			c.stopWhy, c.stopKill = "ownership moved", false
+			how = stopping{why: "ownership moved"}
 			c.mu.Lock()
 			for _, o := range table {
 				// Settling only keeps what runs: a host without the
@@ -267,7 +262,7 @@ func (c *Controller) Step(ctx context.Context) {
 			}
 			c.mu.Unlock()
 		}
-		c.enforce(ctx, want)
+		c.enforce(ctx, want, how)
 	}
 	if c.cfg.Cluster.IsLeader() {
 		c.lead(ctx, table)
@@ -299,7 +294,7 @@ func (c *Controller) noteStall(now time.Time) bool {
 }
 
 // enforce starts and stops local instances to match want, stopping first.
-func (c *Controller) enforce(ctx context.Context, want map[string]bool) {
+func (c *Controller) enforce(ctx context.Context, want map[string]bool, how stopping) {
 	c.mu.Lock()
 	var stop, start []string
 	for inst := range c.running {
@@ -317,7 +312,7 @@ func (c *Controller) enforce(ctx context.Context, want map[string]bool) {
 	slices.Sort(start)
 	if c.cfg.Runtime != nil {
 		if len(stop) > 0 {
-			c.log.Warn("failover: stepping down", "why", c.stopWhy, "instances", strings.Join(stop, " "))
+			c.log.Warn("failover: stepping down", "why", how.why, "instances", strings.Join(stop, " "))
 		}
 		// The website's address goes before the lb answering on it: a host
 		// stepping down stops drawing traffic at once, not after its
@@ -325,7 +320,8 @@ func (c *Controller) enforce(ctx context.Context, want map[string]bool) {
 		if !anyLB(want) {
 			c.setVIP(false)
 		}
-		inParallel(ctx, c.log, stop, func(inst string) []string { return stopBefore(inst, stop) }, c.stopOne)
+		inParallel(ctx, c.log, stop, func(inst string) []string { return stopBefore(inst, stop) },
+			func(ctx context.Context, inst string) { c.stopOne(ctx, inst, how) })
 		start = slices.DeleteFunc(start, c.backingOff)
 		served := c.servedRoles()
 		inParallel(ctx, c.log, start, func(inst string) []string { return startAfter(inst, start, served) }, c.startOne)

@@ -86,7 +86,6 @@ func (c *Controller) guardPass(ctx context.Context, now time.Time) {
 		}
 		c.killing[inst] = true
 		c.mu.Unlock()
-		c.log.Warn("failover: out of the majority while the loop is held up: killing", "instance", inst)
 		go func() {
 			defer func() {
 				c.mu.Lock()
@@ -95,13 +94,7 @@ func (c *Controller) guardPass(ctx context.Context, now time.Time) {
 			}()
 			kctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 			defer cancel()
-			if err := c.cfg.Runtime.Kill(kctx, inst); err != nil {
-				c.log.Error("failover: kill failed", "instance", inst, "err", err)
-				return
-			}
-			c.mu.Lock()
-			delete(c.running, inst)
-			c.mu.Unlock()
+			c.stopOne(kctx, inst, stopping{why: "out of the majority while the loop is held up", kill: true})
 		}()
 	}
 }

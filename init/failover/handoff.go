@@ -46,8 +46,9 @@ func (c *Controller) handOff(table []cluster.Ownership, now time.Time) {
 // the side resolveSplits would pick), else the first voter host whose
 // heartbeats are steady; "" when no host is.
 func (c *Controller) handOffTarget(table []cluster.Ownership) string {
+	voters := c.cfg.Cluster.Voters() // a round trip to raft's loop: once
 	steady := func(h string) bool {
-		return h != witnessID && slices.Contains(c.cfg.Cluster.Voters(), h) && c.cfg.Peer(h) == heartbeat.Alive
+		return h != witnessID && slices.Contains(voters, h) && c.cfg.Peer(h) == heartbeat.Alive
 	}
 	for _, o := range table {
 		if roleOf(o.Instance) == "lb" && steady(o.Owner) {

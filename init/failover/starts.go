@@ -140,13 +140,20 @@ func (c *Controller) startOne(ctx context.Context, inst string) {
 	}
 }
 
-// stopOne stops one instance this host no longer owns.
-func (c *Controller) stopOne(ctx context.Context, inst string) {
+// stopping says why instances stop, and whether without a grace period.
+type stopping struct {
+	why  string
+	kill bool
+}
+
+// stopOne stops one instance this host no longer owns (or may no longer
+// run).
+func (c *Controller) stopOne(ctx context.Context, inst string, how stopping) {
 	stop := c.cfg.Runtime.Stop
-	if c.stopKill {
+	if how.kill {
 		stop = c.cfg.Runtime.Kill
 	}
-	c.log.Info("failover: stopping instance", "instance", inst, "why", c.stopWhy, "kill", c.stopKill)
+	c.log.Info("failover: stopping instance", "instance", inst, "why", how.why, "kill", how.kill)
 	if err := stop(ctx, inst); err != nil {
 		c.log.Error("failover: stop failed", "instance", inst, "err", err)
 		return

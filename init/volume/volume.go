@@ -400,7 +400,6 @@ func (m *Manager) Promote(ctx context.Context, s Spec) error {
 // new peer before going ahead alone (the peer then syncs in full).
 const firstPeerWait = 90 * time.Second
 
-// awaitPeer polls until the volume is connected or the bound passes.
 // peerDemoteWait bounds how long a promotion waits for the peer to give
 // the volume up: longer than a role's graceful stop (roleenv.StopGrace).
 const peerDemoteWait = 45 * time.Second
@@ -409,25 +408,25 @@ const peerDemoteWait = 45 * time.Second
 // Primary (it demoted, or the link went down and fencing decides).
 func (m *Manager) awaitPeerSecondary(ctx context.Context, s Spec, limit time.Duration) {
 	m.log.Info("volume: the peer still holds it Primary; waiting for it to hand over", "volume", s.Name, "limit", limit)
-	deadline := time.Now().Add(limit)
-	for {
-		st, _, err := m.state(s.Minor)
-		if err == nil && st.PeerRole != "Primary" || time.Now().After(deadline) || ctx.Err() != nil {
-			return
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	m.awaitState(ctx, s.Minor, limit, 100*time.Millisecond, func(st State) bool { return st.PeerRole != "Primary" })
 }
 
+// awaitPeer polls until the volume is connected or the bound passes.
 func (m *Manager) awaitPeer(ctx context.Context, s Spec, limit time.Duration) {
 	m.log.Info("volume: new; waiting for the new peer to skip the initial sync", "volume", s.Name, "peer", s.Peer.Remote, "limit", limit)
+	m.awaitState(ctx, s.Minor, limit, 250*time.Millisecond, func(st State) bool { return st.Connection == "Connected" })
+}
+
+// awaitState polls the minor's state every `every` until done says so,
+// limit passes or ctx ends.
+func (m *Manager) awaitState(ctx context.Context, minor int, limit, every time.Duration, done func(State) bool) {
 	deadline := time.Now().Add(limit)
 	for {
-		st, _, err := m.state(s.Minor)
-		if err == nil && st.Connection == "Connected" || time.Now().After(deadline) || ctx.Err() != nil {
+		st, _, err := m.state(minor)
+		if err == nil && done(st) || time.Now().After(deadline) || ctx.Err() != nil {
 			return
 		}
-		time.Sleep(250 * time.Millisecond)
+		time.Sleep(every)
 	}
 }
 
